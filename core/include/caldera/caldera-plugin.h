@@ -1,0 +1,625 @@
+// SPDX-License-Identifier: MIT
+// caldera-plugin.h: the plugin ABI of caldera, and the only header a plugin needs.
+// A plugin is one const descriptor (struct caldera_plugin) returned by one exported entry
+// symbol; it calls the core for memory, logging, errors, tensors, linear algebra and threads.
+// Structs marked "ABI" grow only at the end; incompatible changes bump
+// CALDERA_PLUGIN_ABI_VERSION (see docs/plugin-authoring.md).
+#ifndef CALDERA_PLUGIN_H
+#define CALDERA_PLUGIN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CALDERA_PLUGIN_ABI_VERSION 1
+
+#if defined(_WIN32)
+#define CALDERA_EXPORT __declspec(dllexport)
+#else
+#define CALDERA_EXPORT __attribute__((visibility("default")))
+#endif
+
+#if defined(__GNUC__)
+#define CALDERA_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CALDERA_PRINTF(a, b)
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Status codes: 0 is success, failures are negative.
+
+enum caldera_status {
+    CALDERA_OK              =   0,
+    CALDERA_ERR_NOMEM       =  -1, ///< an allocation failed
+    CALDERA_ERR_INVAL       =  -2, ///< invalid argument (a caller's bug, or bad configuration)
+    CALDERA_ERR_RANGE       =  -3, ///< a value out of its allowed range
+    CALDERA_ERR_NOT_FOUND   =  -4, ///< a plugin, section, key, tensor or file does not exist
+    CALDERA_ERR_PLUGIN_LOAD =  -5, ///< a shared object could not be loaded as a plugin
+    CALDERA_ERR_PLUGIN_DUP  =  -6, ///< a plugin of that name is already registered
+    CALDERA_ERR_ABI         =  -7, ///< plugin built for another ABI version
+    CALDERA_ERR_IO          =  -8, ///< read, write, mmap or rename failed
+    CALDERA_ERR_FORMAT      =  -9, ///< malformed file contents
+    CALDERA_ERR_UNSUPPORTED = -10, ///< valid, but not something this plugin can do
+    CALDERA_ERR_NUMERIC     = -11, ///< NaN/Inf, not positive definite, no convergence
+    CALDERA_ERR_DEVICE      = -12, ///< CUDA / cuBLAS / cuSOLVER failure
+    CALDERA_ERR_CANCELLED   = -13, ///< stopped on request
+    CALDERA_ERR_BUG         = -14, ///< a broken internal invariant
+    CALDERA_ERR_CONFIG      = -15, ///< configuration errors were reported (see diagnostics)
+};
+
+/** Human-readable name of a status code; never NULL. */
+const char * caldera_status_str(int status);
+
+// ---------------------------------------------------------------------------------------------
+// Opaque handles owned by the core.
+
+struct caldera_ctx;   ///< library context: plugins, threads, log, last error
+struct caldera_inst;  ///< one configured instance of a plugin ([section] of an INI)
+struct caldera_meta;  ///< typed key/value store (GGUF-like): model metadata, per-tensor info
+struct caldera_pack;  ///< named tensors that make up one compressed weight
+
+// ---------------------------------------------------------------------------------------------
+// Memory. Every allocation of the core and of plugins goes through these (so tests can make
+// the Nth allocation fail). caldera_malloc memory is 64-byte aligned.
+
+void * caldera_malloc(size_t size);
+void * caldera_calloc(size_t n, size_t size);
+void * caldera_realloc(void * ptr, size_t size);  ///< not aligned beyond malloc's 16 bytes
+void   caldera_free(void * ptr);                  ///< NULL is a no-op; pairs with malloc/calloc
+void   caldera_free_unaligned(void * ptr);        ///< pairs with caldera_realloc
+void   caldera_freep(void * pptr);                ///< frees *(void **)pptr and sets it to NULL
+char * caldera_strdup(const char * s);            ///< free with caldera_free
+
+/** Test hook: make the n-th allocation from now fail (n >= 1); 0 turns it off. */
+void    caldera_alloc_fail_at(int64_t n);
+/** Number of allocations made since the process started (for OOM sweeps). */
+int64_t caldera_alloc_count(void);
+
+// ---------------------------------------------------------------------------------------------
+// Logging and errors. Plugins never print or exit.
+
+enum caldera_log_level {
+    CALDERA_LOG_ERROR = 0,
+    CALDERA_LOG_WARN  = 1,
+    CALDERA_LOG_INFO  = 2,
+    CALDERA_LOG_DEBUG = 3,
+};
+
+void caldera_log(struct caldera_ctx * ctx, enum caldera_log_level level, const char * fmt, ...)
+    CALDERA_PRINTF(3, 4);
+/** Log with the instance prefix "[section] plugin: ". */
+void caldera_inst_log(const struct caldera_inst * inst, enum caldera_log_level level,
+                      const char * fmt, ...) CALDERA_PRINTF(3, 4);
+/**
+ * Record the context's last error message "[section] plugin: <text>" and return @p code,
+ * so plugins write `return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "...");`.
+ */
+int caldera_error(const struct caldera_inst * inst, int code, const char * fmt, ...)
+    CALDERA_PRINTF(3, 4);
+/** The same for core code without an instance. */
+int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...)
+    CALDERA_PRINTF(3, 4);
+/** Last error message of the context ("" if none); valid until the next error. */
+const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx);
+
+// ---------------------------------------------------------------------------------------------
+// Data types and tensors.
+
+enum caldera_dtype {
+    CALDERA_DTYPE_F32 = 0,
+    CALDERA_DTYPE_F64,
+    CALDERA_DTYPE_F16,
+    CALDERA_DTYPE_BF16,
+    CALDERA_DTYPE_F8_E4M3,
+    CALDERA_DTYPE_F8_E5M2,
+    CALDERA_DTYPE_I8,
+    CALDERA_DTYPE_U8,
+    CALDERA_DTYPE_I16,
+    CALDERA_DTYPE_U16,
+    CALDERA_DTYPE_I32,
+    CALDERA_DTYPE_U32,
+    CALDERA_DTYPE_I64,
+    CALDERA_DTYPE_U64,
+    CALDERA_DTYPE_BOOL,
+    // ggml block-quantized storage types (read by the gguf plugin; dequantized there).
+    CALDERA_DTYPE_Q4_0,
+    CALDERA_DTYPE_Q4_1,
+    CALDERA_DTYPE_Q5_0,
+    CALDERA_DTYPE_Q5_1,
+    CALDERA_DTYPE_Q8_0,
+    CALDERA_DTYPE_Q8_1,
+    CALDERA_DTYPE_Q2_K,
+    CALDERA_DTYPE_Q3_K,
+    CALDERA_DTYPE_Q4_K,
+    CALDERA_DTYPE_Q5_K,
+    CALDERA_DTYPE_Q6_K,
+    CALDERA_DTYPE_Q8_K,
+    CALDERA_DTYPE_COUNT
+};
+
+/** Name of a dtype ("f32", "bf16", "q4_k", ...); "?" for an invalid value. */
+const char * caldera_dtype_name(enum caldera_dtype type);
+/** Parse a dtype name (case-insensitive); CALDERA_ERR_NOT_FOUND if unknown. */
+int caldera_dtype_from_name(const char * name, enum caldera_dtype * out);
+/** Elements per storage block (1 for plain types, 32 or 256 for ggml block types). */
+int64_t caldera_dtype_block_elems(enum caldera_dtype type);
+/** Bytes per storage block (the element size for plain types). */
+size_t  caldera_dtype_block_bytes(enum caldera_dtype type);
+/**
+ * Bytes for n elements of @p type; CALDERA_ERR_INVAL if n is not a multiple of the block, and
+ * CALDERA_ERR_RANGE if the size overflows.
+ */
+int caldera_dtype_nbytes(enum caldera_dtype type, int64_t n, size_t * out);
+
+enum caldera_device {
+    CALDERA_DEVICE_CPU  = 0,
+    CALDERA_DEVICE_CUDA = 1,
+};
+
+#define CALDERA_MAX_DIMS 4
+
+/**
+ * A view of an n-d array; it never owns memory. Row-major: ne[0] is the slowest dimension
+ * (PyTorch order, so a weight is (out_features, in_features)). For 2-d views, @ref ld is the
+ * distance in elements between consecutive rows (>= ne[1]); other ranks are contiguous.
+ */
+struct caldera_tensor {
+    void *              data;     ///< first element
+    enum caldera_dtype  dtype;
+    enum caldera_device device;
+    int32_t             ndim;     ///< 1 .. CALDERA_MAX_DIMS
+    int64_t             ne[CALDERA_MAX_DIMS];
+    int64_t             ld;       ///< 2-d row stride in elements
+};
+
+/** A contiguous 2-d f32 view over caller memory: (rows, cols), ld = cols. */
+struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_t cols);
+/** Number of elements (product of ne[0..ndim-1]). */
+int64_t caldera_tensor_nelements(const struct caldera_tensor * t);
+/**
+ * Allocate an owning tensor (zero-filled, 64-byte aligned, CPU or CUDA): the result's data is
+ * freed with caldera_tensor_free. ne has ndim entries.
+ */
+int  caldera_tensor_alloc(struct caldera_ctx * ctx, enum caldera_dtype dtype, int32_t ndim,
+                          const int64_t * ne, struct caldera_tensor * out);
+/** Convenience: a (rows, cols) f32 CPU tensor. */
+int  caldera_tensor_alloc_f32(struct caldera_ctx * ctx, int64_t rows, int64_t cols,
+                              struct caldera_tensor * out);
+/** Free what caldera_tensor_alloc allocated and zero the struct; safe on a zeroed struct. */
+void caldera_tensor_free(struct caldera_tensor * t);
+/** Copy src to dst (same shape; dtype converted where a conversion exists). */
+int  caldera_tensor_copy(struct caldera_ctx * ctx, struct caldera_tensor * dst,
+                         const struct caldera_tensor * src);
+/** CALDERA_ERR_NUMERIC if any element of an f32/f64 tensor is NaN or Inf (first index reported). */
+int  caldera_tensor_check_finite(const struct caldera_tensor * t, int64_t * first_bad);
+
+/**
+ * Convert n elements of a plain (non-block) dtype to f32 / from f32 (round to nearest even).
+ * Returns CALDERA_ERR_UNSUPPORTED for block types.
+ */
+int   caldera_convert_to_f32(enum caldera_dtype type, const void * src, int64_t n, float * dst);
+int   caldera_convert_from_f32(enum caldera_dtype type, const float * src, int64_t n, void * dst);
+float    caldera_f16_to_f32(uint16_t h);
+uint16_t caldera_f32_to_f16(float f);
+float    caldera_bf16_to_f32(uint16_t h);
+uint16_t caldera_f32_to_bf16(float f);
+
+// ---------------------------------------------------------------------------------------------
+// Typed key/value metadata (GGUF's value model: scalars, strings and arrays of them).
+
+enum caldera_meta_type {
+    CALDERA_META_U8 = 0, CALDERA_META_I8, CALDERA_META_U16, CALDERA_META_I16,
+    CALDERA_META_U32, CALDERA_META_I32, CALDERA_META_F32, CALDERA_META_BOOL,
+    CALDERA_META_STRING, CALDERA_META_ARRAY, CALDERA_META_U64, CALDERA_META_I64,
+    CALDERA_META_F64,
+    CALDERA_META_COUNT
+};  // the values match GGUF's gguf_type
+
+int  caldera_meta_init(struct caldera_meta ** out);
+void caldera_meta_free(struct caldera_meta * meta);
+int  caldera_meta_copy(struct caldera_meta * dst, const struct caldera_meta * src); ///< adds/overwrites
+/** Set a scalar of integer type @p type (U8..I64, BOOL) from v; replaces an existing key. */
+int  caldera_meta_set_int(struct caldera_meta * meta, const char * key, enum caldera_meta_type type,
+                          int64_t v);
+int  caldera_meta_set_uint64(struct caldera_meta * meta, const char * key, uint64_t v);
+int  caldera_meta_set_float(struct caldera_meta * meta, const char * key, enum caldera_meta_type type,
+                            double v); ///< F32 or F64
+int  caldera_meta_set_string(struct caldera_meta * meta, const char * key, const char * v);
+int  caldera_meta_set_string_n(struct caldera_meta * meta, const char * key, const char * v, size_t len);
+/**
+ * Set an array. For numeric element types @p data holds n packed elements of that type; for
+ * STRING it is `const char * const *` (NUL-terminated strings). Nested arrays: not supported.
+ */
+int  caldera_meta_set_array(struct caldera_meta * meta, const char * key,
+                            enum caldera_meta_type elem_type, int64_t n, const void * data);
+/** Set a STRING array from (pointer, length) pairs, for strings that are not NUL-terminated. */
+int  caldera_meta_set_string_array_n(struct caldera_meta * meta, const char * key, int64_t n,
+                                     const char * const * strs, const size_t * lens);
+
+int64_t      caldera_meta_count(const struct caldera_meta * meta);
+const char * caldera_meta_key(const struct caldera_meta * meta, int64_t i);          ///< insertion order
+int          caldera_meta_find(const struct caldera_meta * meta, const char * key);  ///< index or -1
+enum caldera_meta_type caldera_meta_type_of(const struct caldera_meta * meta, int64_t i);
+/** Getters convert between numeric types (an integer read as double, etc.); a missing key is
+ *  CALDERA_ERR_NOT_FOUND, a string asked as a number CALDERA_ERR_INVAL. */
+int  caldera_meta_get_int(const struct caldera_meta * meta, const char * key, int64_t * out);
+int  caldera_meta_get_float(const struct caldera_meta * meta, const char * key, double * out);
+int  caldera_meta_get_string(const struct caldera_meta * meta, const char * key, const char ** out);
+/** Array access: element type, length, and the packed data (numeric) or `char **` (STRING). */
+int  caldera_meta_get_array(const struct caldera_meta * meta, const char * key,
+                            enum caldera_meta_type * elem_type, int64_t * n, const void ** data);
+
+// ---------------------------------------------------------------------------------------------
+// Typed options. Plugins declare a static const table; the core parses INI values into the
+// instance's private struct at `offset`:
+//   BOOL -> int, INT -> int64_t, DOUBLE -> double, STRING/PATH -> char * (core-owned),
+//   ENUM -> int, INT_LIST -> struct caldera_int_list, REF -> struct caldera_inst *.
+
+enum caldera_opt_type {
+    CALDERA_OPT_BOOL = 0,
+    CALDERA_OPT_INT,
+    CALDERA_OPT_DOUBLE,
+    CALDERA_OPT_STRING,
+    CALDERA_OPT_ENUM,
+    CALDERA_OPT_PATH,
+    CALDERA_OPT_INT_LIST,
+    CALDERA_OPT_REF,
+};
+
+enum caldera_plugin_kind {
+    CALDERA_PLUGIN_KIND_FORMAT = 0,
+    CALDERA_PLUGIN_KIND_TRANSFORM,
+    CALDERA_PLUGIN_KIND_QUANTIZER,
+    CALDERA_PLUGIN_KIND_DECOMPOSER,
+    CALDERA_PLUGIN_KIND_MODEL,
+    CALDERA_PLUGIN_KIND_COUNT
+};
+
+/** "format", "transform", ...; "?" for an invalid kind. */
+const char * caldera_plugin_kind_name(enum caldera_plugin_kind kind);
+
+enum caldera_opt_flags {
+    CALDERA_OPT_REQUIRED   = 1u << 0, ///< no default: must be set
+    CALDERA_OPT_DEPRECATED = 1u << 1, ///< accepted with a warning
+    CALDERA_OPT_EXPERT     = 1u << 2, ///< hidden from short help
+    CALDERA_OPT_OPTIONAL_REF = 1u << 3, ///< REF that may be left empty (NULL)
+};
+
+struct caldera_opt_choice {
+    const char * name;
+    int64_t      value;
+    const char * help;
+};
+
+struct caldera_int_list {
+    int64_t * v;  ///< core-owned
+    int64_t   n;
+};
+
+/** One option (ABI). A table ends with an entry whose name is NULL. */
+struct caldera_option {
+    const char *                      name;     ///< INI key, [a-z][a-z0-9_]*
+    const char *                      help;     ///< one line
+    size_t                            offset;   ///< offsetof(priv struct, field)
+    enum caldera_opt_type             type;
+    union { int64_t i64; double dbl; const char * str; } def; ///< default (ENUM: a value)
+    double                            min, max; ///< inclusive, INT/DOUBLE/INT_LIST elements; min > max: no range
+    const struct caldera_opt_choice * choices;  ///< ENUM only, ends with a NULL name
+    enum caldera_plugin_kind          ref_kind; ///< REF only
+    uint32_t                          flags;    ///< enum caldera_opt_flags
+};
+
+// ---------------------------------------------------------------------------------------------
+// Instances.
+
+void *                         caldera_inst_priv(const struct caldera_inst * inst);  ///< priv_size bytes
+struct caldera_ctx *           caldera_inst_ctx(const struct caldera_inst * inst);
+const char *                   caldera_inst_name(const struct caldera_inst * inst);  ///< section name
+const struct caldera_plugin *  caldera_inst_plugin(const struct caldera_inst * inst);
+
+// ---------------------------------------------------------------------------------------------
+// Threads and randomness.
+
+/** Number of threads the context may use (>= 1). */
+int caldera_ctx_threads(const struct caldera_ctx * ctx);
+/** Device new work should run on. */
+enum caldera_device caldera_ctx_device(const struct caldera_ctx * ctx);
+
+/**
+ * Run fn(arg, i0, i1) over [0, n) split into contiguous chunks on the context's threads.
+ * Chunks are at least @p grain items. fn must not call BLAS-3 linalg (that is threaded already).
+ */
+void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
+                          void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
+
+/** xoshiro256** generator seeded with splitmix64; identical streams on every platform. */
+struct caldera_rng { uint64_t s[4]; };
+void     caldera_rng_seed(struct caldera_rng * rng, uint64_t seed);
+uint64_t caldera_rng_u64(struct caldera_rng * rng);
+double   caldera_rng_uniform(struct caldera_rng * rng);  ///< [0, 1)
+double   caldera_rng_normal(struct caldera_rng * rng);   ///< N(0, 1)
+/** A seed derived from a base seed and a string (e.g. a tensor name): FNV-1a mixed. */
+uint64_t caldera_seed_mix(uint64_t seed, const char * str);
+
+// ---------------------------------------------------------------------------------------------
+// Linear algebra on f32 2-d tensors (CPU: OpenBLAS + LAPACKE; CUDA: cuBLAS + cuSOLVER).
+// All return 0 or a negative status; factorisations of matrices that are not positive
+// definite, and SVD / eigensolver failures, return CALDERA_ERR_NUMERIC with a message.
+
+enum caldera_trans { CALDERA_NO_TRANS = 0, CALDERA_TRANS = 1 };
+
+/** C = alpha op(A) op(B) + beta C. */
+int caldera_linalg_gemm(struct caldera_ctx * ctx, enum caldera_trans ta, enum caldera_trans tb,
+                        float alpha, const struct caldera_tensor * a, const struct caldera_tensor * b,
+                        float beta, struct caldera_tensor * c);
+/** C = alpha A Aᵀ + beta C (trans = NO) or alpha Aᵀ A + beta C (TRANS); both triangles written. */
+int caldera_linalg_syrk(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha,
+                        const struct caldera_tensor * a, float beta, struct caldera_tensor * c);
+/** In place lower Cholesky A = L Lᵀ (the upper triangle is zeroed). */
+int caldera_linalg_cholesky(struct caldera_ctx * ctx, struct caldera_tensor * a);
+/**
+ * Solve with a triangular matrix: B ← alpha op(T)⁻¹ B (left) or B ← alpha B op(T)⁻¹ (right).
+ * @p lower says which triangle of T is used; @p unit_diag treats the diagonal as ones.
+ */
+int caldera_linalg_trsm(struct caldera_ctx * ctx, int right, int lower, enum caldera_trans trans,
+                        int unit_diag, float alpha, const struct caldera_tensor * t,
+                        struct caldera_tensor * b);
+/** Inverse of a symmetric positive definite matrix, in place (via Cholesky). */
+int caldera_linalg_spd_inverse(struct caldera_ctx * ctx, struct caldera_tensor * a);
+/** Solve A X = B for symmetric positive definite A (A untouched; B overwritten by X). */
+int caldera_linalg_spd_solve(struct caldera_ctx * ctx, const struct caldera_tensor * a,
+                             struct caldera_tensor * b);
+/**
+ * Block LDL of a symmetric positive definite n×n H with block size b (n % b == 0):
+ * H = L D Lᵀ, L unit block-lower-triangular (n×n), D block diagonal stored as n×n.
+ * (algorithms.md §2: M = chol(H), D_j = M_jj M_jjᵀ, L = M blockdiag(M_jj)⁻¹).
+ */
+int caldera_linalg_block_ldl(struct caldera_ctx * ctx, const struct caldera_tensor * h, int64_t b,
+                             struct caldera_tensor * l, struct caldera_tensor * d);
+/** Symmetric eigendecomposition A = V diag(w) Vᵀ, w ascending (n), V (n×n) columns = vectors. */
+int caldera_linalg_eigh(struct caldera_ctx * ctx, const struct caldera_tensor * a, float * w,
+                        struct caldera_tensor * v);
+/**
+ * Thin SVD A = U diag(s) Vᵀ, A (m×n), k = min(m, n): U (m×k), s (k, descending), vt (k×n).
+ * Any of u / vt may be NULL when not needed.
+ */
+int caldera_linalg_svd(struct caldera_ctx * ctx, const struct caldera_tensor * a,
+                       struct caldera_tensor * u, float * s, struct caldera_tensor * vt);
+/**
+ * Rank-k truncated SVD: exact (via the full thin SVD) when oversample < 0, otherwise the
+ * randomized range finder (Halko et al.) with @p oversample extra columns and @p power_iters
+ * power iterations seeded by @p seed. u (m×k), s (k), vt (k×n); u or vt may be NULL.
+ */
+int caldera_linalg_svd_trunc(struct caldera_ctx * ctx, const struct caldera_tensor * a, int64_t k,
+                             int64_t oversample, int power_iters, uint64_t seed,
+                             struct caldera_tensor * u, float * s, struct caldera_tensor * vt);
+/** Least squares: X = argmin ‖A X − B‖_F, A (m×n, m ≥ n full rank or not: SVD-based), B (m×p) → X (n×p). */
+int caldera_linalg_lstsq(struct caldera_ctx * ctx, const struct caldera_tensor * a,
+                         const struct caldera_tensor * b, struct caldera_tensor * x);
+/**
+ * In-place unnormalised fast Walsh–Hadamard transform (natural / Sylvester order) of every
+ * row of a (rows × n) tensor; n must be a power of two. O(rows · n log n).
+ */
+int caldera_linalg_fwht(struct caldera_ctx * ctx, struct caldera_tensor * a);
+/** tr(A H Aᵀ) for A (m×n), H (n×n) symmetric; in double precision. */
+int caldera_linalg_trace_quad(struct caldera_ctx * ctx, const struct caldera_tensor * a,
+                              const struct caldera_tensor * h, double * out);
+
+// ---------------------------------------------------------------------------------------------
+// Packs: the named tensors (codes, scales, factors, seeds) that one compressed weight is
+// stored as, plus per-tensor metadata. Names are suffixes appended to the weight's name.
+// Nested plugins (a decomposer calling a quantizer) push a prefix so their names don't clash.
+
+/**
+ * Add a zero-filled tensor "<prefix><suffix>" and return a pointer to its data (CPU).
+ * CALDERA_ERR_INVAL on a duplicate name.
+ */
+int  caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum caldera_dtype dtype,
+                      int32_t ndim, const int64_t * ne, void ** data);
+/** Add a copy of tensor t under "<prefix><suffix>" (converted to @p dtype). */
+int  caldera_pack_add_tensor(struct caldera_pack * pack, const char * suffix,
+                             enum caldera_dtype dtype, const struct caldera_tensor * t);
+/** Prefix stack for nested plugins ("Q.", "L.", ...). */
+int  caldera_pack_push_prefix(struct caldera_pack * pack, const char * prefix);
+void caldera_pack_pop_prefix(struct caldera_pack * pack);
+/** Look up "<prefix><suffix>"; CALDERA_ERR_NOT_FOUND if absent. The view stays valid while the pack lives. */
+int  caldera_pack_find(const struct caldera_pack * pack, const char * suffix, struct caldera_tensor * out);
+int64_t      caldera_pack_count(const struct caldera_pack * pack);
+const char * caldera_pack_name(const struct caldera_pack * pack, int64_t i);   ///< full name
+int          caldera_pack_get(const struct caldera_pack * pack, int64_t i, struct caldera_tensor * out);
+/** Per-weight metadata (plugin, parameters, errors); keys are written with the weight's name. */
+struct caldera_meta * caldera_pack_meta(struct caldera_pack * pack);
+/** Storage size of all tensors in the pack, in bits: the honest numerator of bits/parameter. */
+uint64_t caldera_pack_bits(const struct caldera_pack * pack);
+
+// ---------------------------------------------------------------------------------------------
+// Kind-specific operations (ABI structs: each begins with its size).
+
+/** Tensor listing entry of a format reader. */
+struct caldera_tensor_info {
+    const char *       name;      ///< name in the file
+    const char *       hf_name;   ///< canonical Hugging Face name (== name if no mapping)
+    enum caldera_dtype dtype;     ///< storage type (may be a block type)
+    int32_t            ndim;
+    int64_t            ne[CALDERA_MAX_DIMS]; ///< row-major, PyTorch order
+    size_t             nbytes;    ///< bytes of stored data
+};
+
+/** Architecture hyper-parameters, common to every format (0 / "" when unknown). */
+struct caldera_model_desc {
+    char    arch[32];           ///< "llama", ...
+    int64_t n_layers;
+    int64_t hidden;             ///< embedding width
+    int64_t ffn;                ///< feed-forward width
+    int64_t n_heads;
+    int64_t n_kv_heads;
+    int64_t head_dim;
+    int64_t vocab;
+    int64_t ctx_len;
+    double  rope_theta;
+    char    rope_scaling[16];   ///< "" / "linear" / "yarn" ...
+    double  rope_scaling_factor;
+    double  norm_eps;
+    int     tied_embeddings;    ///< output projection shares the token embedding
+};
+
+struct caldera_format_ops {
+    uint32_t struct_size;  // sizeof(struct caldera_format_ops) the plugin was built with
+    // (optional) 0..100 how likely path is this format (by magic/extension); NULL = never guessed
+    int     (*probe_path)(const char * path);
+    // open path for reading: headers only, data mmapped or read on demand
+    int     (*open)(struct caldera_inst * inst, const char * path);
+    // number of tensors of the open model
+    int64_t (*n_tensors)(struct caldera_inst * inst);
+    // info of tensor i (pointers stay valid until close)
+    int     (*tensor_info)(struct caldera_inst * inst, int64_t i, struct caldera_tensor_info * out);
+    // tensor i as @want (F32 for compute): a view when the stored dtype matches (then *owned = 0),
+    // else a converted copy the caller frees with caldera_tensor_free (*owned = 1)
+    int     (*read_tensor)(struct caldera_inst * inst, int64_t i, enum caldera_dtype want,
+                           struct caldera_tensor * out, int * owned);
+    // (optional) file metadata, tokenizer keys under GGUF names (tokenizer.ggml.*); NULL = none
+    const struct caldera_meta * (*meta)(struct caldera_inst * inst);
+    // (optional) architecture description; NULL = unknown
+    int     (*model_desc)(struct caldera_inst * inst, struct caldera_model_desc * out);
+    // (optional) release what open allocated; NULL = nothing to do (uninit runs anyway)
+    void    (*close)(struct caldera_inst * inst);
+    // (optional, writers) begin writing path (to a temporary name) with file metadata
+    int     (*create)(struct caldera_inst * inst, const char * path, const struct caldera_meta * meta);
+    // (optional, writers) add one tensor (any plain dtype)
+    int     (*write_tensor)(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t);
+    // (optional, writers) commit != 0: complete the file and rename it into place; 0: remove it
+    int     (*finish)(struct caldera_inst * inst, int commit);
+};
+
+struct caldera_transform_ops {
+    uint32_t struct_size;
+    // W (m×n) and H (n×n, may be NULL) to the transformed domain: allocates w_out, h_out
+    // (they may be larger when padding is needed), stores what inverse needs in pack and *state
+    int  (*forward)(struct caldera_inst * inst, const char * tensor_name,
+                    const struct caldera_tensor * w, const struct caldera_tensor * h,
+                    struct caldera_tensor * w_out, struct caldera_tensor * h_out,
+                    struct caldera_pack * pack, void ** state);
+    // transformed-domain approximation w_t back to the original domain (allocates w_out, m×n)
+    int  (*inverse)(struct caldera_inst * inst, void * state, const struct caldera_tensor * w_t,
+                    struct caldera_tensor * w_out);
+    // release state from forward; NULL state is a no-op
+    void (*free_state)(struct caldera_inst * inst, void * state);
+};
+
+/** Codebook state for column-wise rounding (scales computed from the full matrix). */
+struct caldera_cb_state;
+
+struct caldera_quantizer_ops {
+    uint32_t struct_size;
+    // W (m×n, f32) → w_hat (m×n, preallocated, the dequantized values) and codes/scales into
+    // pack; h (n×n) is the calibration Hessian, or NULL (H = I) for quantizers that use it
+    int     (*quantize)(struct caldera_inst * inst, const struct caldera_tensor * w,
+                        const struct caldera_tensor * h, struct caldera_tensor * w_hat,
+                        struct caldera_pack * pack);
+    // pack (as produced by quantize, same prefix) → w_hat (m×n, preallocated)
+    int     (*dequantize)(struct caldera_inst * inst, const struct caldera_pack * pack,
+                          struct caldera_tensor * w_hat);
+    // (optional) storage bits for an m×n matrix (codes + scales), for planning and reports
+    double  (*bits)(struct caldera_inst * inst, int64_t rows, int64_t cols);
+    // ---- codebook level: (optional) lets a matrix quantizer (ldlq) wrap this one ----
+    // codeword dimension along a row (8 for E8P, 1 for scalar)
+    int64_t (*cb_dim)(struct caldera_inst * inst);
+    // choose scales from the whole W (m×n) and allocate the code store
+    int     (*cb_begin)(struct caldera_inst * inst, const struct caldera_tensor * w,
+                        struct caldera_cb_state ** state);
+    // round columns [col0, col0 + x.ne[1]) given as x (m × c, c a multiple of cb_dim) to x_hat
+    // (m × c) and remember their codes (a later call for the same columns overwrites them)
+    int     (*cb_round)(struct caldera_inst * inst, struct caldera_cb_state * state, int64_t col0,
+                        const struct caldera_tensor * x, struct caldera_tensor * x_hat);
+    // write codes and scales to pack (the same layout quantize writes)
+    int     (*cb_end)(struct caldera_inst * inst, struct caldera_cb_state * state,
+                      struct caldera_pack * pack);
+    // release state; NULL is a no-op
+    void    (*cb_free)(struct caldera_inst * inst, struct caldera_cb_state * state);
+};
+
+struct caldera_decomposer_ops {
+    uint32_t struct_size;
+    // W (m×n) with Hessian h (n×n, or NULL) → w_hat (m×n, preallocated) and pack
+    int (*decompose)(struct caldera_inst * inst, const struct caldera_tensor * w,
+                     const struct caldera_tensor * h, struct caldera_tensor * w_hat,
+                     struct caldera_pack * pack);
+    // pack → w_hat (m×n, preallocated)
+    int (*reconstruct)(struct caldera_inst * inst, const struct caldera_pack * pack,
+                       struct caldera_tensor * w_hat);
+};
+
+/** Model architectures: forward pass, calibration and evaluation (ops defined in a later ABI). */
+struct caldera_model_ops {
+    uint32_t struct_size;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The plugin descriptor (ABI).
+
+struct caldera_plugin {
+    uint32_t                      abi_version;   ///< CALDERA_PLUGIN_ABI_VERSION, checked first
+    uint32_t                      struct_size;   ///< sizeof(struct caldera_plugin) at build time
+    enum caldera_plugin_kind      kind;
+    const char *                  name;          ///< [a-z][a-z0-9_]{0,30}, unique
+    const char *                  description;   ///< one line
+    uint32_t                      version;       ///< CALDERA_VERSION_INT(major, minor, patch)
+    uint32_t                      format_version;///< version of the data this plugin writes
+    size_t                        priv_size;     ///< bytes of private state the host allocates (zeroed)
+    const struct caldera_option * options;       ///< NULL or a table ending with a NULL name
+    // (optional) > 0 when usable on this machine (e.g. a GPU present); NULL = always usable
+    int  (*probe)(struct caldera_ctx * ctx);
+    // (optional) reject impossible option combinations before any work; NULL = accept
+    int  (*check)(struct caldera_inst * inst);
+    // (optional) reject a weight shape (rows = out, cols = in) this plugin cannot take; NULL = any
+    int  (*check_shape)(struct caldera_inst * inst, int64_t rows, int64_t cols);
+    // (optional) set up after options are bound; NULL = nothing
+    int  (*init)(struct caldera_inst * inst);
+    // (optional) release everything; runs even after a failed init; NULL = nothing
+    void (*uninit)(struct caldera_inst * inst);
+    const void *                  ops;           ///< struct caldera_<kind>_ops of this kind
+};
+
+#define CALDERA_VERSION_INT(a, b, c) ((uint32_t)(a) << 16 | (uint32_t)(b) << 8 | (uint32_t)(c))
+
+/** Signature of the one exported entry symbol of a plugin shared object. */
+typedef const struct caldera_plugin * (*caldera_plugin_entry_fn)(uint32_t host_abi_version);
+#define CALDERA_PLUGIN_ENTRY_SYMBOL "caldera_plugin_entry"
+
+/**
+ * Define the entry point for descriptor @p desc (a `static const struct caldera_plugin`).
+ * Compiled with CALDERA_PLUGIN_SHARED it exports caldera_plugin_entry() for dlopen; otherwise
+ * it defines caldera_builtin_<desc>() that the generated built-in list calls.
+ */
+#ifdef CALDERA_PLUGIN_SHARED
+#define CALDERA_PLUGIN_DEFINE(desc)                                                           \
+    CALDERA_EXPORT const struct caldera_plugin * caldera_plugin_entry(uint32_t host_abi_version) { \
+        (void) host_abi_version;                                                              \
+        return &(desc);                                                                       \
+    }
+#else
+#define CALDERA_PLUGIN_DEFINE(desc)                                                           \
+    const struct caldera_plugin * caldera_builtin_##desc(void);                              \
+    const struct caldera_plugin * caldera_builtin_##desc(void) { return &(desc); }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Calling other instances (a REF option) through the core: kind and presence are checked.
+
+int caldera_quantizer_quantize(struct caldera_inst * q, const struct caldera_tensor * w,
+                               const struct caldera_tensor * h, struct caldera_tensor * w_hat,
+                               struct caldera_pack * pack);
+int caldera_quantizer_dequantize(struct caldera_inst * q, const struct caldera_pack * pack,
+                                 struct caldera_tensor * w_hat);
+/** The quantizer's codebook ops, or CALDERA_ERR_UNSUPPORTED (with a message) if it has none. */
+int caldera_quantizer_codebook(struct caldera_inst * q, const struct caldera_quantizer_ops ** ops);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // CALDERA_PLUGIN_H
