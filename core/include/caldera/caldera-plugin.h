@@ -414,6 +414,9 @@ int caldera_linalg_trace_quad(struct caldera_ctx * ctx, const struct caldera_ten
 // stored as, plus per-tensor metadata. Names are suffixes appended to the weight's name.
 // Nested plugins (a decomposer calling a quantizer) push a prefix so their names don't clash.
 
+/** Create an empty pack; free with caldera_pack_free (NULL is a no-op). */
+int  caldera_pack_init(struct caldera_pack ** out);
+void caldera_pack_free(struct caldera_pack * pack);
 /**
  * Add a zero-filled tensor "<prefix><suffix>" and return a pointer to its data (CPU).
  * CALDERA_ERR_INVAL on a duplicate name.

@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: MIT
+// Library context: logging with a settable callback, the last error message, threads, device,
+// cancellation, the core's parallel loop, the random generator and atomic file output.
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void log_stderr(enum caldera_log_level level, const char * msg, void * user) {
+    (void) user;
+    static const char * tags[] = { "error", "warning", "info", "debug" };
+    fprintf(stderr, "caldera %s: %s\n", tags[level], msg);
+}
+
+static int env_log_level(enum caldera_log_level * out) {
+    const char * e = getenv("CALDERA_LOG");
+    if (!e || !*e) return 0;
+    static const char * names[] = { "error", "warn", "info", "debug" };
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(e, names[i]) == 0) {
+            *out = (enum caldera_log_level) i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int) n : 1;
+}
+
+int caldera_ctx_init(struct caldera_ctx ** out) {
+    *out = NULL;
+    struct caldera_ctx * ctx = caldera_calloc(1, sizeof(*ctx));
+    if (!ctx) return CALDERA_ERR_NOMEM;
+    ctx->log_fn    = log_stderr;
+    ctx->log_level = CALDERA_LOG_INFO;
+    env_log_level(&ctx->log_level);
+    ctx->device = CALDERA_DEVICE_CPU;
+    caldera_ctx_set_threads(ctx, 0);
+    int rc = caldera_registry_add_builtins(ctx);
+    if (rc < 0) {
+        caldera_ctx_free(ctx);
+        return rc;
+    }
+    *out = ctx;
+    return 0;
+}
+
+void caldera_ctx_free(struct caldera_ctx * ctx) {
+    if (!ctx) return;
+    caldera_registry_free(ctx);
+    caldera_free(ctx);
+}
+
+void caldera_ctx_set_log(struct caldera_ctx * ctx, caldera_log_fn fn, void * user) {
+    ctx->log_fn   = fn ? fn : log_stderr;
+    ctx->log_user = fn ? user : NULL;
+}
+
+void caldera_ctx_set_log_level(struct caldera_ctx * ctx, enum caldera_log_level level) {
+    ctx->log_level = level;
+    env_log_level(&ctx->log_level);   // the environment wins, as documented
+}
+
+enum caldera_log_level caldera_ctx_log_level(const struct caldera_ctx * ctx) { return ctx->log_level; }
+
+int caldera_ctx_set_threads(struct caldera_ctx * ctx, int threads) {
+    if (threads < 0) return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "threads = %d; allowed: 0 (all cores) or more", threads);
+    ctx->threads = threads ? threads : cpu_count();
+    caldera_blas_set_threads(ctx->threads);
+    return 0;
+}
+
+int caldera_ctx_threads(const struct caldera_ctx * ctx) { return ctx->threads; }
+
+int caldera_ctx_set_device(struct caldera_ctx * ctx, enum caldera_device device) {
+    if (device != CALDERA_DEVICE_CPU) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "device 'cuda' is not available in this build; allowed: cpu");
+    }
+    ctx->device = device;
+    return 0;
+}
+
+enum caldera_device caldera_ctx_device(const struct caldera_ctx * ctx) { return ctx->device; }
+
+void caldera_ctx_cancel(struct caldera_ctx * ctx) { atomic_store(&ctx->cancelled, 1); }
+int  caldera_ctx_cancelled(const struct caldera_ctx * ctx) { return atomic_load(&ctx->cancelled); }
+
+// ---------------------------------------------------------------------------------------------
+// Logging and errors
+
+void caldera_log_prefixed(struct caldera_ctx * ctx, enum caldera_log_level level, const char * prefix,
+                          const char * fmt, va_list ap) {
+    if (!ctx || level > ctx->log_level) return;
+    char buf[4096];
+    size_t n = prefix ? caldera_strlcpy(buf, prefix, sizeof(buf)) : 0;
+    if (n >= sizeof(buf)) n = sizeof(buf) - 1;
+    vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+    ctx->log_fn(level, buf, ctx->log_user);
+}
+
+void caldera_log(struct caldera_ctx * ctx, enum caldera_log_level level, const char * fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    caldera_log_prefixed(ctx, level, NULL, fmt, ap);
+    va_end(ap);
+}
+
+static void inst_prefix(const struct caldera_inst * inst, char * buf, size_t n) {
+    snprintf(buf, n, "[%s] %s: ", inst->name ? inst->name : "?",
+             inst->plugin && inst->plugin->name ? inst->plugin->name : "?");
+}
+
+void caldera_inst_log(const struct caldera_inst * inst, enum caldera_log_level level, const char * fmt, ...) {
+    if (!inst) return;
+    char prefix[128];
+    inst_prefix(inst, prefix, sizeof(prefix));
+    va_list ap;
+    va_start(ap, fmt);
+    caldera_log_prefixed(inst->ctx, level, prefix, fmt, ap);
+    va_end(ap);
+}
+
+int caldera_error(const struct caldera_inst * inst, int code, const char * fmt, ...) {
+    if (!inst || !inst->ctx) return code;
+    struct caldera_ctx * ctx = inst->ctx;
+    char prefix[128];
+    inst_prefix(inst, prefix, sizeof(prefix));
+    size_t n = caldera_strlcpy(ctx->errmsg, prefix, sizeof(ctx->errmsg));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->errmsg + n, sizeof(ctx->errmsg) - n, fmt, ap);
+    va_end(ap);
+    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
+    return code;
+}
+
+int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...) {
+    if (!ctx) return code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
+    va_end(ap);
+    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
+    return code;
+}
+
+const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return ctx ? ctx->errmsg : ""; }
+
+// ---------------------------------------------------------------------------------------------
+// Parallel loop: OpenMP over contiguous chunks. OpenBLAS is the pthread build, so BLAS calls must
+// stay outside these regions (documented in caldera-plugin.h).
+
+void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
+                          void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int     threads = ctx ? ctx->threads : 1;
+    int64_t chunks  = (n + grain - 1) / grain;
+    if (chunks > threads) chunks = threads;
+    if (chunks <= 1) {
+        fn(arg, 0, n);
+        return;
+    }
+    #pragma omp parallel for num_threads((int) chunks) schedule(static, 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t i0 = n * c / chunks, i1 = n * (c + 1) / chunks;
+        if (i1 > i0) fn(arg, i0, i1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers: xoshiro256** (Blackman & Vigna), seeded with splitmix64.
+
+static uint64_t splitmix64(uint64_t * x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void caldera_rng_seed(struct caldera_rng * rng, uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) rng->s[i] = splitmix64(&x);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t caldera_rng_u64(struct caldera_rng * rng) {
+    uint64_t * s = rng->s;
+    uint64_t r = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+double caldera_rng_uniform(struct caldera_rng * rng) {
+    return (double) (caldera_rng_u64(rng) >> 11) * 0x1.0p-53;
+}
+
+double caldera_rng_normal(struct caldera_rng * rng) {
+    // Box–Muller; one draw per call keeps the stream simple and reproducible.
+    double u1 = caldera_rng_uniform(rng), u2 = caldera_rng_uniform(rng);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+uint64_t caldera_seed_mix(uint64_t seed, const char * str) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char * p = (const unsigned char *) (str ? str : ""); *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ull;
+    }
+    uint64_t x = seed ^ h;
+    return splitmix64(&x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic output files.
+
+int caldera_atomic_open(struct caldera_ctx * ctx, const char * path, struct caldera_atomic_file * af) {
+    memset(af, 0, sizeof(*af));
+    af->path = caldera_strdup(path);
+    af->tmp  = caldera_asprintf("%s.tmp.%ld", path, (long) getpid());
+    if (!af->path || !af->tmp) {
+        caldera_atomic_abort(af);
+        return CALDERA_ERR_NOMEM;
+    }
+    af->fp = fopen(af->tmp, "wb");
+    if (!af->fp) {
+        int e = errno;
+        int rc = caldera_ctx_error(ctx, CALDERA_ERR_IO, "%s: cannot create: %s", af->tmp, strerror(e));
+        caldera_atomic_abort(af);
+        return rc;
+    }
+    return 0;
+}
+
+int caldera_atomic_commit(struct caldera_ctx * ctx, struct caldera_atomic_file * af) {
+    int rc = 0;
+    FILE * fp = af->fp;
+    af->fp = NULL;
+    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
+        rc = caldera_ctx_error(ctx, CALDERA_ERR_IO, "%s: write failed: %s", af->tmp, strerror(errno));
+    }
+    if (fclose(fp) != 0 && rc == 0) {
+        rc = caldera_ctx_error(ctx, CALDERA_ERR_IO, "%s: close failed: %s", af->tmp, strerror(errno));
+    }
+    if (rc == 0 && rename(af->tmp, af->path) != 0) {
+        rc = caldera_ctx_error(ctx, CALDERA_ERR_IO, "%s: rename to %s failed: %s", af->tmp, af->path, strerror(errno));
+    }
+    if (rc != 0) unlink(af->tmp);
+    caldera_freep(&af->path);
+    caldera_freep(&af->tmp);
+    return rc;
+}
+
+void caldera_atomic_abort(struct caldera_atomic_file * af) {
+    if (af->fp) {
+        fclose(af->fp);
+        af->fp = NULL;
+    }
+    if (af->tmp) unlink(af->tmp);
+    caldera_freep(&af->path);
+    caldera_freep(&af->tmp);
+}

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+// Internal definitions shared by the core's source files (never installed).
+#ifndef CALDERA_INTERNAL_H
+#define CALDERA_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "caldera/caldera.h"
+
+#define CALDERA_ERRMSG_MAX 2048
+
+struct caldera_registry_entry {
+    const struct caldera_plugin * plugin;
+    char *                        origin;  // "built-in" or the .so path
+    void *                        handle;  // dlopen handle or NULL
+};
+
+struct caldera_ctx {
+    caldera_log_fn                  log_fn;
+    void *                          log_user;
+    enum caldera_log_level          log_level;
+    int                             threads;
+    enum caldera_device             device;
+    atomic_int                      cancelled;
+    char                            errmsg[CALDERA_ERRMSG_MAX];
+    struct caldera_registry_entry * plugins;
+    int64_t                         n_plugins;
+    int64_t                         cap_plugins;
+};
+
+struct caldera_inst {
+    struct caldera_ctx *          ctx;
+    const struct caldera_plugin * plugin;
+    char *                        name;
+    void *                        priv;
+    bool                          started;   // init() ran (uninit is due)
+    bool *                        is_set;    // per option: set explicitly (not default)
+    int64_t                       n_options;
+};
+
+// registry.c
+int caldera_registry_add_builtins(struct caldera_ctx * ctx);
+void caldera_registry_free(struct caldera_ctx * ctx);
+
+// options.c
+int64_t caldera_options_count(const struct caldera_option * opts);
+const struct caldera_option * caldera_options_find(const struct caldera_option * opts, const char * name,
+                                                   int64_t * index);
+/** Parse text into the field of opt in priv. Writes a message to err (allowed values) on failure. */
+int  caldera_option_parse(const struct caldera_option * opt, void * priv, const char * text,
+                          char * err, size_t errlen);
+int  caldera_option_set_default(const struct caldera_option * opt, void * priv);
+void caldera_option_free_value(const struct caldera_option * opt, void * priv);
+/** Text of the current value (caller frees). REF values print the referenced instance name. */
+char * caldera_option_format(const struct caldera_option * opt, const void * priv);
+/** Validate an option table; message in err. */
+int  caldera_options_validate(const struct caldera_option * opts, char * err, size_t errlen);
+/** Nearest option name to key by edit distance (NULL if none is close). */
+const char * caldera_options_suggest(const struct caldera_option * opts, const char * key);
+int  caldera_edit_distance(const char * a, const char * b);
+const char * caldera_opt_type_name(enum caldera_opt_type t);
+
+// misc
+int  caldera_name_valid(const char * name);
+size_t caldera_strlcpy(char * dst, const char * src, size_t n);
+char * caldera_asprintf(const char * fmt, ...) CALDERA_PRINTF(1, 2);
+void caldera_log_prefixed(struct caldera_ctx * ctx, enum caldera_log_level level, const char * prefix,
+                          const char * fmt, va_list ap);
+
+// linalg
+void caldera_blas_set_threads(int n);
+
+// Atomic file output: write to "<path>.tmp.<pid>" and rename on commit.
+struct caldera_atomic_file {
+    char * path;
+    char * tmp;
+    void * fp;   // FILE *
+};
+int  caldera_atomic_open(struct caldera_ctx * ctx, const char * path, struct caldera_atomic_file * af);
+int  caldera_atomic_commit(struct caldera_ctx * ctx, struct caldera_atomic_file * af);
+void caldera_atomic_abort(struct caldera_atomic_file * af);
+
+#endif
