@@ -15,6 +15,10 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#pragma GCC visibility push(default) // the public API is exported from libcaldera
+#endif
+
 #define CALDERA_PLUGIN_ABI_VERSION 1
 
 #if defined(_WIN32)
@@ -620,6 +624,10 @@ int caldera_quantizer_dequantize(struct caldera_inst * q, const struct caldera_p
                                  struct caldera_tensor * w_hat);
 /** The quantizer's codebook ops, or CALDERA_ERR_UNSUPPORTED (with a message) if it has none. */
 int caldera_quantizer_codebook(struct caldera_inst * q, const struct caldera_quantizer_ops ** ops);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

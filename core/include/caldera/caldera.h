@@ -12,6 +12,10 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#pragma GCC visibility push(default) // the public API is exported from libcaldera
+#endif
+
 #define CALDERA_VERSION_MAJOR 0
 #define CALDERA_VERSION_MINOR 1
 #define CALDERA_VERSION_PATCH 0
@@ -127,8 +131,14 @@ void caldera_pipeline_free(struct caldera_pipeline * pl);
 int  caldera_pipeline_print_config(const struct caldera_pipeline * pl, FILE * out);
 /** Run every phase; the output file appears only when complete. */
 int  caldera_pipeline_run(struct caldera_pipeline * pl);
+/** Descriptor of the [caldera] section's options (for help text and the config reference). */
+const struct caldera_plugin * caldera_pipeline_descriptor(void);
 /** The report of the last run as JSON text (owned by the pipeline), or NULL. */
 const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

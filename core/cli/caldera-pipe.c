@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+// caldera-pipe: run a compression pipeline described by an INI file.
+// Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "caldera/caldera.h"
+
+static struct caldera_ctx * g_ctx;
+static int                  g_progress_pending;
+static int                  g_tty;
+
+static void usage(FILE * out) {
+    fprintf(out,
+            "usage: caldera-pipe PIPELINE.ini [options]\n"
+            "       caldera-pipe --list-plugins | --help-plugin NAME | --help | --version\n"
+            "\n"
+            "Compress the weights of a model as the pipeline file describes.\n"
+            "\n"
+            "options:\n"
+            "  --set SECTION.KEY=VALUE  override one option (repeatable)\n"
+            "  --dry-run                parse, resolve, bind and check (reads model headers only); no compute\n"
+            "  --print-config           print the effective configuration (every option, defaults filled in)\n"
+            "  --threads N              threads for BLAS and the core (0: all cores)\n"
+            "  --plugin-path PATH       load plugins from a .so file or a directory (repeatable)\n"
+            "  -v, --verbose            more log output (debug)\n"
+            "  -q, --quiet              warnings and errors only\n"
+            "  --list-plugins           list the plugins that are available\n"
+            "  --help-plugin NAME       describe a plugin and its options ('caldera' for the [caldera] section)\n"
+            "  --help                   this text\n"
+            "  --version                print the version\n"
+            "\n"
+            "Plugins are loaded from --plugin-path, the absolute directories in CALDERA_PLUGIN_PATH and the\n"
+            "install directory, never from the current directory. CALDERA_LOG=error|warn|info|debug sets the log level.\n");
+}
+
+static void log_cb(enum caldera_log_level level, const char * msg, void * user) {
+    (void) user;
+    static const char * tags[] = { "error", "warning", "", "debug" };
+    int progress = g_tty && level == CALDERA_LOG_INFO && msg[0] == '[' && strstr(msg, "ETA");
+    if (g_progress_pending && !progress) {
+        fputc('\n', stderr);
+        g_progress_pending = 0;
+    }
+    if (progress) {
+        fprintf(stderr, "\r\033[K%s", msg);
+        g_progress_pending = 1;
+    } else if (level == CALDERA_LOG_INFO) {
+        fprintf(stderr, "%s\n", msg);
+    } else {
+        fprintf(stderr, "%s: %s\n", tags[level], msg);
+    }
+    fflush(stderr);
+}
+
+static void on_signal(int sig) {
+    (void) sig;
+    if (g_ctx) caldera_ctx_cancel(g_ctx);
+}
+
+static int list_plugins(struct caldera_ctx * ctx) {
+    printf("%-14s %-11s %-8s %-10s %s\n", "NAME", "KIND", "VERSION", "ORIGIN", "DESCRIPTION");
+    for (int64_t i = 0; i < caldera_registry_count(ctx); i++) {
+        const struct caldera_plugin * p = caldera_registry_get(ctx, i);
+        char ver[32];
+        snprintf(ver, sizeof(ver), "%u.%u.%u", p->version >> 16, (p->version >> 8) & 0xff, p->version & 0xff);
+        printf("%-14s %-11s %-8s %-10s %s\n", p->name, caldera_plugin_kind_name(p->kind), ver,
+               strcmp(caldera_registry_origin(ctx, i), "built-in") == 0 ? "built-in" : "loaded", p->description ? p->description : "");
+    }
+    for (int64_t i = 0; i < caldera_registry_count(ctx); i++) {
+        if (strcmp(caldera_registry_origin(ctx, i), "built-in") != 0) {
+            printf("  %s: %s\n", caldera_registry_get(ctx, i)->name, caldera_registry_origin(ctx, i));
+        }
+    }
+    return 0;
+}
+
+static void print_report(const char * json_text) {
+    json_error_t err;
+    json_t * rep = json_loads(json_text, 0, &err);
+    if (!rep) return;
+    json_t * tensors = json_object_get(rep, "tensors");
+    printf("%-52s %-12s %8s %9s %9s %8s\n", "weight", "shape", "bits/par", "rel.err", "rel.err.H", "time/s");
+    size_t i;
+    json_t * t;
+    json_array_foreach(tensors, i, t) {
+        json_t * shape = json_object_get(t, "shape");
+        char sh[32];
+        snprintf(sh, sizeof(sh), "%lldx%lld", (long long) json_integer_value(json_array_get(shape, 0)),
+                 (long long) json_integer_value(json_array_get(shape, 1)));
+        printf("%-52s %-12s %8.4f %9.5f %9s %8.2f\n", json_string_value(json_object_get(t, "name")), sh,
+               json_real_value(json_object_get(t, "bits_per_param")), json_real_value(json_object_get(t, "rel_err")),
+               json_is_true(json_object_get(t, "data_aware")) ? "" : "-", json_real_value(json_object_get(t, "seconds")));
+        if (json_is_true(json_object_get(t, "data_aware"))) {
+            printf("\033[1A\033[%dC%9.5f\n", 52 + 1 + 12 + 1 + 8 + 1 + 9 + 1, json_real_value(json_object_get(t, "rel_err_h")));
+        }
+    }
+    json_t * s = json_object_get(rep, "summary");
+    printf("summary: %lld weights, %.0f parameters, %.4f bits/param, data-aware rel. error mean %.5f worst %.5f, %.1f s\n",
+           (long long) json_integer_value(json_object_get(s, "weights")), json_real_value(json_object_get(s, "params")),
+           json_real_value(json_object_get(s, "bits_per_param")), json_real_value(json_object_get(s, "mean_rel_err_h")),
+           json_real_value(json_object_get(s, "worst_rel_err_h")), json_real_value(json_object_get(s, "seconds")));
+    json_decref(rep);
+}
+
+int main(int argc, char ** argv) {
+    const char * ini = NULL, * help_plugin = NULL;
+    int dry_run = 0, print_config = 0, list = 0, threads = -1, verbosity = 0, rc = 0;
+    const char ** sets = calloc((size_t) argc, sizeof(char *));
+    const char ** paths = calloc((size_t) argc, sizeof(char *));
+    int nsets = 0, npaths = 0;
+    if (!sets || !paths) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char * a = argv[i];
+        const char * next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--version")) { printf("caldera-pipe %s (plugin ABI %d)\n", caldera_version(), CALDERA_PLUGIN_ABI_VERSION); return 0; }
+        else if (!strcmp(a, "--dry-run")) dry_run = 1;
+        else if (!strcmp(a, "--print-config")) print_config = 1;
+        else if (!strcmp(a, "--list-plugins")) list = 1;
+        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbosity++;
+        else if (!strcmp(a, "-vv")) verbosity += 2;
+        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) verbosity = -1;
+        else if ((!strcmp(a, "--set") || !strcmp(a, "--threads") || !strcmp(a, "--plugin-path") || !strcmp(a, "--help-plugin")) && !next) {
+            fprintf(stderr, "caldera-pipe: %s needs a value\n", a);
+            return 2;
+        } else if (!strcmp(a, "--set")) sets[nsets++] = argv[++i];
+        else if (!strcmp(a, "--plugin-path")) paths[npaths++] = argv[++i];
+        else if (!strcmp(a, "--help-plugin")) help_plugin = argv[++i];
+        else if (!strcmp(a, "--threads")) {
+            char * end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 0 || v > 4096) {
+                fprintf(stderr, "caldera-pipe: --threads '%s'; allowed: an integer in [0, 4096]\n", argv[i]);
+                return 2;
+            }
+            threads = (int) v;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "caldera-pipe: unknown option '%s' (see --help)\n", a);
+            return 2;
+        } else if (!ini) ini = a;
+        else {
+            fprintf(stderr, "caldera-pipe: more than one pipeline file ('%s' and '%s')\n", ini, a);
+            return 2;
+        }
+    }
+    if (!ini && !list && !help_plugin) {
+        usage(stderr);
+        return 2;
+    }
+    g_tty = isatty(2);
+    struct caldera_ctx * ctx = NULL;
+    struct caldera_config * cfg = NULL;
+    struct caldera_pipeline * pl = NULL;
+    if ((rc = caldera_ctx_init(&ctx)) < 0) {
+        fprintf(stderr, "caldera-pipe: cannot initialise: %s\n", caldera_status_str(rc));
+        return 1;
+    }
+    g_ctx = ctx;
+    caldera_ctx_set_log(ctx, log_cb, NULL);
+    caldera_ctx_set_log_level(ctx, verbosity < 0 ? CALDERA_LOG_WARN : verbosity > 0 ? CALDERA_LOG_DEBUG : CALDERA_LOG_INFO);
+    if (threads >= 0) caldera_ctx_set_threads(ctx, threads);
+    int exit_code = 0;
+    for (int i = 0; i < npaths; i++) {
+        struct stat st;
+        int r = (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode)) ? caldera_registry_load_dir(ctx, paths[i])
+                                                                   : caldera_registry_load(ctx, paths[i]);
+        if (r < 0) {
+            fprintf(stderr, "caldera-pipe: --plugin-path: %s\n", caldera_ctx_errmsg(ctx));
+            exit_code = 2;
+            goto out;
+        }
+    }
+    if (caldera_registry_load_default(ctx) < 0) {
+        fprintf(stderr, "caldera-pipe: %s\n", caldera_ctx_errmsg(ctx));
+        exit_code = 2;
+        goto out;
+    }
+    if (list) {
+        list_plugins(ctx);
+        goto out;
+    }
+    if (help_plugin) {
+        const struct caldera_plugin * p = strcmp(help_plugin, "caldera") == 0 ? caldera_pipeline_descriptor()
+                                                                              : caldera_registry_find(ctx, help_plugin);
+        if (!p) {
+            fprintf(stderr, "caldera-pipe: no plugin named '%s' (see --list-plugins)\n", help_plugin);
+            exit_code = 2;
+            goto out;
+        }
+        caldera_plugin_print_help(p, stdout);
+        goto out;
+    }
+    if ((rc = caldera_config_init(ctx, &cfg)) < 0) { exit_code = 1; goto out; }
+    rc = caldera_config_parse_file(cfg, ini);
+    for (int i = 0; i < nsets; i++) caldera_config_set(cfg, sets[i]);
+    if (rc != CALDERA_ERR_NOT_FOUND && rc != CALDERA_ERR_IO && caldera_config_ndiag(cfg) == 0) {
+        rc = caldera_pipeline_init(ctx, cfg, &pl);
+    }
+    if (caldera_config_ndiag(cfg) > 0) {
+        for (int64_t i = 0; i < caldera_config_ndiag(cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(cfg, i));
+        fprintf(stderr, "caldera-pipe: %lld configuration error(s)\n", (long long) caldera_config_ndiag(cfg));
+        exit_code = 2;
+        goto out;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "caldera-pipe: error: %s\n", caldera_ctx_errmsg(ctx));
+        exit_code = rc == CALDERA_ERR_CONFIG ? 2 : 1;
+        goto out;
+    }
+    if (print_config) caldera_pipeline_print_config(pl, stdout);
+    if (dry_run || print_config) {
+        if (dry_run) fprintf(stderr, "%s: configuration OK\n", ini);
+        goto out;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    rc = caldera_pipeline_run(pl);
+    if (g_progress_pending) fputc('\n', stderr);
+    if (rc < 0) {
+        fprintf(stderr, "caldera-pipe: error: %s\n", caldera_ctx_errmsg(ctx));
+        exit_code = 1;
+        goto out;
+    }
+    if (caldera_pipeline_report_json(pl)) print_report(caldera_pipeline_report_json(pl));
+out:
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+    free(sets);
+    free(paths);
+    return exit_code;
+}
