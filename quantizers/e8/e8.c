@@ -1,0 +1,488 @@
+// SPDX-License-Identifier: MIT
+// e8.c: the "e8" quantizer plugin: QuIP#'s E8P lattice codebooks at 2, 3 and 4 bits per weight
+// (codebook math in e8p.h / e8p.c), round-to-nearest on blocks of 8 weights along a row, with
+// one scale per tensor (as the reference) or per row. Also the codebook level that ldlq wraps.
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "caldera/caldera-plugin.h"
+#include "e8p.h"
+
+enum e8_scale_mode { E8_SCALE_TENSOR = 0, E8_SCALE_ROW = 1 };
+enum e8_scale_dtype { E8_DTYPE_F16 = 0, E8_DTYPE_F32 = 1 };
+
+struct e8_priv {
+    int64_t              bits;           // 2, 3 or 4 bits per weight
+    int                  scale_mode;     // enum e8_scale_mode
+    double               scale_override; // RMS of the scaled input; 0 = the codebook's opt_scale
+    int                  scale_dtype;    // enum e8_scale_dtype
+    struct e8p_tables *  tab;            // built by init
+};
+
+/** Codebook state: the scales chosen from the whole W, and the codes rounded so far. */
+struct caldera_cb_state {
+    int64_t    rows, cols;  // shape of W
+    int64_t    nscale;      // 1 (tensor) or rows
+    float *    scale;       // (nscale) effective scales, already rounded to scale_dtype
+    uint16_t * codes;       // (rows, cols / 8) E8P12 codes
+    uint16_t * codes2;      // (rows, cols / 8) second-stage codes (3 and 4 bits), else NULL
+};
+
+#define OFF(x) offsetof(struct e8_priv, x)
+
+static const struct caldera_opt_choice e8_scale_mode_choices[] = {
+    { .name = "tensor", .value = E8_SCALE_TENSOR, .help = "one scale rms(W) / opt_scale for the matrix (as QuIP#, CALDERA)" },
+    { .name = "row",    .value = E8_SCALE_ROW,    .help = "one scale rms(row) / opt_scale per row" },
+    { .name = NULL }
+};
+
+static const struct caldera_opt_choice e8_dtype_choices[] = {
+    { .name = "f16", .value = E8_DTYPE_F16, .help = "scales stored as IEEE half (16 bits)" },
+    { .name = "f32", .value = E8_DTYPE_F32, .help = "scales stored as IEEE single (32 bits)" },
+    { .name = NULL }
+};
+
+static const struct caldera_option e8_options[] = {
+    { .name = "bits", .offset = OFF(bits), .type = CALDERA_OPT_INT, .def.i64 = 2, .min = 2, .max = 4,
+      .help = "bits per weight: 2 = E8P12, 3 = E8P12 + E8 1-bit residual, 4 = E8P12 + E8P12 residual" },
+    { .name = "scale_mode", .offset = OFF(scale_mode), .type = CALDERA_OPT_ENUM,
+      .def.i64 = E8_SCALE_TENSOR, .choices = e8_scale_mode_choices,
+      .help = "granularity of the scale" },
+    { .name = "scale_override", .offset = OFF(scale_override), .type = CALDERA_OPT_DOUBLE,
+      .def.dbl = 0.0, .min = 0.0, .max = 100.0,
+      .help = "RMS the input is scaled to before rounding; 0 = codebook default (1.03 for 2 and 4 bits, 0.98 for 3 bits)" },
+    { .name = "scale_dtype", .offset = OFF(scale_dtype), .type = CALDERA_OPT_ENUM,
+      .def.i64 = E8_DTYPE_F16, .choices = e8_dtype_choices,
+      .help = "storage type of the scales" },
+    { .name = NULL }
+};
+
+static int e8_init(struct caldera_inst * inst) {
+    struct e8_priv * p = caldera_inst_priv(inst);
+    p->tab = caldera_malloc(sizeof(*p->tab));
+    if (!p->tab) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate %zu bytes of codebook tables",
+                             sizeof(*p->tab));
+    }
+    e8p_tables_build(p->tab);
+    return 0;
+}
+
+static void e8_uninit(struct caldera_inst * inst) {
+    struct e8_priv * p = caldera_inst_priv(inst);
+    caldera_freep(&p->tab);
+}
+
+static int e8_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    if (rows < 1 || cols < 1) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED,
+                             "shape %" PRId64 "x%" PRId64 " is empty; rows and cols must be >= 1",
+                             rows, cols);
+    }
+    if (cols % E8P_DIM != 0) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED,
+                             "cols=%" PRId64 " is not a multiple of 8; e8 rounds blocks of 8 weights "
+                             "along a row (pad the input, e.g. with the rht transform)", cols);
+    }
+    return 0;
+}
+
+static double e8_opt_scale(const struct e8_priv * p) {
+    if (p->scale_override > 0.0) {
+        return p->scale_override;
+    }
+    return p->bits == 3 ? E8P_OPT_SCALE_3BIT : E8P_OPT_SCALE_2BIT;
+}
+
+static double e8_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    const struct e8_priv * p = caldera_inst_priv(inst);
+    double nscale = p->scale_mode == E8_SCALE_ROW ? (double) rows : 1.0;
+    double sbits  = p->scale_dtype == E8_DTYPE_F16 ? 16.0 : 32.0;
+    return (double) p->bits * (double) rows * (double) cols + nscale * sbits;
+}
+
+static int64_t e8_cb_dim(struct caldera_inst * inst) {
+    (void) inst;
+    return E8P_DIM;
+}
+
+static void e8_cb_free(struct caldera_inst * inst, struct caldera_cb_state * st) {
+    (void) inst;
+    if (!st) {
+        return;
+    }
+    caldera_free(st->scale);
+    caldera_free(st->codes);
+    caldera_free(st->codes2);
+    caldera_free(st);
+}
+
+// A 2-d f32 CPU tensor of the given shape (any ld >= cols).
+static int e8_check_matrix(struct caldera_inst * inst, const char * where, const char * what,
+                           const struct caldera_tensor * t, int64_t rows, int64_t cols) {
+    if (!t || !t->data || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU ||
+        t->ndim != 2 || t->ld < t->ne[1]) {
+        return caldera_error(inst, CALDERA_ERR_INVAL,
+                             "%s: %s must be a 2-d f32 CPU tensor with ld >= cols", where, what);
+    }
+    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
+        return caldera_error(inst, CALDERA_ERR_INVAL,
+                             "%s: %s is %" PRId64 "x%" PRId64 ", expected %" PRId64 "x%" PRId64,
+                             where, what, t->ne[0], t->ne[1], rows, cols);
+    }
+    return 0;
+}
+
+static int e8_check_finite(struct caldera_inst * inst, const char * where, const char * what,
+                           const struct caldera_tensor * t) {
+    int64_t bad = -1;
+    if (caldera_tensor_check_finite(t, &bad) == 0) {
+        return 0;
+    }
+    // locate the first bad element ourselves (row, col), whatever index convention was used
+    for (int64_t i = 0; i < t->ne[0]; i++) {
+        const float * r = (const float *) t->data + i * t->ld;
+        for (int64_t j = 0; j < t->ne[1]; j++) {
+            if (!isfinite(r[j])) {
+                return caldera_error(inst, CALDERA_ERR_NUMERIC,
+                                     "%s: %s has a NaN or Inf at (%" PRId64 ", %" PRId64 "); the input must be finite",
+                                     where, what, i, j);
+            }
+        }
+    }
+    return caldera_error(inst, CALDERA_ERR_NUMERIC, "%s: %s has a NaN or Inf; the input must be finite",
+                         where, what);
+}
+
+// Round a scale to its storage type; the rounded value is the one used for codes and for Ŵ.
+static int e8_round_scale(struct caldera_inst * inst, const struct e8_priv * p, double s, float * out) {
+    float f = (float) s;
+    if (p->scale_dtype == E8_DTYPE_F16) {
+        f = caldera_f16_to_f32(caldera_f32_to_f16(f));
+    }
+    if (!isfinite(f)) {
+        return caldera_error(inst, CALDERA_ERR_RANGE,
+                             "cb_begin: scale %g does not fit scale_dtype=%s; use scale_dtype=f32",
+                             s, p->scale_dtype == E8_DTYPE_F16 ? "f16" : "f32");
+    }
+    *out = f;
+    return 0;
+}
+
+static int e8_cb_begin(struct caldera_inst * inst, const struct caldera_tensor * w,
+                       struct caldera_cb_state ** state) {
+    const struct e8_priv *    p  = caldera_inst_priv(inst);
+    struct caldera_cb_state * st = NULL;
+    int rc = 0;
+
+    *state = NULL;
+    if (!p->tab) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "cb_begin: instance not started; call caldera_inst_start first");
+    }
+    if ((rc = e8_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0 ||
+        (rc = e8_check_shape(inst, w->ne[0], w->ne[1])) < 0 ||
+        (rc = e8_check_finite(inst, "cb_begin", "W", w)) < 0) {
+        return rc;
+    }
+    const int64_t m = w->ne[0], n = w->ne[1], nb = n / E8P_DIM;
+    if (!(st = caldera_calloc(1, sizeof(*st)))) {
+        goto nomem;
+    }
+    st->rows   = m;
+    st->cols   = n;
+    st->nscale = p->scale_mode == E8_SCALE_ROW ? m : 1;
+    if (!(st->scale = caldera_malloc((size_t) st->nscale * sizeof(float))) ||
+        !(st->codes = caldera_calloc((size_t) (m * nb), sizeof(uint16_t)))) {
+        goto nomem;
+    }
+    if (p->bits > 2 && !(st->codes2 = caldera_calloc((size_t) (m * nb), sizeof(uint16_t)))) {
+        goto nomem;
+    }
+
+    // s = rms / opt_scale, so that W / s has RMS opt_scale (algorithms.md 3.1 "Scales")
+    const double opt = e8_opt_scale(p);
+    const float * wd = w->data;
+    double total = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+        double ss = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            double v = wd[i * w->ld + j];
+            ss += v * v;
+        }
+        if (st->nscale == m && (rc = e8_round_scale(inst, p, sqrt(ss / (double) n) / opt, &st->scale[i])) < 0) {
+            goto fail;
+        }
+        total += ss;
+    }
+    if (st->nscale == 1 &&
+        (rc = e8_round_scale(inst, p, sqrt(total / ((double) m * (double) n)) / opt, &st->scale[0])) < 0) {
+        goto fail;
+    }
+    *state = st;
+    return 0;
+
+nomem:
+    rc = caldera_error(inst, CALDERA_ERR_NOMEM, "cb_begin: out of memory for %" PRId64 "x%" PRId64 " codes",
+                       m, n);
+fail:
+    e8_cb_free(inst, st);
+    return rc;
+}
+
+struct e8_round_job {
+    const struct e8p_tables *       tab;
+    int                             bits;
+    struct caldera_cb_state *       st;
+    int64_t                         b0, nb;   // first block (of the whole row) and block count
+    const struct caldera_tensor *   x;        // (rows, nb * 8)
+    struct caldera_tensor *         x_hat;    // (rows, nb * 8)
+};
+
+static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
+    const struct e8_round_job * job = arg;
+    const struct caldera_cb_state * st = job->st;
+    const int64_t nbt = st->cols / E8P_DIM;
+    for (int64_t i = i0; i < i1; i++) {
+        const float   s   = st->scale[st->nscale == 1 ? 0 : i];
+        const float   inv = s > 0.0f ? 1.0f / s : 0.0f;  // a zero row: every x is 0
+        const float * xr  = (const float *) job->x->data + i * job->x->ld;
+        float *       yr  = (float *) job->x_hat->data + i * job->x_hat->ld;
+        uint16_t *    c1  = st->codes + i * nbt + job->b0;
+        uint16_t *    c2  = st->codes2 ? st->codes2 + i * nbt + job->b0 : NULL;
+        for (int64_t b = 0; b < job->nb; b++) {
+            float    xs[E8P_DIM], v[E8P_DIM];
+            uint16_t k1, k2;
+            for (int k = 0; k < E8P_DIM; k++) {
+                xs[k] = xr[b * E8P_DIM + k] * inv;
+            }
+            e8p_encode_bits(job->tab, job->bits, xs, &k1, &k2);
+            // Ŵ from the codes with the one decode rule, so dequantize reproduces it exactly
+            e8p_decode_bits(job->tab, job->bits, k1, k2, v);
+            for (int k = 0; k < E8P_DIM; k++) {
+                yr[b * E8P_DIM + k] = s * v[k];
+            }
+            c1[b] = k1;
+            if (c2) {
+                c2[b] = k2;
+            }
+        }
+    }
+}
+
+static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st, int64_t col0,
+                       const struct caldera_tensor * x, struct caldera_tensor * x_hat) {
+    const struct e8_priv * p = caldera_inst_priv(inst);
+    int rc;
+    if (!st) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
+    }
+    if ((rc = e8_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+        return rc;
+    }
+    const int64_t c = x->ne[1];
+    if (col0 < 0 || col0 % E8P_DIM != 0 || c % E8P_DIM != 0 || col0 + c > st->cols) {
+        return caldera_error(inst, CALDERA_ERR_INVAL,
+                             "cb_round: columns [%" PRId64 ", %" PRId64 ") are not whole blocks of 8 "
+                             "inside [0, %" PRId64 ")", col0, col0 + c, st->cols);
+    }
+    if ((rc = e8_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+        (rc = e8_check_finite(inst, "cb_round", "x", x)) < 0) {
+        return rc;
+    }
+    struct e8_round_job job = {
+        .tab = p->tab, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
+        .x = x, .x_hat = x_hat,
+    };
+    int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
+    caldera_parallel_for(caldera_inst_ctx(inst), st->rows, grain, e8_round_rows, &job);
+    return 0;
+}
+
+static int e8_cb_end(struct caldera_inst * inst, struct caldera_cb_state * st,
+                     struct caldera_pack * pack) {
+    const struct e8_priv * p = caldera_inst_priv(inst);
+    void * data = NULL;
+    int rc;
+    if (!st) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "cb_end: no state; call cb_begin first");
+    }
+    const int64_t nb = st->cols / E8P_DIM;
+    const int64_t ne[2] = { st->rows, nb };
+    const size_t  ncode = (size_t) (st->rows * nb);
+
+    // "codes": (rows, cols/8) u16, the E8P12 code of block b of row r at [r][b]
+    if ((rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
+        return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes' to the pack");
+    }
+    memcpy(data, st->codes, ncode * sizeof(uint16_t));
+    if (p->bits == 4) {  // "codes2": (rows, cols/8) u16, second E8P12 stage
+        if ((rc = caldera_pack_add(pack, "codes2", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes2' to the pack");
+        }
+        memcpy(data, st->codes2, ncode * sizeof(uint16_t));
+    } else if (p->bits == 3) {  // "codes2": (rows, cols/8) u8, "E8 1-bit" residual
+        if ((rc = caldera_pack_add(pack, "codes2", CALDERA_DTYPE_U8, 2, ne, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes2' to the pack");
+        }
+        uint8_t * d8 = data;
+        for (size_t k = 0; k < ncode; k++) {
+            d8[k] = (uint8_t) st->codes2[k];
+        }
+    }
+    // "scale": (1) or (rows), f16 or f32
+    const int64_t nes[1] = { st->nscale };
+    if (p->scale_dtype == E8_DTYPE_F16) {
+        if ((rc = caldera_pack_add(pack, "scale", CALDERA_DTYPE_F16, 1, nes, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'scale' to the pack");
+        }
+        uint16_t * h = data;
+        for (int64_t k = 0; k < st->nscale; k++) {
+            h[k] = caldera_f32_to_f16(st->scale[k]);  // exact: the scale was rounded in cb_begin
+        }
+    } else {
+        if ((rc = caldera_pack_add(pack, "scale", CALDERA_DTYPE_F32, 1, nes, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'scale' to the pack");
+        }
+        memcpy(data, st->scale, (size_t) st->nscale * sizeof(float));
+    }
+    return 0;
+}
+
+static int e8_quantize(struct caldera_inst * inst, const struct caldera_tensor * w,
+                       const struct caldera_tensor * h, struct caldera_tensor * w_hat,
+                       struct caldera_pack * pack) {
+    struct caldera_cb_state * st = NULL;
+    int rc;
+    (void) h;  // round to nearest: the Hessian is for wrappers such as ldlq
+    if ((rc = e8_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
+        (rc = e8_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0 ||
+        (rc = e8_cb_begin(inst, w, &st)) < 0 ||
+        (rc = e8_cb_round(inst, st, 0, w, w_hat)) < 0 ||
+        (rc = e8_cb_end(inst, st, pack)) < 0) {
+        goto fail;
+    }
+fail:
+    e8_cb_free(inst, st);
+    return rc;
+}
+
+// Find pack tensor suffix with the given dtype(s) and element count.
+static int e8_find(struct caldera_inst * inst, const struct caldera_pack * pack, const char * suffix,
+                   enum caldera_dtype dt1, enum caldera_dtype dt2, int64_t nelem,
+                   struct caldera_tensor * out) {
+    int rc = caldera_pack_find(pack, suffix, out);
+    if (rc < 0) {
+        return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s' (bits=%d)", suffix,
+                             (int) ((const struct e8_priv *) caldera_inst_priv(inst))->bits);
+    }
+    if ((out->dtype != dt1 && out->dtype != dt2) || caldera_tensor_nelements(out) != nelem) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT,
+                             "dequantize: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
+                             suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
+                             caldera_dtype_name(dt1), nelem);
+    }
+    return 0;
+}
+
+struct e8_dequant_job {
+    const struct e8p_tables * tab;
+    int                       bits;
+    int64_t                   nscale, nb;
+    const float *             scale;
+    const uint16_t *          c1;
+    const void *              c2;    // u16 (4 bits) or u8 (3 bits)
+    struct caldera_tensor *   w_hat;
+};
+
+static void e8_dequant_rows(void * arg, int64_t i0, int64_t i1) {
+    const struct e8_dequant_job * job = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        const float s  = job->scale[job->nscale == 1 ? 0 : i];
+        float *     yr = (float *) job->w_hat->data + i * job->w_hat->ld;
+        for (int64_t b = 0; b < job->nb; b++) {
+            int64_t  k  = i * job->nb + b;
+            uint16_t k2 = job->bits == 4 ? ((const uint16_t *) job->c2)[k]
+                        : job->bits == 3 ? ((const uint8_t *) job->c2)[k] : 0;
+            float v[E8P_DIM];
+            e8p_decode_bits(job->tab, job->bits, job->c1[k], k2, v);
+            for (int j = 0; j < E8P_DIM; j++) {
+                yr[b * E8P_DIM + j] = s * v[j];
+            }
+        }
+    }
+}
+
+static int e8_dequantize(struct caldera_inst * inst, const struct caldera_pack * pack,
+                         struct caldera_tensor * w_hat) {
+    const struct e8_priv * p = caldera_inst_priv(inst);
+    struct caldera_tensor codes, codes2, scale;
+    float * sc = NULL;
+    int rc;
+    if (!p->tab) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "dequantize: instance not started; call caldera_inst_start first");
+    }
+    if ((rc = e8_check_matrix(inst, "dequantize", "w_hat", w_hat, -1, -1)) < 0 ||
+        (rc = e8_check_shape(inst, w_hat->ne[0], w_hat->ne[1])) < 0) {
+        return rc;
+    }
+    const int64_t m = w_hat->ne[0], nb = w_hat->ne[1] / E8P_DIM;
+    const int64_t nscale = p->scale_mode == E8_SCALE_ROW ? m : 1;
+    if ((rc = e8_find(inst, pack, "codes", CALDERA_DTYPE_U16, CALDERA_DTYPE_U16, m * nb, &codes)) < 0 ||
+        (rc = e8_find(inst, pack, "scale", CALDERA_DTYPE_F16, CALDERA_DTYPE_F32, nscale, &scale)) < 0) {
+        return rc;
+    }
+    if (p->bits > 2) {
+        enum caldera_dtype dt = p->bits == 4 ? CALDERA_DTYPE_U16 : CALDERA_DTYPE_U8;
+        if ((rc = e8_find(inst, pack, "codes2", dt, dt, m * nb, &codes2)) < 0) {
+            return rc;
+        }
+    }
+    if (!(sc = caldera_malloc((size_t) nscale * sizeof(float)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "dequantize: out of memory");
+    }
+    if ((rc = caldera_convert_to_f32(scale.dtype, scale.data, nscale, sc)) < 0) {
+        rc = caldera_error(inst, rc, "dequantize: cannot convert 'scale' to f32");
+        goto fail;
+    }
+    struct e8_dequant_job job = {
+        .tab = p->tab, .bits = (int) p->bits, .nscale = nscale, .nb = nb, .scale = sc,
+        .c1 = codes.data, .c2 = p->bits > 2 ? codes2.data : NULL, .w_hat = w_hat,
+    };
+    caldera_parallel_for(caldera_inst_ctx(inst), m, 1 + 4096 / (nb > 0 ? nb : 1), e8_dequant_rows, &job);
+fail:
+    caldera_free(sc);
+    return rc;
+}
+
+static const struct caldera_quantizer_ops e8_ops = {
+    .struct_size = sizeof(struct caldera_quantizer_ops),
+    .quantize    = e8_quantize,
+    .dequantize  = e8_dequantize,
+    .bits        = e8_bits,
+    .cb_dim      = e8_cb_dim,
+    .cb_begin    = e8_cb_begin,
+    .cb_round    = e8_cb_round,
+    .cb_end      = e8_cb_end,
+    .cb_free     = e8_cb_free,
+};
+
+static const struct caldera_plugin e8_plugin = {
+    .abi_version    = CALDERA_PLUGIN_ABI_VERSION,
+    .struct_size    = sizeof(struct caldera_plugin),
+    .kind           = CALDERA_PLUGIN_KIND_QUANTIZER,
+    .name           = "e8",
+    .description    = "E8P lattice codebooks of QuIP# (2, 3, 4 bits per weight, blocks of 8)",
+    .version        = CALDERA_VERSION_INT(0, 1, 0),
+    .format_version = 1,
+    .priv_size      = sizeof(struct e8_priv),
+    .options        = e8_options,
+    .probe          = NULL,
+    .check          = NULL,
+    .check_shape    = e8_check_shape,
+    .init           = e8_init,
+    .uninit         = e8_uninit,
+    .ops            = &e8_ops,
+};
+
+CALDERA_PLUGIN_DEFINE(e8_plugin)
