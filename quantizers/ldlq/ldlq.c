@@ -1,0 +1,553 @@
+// SPDX-License-Identifier: MIT
+// ldlq.c: LDLQ (QuIP's adaptive rounding, GPTQ in block form) as a matrix quantizer that wraps
+// any codebook quantizer (uniform, e8): block LDL of the damped Hessian, error feedback from the
+// last column block to the first in lazy GEMM batches, then optional Gauss-Seidel tune passes
+// (algorithms.md §2). Codes and scales are the wrapped codebook's; ldlq adds no tensors.
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "caldera/caldera-plugin.h"
+
+struct ldlq_priv {
+    struct caldera_inst * codebook;    // REF: a quantizer with the cb_* ops
+    double                damp;        // H + damp * mean(diag H) * I
+    int64_t               tune_iters;  // block coordinate descent passes after LDLQ
+    int64_t               buffer_cols; // lazy batch width (a multiple of the block)
+    int64_t               block;       // LDL block size; 0 = the codebook's cb_dim
+    int                   tune_guard;  // keep a row's old codeword if the rounded step is worse
+};
+
+#define OFF(x) offsetof(struct ldlq_priv, x)
+
+static const struct caldera_option ldlq_options[] = {
+    { .name = "codebook", .offset = OFF(codebook), .type = CALDERA_OPT_REF,
+      .ref_kind = CALDERA_PLUGIN_KIND_QUANTIZER,
+      .help = "codebook quantizer to round with (a [section] whose plugin has cb_* ops: uniform, e8)" },
+    { .name = "damp", .offset = OFF(damp), .type = CALDERA_OPT_DOUBLE, .def.dbl = 0.01, .min = 0.0, .max = 100.0,
+      .help = "relative diagonal damping: H + damp * mean(diag H) * I" },
+    { .name = "tune_iters", .offset = OFF(tune_iters), .type = CALDERA_OPT_INT, .def.i64 = 0, .min = 0, .max = 1000,
+      .help = "block coordinate descent passes after LDLQ (0 = pure LDLQ/GPTQ; CALDERA uses 10)" },
+    { .name = "buffer_cols", .offset = OFF(buffer_cols), .type = CALDERA_OPT_INT, .def.i64 = 128, .min = 1,
+      .max = 1048576, .help = "lazy batch width in columns (a multiple of the block); results do not depend on it" },
+    { .name = "block", .offset = OFF(block), .type = CALDERA_OPT_INT, .def.i64 = 0, .min = 0, .max = 4096,
+      .help = "LDL block size, a multiple of the codebook's cb_dim; 0 = cb_dim (8 for e8, 1 for uniform)",
+      .flags = CALDERA_OPT_EXPERT },
+    { .name = "tune_guard", .offset = OFF(tune_guard), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
+      .help = "in tune passes keep a row's codeword when the rounded block minimiser would raise its loss "
+              "(only possible for blocks > 1), so passes never increase the proxy loss",
+      .flags = CALDERA_OPT_EXPERT },
+    { .name = NULL }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+// A (rows, cols) view into a row-major f32 matrix at (r0, c0) with leading dimension ld.
+static struct caldera_tensor sub(float * base, int64_t ld, int64_t r0, int64_t c0, int64_t rows, int64_t cols) {
+    struct caldera_tensor t = { .data = base + r0 * ld + c0, .dtype = CALDERA_DTYPE_F32,
+                                .device = CALDERA_DEVICE_CPU, .ndim = 2, .ne = { rows, cols }, .ld = ld };
+    return t;
+}
+
+static int64_t ldof(const struct caldera_tensor * t) {
+    return t->ld ? t->ld : t->ne[1];
+}
+
+static int check_matrix(struct caldera_inst * inst, const char * what, const struct caldera_tensor * t,
+                        int64_t rows, int64_t cols) {
+    if (!t || !t->data) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s is NULL", what);
+    }
+    if (t->ndim != 2 || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s must be a 2-d f32 CPU tensor (got %d-d %s)",
+                             what, (int) t->ndim, caldera_dtype_name(t->dtype));
+    }
+    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
+        return caldera_error(inst, CALDERA_ERR_INVAL,
+                             "quantize: %s is %" PRId64 "x%" PRId64 "; allowed: %" PRId64 "x%" PRId64,
+                             what, t->ne[0], t->ne[1], rows >= 0 ? rows : t->ne[0], cols >= 0 ? cols : t->ne[1]);
+    }
+    if (ldof(t) < t->ne[1]) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s has ld %" PRId64 " < cols %" PRId64,
+                             what, ldof(t), t->ne[1]);
+    }
+    return 0;
+}
+
+// The codebook's ops and the effective LDL block size; a message names the problem.
+static int ldlq_codebook(struct caldera_inst * inst, const struct caldera_quantizer_ops ** ops, int64_t * block) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    if (!p->codebook) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "option 'codebook' is not set; allowed: a codebook quantizer "
+                             "[section] (uniform, e8)");
+    }
+    const struct caldera_plugin * cp = caldera_inst_plugin(p->codebook);
+    if (caldera_quantizer_codebook(p->codebook, ops) < 0) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED,
+                             "option 'codebook' = [%s] (plugin %s) has no codebook interface (cb_dim, cb_begin, "
+                             "cb_round, cb_end, cb_free); allowed: a codebook quantizer such as uniform or e8",
+                             caldera_inst_name(p->codebook), cp->name);
+    }
+    int64_t d = (*ops)->cb_dim(p->codebook);
+    if (d < 1) {
+        return caldera_error(inst, CALDERA_ERR_BUG, "codebook [%s] reports cb_dim = %" PRId64 "; allowed: >= 1",
+                             caldera_inst_name(p->codebook), d);
+    }
+    int64_t b = p->block ? p->block : d;
+    if (b % d != 0) {
+        return caldera_error(inst, CALDERA_ERR_RANGE,
+                             "option 'block' = %" PRId64 " is not a multiple of the codebook's cb_dim %" PRId64
+                             "; allowed: 0 (= cb_dim) or a multiple of %" PRId64, b, d, d);
+    }
+    if (p->buffer_cols % b != 0) {
+        return caldera_error(inst, CALDERA_ERR_RANGE,
+                             "option 'buffer_cols' = %" PRId64 " is not a multiple of the block size %" PRId64
+                             "; allowed: a multiple of %" PRId64, p->buffer_cols, b, b);
+    }
+    *block = b;
+    return 0;
+}
+
+static int ldlq_check(struct caldera_inst * inst) {
+    const struct caldera_quantizer_ops * ops;
+    int64_t b;
+    return ldlq_codebook(inst, &ops, &b);
+}
+
+static int ldlq_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    const struct caldera_quantizer_ops * ops;
+    int64_t b;
+    int rc = ldlq_codebook(inst, &ops, &b);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rows < 1 || cols < 1) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "shape %" PRId64 "x%" PRId64 " is empty; allowed: "
+                             "rows, cols >= 1", rows, cols);
+    }
+    if (cols % b != 0) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED,
+                             "cols=%" PRId64 " is not a multiple of the block size %" PRId64
+                             "; allowed: cols %% %" PRId64 " == 0 (pad, e.g. with the rht transform)", cols, b, b);
+    }
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    const struct caldera_plugin * cp = caldera_inst_plugin(p->codebook);
+    return cp->check_shape ? cp->check_shape(p->codebook, rows, cols) : 0;
+}
+
+static double ldlq_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    const struct caldera_quantizer_ops * ops;
+    if (!p->codebook || caldera_quantizer_codebook(p->codebook, &ops) < 0 || !ops->bits) {
+        return 0.0;
+    }
+    return ops->bits(p->codebook, rows, cols);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LDLQ pass. Convention (algorithms.md §2): H = L D Lᵀ with L unit block-LOWER triangular,
+// column blocks processed from the last (j = n/b - 1) to the first:
+//     X_j = W_j + Σ_{i>j} (W_i - Ŵ_i) L[i-block, j-block],   Ŵ_j = round(X_j).
+// Then tr((W-Ŵ) H (W-Ŵ)ᵀ) = Σ_j (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ.
+// Lazy batches (GPTQ): buffers [c0, c1) of buffer_cols columns, aligned at column 0 and taken from
+// the last. Inside a buffer the feedback of block j goes to the buffer's columns [c0, j0) only
+// (an m×b by b×(j0-c0) GEMM on a contiguous copy of the buffer); when the buffer is done, one GEMM
+// X[:, 0:c0] += Δ_B L[B, 0:c0] applies it to every column on the left.
+// Cost: Σ_j m·b·j0 = m·n·(n-b)/2 multiply-adds, i.e. ≈ m·n² FLOPs per matrix.
+
+struct ldlq_work {
+    struct caldera_inst *                inst;
+    struct caldera_inst *                cb;
+    const struct caldera_quantizer_ops * ops;
+    struct caldera_cb_state *            st;
+    struct caldera_ctx *                 ctx;
+    int64_t                              m, n, b, bc;
+};
+
+static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
+                     const float * lmat, const float * dblk, double * loss_out) {
+    // lmat (n, n) unit block-lower L; dblk (n/b, b, b) diagonal blocks of D
+    const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
+    const int64_t ldw = ldof(w), ldh = ldof(w_hat);
+    float * x  = NULL;  // (m, n)  X: W plus the feedback from finished buffers
+    float * xb = NULL;  // (m, bc) X of the current buffer, contiguous
+    float * db = NULL;  // (m, bc) Δ = W - Ŵ of the current buffer
+    double loss = 0.0;
+    int rc = 0;
+
+    x  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
+    xb = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
+    db = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
+    if (!x || !xb || !db) {
+        rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
+                           " work matrices", m, n);
+        goto fail;
+    }
+    for (int64_t r = 0; r < m; r++) {
+        memcpy(x + r * n, (const float *) w->data + r * ldw, (size_t) n * sizeof(float));
+    }
+    for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
+        c0 = ((c1 - 1) / bc) * bc;
+        const int64_t nb = c1 - c0;
+        for (int64_t r = 0; r < m; r++) {
+            memcpy(xb + r * nb, x + r * n + c0, (size_t) nb * sizeof(float));
+        }
+        for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
+            const int64_t jl = j0 - c0;
+            struct caldera_tensor xj = sub(xb, nb, 0, jl, m, b);
+            struct caldera_tensor hj = sub(w_hat->data, ldh, 0, j0, m, b);
+            if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xj, &hj)) < 0) {
+                goto fail;
+            }
+            const float * dj = dblk + (j0 / b) * b * b;
+            for (int64_t r = 0; r < m; r++) {
+                const float * wr = (const float *) w->data + r * ldw + j0;
+                const float * hr = (const float *) w_hat->data + r * ldh + j0;
+                const float * xr = xb + r * nb + jl;
+                float * dr = db + r * nb + jl;
+                float e[64];
+                for (int64_t k = 0; k < b; k++) {
+                    dr[k] = wr[k] - hr[k];
+                }
+                if (b <= 64) {   // loss of block j: (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
+                    for (int64_t k = 0; k < b; k++) {
+                        e[k] = xr[k] - hr[k];
+                    }
+                    double s = 0.0;
+                    for (int64_t k = 0; k < b; k++) {
+                        double t = 0.0;
+                        for (int64_t l = 0; l < b; l++) {
+                            t += (double) dj[k * b + l] * e[l];
+                        }
+                        s += t * e[k];
+                    }
+                    loss += s;
+                }
+            }
+            if (jl > 0) {
+                struct caldera_tensor dj_t = sub(db, nb, 0, jl, m, b);
+                struct caldera_tensor lj   = sub((float *) lmat, n, j0, c0, b, jl);
+                struct caldera_tensor xl   = sub(xb, nb, 0, 0, m, jl);
+                if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dj_t, &lj, 1.0f,
+                                              &xl)) < 0) {
+                    goto fail;
+                }
+            }
+        }
+        if (c0 > 0) {
+            struct caldera_tensor dbt = sub(db, nb, 0, 0, m, nb);
+            struct caldera_tensor lb  = sub((float *) lmat, n, c0, 0, nb, c0);
+            struct caldera_tensor xl  = sub(x, n, 0, 0, m, c0);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dbt, &lb, 1.0f,
+                                          &xl)) < 0) {
+                goto fail;
+            }
+        }
+    }
+    *loss_out = b <= 64 ? loss : NAN;
+fail:
+    caldera_free(x);
+    caldera_free(xb);
+    caldera_free(db);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tune passes (algorithms.md §2): Gauss-Seidel block coordinate descent on
+// f(Ŵ) = tr((W-Ŵ) H (W-Ŵ)ᵀ), blocks from last to first. Step for block j: the exact unconstrained
+// minimiser X_j = Ŵ_j + Δ H[:, j] H_jj⁻¹ (Δ = W - Ŵ, current), rounded to the codebook.
+// BLAS-3: per buffer B, G_B = Δ H[:, B] is one GEMM (m×n by n×|B|); inside the buffer a change δ_j
+// of Ŵ_j updates G_B[:, c0:j0] -= δ_j H[j, c0:j0]. Cost ≈ m·n² multiply-adds per pass.
+
+static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
+                     const float * hd, const float * hinv, int64_t iters, int guard) {
+    // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks
+    const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
+    const int64_t ldw = ldof(w), ldh = ldof(w_hat);
+    float * delta = NULL;  // (m, n)  Δ = W - Ŵ
+    float * g     = NULL;  // (m, bc) Δ H[:, B]
+    float * xs    = NULL;  // (m, b)  unconstrained minimiser of block j
+    float * q     = NULL;  // (m, b)  its rounding
+    float * dq    = NULL;  // (m, b)  -δ_j = old Ŵ_j - new Ŵ_j
+    int rc = 0;
+
+    delta = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
+    g     = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
+    xs    = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    q     = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    dq    = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    if (!delta || !g || !xs || !q || !dq) {
+        rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for tune passes (%" PRId64 "x%"
+                           PRId64 ")", m, n);
+        goto fail;
+    }
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t c = 0; c < n; c++) {
+            delta[r * n + c] = ((const float *) w->data)[r * ldw + c] - ((const float *) w_hat->data)[r * ldh + c];
+        }
+    }
+    struct caldera_tensor dt = sub(delta, n, 0, 0, m, n);
+    for (int64_t it = 0; it < iters; it++) {
+        int64_t kept = 0;
+        for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
+            c0 = ((c1 - 1) / bc) * bc;
+            const int64_t nb = c1 - c0;
+            struct caldera_tensor gt = sub(g, nb, 0, 0, m, nb);
+            struct caldera_tensor hb = sub((float *) hd, n, 0, c0, n, nb);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dt, &hb, 0.0f,
+                                          &gt)) < 0) {
+                goto fail;
+            }
+            for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
+                const int64_t jl = j0 - c0;
+                const float * hi = hinv + (j0 / b) * b * b;
+                const float * hjj = hd + j0 * n + j0;
+                // xs = Ŵ_j + G_j H_jj⁻¹
+                for (int64_t r = 0; r < m; r++) {
+                    const float * gr = g + r * nb + jl;
+                    const float * wh = (const float *) w_hat->data + r * ldh + j0;
+                    for (int64_t k = 0; k < b; k++) {
+                        double s = wh[k];
+                        for (int64_t l = 0; l < b; l++) {
+                            s += (double) gr[l] * hi[l * b + k];
+                        }
+                        xs[r * b + k] = (float) s;
+                    }
+                }
+                struct caldera_tensor xt = sub(xs, b, 0, 0, m, b), qt = sub(q, b, 0, 0, m, b);
+                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                    goto fail;
+                }
+                if (guard) {
+                    // row loss of block j as a function of its value v: (v - xs) H_jj (v - xs)ᵀ + const
+                    int64_t nkeep = 0;
+                    for (int64_t r = 0; r < m; r++) {
+                        const float * wh = (const float *) w_hat->data + r * ldh + j0;
+                        double lnew = 0.0, lold = 0.0;
+                        for (int64_t k = 0; k < b; k++) {
+                            double tn = 0.0, to = 0.0;
+                            for (int64_t l = 0; l < b; l++) {
+                                tn += (double) hjj[k * n + l] * ((double) q[r * b + l] - xs[r * b + l]);
+                                to += (double) hjj[k * n + l] * ((double) wh[l] - xs[r * b + l]);
+                            }
+                            lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
+                            lold += to * ((double) wh[k] - xs[r * b + k]);
+                        }
+                        if (lnew > lold) {
+                            memcpy(xs + r * b, wh, (size_t) b * sizeof(float));
+                            nkeep++;
+                        }
+                    }
+                    if (nkeep > 0) {   // round again so the codebook records the kept codes
+                        if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                            goto fail;
+                        }
+                        kept += nkeep;
+                    }
+                }
+                // apply: Ŵ_j = q, Δ_j += old - new
+                for (int64_t r = 0; r < m; r++) {
+                    float * wh = (float *) w_hat->data + r * ldh + j0;
+                    for (int64_t k = 0; k < b; k++) {
+                        float d = wh[k] - q[r * b + k];
+                        dq[r * b + k] = d;
+                        delta[r * n + j0 + k] += d;
+                        wh[k] = q[r * b + k];
+                    }
+                }
+                if (jl > 0) {   // G[:, c0:j0] += (old - new) H[j, c0:j0]
+                    struct caldera_tensor dqt = sub(dq, b, 0, 0, m, b);
+                    struct caldera_tensor hj  = sub((float *) hd, n, j0, c0, b, jl);
+                    struct caldera_tensor gl  = sub(g, nb, 0, 0, m, jl);
+                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dqt, &hj, 1.0f,
+                                                  &gl)) < 0) {
+                        goto fail;
+                    }
+                }
+            }
+        }
+        caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "tune pass %" PRId64 "/%" PRId64 ": %" PRId64
+                         " row-blocks kept by the guard", it + 1, iters, kept);
+    }
+fail:
+    caldera_free(delta);
+    caldera_free(g);
+    caldera_free(xs);
+    caldera_free(q);
+    caldera_free(dq);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                         struct caldera_tensor * w_hat, struct caldera_pack * pack) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
+    const struct caldera_quantizer_ops * ops = NULL;
+    struct caldera_cb_state * st = NULL;
+    struct caldera_tensor hd = { 0 }, lt = { 0 }, dt = { 0 };  // (n, n) damped H, L, D
+    float * dblk = NULL;   // (n/b, b, b) diagonal blocks of D
+    float * hinv = NULL;   // (n/b, b, b) inverses of the diagonal blocks of the damped H
+    int64_t b, first_bad = 0;
+    int rc;
+
+    if ((rc = ldlq_codebook(inst, &ops, &b)) < 0 || (rc = check_matrix(inst, "W", w, -1, -1)) < 0) {
+        return rc;
+    }
+    const int64_t m = w->ne[0], n = w->ne[1];
+    if ((rc = check_matrix(inst, "w_hat", w_hat, m, n)) < 0 || (h && (rc = check_matrix(inst, "H", h, n, n)) < 0)) {
+        return rc;
+    }
+    if (m < 1 || n < 1 || n % b != 0) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "quantize: W is %" PRId64 "x%" PRId64 "; allowed: "
+                             "rows >= 1 and cols a positive multiple of the block size %" PRId64, m, n, b);
+    }
+    if (caldera_tensor_check_finite(w, &first_bad) < 0) {
+        return caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: W has a NaN or Inf at (%" PRId64 ", %" PRId64
+                             "); allowed: finite values", first_bad / n, first_bad % n);
+    }
+    if (h && caldera_tensor_check_finite(h, &first_bad) < 0) {
+        return caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: H has a NaN or Inf at (%" PRId64 ", %" PRId64
+                             "); allowed: finite values", first_bad / n, first_bad % n);
+    }
+    struct ldlq_work wk = { .inst = inst, .cb = p->codebook, .ops = ops, .ctx = ctx, .m = m, .n = n, .b = b,
+                            .bc = p->buffer_cols < n ? p->buffer_cols : n };
+    if (wk.bc % b != 0) {
+        wk.bc = n;   // n itself is a multiple of b
+    }
+    if ((rc = ops->cb_begin(p->codebook, w, &st)) < 0) {
+        goto fail;
+    }
+    wk.st = st;
+
+    if (!h) {
+        // H = I: L = I and every X_j = W_j, so LDLQ is round-to-nearest; tune passes cannot move.
+        if ((rc = ops->cb_round(p->codebook, st, 0, w, w_hat)) < 0) {
+            goto fail;
+        }
+    } else {
+        // Damped copy of H: H + damp * mean(diag H) * I.
+        if ((rc = caldera_tensor_alloc_f32(ctx, n, n, &hd)) < 0 || (rc = caldera_tensor_alloc_f32(ctx, n, n, &lt)) < 0 ||
+            (rc = caldera_tensor_alloc_f32(ctx, n, n, &dt)) < 0) {
+            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
+                               " Hessian factors", n, n);
+            goto fail;
+        }
+        float * hdd = hd.data;
+        double mean = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            memcpy(hdd + i * n, (const float *) h->data + i * ldof(h), (size_t) n * sizeof(float));
+            mean += hdd[i * n + i];
+        }
+        mean /= (double) n;
+        for (int64_t i = 0; i < n; i++) {
+            hdd[i * n + i] += (float) (p->damp * mean);
+        }
+        rc = caldera_linalg_block_ldl(ctx, &hd, b, &lt, &dt);
+        if (rc == CALDERA_ERR_NUMERIC) {
+            rc = caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: the damped Hessian H + %g * mean(diag H) * I "
+                               "(mean(diag H) = %g, n = %" PRId64 ") is not positive definite; allowed: a positive "
+                               "semi-definite H with damp > 0, or a positive definite H", p->damp, mean, n);
+            goto fail;
+        }
+        if (rc < 0) {
+            goto fail;
+        }
+        // keep only the diagonal blocks of D (for the loss), then free D
+        dblk = caldera_malloc((size_t) n * (size_t) b * sizeof(float));
+        if (!dblk) {
+            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "quantize: out of memory");
+            goto fail;
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += b) {
+            for (int64_t k = 0; k < b; k++) {
+                memcpy(dblk + j0 * b + k * b, (const float *) dt.data + (j0 + k) * n + j0, (size_t) b * sizeof(float));
+            }
+        }
+        caldera_tensor_free(&dt);
+        double loss = 0.0;
+        if ((rc = ldlq_pass(&wk, w, w_hat, lt.data, dblk, &loss)) < 0) {
+            goto fail;
+        }
+        caldera_tensor_free(&lt);
+        caldera_meta_set_float(caldera_pack_meta(pack), "ldlq.loss_ldlq", CALDERA_META_F64, loss);
+        if (p->tune_iters > 0) {
+            hinv = caldera_malloc((size_t) n * (size_t) b * sizeof(float));
+            if (!hinv) {
+                rc = caldera_error(inst, CALDERA_ERR_NOMEM, "quantize: out of memory");
+                goto fail;
+            }
+            for (int64_t j0 = 0; j0 < n; j0 += b) {
+                float * hi = hinv + j0 * b;
+                for (int64_t k = 0; k < b; k++) {
+                    memcpy(hi + k * b, hdd + (j0 + k) * n + j0, (size_t) b * sizeof(float));
+                }
+                struct caldera_tensor ht = sub(hi, b, 0, 0, b, b);
+                if ((rc = caldera_linalg_spd_inverse(ctx, &ht)) < 0) {
+                    rc = caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: diagonal block %" PRId64 " of the damped "
+                                       "Hessian is not invertible", j0 / b);
+                    goto fail;
+                }
+            }
+            if ((rc = ldlq_tune(&wk, w, w_hat, hdd, hinv, p->tune_iters, p->tune_guard)) < 0) {
+                goto fail;
+            }
+        }
+    }
+    if ((rc = ops->cb_end(p->codebook, st, pack)) < 0) {
+        goto fail;
+    }
+    caldera_meta_set_int(caldera_pack_meta(pack), "ldlq.tune_iters", CALDERA_META_I64, h ? p->tune_iters : 0);
+fail:
+    caldera_free(hinv);
+    caldera_free(dblk);
+    caldera_tensor_free(&hd);
+    caldera_tensor_free(&lt);
+    caldera_tensor_free(&dt);
+    if (ops && st) {
+        ops->cb_free(p->codebook, st);
+    }
+    return rc;
+}
+
+static int ldlq_dequantize(struct caldera_inst * inst, const struct caldera_pack * pack, struct caldera_tensor * w_hat) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    if (!p->codebook) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "dequantize: option 'codebook' is not set");
+    }
+    return caldera_quantizer_dequantize(p->codebook, pack, w_hat);
+}
+
+static const struct caldera_quantizer_ops ldlq_ops = {
+    .struct_size = sizeof(struct caldera_quantizer_ops),
+    .quantize    = ldlq_quantize,
+    .dequantize  = ldlq_dequantize,
+    .bits        = ldlq_bits,
+    .cb_dim      = NULL,
+    .cb_begin    = NULL,
+    .cb_round    = NULL,
+    .cb_end      = NULL,
+    .cb_free     = NULL,
+};
+
+static const struct caldera_plugin ldlq_plugin = {
+    .abi_version    = CALDERA_PLUGIN_ABI_VERSION,
+    .struct_size    = sizeof(struct caldera_plugin),
+    .kind           = CALDERA_PLUGIN_KIND_QUANTIZER,
+    .name           = "ldlq",
+    .description    = "LDLQ / GPTQ adaptive rounding with the calibration Hessian, over any codebook quantizer",
+    .version        = CALDERA_VERSION_INT(0, 1, 0),
+    .format_version = 1,
+    .priv_size      = sizeof(struct ldlq_priv),
+    .options        = ldlq_options,
+    .probe          = NULL,
+    .check          = ldlq_check,
+    .check_shape    = ldlq_check_shape,
+    .init           = NULL,
+    .uninit         = NULL,
+    .ops            = &ldlq_ops,
+};
+
+CALDERA_PLUGIN_DEFINE(ldlq_plugin)
