@@ -149,6 +149,7 @@ static const char * nearest_plugin(struct caldera_ctx * ctx, const char * name) 
 static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * inst, const char * section) {
     struct caldera_config * cfg = pl->cfg;
     const struct caldera_plugin * p = caldera_inst_plugin(inst);
+    const char * pname = inst == pl->self ? NULL : p->name;   // "[caldera] " needs no plugin name
     for (int64_t i = 0; i < cfg->n_entries; i++) {
         struct cfg_entry * e = &cfg->entries[i];
         if (strcmp(e->section, section) != 0 || e->used) continue;
@@ -156,8 +157,8 @@ static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * ins
         const struct caldera_option * o = caldera_options_find(p->options, e->key, NULL);
         if (!o) {
             const char * s = caldera_options_suggest(p->options, e->key);
-            if (s) caldera_config_diagf(cfg, e->file, e->line, section, p->name, "unknown option '%s'; did you mean '%s'?", e->key, s);
-            else caldera_config_diagf(cfg, e->file, e->line, section, p->name,
+            if (s) caldera_config_diagf(cfg, e->file, e->line, section, pname, "unknown option '%s'; did you mean '%s'?", e->key, s);
+            else caldera_config_diagf(cfg, e->file, e->line, section, pname,
                                       "unknown option '%s'; allowed: see caldera-pipe --help-plugin %s", e->key, p->name);
             continue;
         }
@@ -166,7 +167,7 @@ static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * ins
             // the message carries "[section] plugin: "; drop it, the diagnostic adds it with the place
             const char * m = caldera_ctx_errmsg(pl->ctx);
             const char * colon = strstr(m, ": ");
-            caldera_config_diagf(cfg, e->file, e->line, section, p->name, "%s", colon ? colon + 2 : m);
+            caldera_config_diagf(cfg, e->file, e->line, section, pname, "%s", colon ? colon + 2 : m);
         }
     }
 }
@@ -174,11 +175,16 @@ static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * ins
 static void resolve_refs(struct caldera_pipeline * pl, struct caldera_inst * inst, const char * section) {
     struct caldera_config * cfg = pl->cfg;
     const struct caldera_plugin * p = caldera_inst_plugin(inst);
+    const char * pname = inst == pl->self ? NULL : p->name;
     for (const struct caldera_option * o = p->options; o && o->name; o++) {
         if (o->type != CALDERA_OPT_REF) continue;
         struct cfg_entry * e = caldera_config_find(cfg, section, o->name);
         if (!e || !*e->value) continue;   // missing required refs are reported by the check phase
         struct pl_section * target = pl_find(pl, e->value);
+        if (!target && caldera_config_find_section(cfg, e->value)) {
+            caldera_config_find_section(cfg, e->value)->referenced = 1;   // its own problem is reported already
+            continue;
+        }
         if (!target) {
             char allowed[512] = "";
             size_t n = 0;
@@ -187,16 +193,16 @@ static void resolve_refs(struct caldera_pipeline * pl, struct caldera_inst * ins
                     n += (size_t) snprintf(allowed + n, sizeof(allowed) - n, "%s%s", n ? ", " : "", caldera_inst_name(pl->secs[i].inst));
                 }
             }
-            caldera_config_diagf(cfg, e->file, e->line, section, p->name, "option '%s' = '%s' names no section; allowed: %s", o->name,
+            caldera_config_diagf(cfg, e->file, e->line, section, pname, "option '%s' = '%s' names no section; allowed: %s", o->name,
                                  e->value, n ? allowed : "(no section of that kind)");
             continue;
         }
         if (target->inst == inst) {
-            caldera_config_diagf(cfg, e->file, e->line, section, p->name, "option '%s' refers to its own section", o->name);
+            caldera_config_diagf(cfg, e->file, e->line, section, pname, "option '%s' refers to its own section", o->name);
             continue;
         }
         if (caldera_inst_set_ref(inst, o->name, target->inst) < 0) {
-            caldera_config_diagf(cfg, e->file, e->line, section, p->name, "option '%s' = [%s] is a %s (%s); allowed: a %s section",
+            caldera_config_diagf(cfg, e->file, e->line, section, pname, "option '%s' = [%s] is a %s (%s); allowed: a %s section",
                                  o->name, e->value, caldera_plugin_kind_name(caldera_inst_plugin(target->inst)->kind),
                                  plugin_of(target->inst), caldera_plugin_kind_name(o->ref_kind));
             continue;
@@ -240,9 +246,21 @@ static int open_reader(struct caldera_pipeline * pl, struct caldera_inst * inst,
     return rc;
 }
 
+// Turn the context's last message ("[section] plugin: text" or plain text) into a diagnostic
+// placed at the section's header line.
 static void diag_from_ctx(struct caldera_pipeline * pl, struct cfg_section * sec, const char * what) {
-    caldera_config_diagf(pl->cfg, sec ? sec->file : pl->cfg->main_file, sec ? sec->line : 0, NULL, NULL, "%s%s",
-                         what ? what : "", caldera_ctx_errmsg(pl->ctx));
+    const char * m = caldera_ctx_errmsg(pl->ctx);
+    char section[64] = "", plugin[64] = "";
+    const char * rest = m;
+    const char * close = m[0] == '[' ? strchr(m, ']') : NULL;
+    const char * colon = close ? strstr(close, ": ") : NULL;
+    if (close && colon && close - m - 1 < (long) sizeof(section) && colon - close - 2 < (long) sizeof(plugin) && colon > close + 1) {
+        memcpy(section, m + 1, (size_t) (close - m - 1));
+        memcpy(plugin, close + 2, (size_t) (colon - close - 2));
+        rest = colon + 2;
+    }
+    caldera_config_diagf(pl->cfg, sec ? sec->file : pl->cfg->main_file, sec ? sec->line : 0, section[0] ? section : NULL,
+                         plugin[0] ? plugin : NULL, "%s%s", what ? what : "", rest);
 }
 
 int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg, struct caldera_pipeline ** out) {
@@ -542,8 +560,13 @@ static int compress_one(struct caldera_pipeline * pl, const char * name, const s
                      ? ((const struct caldera_quantizer_ops *) lp->ops)->dequantize(last, pack, &chk)
                      : ((const struct caldera_decomposer_ops *) lp->ops)->reconstruct(last, pack, &chk);
         }
-        if (rc == 0 && memcmp(chk.data, cur_hat.data, (size_t) (cw->ne[0] * cw->ne[1]) * sizeof(float)) != 0) {
-            rc = caldera_error(last, CALDERA_ERR_BUG, "verify: decoding the pack of %s does not reproduce the approximation", name);
+        // Values must agree exactly (−0 and +0 are the same value; a NaN never agrees).
+        for (int64_t k = 0; rc == 0 && k < cw->ne[0] * cw->ne[1]; k++) {
+            if (((const float *) chk.data)[k] != ((const float *) cur_hat.data)[k]) {
+                rc = caldera_error(last, CALDERA_ERR_BUG, "verify: decoding the pack of %s does not reproduce the approximation "
+                                   "(element %lld: %g vs %g)", name, (long long) k, (double) ((const float *) chk.data)[k],
+                                   (double) ((const float *) cur_hat.data)[k]);
+            }
         }
         caldera_tensor_free(&chk);
     }
@@ -789,7 +812,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         if (pl->report) json_decref(pl->report);
         pl->report = rep;
         caldera_free(pl->report_json);
-        char * js = json_dumps(rep, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+        char * js = json_dumps(rep, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         pl->report_json = js ? caldera_strdup(js) : NULL;
         free(js);
         if (o->report && *o->report && pl->report_json) {

@@ -224,7 +224,15 @@ int caldera_registry_load_dir(struct caldera_ctx * ctx, const char * dir) {
     }
     closedir(d);
     if (rc == 0 && n) qsort(names, (size_t) n, sizeof(char *), cmp_str);
-    for (int64_t i = 0; rc == 0 && i < n; i++) rc = caldera_registry_load(ctx, names[i]);
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        rc = caldera_registry_load(ctx, names[i]);
+        // A plugin whose probe() says it cannot run here (a CUDA build without a GPU) is
+        // skipped, as built-ins are: it must not keep the rest of the directory from loading.
+        if (rc == CALDERA_ERR_UNSUPPORTED) {
+            caldera_log(ctx, CALDERA_LOG_INFO, "%s; skipped", ctx->errmsg);
+            rc = 0;
+        }
+    }
     for (int64_t i = 0; i < n; i++) caldera_free(names[i]);
     caldera_free_unaligned(names);
     return rc;

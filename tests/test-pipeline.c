@@ -1,0 +1,375 @@
+// SPDX-License-Identifier: MIT
+// Tests of the pipeline engine with test plugins: a rounding quantizer, a sign-flip transform and a
+// recording writer, reading the synthetic model. Covers a full run with metrics checked against an
+// independent computation, every configuration diagnostic, overrides, failures that must leave
+// no output, and the effective configuration.
+#include <jansson.h>
+#include <math.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define PIPE_REL_ERR_TOL 1e-5   // relative agreement of the reported error with an independent one
+
+// ---- tq: rounds every weight to a multiple of `step` ------------------------------------------
+struct tq_priv { double step; int64_t max_cols; char * fail_on; };
+static const struct caldera_option tq_options[] = {
+    { "step", "rounding step", offsetof(struct tq_priv, step), CALDERA_OPT_DOUBLE, { .dbl = 0.25 }, 0.001, 1 },
+    { "max_cols", "largest accepted in_features", offsetof(struct tq_priv, max_cols), CALDERA_OPT_INT, { .i64 = 1 << 20 }, 1, 1 << 20 },
+    { "fail_on", "fail (numeric) on weights whose name contains this", offsetof(struct tq_priv, fail_on), CALDERA_OPT_STRING, { .str = "" } },
+    { NULL },
+};
+static int tq_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    struct tq_priv * p = caldera_inst_priv(inst);
+    if (cols > p->max_cols) return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "cols %lld > max_cols %lld", (long long) cols, (long long) p->max_cols);
+    return 0;
+}
+static int tq_quantize(struct caldera_inst * inst, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                       struct caldera_tensor * w_hat, struct caldera_pack * pack) {
+    struct tq_priv * p = caldera_inst_priv(inst);
+    int64_t m = w->ne[0], n = w->ne[1], ne[2] = { m, n }, one = 1;
+    int8_t * codes;
+    float * step;
+    if (p->fail_on[0] && m == 48 && n == 32) return caldera_error(inst, CALDERA_ERR_NUMERIC, "asked to fail");
+    int rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_I8, 2, ne, (void **) &codes);
+    if (rc == 0) rc = caldera_pack_add(pack, "step", CALDERA_DTYPE_F32, 1, &one, (void **) &step);
+    if (rc < 0) return rc;
+    step[0] = (float) p->step;
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            float c = nearbyintf(((const float *) w->data)[i * w->ld + j] / step[0]);
+            c = c > 127 ? 127 : c < -127 ? -127 : c;
+            codes[i * n + j] = (int8_t) c;
+            ((float *) w_hat->data)[i * w_hat->ld + j] = c * step[0];
+        }
+    }
+    return 0;
+}
+static int tq_dequantize(struct caldera_inst * inst, const struct caldera_pack * pack, struct caldera_tensor * w_hat) {
+    struct caldera_tensor c, s;
+    if (caldera_pack_find(pack, "codes", &c) < 0 || caldera_pack_find(pack, "step", &s) < 0) return CALDERA_ERR_FORMAT;
+    for (int64_t i = 0; i < c.ne[0] * c.ne[1]; i++) ((float *) w_hat->data)[i] = ((int8_t *) c.data)[i] * ((float *) s.data)[0];
+    return 0;
+}
+static const struct caldera_quantizer_ops tq_ops = { .struct_size = sizeof(struct caldera_quantizer_ops), .quantize = tq_quantize, .dequantize = tq_dequantize };
+static const struct caldera_plugin tq_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_QUANTIZER, "tq", "test rounding quantizer",
+    CALDERA_VERSION_INT(1, 0, 0), 1, sizeof(struct tq_priv), tq_options, NULL, NULL, tq_check_shape, NULL, NULL, &tq_ops,
+};
+
+// ---- tneg: W -> -W, H unchanged -----------------------------------------------------------------
+static int tneg_forward(struct caldera_inst * inst, const char * name, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                        struct caldera_tensor * w_out, struct caldera_tensor * h_out, struct caldera_pack * pack, void ** state) {
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
+    int64_t one = 1;
+    uint8_t * flag;
+    int rc = caldera_tensor_alloc_f32(ctx, w->ne[0], w->ne[1], w_out);
+    if (rc == 0 && h) rc = caldera_tensor_alloc_f32(ctx, h->ne[0], h->ne[1], h_out);
+    if (rc == 0) rc = caldera_pack_add(pack, "flag", CALDERA_DTYPE_U8, 1, &one, (void **) &flag);
+    if (rc < 0) return rc;
+    for (int64_t i = 0; i < w->ne[0] * w->ne[1]; i++) ((float *) w_out->data)[i] = -((const float *) w->data)[i];
+    if (h) memcpy(h_out->data, h->data, (size_t) (h->ne[0] * h->ne[1]) * 4);
+    *state = NULL;
+    return 0;
+}
+static int tneg_inverse(struct caldera_inst * inst, void * state, const struct caldera_tensor * w_t, struct caldera_tensor * w_out) {
+    int rc = caldera_tensor_alloc_f32(caldera_inst_ctx(inst), w_t->ne[0], w_t->ne[1], w_out);
+    if (rc < 0) return rc;
+    for (int64_t i = 0; i < w_t->ne[0] * w_t->ne[1]; i++) ((float *) w_out->data)[i] = -((const float *) w_t->data)[i];
+    return 0;
+}
+static void tneg_free(struct caldera_inst * inst, void * state) { (void) inst; (void) state; }
+static const struct caldera_transform_ops tneg_ops = { sizeof(struct caldera_transform_ops), tneg_forward, tneg_inverse, tneg_free };
+static const struct caldera_plugin tneg_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_TRANSFORM, "tneg", "test sign flip",
+    CALDERA_VERSION_INT(1, 0, 0), 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, &tneg_ops,
+};
+
+// ---- memsink: a writer that records what it is given --------------------------------------------
+static char    sink_names[512][160];
+static int     sink_n, sink_created, sink_finished, sink_commit;
+static float   sink_sum;
+struct sink_priv { char * path; };
+static const struct caldera_option sink_options[] = {
+    { "path", "output path", offsetof(struct sink_priv, path), CALDERA_OPT_PATH, { .str = "mem" } },
+    { NULL },
+};
+static int sink_create(struct caldera_inst * inst, const char * path, const struct caldera_meta * meta) {
+    sink_created++;
+    sink_n = 0;
+    const char * v;
+    ck_assert_int_eq(caldera_meta_get_string(meta, "caldera.version", &v), 0);
+    return 0;
+}
+static int sink_write(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t) {
+    snprintf(sink_names[sink_n++ % 512], 160, "%s", name);
+    if (t->dtype == CALDERA_DTYPE_F32) for (int64_t i = 0; i < caldera_tensor_nelements(t); i++) sink_sum += ((float *) t->data)[i];
+    return 0;
+}
+static int sink_finish(struct caldera_inst * inst, int commit) {
+    sink_finished++;
+    sink_commit = commit;
+    return 0;
+}
+static const struct caldera_format_ops sink_ops = { .struct_size = sizeof(struct caldera_format_ops), .create = sink_create,
+                                                    .write_tensor = sink_write, .finish = sink_finish };
+static const struct caldera_plugin sink_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_FORMAT, "memsink", "test writer",
+    CALDERA_VERSION_INT(1, 0, 0), 1, sizeof(struct sink_priv), sink_options, NULL, NULL, NULL, NULL, NULL, &sink_ops,
+};
+
+static struct caldera_ctx * pctx(void) {
+    struct caldera_ctx * ctx = tu_ctx();
+    ck_assert_int_eq(caldera_registry_add(ctx, &tq_plugin, "test"), 0);
+    ck_assert_int_eq(caldera_registry_add(ctx, &tneg_plugin, "test"), 0);
+    ck_assert_int_eq(caldera_registry_add(ctx, &sink_plugin, "test"), 0);
+    return ctx;
+}
+
+static const char * GOOD_INI =
+    "[caldera]\n"
+    "reader = src\n"
+    "writer = out\n"
+    "hessians = src\n"
+    "stages = neg, q\n"
+    "verify = true\n"
+    "\n"
+    "[src]\n"
+    "plugin = synthetic\n"
+    "layers = 1\n"
+    "hidden = 32\n"
+    "ffn = 48\n"
+    "seed = 5\n"
+    "\n"
+    "[neg]\n"
+    "plugin = tneg\n"
+    "\n"
+    "[q]\n"
+    "plugin = tq\n"
+    "step = 0.05\n"
+    "\n"
+    "[out]\n"
+    "plugin = memsink\n";
+
+static int sink_has(const char * name) {
+    for (int i = 0; i < sink_n; i++) if (strcmp(sink_names[i], name) == 0) return 1;
+    return 0;
+}
+
+START_TEST(test_run_metrics) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    int rc = caldera_pipeline_init(ctx, cfg, &pl);
+    for (int64_t i = 0; i < caldera_config_ndiag(cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(cfg, i));
+    ck_assert_int_eq(rc, 0);
+    sink_created = sink_finished = 0;
+    ck_assert_msg(caldera_pipeline_run(pl) == 0, "%s", caldera_ctx_errmsg(ctx));
+    ck_assert_int_eq(sink_created, 1);
+    ck_assert_int_eq(sink_finished, 1);
+    ck_assert_int_eq(sink_commit, 1);
+    ck_assert(sink_has("model.layers.0.self_attn.q_proj.weight.q.codes"));
+    ck_assert(sink_has("model.layers.0.self_attn.q_proj.weight.q.step"));
+    ck_assert(sink_has("model.layers.0.self_attn.q_proj.weight.neg.flag"));
+    ck_assert(sink_has("model.layers.0.input_layernorm.weight"));          // copied as is
+    ck_assert(!sink_has("model.layers.0.self_attn.q_proj.weight"));         // compressed, not copied
+
+    // Independent check of the reported numbers for one weight: read W and H again, round.
+    json_error_t jerr;
+    json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
+    ck_assert_ptr_nonnull(rep);
+    json_t * tensors = json_object_get(rep, "tensors");
+    ck_assert_int_eq(json_array_size(tensors), 7);
+    json_t * t0 = NULL;
+    size_t i;
+    json_t * t;
+    json_array_foreach(tensors, i, t) if (!strcmp(json_string_value(json_object_get(t, "name")), "model.layers.0.mlp.up_proj.weight")) t0 = t;
+    ck_assert_ptr_nonnull(t0);
+    struct caldera_inst * src;
+    ck_assert_int_eq(caldera_inst_create(ctx, "synthetic", "s2", &src), 0);
+    caldera_inst_set(src, "layers", "1"); caldera_inst_set(src, "hidden", "32"); caldera_inst_set(src, "ffn", "48"); caldera_inst_set(src, "seed", "5");
+    ck_assert_int_eq(caldera_inst_start(src), 0);
+    const struct caldera_format_ops * ops = caldera_inst_plugin(src)->ops;
+    ck_assert_int_eq(ops->open(src, NULL), 0);
+    struct caldera_tensor w = { 0 }, h = { 0 };
+    int owned;
+    for (int64_t k = 0; k < ops->n_tensors(src); k++) {
+        struct caldera_tensor_info ti;
+        ops->tensor_info(src, k, &ti);
+        if (!strcmp(ti.name, "model.layers.0.mlp.up_proj.weight")) ops->read_tensor(src, k, CALDERA_DTYPE_F32, &w, &owned);
+        if (!strcmp(ti.name, "model.layers.0.mlp.up_proj.hessian")) ops->read_tensor(src, k, CALDERA_DTYPE_F32, &h, &owned);
+    }
+    ck_assert_int_eq(w.ne[0], 48);
+    double num = 0, den = 0, fnum = 0, fden = 0;
+    float * wd = w.data, * hd = h.data;
+    float   q[48 * 32];   // tq on -W (codes clipped to ±127), then the sign flipped back
+    for (int k = 0; k < 48 * 32; k++) q[k] = -fminf(fmaxf(nearbyintf(-wd[k] / 0.05f), -127.0f), 127.0f) * 0.05f;
+    for (int r = 0; r < 48; r++) {
+        for (int a = 0; a < 32; a++) {
+            double ea = wd[r * 32 + a] - q[r * 32 + a];
+            fnum += ea * ea;
+            fden += (double) wd[r * 32 + a] * wd[r * 32 + a];
+            for (int b = 0; b < 32; b++) {
+                double eb = wd[r * 32 + b] - q[r * 32 + b];
+                num += ea * hd[a * 32 + b] * eb;
+                den += (double) wd[r * 32 + a] * hd[a * 32 + b] * wd[r * 32 + b];
+            }
+        }
+    }
+    double rel_h = sqrt(num / den), rel = sqrt(fnum / fden);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(t0, "rel_err_h")), rel_h, PIPE_REL_ERR_TOL * rel_h);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(t0, "rel_err")), rel, PIPE_REL_ERR_TOL * rel);
+    ck_assert(json_is_true(json_object_get(t0, "data_aware")));
+    // bits: 8 bits per code + one f32 step + one u8 flag, over 48·32 parameters
+    ck_assert_double_eq_tol(json_real_value(json_object_get(t0, "bits_per_param")), (8.0 * 48 * 32 + 32 + 8) / (48.0 * 32), 1e-8);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&h);
+    json_decref(rep);
+    caldera_inst_free(src);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+static const char * BAD_INI =
+    "[caldera]\n"                 // 1
+    "reader = src\n"              // 2
+    "writer = nosuch\n"           // 3
+    "stages = q, neg\n"           // 4
+    "\n"                          // 5
+    "[src]\n"                     // 6
+    "plugin = synthetc\n"         // 7
+    "\n"                          // 8
+    "[q]\n"                       // 9
+    "plugin = tq\n"               // 10
+    "stpe = 0.1\n"                // 11
+    "max_cols = 0\n"              // 12
+    "max_cols = 3\n"              // 13
+    "this line is wrong\n"        // 14
+    "[neg]\n"                     // 15
+    "plugin = tneg\n"             // 16
+    "[unused]\n"                  // 17
+    "plugin = tq\n";              // 18
+
+START_TEST(test_all_diagnostics) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    caldera_config_parse_string(cfg, "bad.ini", BAD_INI);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), CALDERA_ERR_CONFIG);
+    ck_assert_ptr_null(pl);
+    static const char * expected[] = {
+        "bad.ini:13: [q] duplicate key 'max_cols' (first set at line 12)",
+        "bad.ini:14: [q] expected 'key = value', '[section]' or a comment; got 'this line is wrong'",
+        "bad.ini:7: [src] unknown plugin 'synthetc'; did you mean 'synthetic'?",
+        "bad.ini:11: [q] tq: unknown option 'stpe'; did you mean 'step'?",
+        "bad.ini:12: [q] tq: option 'max_cols' = 0 out of range [1, 1048576]",
+        "bad.ini:3: [caldera] option 'writer' = 'nosuch' names no section; allowed: (no section of that kind)",
+        "bad.ini:4: [caldera] stage 'q' is a quantizer; allowed: transforms first, then one quantizer or decomposer last",
+        "bad.ini:4: [caldera] the last stage 'neg' is a transform; allowed: a quantizer or a decomposer",
+        "bad.ini:17: [unused] tq: section is never used (no stage or reference names it)",
+    };
+    int64_t nd = caldera_config_ndiag(cfg);
+    for (size_t k = 0; k < sizeof(expected) / sizeof(*expected); k++) {
+        int found = 0;
+        for (int64_t d = 0; d < nd; d++) found |= strcmp(caldera_config_diag(cfg, d), expected[k]) == 0;
+        if (!found) for (int64_t d = 0; d < nd; d++) fprintf(stderr, "diag: %s\n", caldera_config_diag(cfg, d));
+        ck_assert_msg(found, "missing diagnostic: %s", expected[k]);
+    }
+    ck_assert_int_eq(nd, (int64_t) (sizeof(expected) / sizeof(*expected)));
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_override_and_shape_check) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "q.step=2"), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "nodot=1"), CALDERA_ERR_CONFIG);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), CALDERA_ERR_CONFIG);
+    ck_assert_str_eq(caldera_config_diag(cfg, 0), "--set:2: 'nodot=1' is not an assignment; allowed: section.key=value");
+    ck_assert_str_eq(caldera_config_diag(cfg, 1), "--set:1: [q] tq: option 'step' = 2 out of range [0.001, 1]");
+    caldera_config_free(cfg);
+
+    // The shape check reads the model's headers and asks the stages about every selected weight.
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "shape.ini",
+                                                 "[caldera]\nreader = src\nstages = q\n[src]\nplugin = synthetic\nlayers = 1\n"
+                                                 "hidden = 32\nffn = 48\n[q]\nplugin = tq\n"), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "q.max_cols=40"), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "caldera.include=*.down_proj.weight, *.q_proj.weight"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), CALDERA_ERR_CONFIG);
+    int64_t nd = caldera_config_ndiag(cfg);
+    int found = 0;
+    for (int64_t d = 0; d < nd; d++) {
+        found |= !strcmp(caldera_config_diag(cfg, d), "shape.ini:9: [q] tq: weight model.layers.0.mlp.down_proj.weight (32 x 48): cols 48 > max_cols 40");
+    }
+    ck_assert_msg(found, "first diag: %s", caldera_config_diag(cfg, 0));
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_failure_leaves_no_output) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "q.fail_on=up"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    sink_finished = 0;
+    ck_assert_int_eq(caldera_pipeline_run(pl), CALDERA_ERR_NUMERIC);
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "weight model.layers.0.mlp.gate_proj.weight (48 x 32): [q] tq: asked to fail");
+    ck_assert_int_eq(sink_finished, 1);
+    ck_assert_int_eq(sink_commit, 0);   // the writer is told to drop its temporary output
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_print_config) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    char * buf = NULL;
+    size_t len = 0;
+    FILE * f = open_memstream(&buf, &len);
+    ck_assert_int_eq(caldera_pipeline_print_config(pl, f), 0);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "[caldera]\nreader = src\nwriter = out\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "include = *.self_attn.*_proj.weight, *.mlp.*_proj.weight\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "[q]\nplugin = tq\nstep = 0.050000000000000003\nmax_cols = 1048576\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "[src]\nplugin = synthetic\nlayers = 1\nhidden = 32\nffn = 48\n"));
+    free(buf);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+static Suite * pipeline_suite(void) {
+    Suite * s = suite_create("pipeline");
+    TCase * tc = tcase_create("pipeline");
+    tcase_add_test(tc, test_run_metrics);
+    tcase_add_test(tc, test_all_diagnostics);
+    tcase_add_test(tc, test_override_and_shape_check);
+    tcase_add_test(tc, test_failure_leaves_no_output);
+    tcase_add_test(tc, test_print_config);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+TU_MAIN(pipeline_suite)
