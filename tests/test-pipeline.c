@@ -360,6 +360,36 @@ START_TEST(test_print_config) {
 }
 END_TEST
 
+START_TEST(test_path_expansion) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    setenv("CALDERA_TEST_DIR", "/tmp/xyz", 1);
+    unsetenv("CALDERA_TEST_UNSET");
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "out.path=${CALDERA_TEST_DIR}/a/${CALDERA_TEST_UNSET:-${CALDERA_TEST_DIR}/b}.st"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    char * buf = NULL;
+    size_t len = 0;
+    FILE * f = open_memstream(&buf, &len);
+    caldera_pipeline_print_config(pl, f);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "[out]\nplugin = memsink\npath = /tmp/xyz/a//tmp/xyz/b.st\n"));
+    free(buf);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "out.path=${CALDERA_TEST_UNSET}/x"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), CALDERA_ERR_CONFIG);
+    ck_assert_str_eq(caldera_config_diag(cfg, 0), "--set:1: [out] memsink: option 'path': environment variable CALDERA_TEST_UNSET is not set; "
+                                                  "allowed: set it, or write ${CALDERA_TEST_UNSET:-default}");
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -368,6 +398,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_override_and_shape_check);
     tcase_add_test(tc, test_failure_leaves_no_output);
     tcase_add_test(tc, test_print_config);
+    tcase_add_test(tc, test_path_expansion);
     suite_add_tcase(s, tc);
     return s;
 }

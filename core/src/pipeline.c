@@ -4,6 +4,7 @@
 // weights one at a time through transforms and a quantizer or decomposer into the writer,
 // measuring bits per parameter and (data-aware) error per tensor.
 #include <fnmatch.h>
+#include <stdlib.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -145,6 +146,87 @@ static const char * nearest_plugin(struct caldera_ctx * ctx, const char * name) 
     return bd <= 3 ? best : NULL;
 }
 
+// Expand ${VAR} and ${VAR:-default} (the default may itself hold ${...}) in a path value.
+// Returns a caldera_malloc'd string, or NULL with a message in err.
+static char * expand_env(const char * v, char * err, size_t errlen, int depth) {
+    size_t cap = strlen(v) + 256, len = 0;
+    char * out = caldera_malloc(cap);
+    if (!out) return NULL;
+    while (*v) {
+        if (v[0] == '$' && v[1] == '{' && depth < 4) {
+            const char * p = v + 2;
+            int level = 1;
+            const char * end = p;
+            for (; *end && level; end++) level += (*end == '{') - (*end == '}');
+            if (level) {
+                snprintf(err, errlen, "unterminated '${' in '%s'", v);
+                caldera_free(out);
+                return NULL;
+            }
+            end--;   // at the closing brace
+            char name[128];
+            const char * dflt = NULL;
+            size_t nl = (size_t) (end - p);
+            const char * colon = memchr(p, ':', nl);
+            if (colon && colon[1] == '-') {
+                dflt = colon + 2;
+                nl = (size_t) (colon - p);
+            }
+            if (nl == 0 || nl >= sizeof(name)) {
+                snprintf(err, errlen, "invalid variable reference in '%s'", v);
+                caldera_free(out);
+                return NULL;
+            }
+            memcpy(name, p, nl);
+            name[nl] = 0;
+            const char * val = getenv(name);
+            char * owned = NULL;
+            if (!val || !*val) {
+                if (!dflt) {
+                    snprintf(err, errlen, "environment variable %s is not set; allowed: set it, or write ${%s:-default}", name, name);
+                    caldera_free(out);
+                    return NULL;
+                }
+                char tmp[1024];
+                size_t dl = (size_t) (end - dflt);
+                if (dl >= sizeof(tmp)) dl = sizeof(tmp) - 1;
+                memcpy(tmp, dflt, dl);
+                tmp[dl] = 0;
+                if (!(owned = expand_env(tmp, err, errlen, depth + 1))) {
+                    caldera_free(out);
+                    return NULL;
+                }
+                val = owned;
+            }
+            size_t vl = strlen(val);
+            if (len + vl + 1 > cap) {
+                cap = len + vl + 256;
+                char * n2 = caldera_malloc(cap);
+                if (!n2) { caldera_free(out); caldera_free(owned); return NULL; }
+                memcpy(n2, out, len);
+                caldera_free(out);
+                out = n2;
+            }
+            memcpy(out + len, val, vl);
+            len += vl;
+            caldera_free(owned);
+            v = end + 1;
+            continue;
+        }
+        if (len + 2 > cap) {
+            cap *= 2;
+            char * n2 = caldera_malloc(cap);
+            if (!n2) { caldera_free(out); return NULL; }
+            memcpy(n2, out, len);
+            caldera_free(out);
+            out = n2;
+        }
+        out[len++] = *v++;
+    }
+    out[len] = 0;
+    return out;
+}
+
 // Bind every key of a section to inst's options; REFs are resolved later.
 static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * inst, const char * section) {
     struct caldera_config * cfg = pl->cfg;
@@ -163,7 +245,19 @@ static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * ins
             continue;
         }
         if (o->type == CALDERA_OPT_REF) continue;
-        if (caldera_inst_set(inst, e->key, e->value) < 0) {
+        const char * value = e->value;
+        char * expanded = NULL;
+        if (o->type == CALDERA_OPT_PATH && strstr(value, "${")) {
+            char err[300] = "out of memory";
+            if (!(expanded = expand_env(value, err, sizeof(err), 0))) {
+                caldera_config_diagf(cfg, e->file, e->line, section, pname, "option '%s': %s", e->key, err);
+                continue;
+            }
+            value = expanded;
+        }
+        int src = caldera_inst_set(inst, e->key, value);
+        caldera_free(expanded);
+        if (src < 0) {
             // the message carries "[section] plugin: "; drop it, the diagnostic adds it with the place
             const char * m = caldera_ctx_errmsg(pl->ctx);
             const char * colon = strstr(m, ": ");
