@@ -48,6 +48,9 @@ static void choices_text(const struct caldera_option * o, char * buf, size_t n) 
     }
 }
 
+static int parse_int_list_text(const struct caldera_option * o, const char * text, struct caldera_int_list * out, char * err,
+                               size_t errlen);
+
 int caldera_options_validate(const struct caldera_option * opts, char * err, size_t errlen) {
     for (int64_t i = 0; opts[i].name; i++) {
         const struct caldera_option * o = &opts[i];
@@ -91,6 +94,21 @@ int caldera_options_validate(const struct caldera_option * opts, char * err, siz
             snprintf(err, errlen, "option '%s': default %g outside its range [%g, %g]", o->name, o->def.dbl, o->min, o->max);
             return CALDERA_ERR_INVAL;
         }
+        if (o->type == CALDERA_OPT_INT_LIST && o->def.str) {
+            // A default that does not parse would make every instance creation fail later.
+            struct caldera_int_list l = { NULL, 0 };
+            char e2[160];
+            int rc = parse_int_list_text(o, o->def.str, &l, e2, sizeof(e2));
+            caldera_free(l.v);
+            if (rc == CALDERA_ERR_NOMEM) {
+                snprintf(err, errlen, "out of memory");
+                return rc;
+            }
+            if (rc < 0) {
+                snprintf(err, errlen, "option '%s': default '%s' is not valid: %s", o->name, o->def.str, e2);
+                return CALDERA_ERR_INVAL;
+            }
+        }
         if (o->type == CALDERA_OPT_REF && (unsigned) o->ref_kind >= CALDERA_PLUGIN_KIND_COUNT) {
             snprintf(err, errlen, "reference option '%s' has invalid kind %d", o->name, (int) o->ref_kind);
             return CALDERA_ERR_INVAL;
@@ -114,9 +132,6 @@ void caldera_option_free_value(const struct caldera_option * o, void * priv) {
     default: break;
     }
 }
-
-static int parse_int_list_text(const struct caldera_option * o, const char * text, struct caldera_int_list * out, char * err,
-                               size_t errlen);
 
 int caldera_option_set_default(const struct caldera_option * o, void * priv) {
     caldera_option_free_value(o, priv);
@@ -146,9 +161,13 @@ int caldera_option_set_default(const struct caldera_option * o, void * priv) {
 static int parse_i64(const char * s, int64_t * out) {
     while (isspace((unsigned char) *s)) s++;
     if (!*s) return -1;
+    // Decimal, or hexadecimal with 0x: never octal, so "010" is ten and "08" is eight (base 0
+    // would read the first as 8 and reject the second).
+    const char * digits = (*s == '-' || *s == '+') ? s + 1 : s;
+    int base = (digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) ? 16 : 10;
     errno = 0;
     char * end;
-    long long v = strtoll(s, &end, 0);
+    long long v = strtoll(s, &end, base);
     while (isspace((unsigned char) *end)) end++;
     if (errno || *end) return -1;
     *out = v;
@@ -217,7 +236,8 @@ int caldera_option_parse(const struct caldera_option * o, void * priv, const cha
         int64_t v;
         if (parse_i64(text, &v) < 0) {
             range_text(o, r, sizeof(r));
-            snprintf(err, errlen, "option '%s' = '%s' is not an integer; allowed: an integer in %s", o->name, text, r);
+            snprintf(err, errlen, "option '%s' = '%s' is not an integer; allowed: an integer%s%s", o->name, text,
+                     has_range(o) ? " in " : "", has_range(o) ? r : "");
             return CALDERA_ERR_INVAL;
         }
         if (has_range(o) && ((double) v < o->min || (double) v > o->max)) {
@@ -235,7 +255,8 @@ int caldera_option_parse(const struct caldera_option * o, void * priv, const cha
         while (isspace((unsigned char) *end)) end++;
         if (errno || *end || end == text || !isfinite(v)) {
             range_text(o, r, sizeof(r));
-            snprintf(err, errlen, "option '%s' = '%s' is not a finite number; allowed: a number in %s", o->name, text, r);
+            snprintf(err, errlen, "option '%s' = '%s' is not a finite number; allowed: a number%s%s", o->name, text,
+                     has_range(o) ? " in " : "", has_range(o) ? r : "");
             return CALDERA_ERR_INVAL;
         }
         if (has_range(o) && (v < o->min || v > o->max)) {

@@ -89,7 +89,9 @@ int caldera_plugin_validate(struct caldera_ctx * ctx, const struct caldera_plugi
                                  caldera_plugin_kind_name(p->kind), missing);
     }
     char err[256];
-    if (p->options && caldera_options_validate(p->options, err, sizeof(err)) < 0) {
+    int vrc = p->options ? caldera_options_validate(p->options, err, sizeof(err)) : 0;
+    if (vrc == CALDERA_ERR_NOMEM) return caldera_ctx_error(ctx, vrc, "%s: out of memory checking plugin '%s'", origin, p->name);
+    if (vrc < 0) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: plugin '%s' has a bad option table: %s", origin, p->name, err);
     }
     for (int64_t i = 0; p->options && p->options[i].name; i++) {
