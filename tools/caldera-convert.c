@@ -1,0 +1,326 @@
+// SPDX-License-Identifier: MIT
+// caldera-convert: export any model a format plugin can read (llama2.c, GGUF, safetensors, ...)
+// as a Hugging Face-style safetensors folder: model.safetensors with HF tensor names,
+// config.json from the model description and tokenizer_config.json. The folder is built under
+// a temporary name and renamed into place, so OUTPUT_DIR appears only when complete.
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "caldera/caldera.h"
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE   2
+
+static void usage(FILE * f) {
+    fprintf(f,
+            "usage: caldera-convert INPUT OUTPUT_DIR [options]\n"
+            "Export a model as a Hugging Face-style safetensors folder (model.safetensors, config.json).\n"
+            "\n"
+            "  --dtype f32|f16      dtype of the written tensors (default f32)\n"
+            "  --from NAME          format plugin that reads INPUT (default: chosen by probing INPUT)\n"
+            "  --plugin-path DIR    load the plugin shared objects in DIR first\n"
+            "  -q, --quiet          no progress lines\n"
+            "  -h, --help           this help\n"
+            "\n"
+            "OUTPUT_DIR must not exist, or be an empty folder. Exit status: 0 ok, 1 failure, 2 usage error.\n");
+}
+
+// A format plugin by name (--from), or the best probe_path score among the registered ones.
+static const struct caldera_plugin * pick_reader(struct caldera_ctx * ctx, const char * from, const char * input,
+                                                 int * usage_err) {
+    *usage_err = 0;
+    if (from) {
+        const struct caldera_plugin * p = caldera_registry_find(ctx, from);
+        if (!p || p->kind != CALDERA_PLUGIN_KIND_FORMAT || !((const struct caldera_format_ops *) p->ops)->open) {
+            fprintf(stderr, "caldera-convert: --from %s: no format plugin of that name can read models; allowed:", from);
+            for (int64_t i = 0; i < caldera_registry_count(ctx); i++) {
+                const struct caldera_plugin * q = caldera_registry_get(ctx, i);
+                if (q->kind == CALDERA_PLUGIN_KIND_FORMAT && ((const struct caldera_format_ops *) q->ops)->open) {
+                    fprintf(stderr, " %s", q->name);
+                }
+            }
+            fprintf(stderr, "\n");
+            *usage_err = 1;
+            return NULL;
+        }
+        return p;
+    }
+    const struct caldera_plugin * best = NULL;
+    int best_score = 0;
+    for (int64_t i = 0; i < caldera_registry_count(ctx); i++) {
+        const struct caldera_plugin * q = caldera_registry_get(ctx, i);
+        if (q->kind != CALDERA_PLUGIN_KIND_FORMAT) continue;
+        const struct caldera_format_ops * ops = q->ops;
+        if (!ops->probe_path || !ops->open) continue;
+        int s = ops->probe_path(input);
+        if (s > best_score) {
+            best_score = s;
+            best = q;
+        }
+    }
+    if (!best) fprintf(stderr, "caldera-convert: %s: no format plugin recognises this file; use --from NAME\n", input);
+    return best;
+}
+
+static const char * hf_architecture(const char * arch, char * buf, size_t n) {
+    if (strcmp(arch, "llama") == 0) return "LlamaForCausalLM";
+    if (strcmp(arch, "mistral") == 0) return "MistralForCausalLM";
+    if (strcmp(arch, "qwen2") == 0) return "Qwen2ForCausalLM";
+    snprintf(buf, n, "%c%sForCausalLM", arch[0] >= 'a' && arch[0] <= 'z' ? arch[0] - 'a' + 'A' : arch[0], arch + 1);
+    return buf;
+}
+
+// A token string of the source vocabulary, or NULL.
+static const char * token_text(const struct caldera_meta * m, const char * id_key) {
+    int64_t id, n;
+    enum caldera_meta_type et;
+    const void * data;
+    if (!m || caldera_meta_get_int(m, id_key, &id) != 0) return NULL;
+    if (caldera_meta_get_array(m, "tokenizer.ggml.tokens", &et, &n, &data) != 0 || et != CALDERA_META_STRING) return NULL;
+    return id >= 0 && id < n ? ((const char * const *) data)[id] : NULL;
+}
+
+static int write_json(const char * path, json_t * j) {
+    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    json_decref(j);
+    if (rc != 0) fprintf(stderr, "caldera-convert: cannot write %s: %s\n", path, strerror(errno));
+    return rc;
+}
+
+// config.json (transformers' names) from the model description.
+static int write_config(const char * path, const struct caldera_model_desc * d, const struct caldera_meta * m,
+                        const char * dtype) {
+    char buf[64];
+    json_t * j = json_object();
+    json_t * arr = json_array();
+    if (!j || !arr) return -1;
+    json_array_append_new(arr, json_string(hf_architecture(d->arch, buf, sizeof(buf))));
+    json_object_set_new(j, "architectures", arr);
+    json_object_set_new(j, "model_type", json_string(d->arch));
+    json_object_set_new(j, "hidden_size", json_integer(d->hidden));
+    json_object_set_new(j, "intermediate_size", json_integer(d->ffn));
+    json_object_set_new(j, "num_hidden_layers", json_integer(d->n_layers));
+    json_object_set_new(j, "num_attention_heads", json_integer(d->n_heads));
+    json_object_set_new(j, "num_key_value_heads", json_integer(d->n_kv_heads));
+    json_object_set_new(j, "head_dim", json_integer(d->head_dim));
+    json_object_set_new(j, "vocab_size", json_integer(d->vocab));
+    json_object_set_new(j, "max_position_embeddings", json_integer(d->ctx_len));
+    json_object_set_new(j, "rope_theta", json_real(d->rope_theta));
+    json_object_set_new(j, "rms_norm_eps", json_real(d->norm_eps));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(d->tied_embeddings));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "torch_dtype", json_string(strcmp(dtype, "f16") == 0 ? "float16" : "float32"));
+    if (d->rope_scaling[0]) {
+        json_t * rs = json_object();
+        json_object_set_new(rs, "rope_type", json_string(d->rope_scaling));
+        json_object_set_new(rs, "factor", json_real(d->rope_scaling_factor));
+        json_object_set_new(j, "rope_scaling", rs);
+    }
+    int64_t id;
+    if (m && caldera_meta_get_int(m, "tokenizer.ggml.bos_token_id", &id) == 0) json_object_set_new(j, "bos_token_id", json_integer(id));
+    if (m && caldera_meta_get_int(m, "tokenizer.ggml.eos_token_id", &id) == 0) json_object_set_new(j, "eos_token_id", json_integer(id));
+    return write_json(path, j);
+}
+
+// tokenizer_config.json: the special tokens (the vocabulary itself travels in the
+// safetensors __metadata__ as tokenizer.ggml.*).
+static int write_tokenizer_config(const char * path, const struct caldera_meta * m, int64_t ctx_len) {
+    json_t * j = json_object();
+    if (!j) return -1;
+    const char * bos = token_text(m, "tokenizer.ggml.bos_token_id");
+    const char * eos = token_text(m, "tokenizer.ggml.eos_token_id");
+    const char * unk = token_text(m, "tokenizer.ggml.unknown_token_id");
+    const char * model = NULL;
+    if (bos) json_object_set_new(j, "bos_token", json_string(bos));
+    if (eos) json_object_set_new(j, "eos_token", json_string(eos));
+    if (unk) json_object_set_new(j, "unk_token", json_string(unk));
+    if (ctx_len > 0) json_object_set_new(j, "model_max_length", json_integer(ctx_len));
+    if (caldera_meta_get_string(m, "tokenizer.ggml.model", &model) == 0) {
+        json_object_set_new(j, "caldera_tokenizer_model", json_string(model));
+    }
+    return write_json(path, j);
+}
+
+static char * join(const char * a, const char * b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char * s = malloc(n);
+    if (s) snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+int main(int argc, char ** argv) {
+    const char * dtype_name = "f32", * from = NULL, * plugin_path = NULL;
+    int quiet = 0, ret = EXIT_RUNTIME, rc, usage_err = 0, writing = 0;
+    static const struct option longopts[] = {
+        { "dtype", required_argument, NULL, 'd' }, { "from", required_argument, NULL, 'f' },
+        { "plugin-path", required_argument, NULL, 'p' }, { "quiet", no_argument, NULL, 'q' },
+        { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+    };
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd': dtype_name = optarg; break;
+        case 'f': from = optarg; break;
+        case 'p': plugin_path = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default:
+            fprintf(stderr, "caldera-convert: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "caldera-convert: expected INPUT and OUTPUT_DIR, got %d argument(s)\n", argc - optind);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    enum caldera_dtype want;
+    if (strcmp(dtype_name, "f32") == 0) {
+        want = CALDERA_DTYPE_F32;
+    } else if (strcmp(dtype_name, "f16") == 0) {
+        want = CALDERA_DTYPE_F16;
+    } else {
+        fprintf(stderr, "caldera-convert: --dtype %s; allowed: f32, f16\n", dtype_name);
+        return EXIT_USAGE;
+    }
+    const char * input = argv[optind], * output = argv[optind + 1];
+
+    struct caldera_ctx * ctx = NULL;
+    struct caldera_inst * rd = NULL, * wr = NULL;
+    const struct caldera_format_ops * rops = NULL, * wops = NULL;
+    char * tmp = NULL, * st_path = NULL, * cfg_path = NULL, * tok_path = NULL;
+    int tmp_made = 0;
+    double t0 = now();
+    if ((rc = caldera_ctx_init(&ctx)) < 0) {
+        fprintf(stderr, "caldera-convert: cannot create a context: %s\n", caldera_status_str(rc));
+        return EXIT_RUNTIME;
+    }
+    if (quiet) caldera_ctx_set_log_level(ctx, CALDERA_LOG_ERROR);
+    if (plugin_path && (rc = caldera_registry_load_dir(ctx, plugin_path)) < 0) goto ctx_fail;
+    const struct caldera_plugin * rp = pick_reader(ctx, from, input, &usage_err);
+    if (!rp) {
+        ret = usage_err ? EXIT_USAGE : EXIT_RUNTIME;
+        goto done;
+    }
+    if (!caldera_registry_find(ctx, "safetensors")) {
+        fprintf(stderr, "caldera-convert: the safetensors plugin is not available\n");
+        goto done;
+    }
+    if ((rc = caldera_inst_create(ctx, rp->name, "input", &rd)) < 0 || (rc = caldera_inst_start(rd)) < 0) goto ctx_fail;
+    rops = rp->ops;
+    if ((rc = rops->open(rd, input)) < 0) goto ctx_fail;
+    const struct caldera_meta * smeta = rops->meta ? rops->meta(rd) : NULL;
+    struct caldera_model_desc desc;
+    int have_desc = rops->model_desc && rops->model_desc(rd, &desc) == 0;
+
+    // Output folder: built as OUTPUT_DIR.tmp.<pid> beside it, renamed at the end.
+    struct stat st;
+    if (stat(output, &st) == 0 && (!S_ISDIR(st.st_mode) || rmdir(output) != 0)) {
+        fprintf(stderr, "caldera-convert: %s exists and is not an empty folder; remove it first\n", output);
+        goto done;
+    }
+    size_t tl = strlen(output) + 32;
+    if (!(tmp = malloc(tl))) goto oom;
+    snprintf(tmp, tl, "%s.tmp.%ld", output, (long) getpid());
+    if (mkdir(tmp, 0755) != 0) {
+        fprintf(stderr, "caldera-convert: cannot create %s: %s\n", tmp, strerror(errno));
+        goto done;
+    }
+    tmp_made = 1;
+    if (!(st_path = join(tmp, "model.safetensors")) || !(cfg_path = join(tmp, "config.json")) ||
+        !(tok_path = join(tmp, "tokenizer_config.json"))) {
+        goto oom;
+    }
+
+    struct caldera_meta * wmeta = NULL;
+    if ((rc = caldera_meta_init(&wmeta)) < 0) goto ctx_fail;
+    if (smeta) caldera_meta_copy(wmeta, smeta);
+    caldera_meta_set_string(wmeta, "format", "pt");  // what transformers expects of a checkpoint
+    caldera_meta_set_string(wmeta, "caldera.source_format", rp->name);
+    caldera_meta_set_string(wmeta, "caldera.version", caldera_version());
+    if ((rc = caldera_inst_create(ctx, "safetensors", "output", &wr)) < 0 || (rc = caldera_inst_start(wr)) < 0) {
+        caldera_meta_free(wmeta);
+        goto ctx_fail;
+    }
+    wops = caldera_registry_find(ctx, "safetensors")->ops;
+    rc = wops->create(wr, st_path, wmeta);
+    caldera_meta_free(wmeta);
+    if (rc < 0) goto ctx_fail;
+    writing = 1;
+
+    int64_t nt = rops->n_tensors(rd);
+    uint64_t bytes = 0;
+    for (int64_t i = 0; i < nt; i++) {
+        struct caldera_tensor_info ti;
+        struct caldera_tensor t;
+        int owned = 0;
+        if ((rc = rops->tensor_info(rd, i, &ti)) < 0) goto ctx_fail;
+        const char * name = ti.hf_name && ti.hf_name[0] ? ti.hf_name : ti.name;
+        if ((rc = rops->read_tensor(rd, i, want, &t, &owned)) < 0) goto ctx_fail;
+        rc = wops->write_tensor(wr, name, &t);
+        bytes += (uint64_t) caldera_tensor_nelements(&t) * (want == CALDERA_DTYPE_F16 ? 2 : 4);
+        if (owned) caldera_tensor_free(&t);
+        if (rc < 0) goto ctx_fail;
+        if (!quiet && (i + 1 == nt || (i + 1) % 50 == 0)) {
+            fprintf(stderr, "\rcaldera-convert: %" PRId64 "/%" PRId64 " tensors, %.1f MB", i + 1, nt, (double) bytes / 1e6);
+            if (i + 1 == nt) fputc('\n', stderr);
+        }
+    }
+    writing = 0;
+    if ((rc = wops->finish(wr, 1)) < 0) goto ctx_fail;
+    if (have_desc && write_config(cfg_path, &desc, smeta, dtype_name) != 0) goto done;
+    if (smeta && caldera_meta_find(smeta, "tokenizer.ggml.tokens") >= 0 &&
+        write_tokenizer_config(tok_path, smeta, have_desc ? desc.ctx_len : 0) != 0) {
+        goto done;
+    }
+    if (!have_desc) fprintf(stderr, "caldera-convert: warning: %s has no model description; no config.json written\n", input);
+    if (rename(tmp, output) != 0) {
+        fprintf(stderr, "caldera-convert: cannot rename %s to %s: %s\n", tmp, output, strerror(errno));
+        goto done;
+    }
+    tmp_made = 0;
+    if (!quiet) {
+        fprintf(stderr, "caldera-convert: wrote %s (%s, %" PRId64 " tensors, %.1f MB of %s) in %.2f s\n", output, rp->name, nt,
+                (double) bytes / 1e6, dtype_name, now() - t0);
+    }
+    ret = 0;
+    goto done;
+oom:
+    fprintf(stderr, "caldera-convert: out of memory\n");
+    goto done;
+ctx_fail:
+    fprintf(stderr, "caldera-convert: %s\n", caldera_ctx_errmsg(ctx)[0] ? caldera_ctx_errmsg(ctx) : caldera_status_str(rc));
+done:
+    if (writing) wops->finish(wr, 0);
+    if (tmp_made) {  // nothing under the final name, and no temporary left behind
+        if (st_path) unlink(st_path);
+        if (cfg_path) unlink(cfg_path);
+        if (tok_path) unlink(tok_path);
+        rmdir(tmp);
+    }
+    caldera_inst_free(wr);
+    caldera_inst_free(rd);
+    caldera_ctx_free(ctx);
+    free(tok_path);
+    free(cfg_path);
+    free(st_path);
+    free(tmp);
+    return ret;
+}
