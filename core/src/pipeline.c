@@ -143,7 +143,8 @@ static const char * nearest_plugin(struct caldera_ctx * ctx, const char * name) 
         int d = caldera_edit_distance(caldera_registry_get(ctx, i)->name, name);
         if (d < bd) { bd = d; best = caldera_registry_get(ctx, i)->name; }
     }
-    return bd <= 3 ? best : NULL;
+    size_t l = strlen(name);
+    return bd <= (l <= 4 ? 1 : l <= 8 ? 2 : 3) ? best : NULL;
 }
 
 // Expand ${VAR} and ${VAR:-default} (the default may itself hold ${...}) in a path value.
@@ -429,6 +430,10 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
         if (!pl->stages) { rc = CALDERA_ERR_NOMEM; goto fail; }
         for (char * save = NULL, * tok = strtok_r(buf, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
             struct pl_section * s = pl_find(pl, tok);
+            if (!s && caldera_config_find_section(cfg, tok)) {
+                caldera_config_find_section(cfg, tok)->referenced = 1;   // its own problem is reported already
+                continue;
+            }
             if (!s) {
                 caldera_config_diagf(cfg, se->file, se->line, "caldera", NULL, "stage '%s' names no section", tok);
                 continue;
