@@ -184,7 +184,7 @@ static char * expand_env(const char * v, char * err, size_t errlen, int depth) {
             char * owned = NULL;
             if (!val || !*val) {
                 if (!dflt) {
-                    snprintf(err, errlen, "environment variable %s is not set; allowed: set it, or write ${%s:-default}", name, name);
+                    snprintf(err, errlen, "environment variable %.60s is not set; allowed: set it, or write ${%.60s:-default}", name, name);
                     caldera_free(out);
                     return NULL;
                 }
