@@ -75,7 +75,7 @@ static const char * hf_architecture(const char * arch, char * buf, size_t n) {
     if (strcmp(arch, "llama") == 0) return "LlamaForCausalLM";
     if (strcmp(arch, "mistral") == 0) return "MistralForCausalLM";
     if (strcmp(arch, "qwen2") == 0) return "Qwen2ForCausalLM";
-    snprintf(buf, n, "%c%sForCausalLM", arch[0] >= 'a' && arch[0] <= 'z' ? arch[0] - 'a' + 'A' : arch[0], arch + 1);
+    snprintf(buf, n, "%c%.40sForCausalLM", arch[0] >= 'a' && arch[0] <= 'z' ? arch[0] - 'a' + 'A' : arch[0], arch[0] ? arch + 1 : "");
     return buf;
 }
 
@@ -89,8 +89,22 @@ static const char * token_text(const struct caldera_meta * m, const char * id_ke
     return id >= 0 && id < n ? ((const char * const *) data)[id] : NULL;
 }
 
+// A value that is exactly a float32 (GGUF stores f32) becomes its shortest decimal form, so
+// config.json says 1e-05 and not 9.99999974737875e-06.
+static double tidy(double v) {
+    float f = (float) v;
+    char b[32];
+    if ((double) f != v) return v;
+    for (int p = 1; p <= 9; p++) {
+        snprintf(b, sizeof(b), "%.*g", p, v);
+        if ((float) strtod(b, NULL) == f) return strtod(b, NULL);
+    }
+    return v;
+}
+
 static int write_json(const char * path, json_t * j) {
-    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    // 15 digits: every decimal with up to 15 significant digits prints as itself (DBL_DIG)
+    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
     json_decref(j);
     if (rc != 0) fprintf(stderr, "caldera-convert: cannot write %s: %s\n", path, strerror(errno));
     return rc;
@@ -114,15 +128,15 @@ static int write_config(const char * path, const struct caldera_model_desc * d, 
     json_object_set_new(j, "head_dim", json_integer(d->head_dim));
     json_object_set_new(j, "vocab_size", json_integer(d->vocab));
     json_object_set_new(j, "max_position_embeddings", json_integer(d->ctx_len));
-    json_object_set_new(j, "rope_theta", json_real(d->rope_theta));
-    json_object_set_new(j, "rms_norm_eps", json_real(d->norm_eps));
+    json_object_set_new(j, "rope_theta", json_real(tidy(d->rope_theta)));
+    json_object_set_new(j, "rms_norm_eps", json_real(tidy(d->norm_eps)));
     json_object_set_new(j, "tie_word_embeddings", json_boolean(d->tied_embeddings));
     json_object_set_new(j, "hidden_act", json_string("silu"));
     json_object_set_new(j, "torch_dtype", json_string(strcmp(dtype, "f16") == 0 ? "float16" : "float32"));
     if (d->rope_scaling[0]) {
         json_t * rs = json_object();
         json_object_set_new(rs, "rope_type", json_string(d->rope_scaling));
-        json_object_set_new(rs, "factor", json_real(d->rope_scaling_factor));
+        json_object_set_new(rs, "factor", json_real(tidy(d->rope_scaling_factor)));
         json_object_set_new(j, "rope_scaling", rs);
     }
     int64_t id;
@@ -266,6 +280,7 @@ int main(int argc, char ** argv) {
     writing = 1;
 
     int64_t nt = rops->n_tensors(rd);
+    int tty = isatty(2);
     uint64_t bytes = 0;
     for (int64_t i = 0; i < nt; i++) {
         struct caldera_tensor_info ti;
@@ -278,9 +293,9 @@ int main(int argc, char ** argv) {
         bytes += (uint64_t) caldera_tensor_nelements(&t) * (want == CALDERA_DTYPE_F16 ? 2 : 4);
         if (owned) caldera_tensor_free(&t);
         if (rc < 0) goto ctx_fail;
-        if (!quiet && (i + 1 == nt || (i + 1) % 50 == 0)) {
-            fprintf(stderr, "\rcaldera-convert: %" PRId64 "/%" PRId64 " tensors, %.1f MB", i + 1, nt, (double) bytes / 1e6);
-            if (i + 1 == nt) fputc('\n', stderr);
+        if (!quiet && (i + 1 == nt || (i + 1) % (tty ? 10 : 100) == 0)) {  // a line per step unless a terminal
+            fprintf(stderr, "%scaldera-convert: %" PRId64 "/%" PRId64 " tensors, %.1f MB%s", tty ? "\r" : "", i + 1, nt,
+                    (double) bytes / 1e6, tty && i + 1 < nt ? "" : "\n");
         }
     }
     writing = 0;

@@ -256,15 +256,67 @@ START_TEST(test_runtime_errors) {
 }
 END_TEST
 
-static Suite * convert_suite(void) {
+// SmolLM2-135M (GGUF, Q4_1/Q8_0) -> safetensors: the export holds exactly what the gguf plugin
+// reads (f32). Needs scripts/fetch-model.sh; run with --smollm2 (CTest label slow).
+static char smol_path[1024];
+
+START_TEST(test_smollm2_gguf_export) {
+    struct caldera_ctx * ctx = tu_ctx();
+    char out[1024];
+    snprintf(out, sizeof(out), "%s", tu_path(tu_tmpdir(), "smollm2-hf"));
+    ck_assert_msg(run(smol_path, out, "-q", NULL) == 0, "stderr: %s", errbuf);
+    struct caldera_inst * src = open_model(ctx, "gguf", smol_path);
+    struct caldera_inst * dst = open_model(ctx, "safetensors", out);
+    ck_assert_int_eq(compare_all(ctx, "gguf", src, dst, 0), 272);
+    struct caldera_model_desc a, b;
+    ck_assert_int_eq(fops(ctx, "gguf")->model_desc(src, &a), 0);
+    ck_assert_int_eq(fops(ctx, "safetensors")->model_desc(dst, &b), 0);
+    ck_assert_int_eq(b.n_layers, 30);
+    ck_assert_int_eq(b.n_kv_heads, a.n_kv_heads);
+    ck_assert_int_eq(b.head_dim, a.head_dim);
+    ck_assert_int_eq(b.vocab, a.vocab);
+    ck_assert((float) b.norm_eps == (float) a.norm_eps);
+    ck_assert(b.rope_theta == a.rope_theta);
+    ck_assert_int_eq(b.tied_embeddings, a.tied_embeddings);
+    caldera_inst_free(dst);
+    caldera_inst_free(src);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+static Suite * convert_suite(int smollm2) {
     Suite * s = suite_create("caldera-convert");
     TCase * tc = tcase_create("convert");
-    tcase_add_test(tc, test_stories_export_bit_exact);
-    tcase_add_test(tc, test_f16_and_reexport);
-    tcase_add_test(tc, test_usage_errors);
-    tcase_add_test(tc, test_runtime_errors);
+    if (smollm2) {
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, test_smollm2_gguf_export);
+    } else {
+        tcase_add_test(tc, test_stories_export_bit_exact);
+        tcase_add_test(tc, test_f16_and_reexport);
+        tcase_add_test(tc, test_usage_errors);
+        tcase_add_test(tc, test_runtime_errors);
+    }
     suite_add_tcase(s, tc);
     return s;
 }
 
-TU_MAIN(convert_suite)
+int main(int argc, char ** argv) {
+    int smollm2 = argc > 1 && strcmp(argv[1], "--smollm2") == 0;
+    if (smollm2) {
+        const char * env = getenv("CALDERA_SMOLLM2_GGUF");
+        snprintf(smol_path, sizeof(smol_path), "%s",
+                 env && env[0] ? env : CALDERA_CACHE_DIR "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if (access(smol_path, R_OK) != 0) {
+            fprintf(stderr, "skipped: %s not found (run scripts/fetch-model.sh)\n", smol_path);
+            return 77;
+        }
+        struct caldera_ctx * ctx = NULL;
+        int have_gguf = caldera_ctx_init(&ctx) == 0 && caldera_registry_find(ctx, "gguf") != NULL;
+        caldera_ctx_free(ctx);
+        if (!have_gguf) {
+            fprintf(stderr, "skipped: libcaldera has no gguf plugin\n");
+            return 77;
+        }
+    }
+    return tu_run(convert_suite(smollm2));
+}
