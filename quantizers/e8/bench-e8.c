@@ -106,14 +106,17 @@ int main(int argc, char ** argv) {
     e8p_tables_build(tab);
     const int64_t nvec = m * n / 8;
     uint32_t sink = 0;
-    double t0 = now();
-    for (int64_t v = 0; v < nvec; v++) {
-        float x[8], out[8];
-        for (int i = 0; i < 8; i++) x[i] = ((float *) w.data)[v * 8 + i] * (1.0f / 1.03f);
-        sink += e8p_encode(tab, x, out);
+    double t_raw = INFINITY;
+    for (int rep = 0; rep < 5; rep++) {  // best of 5: the machine may be shared
+        double t0 = now();
+        for (int64_t v = 0; v < nvec; v++) {
+            float x[8], out[8];
+            for (int i = 0; i < 8; i++) x[i] = ((float *) w.data)[v * 8 + i] * (1.0f / 1.03f);
+            sink += e8p_encode(tab, x, out);
+        }
+        t_raw = fmin(t_raw, now() - t0);
     }
-    double t_raw = now() - t0;
-    printf("\nE8P encode speed (%" PRId64 " vectors of 8):\n\n", nvec);
+    printf("\nE8P encode speed (%" PRId64 " vectors of 8, best of 5 / 3 runs):\n\n", nvec);
     printf("| what | threads | vectors/s | weights/s |\n|---|---|---|---|\n");
     printf("| e8p_encode (e8p.h) | 1 | %.3g | %.3g |\n", (double) nvec / t_raw, 8.0 * (double) nvec / t_raw);
     for (int th = 1; th <= 2; th++) {
@@ -122,7 +125,12 @@ int main(int argc, char ** argv) {
             char bs[2] = { (char) ('0' + b), 0 };
             const char * kv[] = { "bits", bs, NULL };
             struct result r;
-            if (run(ctx, "e8", kv, &w, &wh, &r) < 0) goto done;
+            double best = INFINITY;
+            for (int rep = 0; rep < 3; rep++) {  // best of 3
+                if (run(ctx, "e8", kv, &w, &wh, &r) < 0) goto done;
+                best = fmin(best, r.seconds);
+            }
+            r.seconds = best;
             printf("| e8 plugin quantize, bits=%d | %d | %.3g | %.3g |\n", b, th, (double) nvec / r.seconds,
                    8.0 * (double) nvec / r.seconds);
         }

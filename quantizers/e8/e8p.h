@@ -75,30 +75,38 @@ static inline uint16_t e8p_encode(const struct e8p_tables * t, const float x[E8P
         }
         // cost_j = ||y||^2 - (2 <|y|, |a'_j|> - ||a'_j||^2 - [odd disagreement] 4 min_i |y_i||a'_ji|)
         const float * pen = ypar ? t->pen_odd : t->pen_even;
-        float s_best = -INFINITY;
-        int   j_best = 0;
-        for (int j0 = 0; j0 < E8P_NABS; j0 += 32) {
-            float sc[32];
-            for (int jj = 0; jj < 32; jj++) {
-                int   j  = j0 + jj;
-                float m0 = ay[0] * t->absv[0][j], m1 = ay[1] * t->absv[1][j];
-                float m2 = ay[2] * t->absv[2][j], m3 = ay[3] * t->absv[3][j];
-                float m4 = ay[4] * t->absv[4][j], m5 = ay[5] * t->absv[5][j];
-                float m6 = ay[6] * t->absv[6][j], m7 = ay[7] * t->absv[7][j];
-                float d  = ((m0 + m1) + (m2 + m3)) + ((m4 + m5) + (m6 + m7));
-                float a  = m0 < m1 ? m0 : m1, b = m2 < m3 ? m2 : m3;
-                float c  = m4 < m5 ? m4 : m5, e = m6 < m7 ? m6 : m7;
-                a = a < b ? a : b;
-                c = c < e ? c : e;
-                float mn = a < c ? a : c;
-                sc[jj] = 2.0f * d - t->norm2[j] - pen[j] * mn;
+        // Scores of all 256 patterns, their maximum (8 lanes), then the first index reaching
+        // it: three simple loops that compilers vectorise.
+        float sc[E8P_NABS];
+        for (int j = 0; j < E8P_NABS; j++) {
+            float m0 = ay[0] * t->absv[0][j], m1 = ay[1] * t->absv[1][j];
+            float m2 = ay[2] * t->absv[2][j], m3 = ay[3] * t->absv[3][j];
+            float m4 = ay[4] * t->absv[4][j], m5 = ay[5] * t->absv[5][j];
+            float m6 = ay[6] * t->absv[6][j], m7 = ay[7] * t->absv[7][j];
+            float d  = ((m0 + m1) + (m2 + m3)) + ((m4 + m5) + (m6 + m7));
+            float a  = m0 < m1 ? m0 : m1, b = m2 < m3 ? m2 : m3;
+            float c  = m4 < m5 ? m4 : m5, e = m6 < m7 ? m6 : m7;
+            a = a < b ? a : b;
+            c = c < e ? c : e;
+            float mn = a < c ? a : c;
+            sc[j] = 2.0f * d - t->norm2[j] - pen[j] * mn;
+        }
+        float lane[8];
+        for (int l = 0; l < 8; l++) {
+            lane[l] = sc[l];
+        }
+        for (int j0 = 8; j0 < E8P_NABS; j0 += 8) {
+            for (int l = 0; l < 8; l++) {
+                lane[l] = sc[j0 + l] > lane[l] ? sc[j0 + l] : lane[l];
             }
-            for (int jj = 0; jj < 32; jj++) {
-                if (sc[jj] > s_best) {
-                    s_best = sc[jj];
-                    j_best = j0 + jj;
-                }
-            }
+        }
+        float s_best = lane[0];
+        for (int l = 1; l < 8; l++) {
+            s_best = lane[l] > s_best ? lane[l] : s_best;
+        }
+        int j_best = 0;
+        while (sc[j_best] != s_best) {
+            j_best++;
         }
         float cost = yy - s_best;
         if (p == 0 || cost < best_cost) {
