@@ -770,13 +770,19 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
 
     if ((rc = caldera_meta_init(&fmeta)) < 0) goto done;
     if (!(cfgtext = config_text(pl))) { rc = CALDERA_ERR_NOMEM; goto done; }
-    caldera_meta_set_string(fmeta, "caldera.version", CALDERA_VERSION_STRING);
-    caldera_meta_set_string(fmeta, "caldera.config", cfgtext);
     if (rops->meta && rops->meta(o->reader)) {
         // carry the source's architecture and tokenizer metadata through
         if ((rc = caldera_meta_copy(fmeta, rops->meta(o->reader))) < 0) goto done;
-        caldera_meta_set_string(fmeta, "caldera.version", CALDERA_VERSION_STRING);
-        caldera_meta_set_string(fmeta, "caldera.config", cfgtext);
+    }
+    {
+        json_t * st = stages_json(pl);
+        char * sj = st ? json_dumps(st, JSON_COMPACT) : NULL;
+        if (st) json_decref(st);
+        rc = caldera_meta_set_string(fmeta, "caldera.version", CALDERA_VERSION_STRING);
+        if (rc == 0) rc = caldera_meta_set_string(fmeta, "caldera.config", cfgtext);
+        if (rc == 0) rc = sj ? caldera_meta_set_string(fmeta, "caldera.stages", sj) : CALDERA_ERR_NOMEM;
+        free(sj);
+        if (rc < 0) goto done;
     }
     char * wpath = NULL;
     if (o->writer) {
@@ -892,14 +898,6 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         memset(&h, 0, sizeof(h));
         w_owned = h_owned = 0;
     }
-    if (writer_open) {
-        writer_open = 0;
-        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 1)) < 0) goto done;
-    }
-    if (dense_open) {
-        dense_open = 0;
-        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 1)) < 0) goto done;
-    }
     {
         json_t * rep = json_pack("{s:s, s:o, s:o, s:{s:I, s:f, s:f, s:f, s:f, s:f}}", "caldera_version", CALDERA_VERSION_STRING,
                                  "stages", stages_json(pl), "tensors", tensors, "summary", "weights", (json_int_t) ndone,
@@ -914,17 +912,36 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         char * js = json_dumps(rep, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         pl->report_json = js ? caldera_strdup(js) : NULL;
         free(js);
-        if (o->report && *o->report && pl->report_json) {
-            struct caldera_atomic_file af;
-            if ((rc = caldera_atomic_open(ctx, o->report, &af)) < 0) goto done;
-            fputs(pl->report_json, af.fp);
-            fputc('\n', af.fp);
-            if ((rc = caldera_atomic_commit(ctx, &af)) < 0) goto done;
-        }
-        caldera_log(ctx, CALDERA_LOG_INFO, "compressed %lld weights (%.0f parameters): %.4f bits/param, data-aware rel. error mean %.4f, worst %.4f, %.1f s",
-                    (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
-                    ndone ? sum_err / (double) ndone : 0.0, worst, now_s() - t_start);
     }
+    // The report goes into the file metadata too, so a compressed file says how it was made.
+    if (pl->report_json) {
+        if ((rc = caldera_meta_set_string(fmeta, "caldera.report", pl->report_json)) < 0) goto done;
+        struct caldera_inst * ws[2] = { writer_open ? o->writer : NULL, dense_open ? o->dense_writer : NULL };
+        for (int k = 0; k < 2; k++) {
+            if (!ws[k]) continue;
+            const struct caldera_format_ops * wo = caldera_inst_plugin(ws[k])->ops;
+            if (wo->update_meta && (rc = wo->update_meta(ws[k], fmeta)) < 0) goto done;
+        }
+    }
+    if (writer_open) {
+        writer_open = 0;
+        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 1)) < 0) goto done;
+    }
+    if (dense_open) {
+        dense_open = 0;
+        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 1)) < 0) goto done;
+    }
+    // The report file last: it exists only when the model files it describes do.
+    if (o->report && *o->report && pl->report_json) {
+        struct caldera_atomic_file af;
+        if ((rc = caldera_atomic_open(ctx, o->report, &af)) < 0) goto done;
+        fputs(pl->report_json, af.fp);
+        fputc('\n', af.fp);
+        if ((rc = caldera_atomic_commit(ctx, &af)) < 0) goto done;
+    }
+    caldera_log(ctx, CALDERA_LOG_INFO, "compressed %lld weights (%.0f parameters): %.4f bits/param, data-aware rel. error mean %.4f, worst %.4f, %.1f s",
+                (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
+                ndone ? sum_err / (double) ndone : 0.0, worst, now_s() - t_start);
 done:
     if (writer_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 0);
     if (dense_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 0);

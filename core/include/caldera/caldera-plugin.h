@@ -500,6 +500,9 @@ struct caldera_format_ops {
     int     (*write_tensor)(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t);
     // (optional, writers) commit != 0: complete the file and rename it into place; 0: remove it
     int     (*finish)(struct caldera_inst * inst, int commit);
+    // (optional, writers) replace the file metadata given to create (called before finish(1),
+    // e.g. with per-tensor results); NULL = the metadata given to create is final
+    int     (*update_meta)(struct caldera_inst * inst, const struct caldera_meta * meta);
 };
 
 struct caldera_transform_ops {
