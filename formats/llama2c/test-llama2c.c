@@ -573,6 +573,39 @@ START_TEST(test_explicit_tokenizer_and_no_path) {
 }
 END_TEST
 
+// Every allocation of open() fails once in turn: CALDERA_ERR_NOMEM, nothing left open, no leak.
+START_TEST(test_oom_sweep) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    struct caldera_inst * inst = new_inst(ctx);
+    int n, rc = -1;
+    for (n = 1; n < 10000 && rc != 0; n++) {
+        caldera_alloc_fail_at(n);
+        rc = ops->open(inst, STORIES);
+        caldera_alloc_fail_at(0);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "allocation %d: rc %d (%s)", n, rc, caldera_ctx_errmsg(ctx));
+        if (rc) ck_assert_int_eq(ops->n_tensors(inst), 0);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_gt(n, 3);
+    // and for a permuted read (a converted copy)
+    int q = find_hf(ctx, inst, "model.layers.0.self_attn.q_proj.weight");
+    struct caldera_tensor t;
+    int owned;
+    rc = -1;
+    for (n = 1; n < 100 && rc != 0; n++) {
+        caldera_alloc_fail_at(n);
+        rc = ops->read_tensor(inst, q, CALDERA_DTYPE_F16, &t, &owned);
+        caldera_alloc_fail_at(0);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "read, allocation %d: rc %d", n, rc);
+    }
+    ck_assert_int_eq(rc, 0);
+    caldera_tensor_free(&t);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * llama2c_suite(void) {
     Suite * s = suite_create("llama2c");
     TCase * tc = tcase_create("stories260K");
@@ -585,6 +618,7 @@ static Suite * llama2c_suite(void) {
     tc = tcase_create("tiny");
     tcase_add_test(tc, test_tiny_layout_and_permutation);
     tcase_add_test(tc, test_explicit_tokenizer_and_no_path);
+    tcase_add_test(tc, test_oom_sweep);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_add_test(tc, test_bad_missing);

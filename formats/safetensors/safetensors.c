@@ -1029,6 +1029,19 @@ static int st_write_all(int fd, const void * buf, size_t n) {
     return 0;
 }
 
+static int st_pwrite_all(int fd, const void * buf, size_t n, uint64_t off) {
+    const uint8_t * b = buf;
+    while (n > 0) {
+        ssize_t k = pwrite(fd, b, n > ((size_t) 1 << 30) ? ((size_t) 1 << 30) : n, (off_t) off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        b += k;
+        n -= (size_t) k;
+        off += (uint64_t) k;
+    }
+    return 0;
+}
+
 static void st_writer_reset(struct st_priv * p) {
     if (p->w_fd >= 0 && p->w_active) close(p->w_fd);
     if (p->w_data) unlink(p->w_data);
@@ -1151,16 +1164,8 @@ static int st_write_tensor(struct caldera_inst * inst, const char * name, const 
     memcpy(e.ne, t->ne, sizeof(e.ne));
     e.off    = p->w_size;
     e.nbytes = (uint64_t) n * esz;
-    int64_t cols = t->ne[t->ndim - 1];
-    if (t->ndim == 2 && t->ld > cols && cols > 0) {  // strided rows
-        for (int64_t r = 0; r < t->ne[0]; r++) {
-            if (st_write_all(p->w_fd, (const char *) t->data + (size_t) (r * t->ld) * esz, (size_t) cols * esz) != 0) {
-                goto io;
-            }
-        }
-    } else if (e.nbytes > 0 && st_write_all(p->w_fd, t->data, (size_t) e.nbytes) != 0) {
-        goto io;
-    }
+    // Everything that can fail without I/O first; the data goes at w_size with pwrite, so a
+    // failed call leaves no stray bytes in front of the next tensor.
     if (p->w_n == p->w_cap) {
         int64_t cap = p->w_cap ? 2 * p->w_cap : 64;
         struct st_wentry * ne = caldera_realloc(p->w_ent, (size_t) cap * sizeof(*ne));
@@ -1168,14 +1173,33 @@ static int st_write_tensor(struct caldera_inst * inst, const char * name, const 
         p->w_ent = ne;
         p->w_cap = cap;
     }
-    if (!(e.name = caldera_strdup(name)) || json_object_set_new(p->w_names, name, json_true()) != 0) {
+    if (!(e.name = caldera_strdup(name))) return caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
+    json_t * probe = json_string(name);
+    if (!probe) {
         caldera_free(e.name);
-        return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor: tensor name '%s' is not valid UTF-8 (or out of memory)", name);
+        return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor: tensor name '%s' is not valid UTF-8", name);
+    }
+    json_decref(probe);
+    int64_t cols = t->ne[t->ndim - 1];
+    if (t->ndim == 2 && t->ld > cols && cols > 0) {  // strided rows
+        for (int64_t r = 0; r < t->ne[0]; r++) {
+            if (st_pwrite_all(p->w_fd, (const char *) t->data + (size_t) (r * t->ld) * esz, (size_t) cols * esz,
+                              e.off + (uint64_t) r * (uint64_t) cols * esz) != 0) {
+                goto io;
+            }
+        }
+    } else if (e.nbytes > 0 && st_pwrite_all(p->w_fd, t->data, (size_t) e.nbytes, e.off) != 0) {
+        goto io;
+    }
+    if (json_object_set_new(p->w_names, name, json_true()) != 0) {
+        caldera_free(e.name);
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
     }
     p->w_ent[p->w_n++] = e;
     p->w_size += e.nbytes;
     return 0;
 io:
+    caldera_free(e.name);
     return caldera_error(inst, CALDERA_ERR_IO, "write_tensor: %s: %s", p->w_data, strerror(errno));
 }
 

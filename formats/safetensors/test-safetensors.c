@@ -412,6 +412,33 @@ START_TEST(test_finish_abort_and_writer_errors) {
 }
 END_TEST
 
+// A rejected tensor (name not UTF-8) leaves the file consistent: the next one reads back.
+START_TEST(test_rejected_tensor_keeps_file_consistent) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    const char * path = tu_path(tu_tmpdir(), "reject.safetensors");
+    struct caldera_inst * inst = new_inst(ctx);
+    float a[4] = { 1, 2, 3, 4 }, b[4] = { 5, 6, 7, 8 };
+    struct caldera_tensor ta = caldera_tensor_view_f32(a, 2, 2), tb = caldera_tensor_view_f32(b, 2, 2);
+    ck_assert_int_eq(ops->create(inst, path, NULL), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "a", &ta), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "bad\xff", &tb), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "is not valid UTF-8"));
+    ck_assert_int_eq(ops->write_tensor(inst, "b", &tb), 0);
+    ck_assert_int_eq(ops->finish(inst, 1), 0);
+    ck_assert_int_eq(ops->open(inst, path), 0);
+    ck_assert_int_eq(ops->n_tensors(inst), 2);
+    struct caldera_tensor t;
+    int owned;
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "b"), CALDERA_DTYPE_F32, &t, &owned), 0);
+    ck_assert(memcmp(t.data, b, sizeof(b)) == 0);
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "a"), CALDERA_DTYPE_F32, &t, &owned), 0);
+    ck_assert(memcmp(t.data, a, sizeof(a)) == 0);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------
 // Folders: HF single file + config.json, sharded with an index.
 
@@ -718,6 +745,55 @@ START_TEST(test_probe) {
 }
 END_TEST
 
+// Every allocation of open() and of a whole write fails once in turn: each failure is
+// CALDERA_ERR_NOMEM, leaves nothing open or behind, and leaks nothing (run under ASan).
+START_TEST(test_oom_sweep) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    char * dir = make_sharded(ctx, "oom-sharded", INDEX_OK, NULL);
+    const char * known = tu_path(tu_tmpdir(), "oom-known.safetensors");
+    write_known(ctx, known);
+    const char * paths[2] = { dir, known };
+    for (int k = 0; k < 2; k++) {
+        struct caldera_inst * inst = new_inst(ctx);
+        int n, rc = -1;
+        for (n = 1; n < 10000 && rc != 0; n++) {
+            caldera_alloc_fail_at(n);
+            rc = ops->open(inst, paths[k]);
+            caldera_alloc_fail_at(0);
+            ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "%s: allocation %d: rc %d (%s)", paths[k], n, rc,
+                          caldera_ctx_errmsg(ctx));
+            if (rc) ck_assert_int_eq(ops->n_tensors(inst), 0);
+        }
+        ck_assert_int_eq(rc, 0);
+        ck_assert_int_gt(n, 3);
+        caldera_inst_free(inst);
+    }
+    char wdir[1024];
+    snprintf(wdir, sizeof(wdir), "%s", make_dir("oom-write"));
+    struct caldera_meta * m = known_meta();
+    float x[6] = { 1, 2, 3, 4, 5, 6 };
+    struct caldera_tensor t = caldera_tensor_view_f32(x, 2, 3);
+    int rc = -1;
+    for (int n = 1; n < 10000 && rc != 0; n++) {
+        struct caldera_inst * inst = new_inst(ctx);
+        caldera_alloc_fail_at(n);
+        rc = ops->create(inst, tu_path(wdir, "w.safetensors"), m);
+        if (rc == 0) rc = ops->write_tensor(inst, "a", &t);
+        if (rc == 0) rc = ops->write_tensor(inst, "b", &t);
+        if (rc == 0) rc = ops->finish(inst, 1);
+        caldera_alloc_fail_at(0);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "write, allocation %d: rc %d (%s)", n, rc, caldera_ctx_errmsg(ctx));
+        caldera_inst_free(inst);
+        ck_assert_int_eq(count_files(wdir), rc == 0 ? 1 : 0);
+    }
+    ck_assert_int_eq(rc, 0);
+    caldera_meta_free(m);
+    free(dir);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * safetensors_suite(void) {
     Suite * s = suite_create("safetensors");
     TCase * tc = tcase_create("roundtrip");
@@ -726,6 +802,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_written_layout);
     tcase_add_test(tc, test_python_fixture);
     tcase_add_test(tc, test_finish_abort_and_writer_errors);
+    tcase_add_test(tc, test_rejected_tensor_keeps_file_consistent);
     tcase_add_test(tc, test_misaligned_data_is_copied);
     tcase_add_test(tc, test_probe);
     suite_add_tcase(s, tc);
@@ -733,6 +810,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_sharded_folder_and_config);
     tcase_add_test(tc, test_single_folder_tied);
     tcase_add_test(tc, test_sharded_errors);
+    tcase_add_test(tc, test_oom_sweep);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_add_test(tc, test_bad_sizes);
