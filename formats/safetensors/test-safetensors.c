@@ -418,11 +418,12 @@ START_TEST(test_rejected_tensor_keeps_file_consistent) {
     const struct caldera_format_ops * ops = ops_of(ctx);
     const char * path = tu_path(tu_tmpdir(), "reject.safetensors");
     struct caldera_inst * inst = new_inst(ctx);
-    float a[4] = { 1, 2, 3, 4 }, b[4] = { 5, 6, 7, 8 };
+    float a[4] = { 1, 2, 3, 4 }, b[4] = { 5, 6, 7, 8 }, c[4] = { -1, -2, -3, -4 };
     struct caldera_tensor ta = caldera_tensor_view_f32(a, 2, 2), tb = caldera_tensor_view_f32(b, 2, 2);
+    struct caldera_tensor tc = caldera_tensor_view_f32(c, 2, 2);
     ck_assert_int_eq(ops->create(inst, path, NULL), 0);
     ck_assert_int_eq(ops->write_tensor(inst, "a", &ta), 0);
-    ck_assert_int_eq(ops->write_tensor(inst, "bad\xff", &tb), CALDERA_ERR_INVAL);
+    ck_assert_int_eq(ops->write_tensor(inst, "bad\xff", &tc), CALDERA_ERR_INVAL);
     ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "is not valid UTF-8"));
     ck_assert_int_eq(ops->write_tensor(inst, "b", &tb), 0);
     ck_assert_int_eq(ops->finish(inst, 1), 0);
