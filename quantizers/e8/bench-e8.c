@@ -69,8 +69,9 @@ int main(int argc, char ** argv) {
     for (int64_t k = 0; k < m * n; k++) ((float *) w.data)[k] = (float) caldera_rng_normal(&rng);
 
     printf("N(0,1) weights, %" PRId64 "x%" PRId64 " (%" PRId64 " weights), seed 1\n\n", m, n, m * n);
-    printf("| quantizer | options | bits/weight (with scales) | MSE per weight | MSE / 2^(-2b) |\n");
-    printf("|---|---|---|---|---|\n");
+    printf("| quantizer | options | bits/weight (with scales) | MSE per weight | MSE / 2^(-2b) | quantize ms (%d threads) |\n",
+           caldera_ctx_threads(ctx));
+    printf("|---|---|---|---|---|---|\n");
     for (int b = 2; b <= 4; b++) {
         char bs[2] = { (char) ('0' + b), 0 };
         double rd = pow(2.0, -2.0 * b);
@@ -95,10 +96,10 @@ int main(int argc, char ** argv) {
         for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++) {
             struct result r;
             if (run(ctx, cfg[c].plugin, cfg[c].kv, &w, &wh, &r) < 0) goto done;
-            printf("| %s %d-bit | %s | %.4f | %.5f | %.2f |\n", cfg[c].plugin, b, cfg[c].label, r.bits,
-                   r.mse, r.mse / rd);
+            printf("| %s %d-bit | %s | %.4f | %.5f | %.2f | %.1f |\n", cfg[c].plugin, b, cfg[c].label, r.bits,
+                   r.mse, r.mse / rd, 1e3 * r.seconds);
         }
-        printf("| Gaussian R(D) limit | b = %d | %d | %.5f | 1.00 |\n", b, b, rd);
+        printf("| Gaussian R(D) limit | b = %d | %d | %.5f | 1.00 | |\n", b, b, rd);
     }
 
     // Speed of the raw search (one thread), then the plugin with 1 and 2 threads.

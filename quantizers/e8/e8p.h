@@ -19,6 +19,15 @@
 #define E8P_RESID_SCALE_4BIT 3.45f  // rho of E8P12RVQ4B: value v1 + v2 / rho
 #define E8P_RESID_SCALE_3BIT 2.04f  // rho of E8P12RVQ3B
 
+// A CUDA build defines E8P_FN as `static inline __host__ __device__` and E8P_PARITY as
+// `(__popc(x) & 1)` before including this header; the tables then live in device memory.
+#ifndef E8P_FN
+#define E8P_FN static inline
+#endif
+#ifndef E8P_PARITY
+#define E8P_PARITY(x) __builtin_parity(x)
+#endif
+
 /** Tables of the E8P codebooks (about 19 KiB), filled by e8p_tables_build. */
 struct e8p_tables {
     uint32_t packed[E8P_NABS];            // packed abs form: nibble j = 2 v + 8 of permuted coord j
@@ -40,10 +49,10 @@ void e8p_tables_build(struct e8p_tables * t);
 #define E8P_SH(i) ((((i) & 1) << 2) | ((i) >> 1))
 
 /** Decode an E8P12 code to its 8 values (algorithms.md 3.1, "Decode of a code c"). */
-static inline void e8p_decode(const struct e8p_tables * t, uint16_t code, float out[E8P_DIM]) {
+E8P_FN void e8p_decode(const struct e8p_tables * t, uint16_t code, float out[E8P_DIM]) {
     uint32_t signs = code & 0xFFu;
     uint32_t a     = t->packed[code >> 8];
-    uint32_t p     = (uint32_t) __builtin_parity(signs);
+    uint32_t p     = (uint32_t) E8P_PARITY(signs);
     signs ^= p;
     float shift = p ? -0.25f : 0.25f;
     for (int i = 0; i < E8P_DIM; i++) {
@@ -58,7 +67,7 @@ static inline void e8p_decode(const struct e8p_tables * t, uint16_t code, float 
  * 256 stored patterns, with the even-sign-flip parity fix). Writes the codeword to out and
  * returns its code. Ties go to the lower pattern index and to the +1/4 shift.
  */
-static inline uint16_t e8p_encode(const struct e8p_tables * t, const float x[E8P_DIM],
+E8P_FN uint16_t e8p_encode(const struct e8p_tables * t, const float x[E8P_DIM],
                                   float out[E8P_DIM]) {
     float best_cost = 0.0f;
     int   best_j = 0, best_p = 0;
@@ -149,14 +158,14 @@ static inline uint16_t e8p_encode(const struct e8p_tables * t, const float x[E8P
 }
 
 /** Decode an "E8 1-bit" residual code. */
-static inline void e8p_rvq1_decode(const struct e8p_tables * t, uint8_t code, float out[E8P_DIM]) {
+E8P_FN void e8p_rvq1_decode(const struct e8p_tables * t, uint8_t code, float out[E8P_DIM]) {
     for (int i = 0; i < E8P_DIM; i++) {
         out[i] = t->rvq1[code][i];
     }
 }
 
 // Index of the pair (i, j), i < j, in lexicographic order (0..27).
-static inline int e8p_pair_index(int i, int j) {
+E8P_FN int e8p_pair_index(int i, int j) {
     return i * (15 - i) / 2 + (j - i - 1);
 }
 
@@ -167,7 +176,7 @@ static inline int e8p_pair_index(int i, int j) {
  * 113 + (m >> 1) = (+-1/2)^8 with negative mask m (even popcount); 241 + 2 i + [neg] = +-2 e_i
  * (i < 7) and 255 = +2 e_7.
  */
-static inline uint8_t e8p_rvq1_encode(const struct e8p_tables * t, const float r[E8P_DIM],
+E8P_FN uint8_t e8p_rvq1_encode(const struct e8p_tables * t, const float r[E8P_DIM],
                                       float out[E8P_DIM]) {
     // score = 2 <r, g> - ||g||^2; the best point maximises it. Zero scores 0.
     float    best = 0.0f;
@@ -234,7 +243,7 @@ static inline uint8_t e8p_rvq1_encode(const struct e8p_tables * t, const float r
  * 2 = E8P12; 4 = E8P12 + E8P12 residual scaled by 3.45; 3 = E8P12 + "E8 1-bit" residual
  * scaled by 2.04. *c2 is 0 for 2 bits, a 16-bit code for 4 bits, an 8-bit code for 3 bits.
  */
-static inline void e8p_encode_bits(const struct e8p_tables * t, int bits, const float x[E8P_DIM],
+E8P_FN void e8p_encode_bits(const struct e8p_tables * t, int bits, const float x[E8P_DIM],
                                    uint16_t * c1, uint16_t * c2) {
     float v[E8P_DIM], r[E8P_DIM], v2[E8P_DIM];
     *c1 = e8p_encode(t, x, v);
@@ -253,7 +262,7 @@ static inline void e8p_encode_bits(const struct e8p_tables * t, int bits, const 
 }
 
 /** The value of codes (c1, c2) of the @p bits variant: v1 + v2 / rho (the one decode rule). */
-static inline void e8p_decode_bits(const struct e8p_tables * t, int bits, uint16_t c1, uint16_t c2,
+E8P_FN void e8p_decode_bits(const struct e8p_tables * t, int bits, uint16_t c1, uint16_t c2,
                                    float out[E8P_DIM]) {
     float v2[E8P_DIM];
     e8p_decode(t, c1, out);
