@@ -66,6 +66,8 @@ struct st_priv {
     struct caldera_meta *     meta;
     struct caldera_model_desc desc;
     int                       has_desc;
+    uint8_t *                 last_lo;    // page range of the previous read (see st_drop_pages)
+    uint8_t *                 last_hi;
     // writer
     char *                    w_path;     // final name
     char *                    w_tmp;      // "<path>.tmp.<pid>"
@@ -172,6 +174,7 @@ static void st_close(struct caldera_inst * inst) {
     p->n_tensors = p->cap_tensors = 0;
     p->by_name = NULL;
     p->meta = NULL;
+    p->last_lo = p->last_hi = NULL;
     p->has_desc = 0;
     memset(&p->desc, 0, sizeof(p->desc));
 }
@@ -778,9 +781,24 @@ static int st_tensor_info(struct caldera_inst * inst, int64_t i, struct caldera_
     return 0;
 }
 
+// Streaming all tensors must not keep the whole file resident: before each read, the pages of
+// the previous one are dropped (MADV_DONTNEED). The map is private and read-only, so its pages
+// are never copied on write; a dropped page that is touched again is read back from the file,
+// which keeps earlier views valid (only slower if they are used again).
+static void st_drop_pages(struct st_priv * p, const uint8_t * lo, const uint8_t * hi) {
+    uintptr_t pg = (uintptr_t) sysconf(_SC_PAGESIZE);
+    if (p->last_lo && (p->last_hi <= lo || p->last_lo >= hi)) {
+        uintptr_t a = ((uintptr_t) p->last_lo + pg - 1) & ~(pg - 1);
+        uintptr_t b = (uintptr_t) p->last_hi & ~(pg - 1);
+        if (b > a) madvise((void *) a, b - a, MADV_DONTNEED);
+    }
+    p->last_lo = (uint8_t *) lo;
+    p->last_hi = (uint8_t *) hi;
+}
+
 static int st_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_dtype want,
                           struct caldera_tensor * out, int * owned) {
-    const struct st_priv * p = caldera_inst_priv(inst);
+    struct st_priv * p = caldera_inst_priv(inst);
     void * aligned = NULL;
     int rc = st_check_index(inst, i);
     if (rc < 0) return rc;
@@ -788,6 +806,7 @@ static int st_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_dt
     const struct st_file * f = &p->files[t->file];
     size_t esz = caldera_dtype_block_bytes(t->dtype);
     uint8_t * src = f->map ? f->map + t->off : NULL;
+    if (src) st_drop_pages(p, src, src + t->nbytes);
     struct caldera_tensor view = { 0 };
     view.data   = src;
     view.dtype  = t->dtype;
@@ -820,11 +839,6 @@ static int st_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_dt
         goto fail;
     }
     *owned = 1;
-    // The source pages are not needed any more: keep the resident set near one tensor.
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t) src + (uintptr_t) pg - 1) & ~((uintptr_t) pg - 1);
-    uintptr_t b = ((uintptr_t) src + t->nbytes) & ~((uintptr_t) pg - 1);
-    if (src && b > a) madvise((void *) a, b - a, MADV_DONTNEED);
 fail:
     caldera_free(aligned);
     return rc;
