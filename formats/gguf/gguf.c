@@ -356,43 +356,46 @@ static const struct { const char * gguf, * hf; } gguf_top_names[] = {
     { "output",      "lm_head" },
 };
 
-// The HF name of a GGUF name (caldera_malloc), or NULL when there is no mapping (or no memory:
-// the caller then uses the GGUF name). *which: 'q' / 'k' for attn_q / attn_k, else 0.
-static char * hf_name_of(const char * name, int * which) {
+// The HF name of a GGUF name: *out = a caldera_malloc string, or NULL when there is no mapping.
+// *which: 'q' / 'k' for attn_q / attn_k, else 0. Returns 0 or CALDERA_ERR_NOMEM.
+static int hf_name_of(const char * name, char ** out, int * which) {
     const char * suffix = NULL;
     size_t       n      = strlen(name);
+    char         buf[160];
+    *out   = NULL;
     *which = 0;
     if (n > 7 && strcmp(name + n - 7, ".weight") == 0) {
         suffix = ".weight";
     } else if (n > 5 && strcmp(name + n - 5, ".bias") == 0) {
         suffix = ".bias";
     } else {
-        return NULL;
+        return 0;
     }
     size_t stem = n - strlen(suffix);
-    char   buf[160];
+    buf[0] = 0;
     for (size_t i = 0; i < sizeof(gguf_top_names) / sizeof(gguf_top_names[0]); i++) {
         if (strlen(gguf_top_names[i].gguf) == stem && strncmp(name, gguf_top_names[i].gguf, stem) == 0) {
             snprintf(buf, sizeof(buf), "%s%s", gguf_top_names[i].hf, suffix);
-            return caldera_strdup(buf);
         }
     }
-    if (strncmp(name, "blk.", 4) != 0) return NULL;
-    const char * d = name + 4;
-    size_t       nd = 0;
-    while (d[nd] >= '0' && d[nd] <= '9') nd++;
-    if (nd == 0 || nd > 9 || d[nd] != '.' || (nd > 1 && d[0] == '0')) return NULL;
-    const char * part = d + nd + 1;
-    size_t       np   = (size_t) (name + stem - part);
-    for (size_t i = 0; i < sizeof(gguf_blk_names) / sizeof(gguf_blk_names[0]); i++) {
-        if (strlen(gguf_blk_names[i].gguf) == np && strncmp(part, gguf_blk_names[i].gguf, np) == 0) {
-            snprintf(buf, sizeof(buf), "model.layers.%.*s.%s%s", (int) nd, d, gguf_blk_names[i].hf, suffix);
-            if (i == 0) *which = 'q';
-            if (i == 1) *which = 'k';
-            return caldera_strdup(buf);
+    if (!buf[0] && strncmp(name, "blk.", 4) == 0) {
+        const char * d  = name + 4;
+        size_t       nd = 0;
+        while (d[nd] >= '0' && d[nd] <= '9') nd++;
+        if (nd == 0 || nd > 9 || d[nd] != '.' || (nd > 1 && d[0] == '0')) return 0;
+        const char * part = d + nd + 1;
+        size_t       np   = (size_t) (name + stem - part);
+        for (size_t i = 0; i < sizeof(gguf_blk_names) / sizeof(gguf_blk_names[0]); i++) {
+            if (strlen(gguf_blk_names[i].gguf) == np && strncmp(part, gguf_blk_names[i].gguf, np) == 0) {
+                snprintf(buf, sizeof(buf), "model.layers.%.*s.%s%s", (int) nd, d, gguf_blk_names[i].hf, suffix);
+                if (i == 0) *which = 'q';
+                if (i == 1) *which = 'k';
+            }
         }
     }
-    return NULL;
+    if (!buf[0]) return 0;
+    *out = caldera_strdup(buf);
+    return *out ? 0 : CALDERA_ERR_NOMEM;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,7 +612,8 @@ static int map_names(struct gguf_priv * p) {
     for (int64_t i = 0; i < p->n_tensors; i++) {
         struct gguf_tensor * t = &p->tensors[i];
         int                  which;
-        char *               hf = hf_name_of(t->name, &which);
+        char *               hf;
+        if (hf_name_of(t->name, &hf, &which) < 0) return CALDERA_ERR_NOMEM;
         if (hf) t->hf_name = hf;
         if (llama && which) {
             t->perm_heads = which == 'q' ? n_head : n_kv;

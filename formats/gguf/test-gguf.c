@@ -1087,6 +1087,29 @@ START_TEST(test_open_errors_misc) {
 }
 END_TEST
 
+// Allocation failure at every step of open: NOMEM (or success once past the last allocation),
+// never a crash; LeakSanitizer in the ASan build checks that the failed opens free everything.
+START_TEST(test_open_oom_sweep) {
+    struct h h = h_new();
+    int      ok = 0, n;
+    for (n = 1; n < 2000 && !ok; n++) {
+        caldera_alloc_fail_at(n);
+        int rc = h.ops->open(h.inst, FIX("llama.gguf"));
+        caldera_alloc_fail_at(0);
+        if (rc == 0) {
+            ok = 1;
+            ck_assert_int_eq(h.ops->n_tensors(h.inst), 5);
+            h.ops->close(h.inst);
+        } else {
+            ck_assert_msg(rc == CALDERA_ERR_NOMEM, "failing allocation %d: rc %d (%s)", n, rc, caldera_ctx_errmsg(h.ctx));
+            ck_assert_int_eq(h.ops->n_tensors(h.inst), 0);
+        }
+    }
+    ck_assert_msg(ok && n > 10, "open succeeded after %d steps", n);
+    h_free(&h);
+}
+END_TEST
+
 static Suite * gguf_suite(void) {
     Suite * s  = suite_create("gguf");
     TCase * tc = tcase_create("read");
@@ -1097,6 +1120,7 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_meta_values);
     tcase_add_test(tc, test_llama_desc_names_perm);
     tcase_add_test(tc, test_open_errors_misc);
+    tcase_add_test(tc, test_open_oom_sweep);
     suite_add_tcase(s, tc);
     tc = tcase_create("write");
     tcase_add_test(tc, test_write_roundtrip);
