@@ -175,8 +175,13 @@ int main(int argc, char ** argv) {
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i];
         const char * next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--version")) { printf("caldera-pipe %s (plugin ABI %d)\n", caldera_version(), CALDERA_PLUGIN_ABI_VERSION); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); free(sets); free(paths); return 0; }
+        else if (!strcmp(a, "--version")) {
+            printf("caldera-pipe %s (plugin ABI %d)\n", caldera_version(), CALDERA_PLUGIN_ABI_VERSION);
+            free(sets);
+            free(paths);
+            return 0;
+        }
         else if (!strcmp(a, "--dry-run")) dry_run = 1;
         else if (!strcmp(a, "--print-config")) print_config = 1;
         else if (!strcmp(a, "--list-plugins")) list = 1;
@@ -186,7 +191,7 @@ int main(int argc, char ** argv) {
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) verbosity = -1;
         else if ((!strcmp(a, "--set") || !strcmp(a, "--threads") || !strcmp(a, "--plugin-path") || !strcmp(a, "--help-plugin")) && !next) {
             fprintf(stderr, "caldera-pipe: %s needs a value\n", a);
-            return 2;
+            { free(sets); free(paths); return 2; }
         } else if (!strcmp(a, "--set")) sets[nsets++] = argv[++i];
         else if (!strcmp(a, "--plugin-path")) paths[npaths++] = argv[++i];
         else if (!strcmp(a, "--help-plugin")) help_plugin = argv[++i];
@@ -195,21 +200,21 @@ int main(int argc, char ** argv) {
             long v = strtol(argv[++i], &end, 10);
             if (*end || v < 0 || v > 4096) {
                 fprintf(stderr, "caldera-pipe: --threads '%s'; allowed: an integer in [0, 4096]\n", argv[i]);
-                return 2;
+                { free(sets); free(paths); return 2; }
             }
             threads = (int) v;
         } else if (a[0] == '-') {
             fprintf(stderr, "caldera-pipe: unknown option '%s' (see --help)\n", a);
-            return 2;
+            { free(sets); free(paths); return 2; }
         } else if (!ini) ini = a;
         else {
             fprintf(stderr, "caldera-pipe: more than one pipeline file ('%s' and '%s')\n", ini, a);
-            return 2;
+            { free(sets); free(paths); return 2; }
         }
     }
     if (!ini && !list && !help_plugin) {
         usage(stderr);
-        return 2;
+        { free(sets); free(paths); return 2; }
     }
     g_tty = isatty(2);
     struct caldera_ctx * ctx = NULL;
