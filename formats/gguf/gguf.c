@@ -966,6 +966,7 @@ static int write_meta(struct caldera_inst * inst, struct gguf_writer * w, const 
         const char *           key = caldera_meta_key(meta, i);
         enum caldera_meta_type t   = caldera_meta_type_of(meta, i);
         if (strcmp(key, "general.alignment") == 0) continue;   // the writer's own value is written
+        if (strncmp(key, GGUF_DTYPE_KEY, strlen(GGUF_DTYPE_KEY)) == 0) continue;   // regenerated per tensor
         if ((rc = buf_str(&w->kv, key, strlen(key))) < 0 || (rc = buf_u32(&w->kv, t)) < 0) return rc;
         if (t == CALDERA_META_STRING) {
             const char * s = NULL;

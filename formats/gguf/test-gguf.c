@@ -15,6 +15,7 @@
 #include "testutil.h"
 
 #define FIX(name) CALDERA_TEST_SRC_DIR "/fixtures/" name
+#define GGUF_KEY_U "caldera.gguf.dtype.u"
 
 // Largest |C - Python| over a dequantized fixture, relative to max(1, |Python|). Both sides do
 // the same float32 operations, so this is rounding slack only.
@@ -606,6 +607,82 @@ START_TEST(test_llama_permutation_roundtrip) {
 }
 END_TEST
 
+// Permutation preconditions, model_desc without an architecture, and the dtype convention key.
+START_TEST(test_llama_perm_errors_and_convention) {
+    struct h     h    = h_new();
+    const char * dir  = fresh_dir("perm-err");
+    const char * path = tu_path(dir, "a.gguf");
+    float        x[8 * 4] = { 0 };
+    uint8_t      u[4] = { 1, 2, 250, 255 };
+    struct caldera_tensor q  = { x, CALDERA_DTYPE_F32, CALDERA_DEVICE_CPU, 2, { 8, 4 }, 4 };
+    struct caldera_tensor uu = { u, CALDERA_DTYPE_U8, CALDERA_DEVICE_CPU, 1, { 4 }, 0 };
+    struct caldera_meta * m;
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_set_string(m, "general.architecture", "llama"), 0);
+    ck_assert_int_eq(caldera_meta_set_string(m, GGUF_KEY_U, "u8"), 0);       // stale: dropped
+    ck_assert_int_eq(caldera_meta_set_string(m, "caldera.gguf.dtype.v", "u8"), 0);
+    ck_assert_int_eq(h.ops->create(h.inst, path, m), 0);
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "blk.0.attn_q.weight", &q), 0);
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "u", &uu), 0);
+    ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+    caldera_meta_free(m);
+
+    // no head count: q cannot be unpermuted; the convention key of 'u' is there once
+    struct h r = h_new();
+    ck_assert_int_eq(r.ops->open(r.inst, path), 0);
+    struct caldera_tensor t;
+    int                   owned;
+    int rc = r.ops->read_tensor(r.inst, 0, CALDERA_DTYPE_F32, &t, &owned);
+    assert_err(&r, rc, CALDERA_ERR_FORMAT, "tensor 'blk.0.attn_q.weight': llama.attention.head_count is missing");
+    struct caldera_tensor_info ti;
+    ck_assert_int_eq(r.ops->tensor_info(r.inst, 1, &ti), 0);
+    ck_assert_int_eq(ti.dtype, CALDERA_DTYPE_U8);
+    ck_assert_int_eq(r.ops->read_tensor(r.inst, 1, CALDERA_DTYPE_F32, &t, &owned), 0);
+    ck_assert_float_eq(((float *) t.data)[3], 255.0f);
+    caldera_tensor_free(&t);
+
+    // the meta of that file copied into a new one, with 'u' written again: still one key
+    const char * path2 = tu_path(dir, "b.gguf");
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_copy(m, r.ops->meta(r.inst)), 0);
+    ck_assert_int_eq(caldera_meta_set_int(m, "llama.attention.head_count", CALDERA_META_U32, 3), 0);
+    ck_assert_int_eq(h.ops->create(h.inst, path2, m), 0);
+    caldera_meta_free(m);
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "blk.0.attn_q.weight", &q), 0);
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "u", &uu), 0);
+    struct caldera_tensor v = { x, CALDERA_DTYPE_F32, CALDERA_DEVICE_CPU, 1, { 4 }, 0 };
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "v", &v), 0);
+    ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+    h_free(&r);
+
+    r = h_new();
+    ck_assert_int_eq(r.ops->open(r.inst, path2), 0);
+    // 8 rows are not 3 heads of an even size
+    rc = r.ops->read_tensor(r.inst, 0, CALDERA_DTYPE_F32, &t, &owned);
+    assert_err(&r, rc, CALDERA_ERR_FORMAT, "8 rows are not 3 heads of an even head size");
+    ck_assert_int_eq(r.ops->tensor_info(r.inst, 1, &ti), 0);
+    ck_assert_int_eq(ti.dtype, CALDERA_DTYPE_U8);
+    // the stale key for 'v' (f32) given in the meta was not written
+    ck_assert_int_eq(r.ops->tensor_info(r.inst, 2, &ti), 0);
+    ck_assert_int_eq(ti.dtype, CALDERA_DTYPE_F32);
+    ck_assert_int_eq(caldera_meta_find(r.ops->meta(r.inst), "caldera.gguf.dtype.v"), -1);
+    h_free(&r);
+
+    // no general.architecture
+    const char * path3 = tu_path(dir, "c.gguf");
+    ck_assert_int_eq(h.ops->create(h.inst, path3, NULL), 0);
+    ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+    r = h_new();
+    ck_assert_int_eq(r.ops->open(r.inst, path3), 0);
+    ck_assert_int_eq(r.ops->n_tensors(r.inst), 0);
+    struct caldera_model_desc md;
+    rc = r.ops->model_desc(r.inst, &md);
+    assert_err(&r, rc, CALDERA_ERR_NOT_FOUND, "no string key 'general.architecture'");
+    h_free(&r);
+    h_free(&h);
+}
+END_TEST
+
 START_TEST(test_write_abort_and_errors) {
     struct h     h   = h_new();
     const char * dir = fresh_dir("abort");
@@ -886,6 +963,25 @@ START_TEST(test_bad_kv_types) {
 }
 END_TEST
 
+// A dtype convention key that does not fit the storage type is ignored with a warning.
+START_TEST(test_bad_convention_key) {
+    struct spec s = spec_valid();
+    bb_str(&s.kv, "caldera.gguf.dtype.a");
+    bb_u32(&s.kv, CALDERA_META_STRING);
+    bb_str(&s.kv, "u8");
+    s.n_extra_kv = 1;
+    const char * path = spec_write(&s, "conv.gguf");
+    struct h     h    = h_new();
+    tu_log_clear();
+    ck_assert_int_eq(h.ops->open(h.inst, path), 0);
+    struct caldera_tensor_info ti;
+    ck_assert_int_eq(h.ops->tensor_info(h.inst, 0, &ti), 0);
+    ck_assert_int_eq(ti.dtype, CALDERA_DTYPE_F32);
+    ck_assert_ptr_nonnull(strstr(tu_log(), "caldera.gguf.dtype.a = 'u8' does not fit storage type F32; ignored"));
+    h_free(&h);
+}
+END_TEST
+
 static void add_alignment(struct spec * s, uint32_t type, uint64_t v) {
     bb_str(&s->kv, "general.alignment");
     bb_u32(&s->kv, type);
@@ -1126,6 +1222,7 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_write_roundtrip);
     tcase_add_test(tc, test_llama_permutation_roundtrip);
     tcase_add_test(tc, test_write_abort_and_errors);
+    tcase_add_test(tc, test_llama_perm_errors_and_convention);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_set_timeout(tc, 120);
@@ -1136,6 +1233,7 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_bad_lengths);
     tcase_add_test(tc, test_bad_kv_types);
     tcase_add_test(tc, test_bad_alignment);
+    tcase_add_test(tc, test_bad_convention_key);
     tcase_add_test(tc, test_bad_tensor_offsets);
     tcase_add_test(tc, test_bad_dims_types);
     tcase_add_test(tc, test_truncated_every_length);
