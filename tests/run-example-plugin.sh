@@ -78,6 +78,42 @@ CALDERA_PLUGIN_PATH=$tmp/plugins "$pipe" --list-plugins > "$tmp/list.txt" 2>&1 |
     { cat "$tmp/list.txt" >&2; fail "caldera-pipe --list-plugins with CALDERA_PLUGIN_PATH failed"; }
 grep -qw "$name" "$tmp/list.txt" || { cat "$tmp/list.txt" >&2; fail "plugin '$name' is not listed via CALDERA_PLUGIN_PATH"; }
 
+# 4. Run it in a pipeline: synthetic matrix -> this transform -> sign1, with verify = true.
+#    Only the "scale" example is known to be a transform; other examples stop at listing.
+"$pipe" --list-plugins > "$tmp/builtins.txt" 2>&1 || true
+if [ "$name" = scale ] && grep -qw synthetic "$tmp/builtins.txt" && grep -qw sign1 "$tmp/builtins.txt"; then
+    cat > "$tmp/pipeline.ini" <<INI
+[caldera]
+reader   = src
+hessians = src
+stages   = pre, q
+include  = *.mlp.down_proj.weight
+report   = $tmp/report.json
+verify   = true
+
+[src]
+plugin = synthetic
+layers = 1
+hidden = 64
+ffn    = 128
+seed   = 1
+
+[pre]
+plugin = scale
+factor = 4
+
+[q]
+plugin     = sign1
+group_size = 32
+INI
+    "$pipe" "$tmp/pipeline.ini" --plugin-path "$so" -q > "$tmp/run.txt" 2>&1 ||
+        { cat "$tmp/run.txt" >&2; fail "the pipeline with $name failed"; }
+    grep -q '"plugin": "scale"' "$tmp/report.json" || { cat "$tmp/report.json" >&2; fail "the report does not name $name"; }
+    echo "run-example-plugin: pipeline synthetic -> $name -> sign1 ran"
+else
+    echo "run-example-plugin: pipeline run skipped (needs the built-in synthetic and sign1 plugins)"
+fi
+
 grep -w "$name" "$tmp/list.txt"
 cat "$tmp/help.txt"
 echo "run-example-plugin: $name.so built out of tree and loaded"

@@ -52,9 +52,9 @@ static int scale_forward(struct caldera_inst * inst, const char * tensor_name, c
     int rc = caldera_tensor_alloc_f32(ctx, w->ne[0], w->ne[1], w_out);
     if (rc < 0) return caldera_error(inst, rc, "out of memory for a %" PRId64 "x%" PRId64 " weight", w->ne[0], w->ne[1]);
     scale_rows(w, w_out, (float) p->factor);
-    struct caldera_tensor none = { 0 };
-    *h_out = none;  // stays empty (and safe to free) without a Hessian
-    if (h) {        // scaling W leaves the input statistics (H) unchanged: pass a copy through
+    // h_out is NULL when there is no Hessian. Scaling W leaves the input statistics (H)
+    // unchanged, so H passes through as a copy.
+    if (h && h_out) {
         if ((rc = caldera_tensor_alloc_f32(ctx, h->ne[0], h->ne[1], h_out)) < 0 || (rc = caldera_tensor_copy(ctx, h_out, h)) < 0) {
             caldera_tensor_free(w_out);
             caldera_tensor_free(h_out);
@@ -66,7 +66,7 @@ static int scale_forward(struct caldera_inst * inst, const char * tensor_name, c
     const int64_t ne[1] = { 1 };
     if ((rc = caldera_pack_add(pack, "factor", CALDERA_DTYPE_F32, 1, ne, (void **) &f)) < 0) {
         caldera_tensor_free(w_out);
-        caldera_tensor_free(h_out);
+        if (h && h_out) caldera_tensor_free(h_out);
         return caldera_error(inst, rc, "cannot add tensor 'factor' to the pack");
     }
     *f = (float) p->factor;
