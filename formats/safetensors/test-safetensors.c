@@ -412,6 +412,45 @@ START_TEST(test_finish_abort_and_writer_errors) {
 }
 END_TEST
 
+START_TEST(test_argument_errors) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops->open(inst, NULL), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "no path given; set option 'path'"));
+    ck_assert_int_eq(ops->create(inst, NULL, NULL), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "create: no path given; set option 'path'"));
+    ck_assert_int_eq(ops->create(inst, tu_path(tu_tmpdir(), "no-such-dir/x.safetensors"), NULL), CALDERA_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "no-such-dir/x.safetensors.data.tmp."));
+    ck_assert_int_eq(ops->create(inst, tu_path(tu_tmpdir(), "args.safetensors"), NULL), 0);
+    float x[4] = { 0 };
+    struct caldera_tensor t = caldera_tensor_view_f32(x, 2, 2);
+    t.ndim = 0;
+    ck_assert_int_eq(ops->write_tensor(inst, "r0", &t), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "tensor 'r0': rank 0; allowed 1..4"));
+    t.ndim = 2;
+    t.ne[0] = -2;
+    ck_assert_int_eq(ops->write_tensor(inst, "neg", &t), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "tensor 'neg': invalid shape"));
+    t.ne[0] = 2;
+    t.device = CALDERA_DEVICE_CUDA;
+    ck_assert_int_eq(ops->write_tensor(inst, "gpu", &t), CALDERA_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "tensor 'gpu' is not in CPU memory"));
+    ck_assert_int_eq(ops->write_tensor(inst, "", &t), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "invalid tensor name ''"));
+    ck_assert_int_eq(ops->finish(inst, 0), 0);
+    // the path option is used when open()/create() get none
+    caldera_inst_free(inst);
+    ck_assert_int_eq(caldera_inst_create(ctx, "safetensors", "st", &inst), 0);
+    ck_assert_int_eq(caldera_inst_set(inst, "path", FIXTURE), 0);
+    ck_assert_int_eq(caldera_inst_start(inst), 0);
+    ck_assert_int_eq(ops->open(inst, NULL), 0);
+    ck_assert_int_eq(ops->n_tensors(inst), 7);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // A rejected tensor (name not UTF-8) leaves the file consistent: the next one reads back.
 START_TEST(test_rejected_tensor_keeps_file_consistent) {
     struct caldera_ctx * ctx = tu_ctx();
@@ -804,6 +843,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_python_fixture);
     tcase_add_test(tc, test_finish_abort_and_writer_errors);
     tcase_add_test(tc, test_rejected_tensor_keeps_file_consistent);
+    tcase_add_test(tc, test_argument_errors);
     tcase_add_test(tc, test_misaligned_data_is_copied);
     tcase_add_test(tc, test_probe);
     suite_add_tcase(s, tc);
