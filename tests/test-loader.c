@@ -452,6 +452,10 @@ END_TEST
 static void quiet_log(enum caldera_log_level level, const char * msg, void * user) { (void) level; (void) msg; (void) user; }
 
 START_TEST(test_oom_sweep) {
+    // A directory of two plugins, so the sweep also covers directory listing and sorting.
+    const char * dir = new_dir("oom");
+    link_into(dir, "a.so", FX("good"));
+    link_into(dir, "b.so", FX("good_two"));
     int64_t failures = 0, absorbed = 0, n;
     for (n = 1; n < 100000; n++) {
         struct caldera_ctx * ctx = NULL;
@@ -462,8 +466,8 @@ START_TEST(test_oom_sweep) {
         if (rc < 0) ck_assert_ptr_null(ctx);
         if (rc == 0) {
             caldera_ctx_set_log(ctx, quiet_log, NULL);
-            rc = caldera_registry_load(ctx, FX("good"));
-            if (rc < 0) ck_assert_int_eq(caldera_registry_count(ctx), 0);
+            rc = caldera_registry_load_dir(ctx, dir);
+            if (rc < 0) ck_assert_int_le(caldera_registry_count(ctx), 1);
         }
         if (rc == 0) {
             rc = caldera_inst_create(ctx, "good", "q", &q);
@@ -494,7 +498,7 @@ START_TEST(test_oom_sweep) {
         absorbed++;           // a failed allocation that did not matter (values checked above)
     }
     ck_assert_int_lt(n, 100000);
-    ck_assert_int_gt(failures, 3);
+    ck_assert_int_ge(failures, 10);
     ck_assert(!is_loaded(FX("good")));
     (void) absorbed;
 }

@@ -606,6 +606,40 @@ START_TEST(test_table_validation) {
 }
 END_TEST
 
+// Allocation N fails for N = 1.. during instance creation and option setting, until the whole
+// sequence runs clean: every failure is CALDERA_ERR_NOMEM and nothing leaks (ASan, CK_FORK=no).
+START_TEST(test_oom_sweep) {
+    struct caldera_ctx * ctx = opt_ctx();
+    int64_t failures = 0, n;
+    for (n = 1; n < 10000; n++) {
+        struct caldera_inst * o = NULL;
+        int64_t start = caldera_alloc_count();
+        caldera_alloc_fail_at(n);
+        int rc = caldera_inst_create(ctx, "opts", "opt", &o);
+        if (rc < 0) ck_assert_ptr_null(o);
+        if (rc == 0) rc = caldera_inst_set(o, "label", "some text");
+        if (rc == 0) rc = caldera_inst_set(o, "path", "/a/b");
+        if (rc == 0) rc = caldera_inst_set(o, "layers", "1,2,3,4,5,6,7,8,9,10");
+        char * t = rc == 0 ? caldera_inst_get_text(o, "layers") : NULL;
+        if (rc == 0 && !t) rc = CALDERA_ERR_NOMEM;
+        int64_t used = caldera_alloc_count() - start;
+        caldera_alloc_fail_at(0);
+        if (rc == 0) ck_assert_str_eq(t, "1, 2, 3, 4, 5, 6, 7, 8, 9, 10");
+        caldera_free(t);
+        caldera_inst_free(o);
+        if (rc < 0) {
+            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
+            failures++;
+            continue;
+        }
+        if (used < n) break;
+    }
+    ck_assert_int_lt(n, 10000);
+    ck_assert_int_ge(failures, 10);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * options_suite(void) {
     Suite * s = suite_create("options");
     TCase * tc = tcase_create("parse");
@@ -624,6 +658,7 @@ static Suite * options_suite(void) {
     tcase_add_test(tc, test_required_and_refs);
     tcase_add_test(tc, test_lifecycle);
     tcase_add_test(tc, test_table_validation);
+    tcase_add_test(tc, test_oom_sweep);
     suite_add_tcase(s, tc);
     return s;
 }
