@@ -67,12 +67,16 @@ struct gguf_writer {
     struct gguf_wtensor * t;
     int64_t               n, cap;
     uint64_t              data_len;
+    int                   llama;          // arch llama: q/k rows get llama.cpp's permutation
+    int64_t               heads_q, heads_kv; // from the metadata given to create (0: unknown)
 };
 
 struct gguf_priv {
     // options
+    char *  path_opt;    // file to open / create when the caller passes no path
     int64_t alignment;   // writer: data alignment
     int     hf_layout;   // reader: undo llama.cpp's q/k permutation
+    int     gguf_names;  // writer: HF llama names -> GGUF names, q/k permuted for arch llama
     // reader
     char *                path;
     uint8_t *             map;
@@ -398,6 +402,45 @@ static int hf_name_of(const char * name, char ** out, int * which) {
     return *out ? 0 : CALDERA_ERR_NOMEM;
 }
 
+// The GGUF name of a llama-family HF name into buf (the inverse of hf_name_of); 0 when there is
+// no mapping. *which: 'q' / 'k' for q_proj / k_proj.
+static int gguf_name_of(const char * name, char * buf, size_t size, int * which) {
+    const char * suffix = NULL;
+    size_t       n      = strlen(name);
+    *which = 0;
+    if (n > 7 && strcmp(name + n - 7, ".weight") == 0) {
+        suffix = ".weight";
+    } else if (n > 5 && strcmp(name + n - 5, ".bias") == 0) {
+        suffix = ".bias";
+    } else {
+        return 0;
+    }
+    size_t stem = n - strlen(suffix);
+    for (size_t i = 0; i < sizeof(gguf_top_names) / sizeof(gguf_top_names[0]); i++) {
+        if (strlen(gguf_top_names[i].hf) == stem && strncmp(name, gguf_top_names[i].hf, stem) == 0) {
+            snprintf(buf, size, "%s%s", gguf_top_names[i].gguf, suffix);
+            return 1;
+        }
+    }
+    static const char prefix[] = "model.layers.";
+    if (strncmp(name, prefix, sizeof(prefix) - 1) != 0) return 0;
+    const char * d  = name + sizeof(prefix) - 1;
+    size_t       nd = 0;
+    while (d[nd] >= '0' && d[nd] <= '9') nd++;
+    if (nd == 0 || nd > 9 || d[nd] != '.' || (nd > 1 && d[0] == '0')) return 0;
+    const char * part = d + nd + 1;
+    size_t       np   = (size_t) (name + stem - part);
+    for (size_t i = 0; i < sizeof(gguf_blk_names) / sizeof(gguf_blk_names[0]); i++) {
+        if (strlen(gguf_blk_names[i].hf) == np && strncmp(part, gguf_blk_names[i].hf, np) == 0) {
+            snprintf(buf, size, "blk.%.*s.%s%s", (int) nd, d, gguf_blk_names[i].gguf, suffix);
+            if (i == 0) *which = 'q';
+            if (i == 1) *which = 'k';
+            return 1;
+        }
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reader.
 
@@ -629,6 +672,10 @@ static int gguf_open(struct caldera_inst * inst, const char * path) {
     int                fd = -1, rc;
     struct stat        st;
 
+    if (!path || !path[0]) path = p->path_opt;
+    if (!path || !path[0]) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "open: no file given; set option 'path'");
+    }
     if (p->map || p->w) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "open('%s'): this instance already has a file open; close it first",
                              path);
@@ -1047,6 +1094,10 @@ static int gguf_create(struct caldera_inst * inst, const char * path, const stru
     struct gguf_writer * w = NULL;
     char *               spill = NULL;
     int                  rc;
+    if (!path || !path[0]) path = p->path_opt;
+    if (!path || !path[0]) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "create: no file given; set option 'path'");
+    }
     if (p->w || p->map) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "create('%s'): this instance already has a file open; finish or "
                              "close it first", path);
@@ -1058,6 +1109,13 @@ static int gguf_create(struct caldera_inst * inst, const char * path, const stru
     if (!(w = caldera_calloc(1, sizeof(*w)))) return CALDERA_ERR_NOMEM;
     w->fd = w->data_fd = -1;
     if (!(w->path = caldera_strdup(path))) { rc = CALDERA_ERR_NOMEM; goto fail; }
+    const char * arch = NULL;
+    w->llama = p->gguf_names && caldera_meta_get_string(meta, "general.architecture", &arch) == 0 &&
+               strcmp(arch, "llama") == 0;
+    if (w->llama) {
+        if (caldera_meta_get_int(meta, "llama.attention.head_count", &w->heads_q) < 0) w->heads_q = 0;
+        if (caldera_meta_get_int(meta, "llama.attention.head_count_kv", &w->heads_kv) < 0) w->heads_kv = w->heads_q;
+    }
     if ((rc = write_meta(inst, w, meta)) < 0) goto fail;
     if (p->alignment != GGUF_DEFAULT_ALIGNMENT) {
         const char * k = "general.alignment";
@@ -1094,9 +1152,13 @@ static int write_all(int fd, const void * data, size_t n) {
 static int gguf_write_tensor(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t) {
     struct gguf_priv *   p = caldera_inst_priv(inst);
     struct gguf_writer * w = p->w;
-    int                  rc;
+    uint8_t *            perm = NULL;   // rows in llama.cpp's order (q/k of arch llama)
+    char                 gname[256];
+    int                  which = 0, rc;
     if (!w) return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor('%s'): no file is being written; call create first",
                                  name);
+    const char * hf_name = name;
+    if (p->gguf_names && gguf_name_of(name, gname, sizeof(gname), &which)) name = gname;
     if (t->device != CALDERA_DEVICE_CPU) {
         return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "tensor '%s' is on a device; copy it to the CPU first", name);
     }
@@ -1140,6 +1202,36 @@ static int gguf_write_tensor(struct caldera_inst * inst, const char * name, cons
     const int64_t rows   = row ? nel / row : 0;
     const int64_t ld     = (t->ndim == 2 && t->ld) ? t->ld : row;
     if (ld < row) return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s': ld %" PRId64 " < %" PRId64, name, ld, row);
+    const uint8_t * base = t->data;
+    int64_t         prow = rows;   // rows as written
+    size_t          pbytes = rbytes;
+    if (w->llama && which && nel > 0) {
+        // HF layout in, llama.cpp's layout out: GGUF unit g = h*hd + 2j + t holds HF unit
+        // h*hd + t*hd/2 + j (units: rows, or elements of a 1-d bias), as the converter does
+        int64_t heads = which == 'q' ? w->heads_q : w->heads_kv;
+        int64_t units = t->ne[0];
+        if (heads <= 0) {
+            return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s' (%s): llama.attention.head_count is not in the "
+                                 "metadata, so the llama.cpp q/k permutation cannot be applied; set gguf_names = 0 to "
+                                 "write Hugging Face names and layout", hf_name, name);
+        }
+        if (t->ndim > 2 || units % heads != 0 || (units / heads) % 2 != 0 || (t->ndim == 1 && ty->blck > 1)) {
+            return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s': %" PRId64 " rows are not %" PRId64 " heads of an "
+                                 "even head size; cannot apply the llama.cpp q/k permutation", hf_name, units, heads);
+        }
+        const int64_t hd = units / heads, half = hd / 2;
+        const size_t  ub = (size_t) ((uint64_t) rows * rbytes / (uint64_t) units);   // bytes per unit
+        if (!(perm = caldera_malloc((size_t) rows * rbytes))) return CALDERA_ERR_NOMEM;
+        for (int64_t g = 0; g < units; g++) {
+            const int64_t r = g % hd, src = (g / hd) * hd + (r % 2) * half + r / 2;
+            const uint8_t * sp = t->ndim == 1 ? base + (size_t) src * ub
+                                              : base + (size_t) src * (size_t) (ld / ty->blck) * ty->bytes;
+            memcpy(perm + (size_t) g * ub, sp, ub);
+        }
+        base   = perm;
+        prow   = 1;
+        pbytes = (size_t) rows * rbytes;
+    }
     if (strlen(name) >= 64) {
         caldera_inst_log(inst, CALDERA_LOG_WARN, "tensor name '%s' has %zu bytes; llama.cpp reads names up to 63", name,
                          strlen(name));
@@ -1147,21 +1239,23 @@ static int gguf_write_tensor(struct caldera_inst * inst, const char * name, cons
     if (w->n == w->cap) {
         int64_t               cap = w->cap ? 2 * w->cap : 64;
         struct gguf_wtensor * q   = caldera_realloc(w->t, (size_t) cap * sizeof(*q));
-        if (!q) return CALDERA_ERR_NOMEM;
+        if (!q) {
+            caldera_free(perm);
+            return CALDERA_ERR_NOMEM;
+        }
         w->t   = q;
         w->cap = cap;
     }
     struct gguf_wtensor * wt = &w->t[w->n];
     memset(wt, 0, sizeof(*wt));
-    if (!(wt->name = caldera_strdup(name))) return CALDERA_ERR_NOMEM;
+    if (!(wt->name = caldera_strdup(name))) { caldera_free(perm); return CALDERA_ERR_NOMEM; }
     wt->type   = ty->id;
     wt->ndim   = (uint32_t) t->ndim;
     wt->offset = w->data_len;
     for (int d = 0; d < t->ndim; d++) wt->dims[d] = (uint64_t) t->ne[t->ndim - 1 - d];
     // rows (ld apart when 2-d strided), then zero padding to the alignment
-    const uint8_t * base = t->data;
-    if (ld == row || rows <= 1) {
-        rc = (rows * (int64_t) rbytes > 0) ? write_all(w->data_fd, base, (size_t) rows * rbytes) : 0;
+    if (perm || ld == row || rows <= 1) {
+        rc = (prow * (int64_t) pbytes > 0) ? write_all(w->data_fd, base, (size_t) prow * pbytes) : 0;
     } else {
         rc = 0;
         for (int64_t r = 0; r < rows && rc == 0; r++) {
@@ -1176,6 +1270,7 @@ static int gguf_write_tensor(struct caldera_inst * inst, const char * name, cons
         rc = write_all(w->data_fd, zeros, c);
         k -= c;
     }
+    caldera_free(perm);
     if (rc < 0) {
         caldera_free(wt->name);
         return caldera_error(inst, CALDERA_ERR_IO, "%s: writing tensor '%s': %s", w->tmp_path, name, strerror(errno));
@@ -1284,10 +1379,14 @@ static void gguf_uninit(struct caldera_inst * inst) {
 
 #define OFF(x) offsetof(struct gguf_priv, x)
 static const struct caldera_option gguf_options[] = {
+    { "path", "GGUF file to read, or to write (when the caller passes none)", OFF(path_opt), CALDERA_OPT_PATH,
+      { .str = NULL }, 0, 0, NULL, 0, 0 },
     { "alignment", "writer: alignment of tensor data in bytes (a power of two)", OFF(alignment), CALDERA_OPT_INT,
       { .i64 = GGUF_DEFAULT_ALIGNMENT }, 1, 65536, NULL, 0, 0 },
     { "hf_layout", "reader: undo llama.cpp's attn_q/attn_k row permutation (arch llama) so tensors match Hugging Face",
       OFF(hf_layout), CALDERA_OPT_BOOL, { .i64 = 1 }, 0, 1, NULL, 0, 0 },
+    { "gguf_names", "writer: store Hugging Face llama names under GGUF names (q/k rows permuted as llama.cpp expects "
+      "for arch llama)", OFF(gguf_names), CALDERA_OPT_BOOL, { .i64 = 1 }, 0, 1, NULL, 0, 0 },
     { NULL },
 };
 

@@ -207,6 +207,73 @@ START_TEST(test_smol_values_vs_python) {
 }
 END_TEST
 
+// Export through the writer as a pipeline does (HF names, f32, the source's metadata): the new
+// file stores layer 0 under GGUF names in llama.cpp's row order, i.e. its stored rows equal the
+// source's stored rows dequantized, and the tokenizer survives.
+START_TEST(test_smol_export_layer0) {
+    struct h     src = open_model();
+    const char * out = tu_path(tu_tmpdir(), "smol-layer0.gguf");
+    struct caldera_inst * w;
+    ck_assert_int_eq(caldera_inst_create(src.ctx, "gguf", "dst", &w), 0);
+    ck_assert_int_eq(caldera_inst_start(w), 0);
+    ck_assert_int_eq(src.ops->create(w, out, src.ops->meta(src.inst)), 0);
+    int64_t written = 0;
+    for (int64_t i = 0; i < src.ops->n_tensors(src.inst); i++) {
+        struct caldera_tensor_info ti;
+        ck_assert_int_eq(src.ops->tensor_info(src.inst, i, &ti), 0);
+        if (strncmp(ti.name, "blk.0.", 6) != 0) continue;
+        struct caldera_tensor t;
+        int                   owned;
+        ck_assert_int_eq(src.ops->read_tensor(src.inst, i, CALDERA_DTYPE_F32, &t, &owned), 0);
+        ck_assert_int_eq(src.ops->write_tensor(w, ti.hf_name, &t), 0);
+        if (owned) caldera_tensor_free(&t);
+        written++;
+    }
+    ck_assert_int_eq(written, 9);
+    ck_assert_int_eq(src.ops->finish(w, 1), 0);
+    caldera_inst_free(w);
+
+    // both files as stored (hf_layout = 0)
+    struct caldera_inst * a, * b;
+    ck_assert_int_eq(caldera_inst_create(src.ctx, "gguf", "a", &a), 0);
+    ck_assert_int_eq(caldera_inst_create(src.ctx, "gguf", "b", &b), 0);
+    ck_assert_int_eq(caldera_inst_set(a, "hf_layout", "false"), 0);
+    ck_assert_int_eq(caldera_inst_set(b, "hf_layout", "false"), 0);
+    ck_assert_int_eq(caldera_inst_start(a), 0);
+    ck_assert_int_eq(caldera_inst_start(b), 0);
+    ck_assert_int_eq(src.ops->open(a, smol_path), 0);
+    ck_assert_int_eq(src.ops->open(b, out), 0);
+    ck_assert_int_eq(src.ops->n_tensors(b), 9);
+    for (int64_t i = 0; i < 9; i++) {
+        struct caldera_tensor_info tb;
+        ck_assert_int_eq(src.ops->tensor_info(b, i, &tb), 0);
+        ck_assert_int_eq(strncmp(tb.name, "blk.0.", 6), 0);
+        ck_assert_int_eq(tb.dtype, CALDERA_DTYPE_F32);
+        int64_t ia = -1;
+        for (int64_t j = 0; j < src.ops->n_tensors(a) && ia < 0; j++) {
+            struct caldera_tensor_info ta;
+            ck_assert_int_eq(src.ops->tensor_info(a, j, &ta), 0);
+            if (strcmp(ta.name, tb.name) == 0) ia = j;
+        }
+        ck_assert_msg(ia >= 0, "%s", tb.name);
+        struct caldera_tensor x, y;
+        int                   ox, oy;
+        ck_assert_int_eq(src.ops->read_tensor(a, ia, CALDERA_DTYPE_F32, &x, &ox), 0);
+        ck_assert_int_eq(src.ops->read_tensor(b, i, CALDERA_DTYPE_F32, &y, &oy), 0);
+        ck_assert_int_eq(caldera_tensor_nelements(&x), caldera_tensor_nelements(&y));
+        ck_assert_msg(memcmp(x.data, y.data, (size_t) caldera_tensor_nelements(&x) * sizeof(float)) == 0, "%s", tb.name);
+        if (ox) caldera_tensor_free(&x);
+        if (oy) caldera_tensor_free(&y);
+    }
+    int64_t n;
+    ck_assert_int_eq(caldera_meta_get_array(src.ops->meta(b), "tokenizer.ggml.merges", NULL, &n, NULL), 0);
+    ck_assert_int_eq(n, 48900);
+    caldera_inst_free(a);
+    caldera_inst_free(b);
+    close_model(&src);
+}
+END_TEST
+
 static Suite * smol_suite(void) {
     Suite * s  = suite_create("gguf-model");
     TCase * tc = tcase_create("smollm2");
@@ -214,6 +281,7 @@ static Suite * smol_suite(void) {
     tcase_add_test(tc, test_smol_desc_and_meta);
     tcase_add_test(tc, test_smol_tensors);
     tcase_add_test(tc, test_smol_values_vs_python);
+    tcase_add_test(tc, test_smol_export_layer0);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -683,6 +683,115 @@ START_TEST(test_llama_perm_errors_and_convention) {
 }
 END_TEST
 
+// HF llama names in, llama.cpp names and q/k row order out (gguf_names = 1, the default): the
+// stored rows equal the converter's permutation (computed by the test), and the reader gives
+// the HF names and values back. gguf_names = 0 keeps HF names and layout.
+START_TEST(test_write_hf_names_llama_layout) {
+    const int64_t n_head = 4, n_kv = 2, hd = 8, cols = 32;
+    const char *  dir = fresh_dir("hfnames");
+    struct caldera_meta * m;
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_set_string(m, "general.architecture", "llama"), 0);
+    ck_assert_int_eq(caldera_meta_set_int(m, "llama.attention.head_count", CALDERA_META_U32, n_head), 0);
+    ck_assert_int_eq(caldera_meta_set_int(m, "llama.attention.head_count_kv", CALDERA_META_U32, n_kv), 0);
+    struct caldera_ctx *  c0 = tu_ctx();
+    struct caldera_tensor q  = tu_randn(c0, n_head * hd, cols + 3, 11);   // strided view below
+    struct caldera_tensor k  = tu_randn(c0, n_kv * hd, cols, 12);
+    struct caldera_tensor e  = tu_randn(c0, 10, cols, 13);
+    struct caldera_tensor qv = q;
+    qv.ne[1] = cols;   // ld stays cols + 3
+    float bias[32];
+    for (int i = 0; i < 32; i++) bias[i] = (float) i;
+    struct caldera_tensor b = { bias, CALDERA_DTYPE_F32, CALDERA_DEVICE_CPU, 1, { 32 }, 0 };
+
+    for (int mode = 1; mode >= 0; mode--) {
+        struct h     h    = h_create();
+        const char * path = tu_path(dir, mode ? "gguf-names.gguf" : "hf-names.gguf");
+        if (!mode) ck_assert_int_eq(caldera_inst_set(h.inst, "gguf_names", "false"), 0);
+        ck_assert_int_eq(caldera_inst_set(h.inst, "path", path), 0);
+        ck_assert_int_eq(caldera_inst_start(h.inst), 0);
+        ck_assert_int_eq(h.ops->create(h.inst, NULL, m), 0);   // the path comes from the option
+        ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.layers.0.self_attn.q_proj.weight", &qv), 0);
+        ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.layers.0.self_attn.k_proj.weight", &k), 0);
+        ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.layers.0.self_attn.q_proj.bias", &b), 0);
+        ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.embed_tokens.weight", &e), 0);
+        ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.layers.0.self_attn.q_proj.weight.Q.codes", &e), 0);
+        ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+        h_free(&h);
+
+        static const char * gg[] = { "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_q.bias",
+                                     "token_embd.weight", "model.layers.0.self_attn.q_proj.weight.Q.codes" };
+        static const char * hf[] = { "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                                     "model.layers.0.self_attn.q_proj.bias", "model.embed_tokens.weight",
+                                     "model.layers.0.self_attn.q_proj.weight.Q.codes" };
+        // reader with hf_layout: names and values as written
+        struct h r = h_new();
+        ck_assert_int_eq(r.ops->open(r.inst, path), 0);
+        struct caldera_tensor_info ti;
+        struct caldera_tensor      t;
+        int                        owned;
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_eq(r.ops->tensor_info(r.inst, i, &ti), 0);
+            ck_assert_str_eq(ti.name, mode || i == 4 ? gg[i] : hf[i]);
+            ck_assert_str_eq(ti.hf_name, hf[i]);
+        }
+        ck_assert_int_eq(r.ops->read_tensor(r.inst, 0, CALDERA_DTYPE_F32, &t, &owned), 0);
+        for (int64_t i = 0; i < n_head * hd; i++) {
+            ck_assert_mem_eq((float *) t.data + i * cols, (float *) q.data + i * (cols + 3), cols * sizeof(float));
+        }
+        if (owned) caldera_tensor_free(&t);
+        ck_assert_int_eq(r.ops->read_tensor(r.inst, 1, CALDERA_DTYPE_F32, &t, &owned), 0);
+        ck_assert_mem_eq(t.data, k.data, (size_t) (n_kv * hd * cols) * sizeof(float));
+        if (owned) caldera_tensor_free(&t);
+        ck_assert_int_eq(r.ops->read_tensor(r.inst, 2, CALDERA_DTYPE_F32, &t, &owned), 0);
+        ck_assert_mem_eq(t.data, bias, sizeof(bias));
+        if (owned) caldera_tensor_free(&t);
+        h_free(&r);
+
+        // as stored: llama.cpp's order with GGUF names, HF order with HF names
+        r = h_create();
+        ck_assert_int_eq(caldera_inst_set(r.inst, "hf_layout", "false"), 0);
+        ck_assert_int_eq(caldera_inst_set(r.inst, "path", path), 0);
+        ck_assert_int_eq(caldera_inst_start(r.inst), 0);
+        ck_assert_int_eq(r.ops->open(r.inst, NULL), 0);
+        float * pk = malloc((size_t) (n_kv * hd * cols) * sizeof(float));
+        llama_permute(k.data, pk, n_kv * hd, cols, n_kv);
+        ck_assert_int_eq(r.ops->read_tensor(r.inst, 1, CALDERA_DTYPE_F32, &t, &owned), 0);
+        ck_assert_int_eq(owned, 0);
+        ck_assert_mem_eq(t.data, mode ? pk : k.data, (size_t) (n_kv * hd * cols) * sizeof(float));
+        float pb[32];
+        llama_permute(bias, pb, 32, 1, n_head);
+        ck_assert_int_eq(r.ops->read_tensor(r.inst, 2, CALDERA_DTYPE_F32, &t, &owned), 0);
+        ck_assert_mem_eq(t.data, mode ? pb : bias, sizeof(pb));
+        free(pk);
+        h_free(&r);
+    }
+    caldera_meta_free(m);
+
+    // arch llama without head counts: q_proj cannot be written in llama.cpp's order
+    struct h h = h_new();
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_set_string(m, "general.architecture", "llama"), 0);
+    ck_assert_int_eq(h.ops->create(h.inst, tu_path(dir, "noheads.gguf"), m), 0);
+    caldera_meta_free(m);
+    int rc = h.ops->write_tensor(h.inst, "model.layers.0.self_attn.q_proj.weight", &k);
+    assert_err(&h, rc, CALDERA_ERR_INVAL, "tensor 'model.layers.0.self_attn.q_proj.weight' (blk.0.attn_q.weight): "
+               "llama.attention.head_count is not in the metadata");
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "model.layers.0.self_attn.v_proj.weight", &k), 0);   // no permutation
+    ck_assert_int_eq(h.ops->finish(h.inst, 0), 0);
+    // neither a path argument nor the option
+    rc = h.ops->open(h.inst, NULL);
+    assert_err(&h, rc, CALDERA_ERR_INVAL, "open: no file given; set option 'path'");
+    rc = h.ops->create(h.inst, "", NULL);
+    assert_err(&h, rc, CALDERA_ERR_INVAL, "create: no file given; set option 'path'");
+    h_free(&h);
+    caldera_tensor_free(&q);
+    caldera_tensor_free(&k);
+    caldera_tensor_free(&e);
+    caldera_ctx_free(c0);
+}
+END_TEST
+
 START_TEST(test_write_abort_and_errors) {
     struct h     h   = h_new();
     const char * dir = fresh_dir("abort");
@@ -1223,6 +1332,7 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_llama_permutation_roundtrip);
     tcase_add_test(tc, test_write_abort_and_errors);
     tcase_add_test(tc, test_llama_perm_errors_and_convention);
+    tcase_add_test(tc, test_write_hf_names_llama_layout);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_set_timeout(tc, 120);
