@@ -248,6 +248,25 @@ START_TEST(test_validate_only) {
     ck_assert_str_eq(caldera_ctx_errmsg(ctx), "built-in: plugin 'builtin_twin' has no ops");
     ck_assert_int_eq(caldera_plugin_validate(ctx, &twin_plugin, NULL), 0);
     ck_assert_int_eq(caldera_registry_count(ctx), 0);  // validate never registers
+    // Names: [a-z][a-z0-9_]*, at most 31 characters.
+    static const char * bad_names[] = { "", "9lives", "_x", "a-b", "A", "a b", "abcdefghijklmnopqrstuvwxyz_23456" };
+    for (int i = 0; i < 7; i++) {
+        p = twin_plugin;
+        p.name = bad_names[i];
+        ck_assert_int_eq(caldera_plugin_validate(ctx, &p, "n.so"), CALDERA_ERR_INVAL);
+        char want[256];
+        snprintf(want, sizeof(want), "n.so: invalid plugin name '%s'; allowed: [a-z][a-z0-9_]*, at most 31 characters", bad_names[i]);
+        ck_assert_str_eq(caldera_ctx_errmsg(ctx), want);
+    }
+    p.name = NULL;
+    ck_assert_int_eq(caldera_plugin_validate(ctx, &p, "n.so"), CALDERA_ERR_INVAL);
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "n.so: invalid plugin name '(null)'; allowed: [a-z][a-z0-9_]*, at most 31 characters");
+    static const char * good_names[] = { "a", "q8", "x_1", "abcdefghijklmnopqrstuvwxyz_2345" };
+    for (int i = 0; i < 4; i++) {
+        p = twin_plugin;
+        p.name = good_names[i];
+        ck_assert_int_eq(caldera_plugin_validate(ctx, &p, "n.so"), 0);
+    }
     caldera_ctx_free(ctx);
 }
 END_TEST
@@ -317,6 +336,19 @@ START_TEST(test_good_plugin) {
 
     caldera_ctx_free(ctx);
     ck_assert(!is_loaded(FX("good")));  // the context closed its shared objects
+}
+END_TEST
+
+START_TEST(test_relative_file) {
+    // An explicit file name without a '/' is the file in the current directory (it is what the
+    // user typed), never a search of LD_LIBRARY_PATH or the system directories.
+    ck_assert_int_eq(chdir(CALDERA_FIXTURE_DIR), 0);
+    struct caldera_ctx * ctx = tu_ctx();
+    ck_assert_int_eq(caldera_registry_load(ctx, "fixture_good.so"), 0);
+    ck_assert_str_eq(caldera_registry_origin(ctx, 0), "fixture_good.so");
+    ck_assert_int_eq(caldera_registry_load(ctx, "libc.so.6"), CALDERA_ERR_NOT_FOUND);  // not searched for
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "libc.so.6: plugin file not found (No such file or directory)");
+    caldera_ctx_free(ctx);
 }
 END_TEST
 
@@ -532,6 +564,7 @@ static Suite * loader_suite(void) {
 
     tc = tcase_create("loading");
     tcase_add_test(tc, test_good_plugin);
+    tcase_add_test(tc, test_relative_file);
     tcase_add_test(tc, test_failure_keeps_ctx_usable);
     tcase_add_test(tc, test_load_dir_sorted);
     tcase_add_test(tc, test_load_dir_stops_at_failure);
