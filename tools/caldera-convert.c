@@ -265,10 +265,13 @@ int main(int argc, char ** argv) {
 
     struct caldera_meta * wmeta = NULL;
     if ((rc = caldera_meta_init(&wmeta)) < 0) goto ctx_fail;
-    if (smeta) caldera_meta_copy(wmeta, smeta);
-    caldera_meta_set_string(wmeta, "format", "pt");  // what transformers expects of a checkpoint
-    caldera_meta_set_string(wmeta, "caldera.source_format", rp->name);
-    caldera_meta_set_string(wmeta, "caldera.version", caldera_version());
+    if ((smeta && caldera_meta_copy(wmeta, smeta) < 0) ||
+        caldera_meta_set_string(wmeta, "format", "pt") < 0 ||  // what transformers expects of a checkpoint
+        caldera_meta_set_string(wmeta, "caldera.source_format", rp->name) < 0 ||
+        caldera_meta_set_string(wmeta, "caldera.version", caldera_version()) < 0) {
+        caldera_meta_free(wmeta);
+        goto oom;
+    }
     if ((rc = caldera_inst_create(ctx, "safetensors", "output", &wr)) < 0 || (rc = caldera_inst_start(wr)) < 0) {
         caldera_meta_free(wmeta);
         goto ctx_fail;

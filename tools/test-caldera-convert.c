@@ -239,6 +239,8 @@ START_TEST(test_runtime_errors) {
     snprintf(keep, sizeof(keep), "%s/keep.txt", out);
     ck_assert_int_eq(run("/nonexistent/model.bin", out, NULL), 1);
     ck_assert_ptr_nonnull(strstr(errbuf, "/nonexistent/model.bin: no format plugin recognises this file"));
+    ck_assert_int_eq(run("--plugin-path", "/nonexistent/plugins", STORIES, out, NULL), 1);
+    ck_assert_ptr_nonnull(strstr(errbuf, "/nonexistent/plugins: cannot open plugin directory"));
     // the wrong reader: the context's message is printed
     ck_assert_int_eq(run(STORIES, out, "--from", "safetensors", NULL), 1);
     ck_assert_ptr_nonnull(strstr(errbuf, "safetensors: " STORIES ": header length"));
