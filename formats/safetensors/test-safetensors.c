@@ -412,6 +412,39 @@ START_TEST(test_finish_abort_and_writer_errors) {
 }
 END_TEST
 
+// Reading tensor B drops the mapped pages of tensor A (MADV_DONTNEED, to keep streaming
+// memory flat); A's view must still show A's values (the pages come back from the file).
+START_TEST(test_views_survive_page_dropping) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    const char * path = tu_path(tu_tmpdir(), "pages.safetensors");
+    enum { ROWS = 64, COLS = 1024 };  // 256 KB each: many pages
+    struct caldera_tensor a = tu_randn(ctx, ROWS, COLS, 1), b = tu_randn(ctx, ROWS, COLS, 2);
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops->create(inst, path, NULL), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "a", &a), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "b", &b), 0);
+    ck_assert_int_eq(ops->finish(inst, 1), 0);
+    ck_assert_int_eq(ops->open(inst, path), 0);
+    struct caldera_tensor va, vb;
+    int oa, ob;
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "a"), CALDERA_DTYPE_F32, &va, &oa), 0);
+    ck_assert_int_eq(oa, 0);
+    ck_assert(memcmp(va.data, a.data, (size_t) ROWS * COLS * 4) == 0);
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "b"), CALDERA_DTYPE_F32, &vb, &ob), 0);
+    ck_assert(memcmp(vb.data, b.data, (size_t) ROWS * COLS * 4) == 0);
+    ck_assert(memcmp(va.data, a.data, (size_t) ROWS * COLS * 4) == 0);  // dropped, read back
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "a"), CALDERA_DTYPE_F16, &va, &oa), 0);
+    ck_assert_int_eq(oa, 1);
+    ck_assert(memcmp(vb.data, b.data, (size_t) ROWS * COLS * 4) == 0);
+    caldera_tensor_free(&va);
+    caldera_tensor_free(&a);
+    caldera_tensor_free(&b);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_argument_errors) {
     struct caldera_ctx * ctx = tu_ctx();
     const struct caldera_format_ops * ops = ops_of(ctx);
@@ -844,6 +877,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_finish_abort_and_writer_errors);
     tcase_add_test(tc, test_rejected_tensor_keeps_file_consistent);
     tcase_add_test(tc, test_argument_errors);
+    tcase_add_test(tc, test_views_survive_page_dropping);
     tcase_add_test(tc, test_misaligned_data_is_copied);
     tcase_add_test(tc, test_probe);
     suite_add_tcase(s, tc);
