@@ -93,6 +93,13 @@ void e8p_tables_build(struct e8p_tables * t) {
         for (int i = 0; i < E8P_DIM; i++) {
             t->absv[i][j] = pat[j][i];
         }
+        if (j < E8P_NABS_D8) {
+            uint32_t key = 0;
+            for (int i = 0; i < E8P_DIM; i++) {
+                key = key << 2 | (uint32_t) (pat[j][i] - 0.5f);
+            }
+            t->key[j] = (uint16_t) key;
+        }
     }
 
     // "E8 1-bit": zero; +-e_i +-e_j; (+-1/2)^8 with even sum; +-2 e_i without -2 e_7.
