@@ -606,6 +606,69 @@ START_TEST(test_oom_sweep) {
 }
 END_TEST
 
+// Never a crash: 300 checkpoints with random header fields (small, negative, huge, or off by
+// one from the real value), some truncated, and 300 corrupted tokenizers. Each open fails with
+// CALDERA_ERR_FORMAT or succeeds and then every tensor reads (run under ASan).
+START_TEST(test_corruption_never_crashes) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    size_t len, tlen;
+    char * orig = tu_read_file(STORIES, &len);
+    char * tok = tu_read_file(TOK512, &tlen);
+    ck_assert_ptr_nonnull(orig);
+    ck_assert_ptr_nonnull(tok);
+    char * buf = malloc(len > tlen ? len : tlen);
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 99);
+    char path[1024], tpath[1024];
+    snprintf(path, sizeof(path), "%s", tu_path(tu_tmpdir(), "fuzz.bin"));
+    snprintf(tpath, sizeof(tpath), "%s", tu_path(tu_tmpdir(), "fuzz-tok.bin"));
+    int opened = 0;
+    for (int it = 0; it < 600; it++) {
+        int tokfuzz = it >= 300;
+        const char * p = tokfuzz ? tpath : path;
+        size_t n = tokfuzz ? tlen : len;
+        memcpy(buf, tokfuzz ? tok : orig, n);
+        for (int f = 0; f < 1 + (int) (caldera_rng_u64(&rng) % 3); f++) {
+            uint64_t r = caldera_rng_u64(&rng);
+            int32_t v, old;
+            size_t at = tokfuzz ? 4 * (size_t) (r % 64) : 4 * (size_t) (r % 7);  // tokenizer: its first records
+            memcpy(&old, buf + at, 4);
+            switch ((r >> 8) % 4) {
+            case 0: v = (int32_t) (r >> 16); break;                 // anything
+            case 1: v = -(int32_t) ((r >> 16) % 1000); break;        // zero or negative
+            case 2: v = old + ((r >> 16) % 2 ? 1 : -1); break;       // off by one
+            default: v = (int32_t) ((r >> 16) % 4096); break;        // small
+            }
+            memcpy(buf + at, &v, 4);
+        }
+        if (caldera_rng_u64(&rng) % 4 == 0) n = (size_t) (caldera_rng_u64(&rng) % n);
+        FILE * fp = fopen(p, "wb");
+        fwrite(buf, 1, n, fp);
+        fclose(fp);
+        struct caldera_inst * inst;
+        int rc = open_path(ctx, tokfuzz ? STORIES : path, tokfuzz ? tpath : NULL, &inst);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_FORMAT, "iteration %d: rc %d (%s)", it, rc, caldera_ctx_errmsg(ctx));
+        for (int64_t i = 0; rc == 0 && i < ops->n_tensors(inst); i++) {
+            struct caldera_tensor t;
+            int owned;
+            ck_assert_int_eq(ops->read_tensor(inst, i, CALDERA_DTYPE_F32, &t, &owned), 0);
+            volatile float sink = 0;
+            for (int64_t k = 0; k < caldera_tensor_nelements(&t); k++) sink += ((float *) t.data)[k];
+            (void) sink;
+            if (owned) caldera_tensor_free(&t);
+        }
+        opened += rc == 0;
+        caldera_inst_free(inst);
+    }
+    ck_assert_int_lt(opened, 600);
+    free(buf);
+    caldera_free(tok);
+    caldera_free(orig);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * llama2c_suite(void) {
     Suite * s = suite_create("llama2c");
     TCase * tc = tcase_create("stories260K");
@@ -633,6 +696,7 @@ static Suite * llama2c_suite(void) {
     tcase_add_test(tc, test_bad_huge_sizes);
     tcase_add_test(tc, test_bad_unshared_mismatch);
     tcase_add_test(tc, test_bad_tokenizer);
+    tcase_add_test(tc, test_corruption_never_crashes);
     suite_add_tcase(s, tc);
     return s;
 }
