@@ -26,7 +26,8 @@
 #include "gguf-quants.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MAX_KV            (1 << 20)   // far above any real file; bounds the metadata work
+#define GGUF_MAX_KV            (1 << 20)
+#define GGUF_PAR_GRAIN         (1 << 20)  // elements per chunk of parallel dequantization   // far above any real file; bounds the metadata work
 #define GGUF_DTYPE_KEY         "caldera.gguf.dtype."  // + tensor name: dtype stored under a wider GGUF type
 
 // ---------------------------------------------------------------------------------------------
@@ -878,7 +879,8 @@ static int gguf_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_
     if (nel > 0 && row > 0) {
         struct deq_job job = { t->type, t->dtype, src, f.data, row, t->nbytes / (size_t) (nel / row) };
         int64_t        rows = nel / row;
-        int64_t        grain = row >= 65536 ? 1 : 65536 / row;
+        // about 1M elements (1-2 ms) per chunk: smaller tensors are not worth a parallel region
+        int64_t        grain = row >= GGUF_PAR_GRAIN ? 1 : GGUF_PAR_GRAIN / row;
         caldera_parallel_for(ctx, rows, grain, deq_rows, &job);
     }
     if (hd) {
