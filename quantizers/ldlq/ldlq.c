@@ -151,10 +151,12 @@ static double ldlq_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) 
 //     X_j = W_j + Σ_{i>j} (W_i - Ŵ_i) L[i-block, j-block],   Ŵ_j = round(X_j).
 // Then tr((W-Ŵ) H (W-Ŵ)ᵀ) = Σ_j (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ.
 // Lazy batches (GPTQ): buffers [c0, c1) of buffer_cols columns, aligned at column 0 and taken from
-// the last. Inside a buffer the feedback of block j goes to the buffer's columns [c0, j0) only
-// (an m×b by b×(j0-c0) GEMM on a contiguous copy of the buffer); when the buffer is done, one GEMM
-// X[:, 0:c0] += Δ_B L[B, 0:c0] applies it to every column on the left.
-// Cost: Σ_j m·b·j0 = m·n·(n-b)/2 multiply-adds, i.e. ≈ m·n² FLOPs per matrix.
+// the last. X is held transposed (each column a contiguous row of m floats). Inside a buffer,
+// inner blocks of 16 columns: a block's feedback goes to its inner block only (rank b), each
+// finished inner block updates the rest of the buffer (rank 16), and each finished buffer updates
+// every column on its left with one GEMM Xᵀ[0:c0] += L[B, 0:c0]ᵀ Δ_Bᵀ (c0×|B| by |B|×m).
+// Cost: Σ_j m·b·j0 = m·n·(n-b)/2 multiply-adds, i.e. ≈ m·n² FLOPs per matrix, almost all in
+// the per-buffer GEMMs. The result does not depend on buffer_cols (up to f32 summation order).
 
 struct ldlq_work {
     struct caldera_inst *                inst;
@@ -165,91 +167,128 @@ struct ldlq_work {
     int64_t                              m, n, b, bc;
 };
 
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (cache-blocked).
+static void transpose(float * dst, int64_t ldd, const float * src, int64_t lds, int64_t rows, int64_t cols) {
+    const int64_t tb = 32;
+    for (int64_t r0 = 0; r0 < rows; r0 += tb) {
+        const int64_t r1 = r0 + tb < rows ? r0 + tb : rows;
+        for (int64_t c0 = 0; c0 < cols; c0 += tb) {
+            const int64_t c1 = c0 + tb < cols ? c0 + tb : cols;
+            for (int64_t r = r0; r < r1; r++) {
+                for (int64_t c = c0; c < c1; c++) {
+                    dst[c * ldd + r] = src[r * lds + c];
+                }
+            }
+        }
+    }
+}
+
 static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * lmat, const float * dblk, double * loss_out) {
     // lmat (n, n) unit block-lower L; dblk (n/b, b, b) diagonal blocks of D
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
-    const int64_t ldw = ldof(w), ldh = ldof(w_hat);
-    float * x  = NULL;  // (m, n)  X: W plus the feedback from finished buffers
-    float * xb = NULL;  // (m, bc) X of the current buffer, contiguous
-    float * db = NULL;  // (m, bc) Δ = W - Ŵ of the current buffer
-    double loss = 0.0;
-    int rc = 0;
+    const int64_t ib = b * (b < 16 ? 16 / b : 1);   // inner block: rank-ib updates inside a buffer
+    const size_t  bufsz = (size_t) bc * (size_t) m * sizeof(float);
+    float * xt  = NULL;  // (n, m)  Xᵀ: W plus the feedback so far, transposed
+    float * wt  = NULL;  // (n, m)  Wᵀ
+    float * hbt = NULL;  // (bc, m) Ŵ of the current buffer, transposed
+    float * dbt = NULL;  // (bc, m) Δ = W - Ŵ of the current buffer, transposed
+    float * xj  = NULL;  // (m, b)  block j as the codebook takes it
+    float * qj  = NULL;  // (m, b)  its rounding
+    double  loss = 0.0;
+    int     rc = 0;
 
-    x  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
-    xb = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
-    db = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
-    if (!x || !xb || !db) {
+    xt  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
+    wt  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
+    hbt = caldera_malloc(bufsz);
+    dbt = caldera_malloc(bufsz);
+    xj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    qj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    if (!xt || !wt || !hbt || !dbt || !xj || !qj) {
         rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
                            " work matrices", m, n);
         goto fail;
     }
-    for (int64_t r = 0; r < m; r++) {
-        memcpy(x + r * n, (const float *) w->data + r * ldw, (size_t) n * sizeof(float));
-    }
+    transpose(wt, m, w->data, ldof(w), m, n);
+    memcpy(xt, wt, (size_t) m * (size_t) n * sizeof(float));
     for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
         c0 = ((c1 - 1) / bc) * bc;
         const int64_t nb = c1 - c0;
-        for (int64_t r = 0; r < m; r++) {
-            memcpy(xb + r * nb, x + r * n + c0, (size_t) nb * sizeof(float));
-        }
-        for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
-            const int64_t jl = j0 - c0;
-            struct caldera_tensor xj = sub(xb, nb, 0, jl, m, b);
-            struct caldera_tensor hj = sub(w_hat->data, ldh, 0, j0, m, b);
-            if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xj, &hj)) < 0) {
-                goto fail;
-            }
-            const float * dj = dblk + (j0 / b) * b * b;
-            for (int64_t r = 0; r < m; r++) {
-                const float * wr = (const float *) w->data + r * ldw + j0;
-                const float * hr = (const float *) w_hat->data + r * ldh + j0;
-                const float * xr = xb + r * nb + jl;
-                float * dr = db + r * nb + jl;
-                float e[64];
+        for (int64_t i1 = c1, i0; i1 > c0; i1 = i0) {
+            i0 = c0 + ((i1 - c0 - 1) / ib) * ib;
+            for (int64_t j0 = i1 - b; j0 >= i0; j0 -= b) {
+                const int64_t jl = j0 - c0;
                 for (int64_t k = 0; k < b; k++) {
-                    dr[k] = wr[k] - hr[k];
-                }
-                if (b <= 64) {   // loss of block j: (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
-                    for (int64_t k = 0; k < b; k++) {
-                        e[k] = xr[k] - hr[k];
+                    const float * xr = xt + (j0 + k) * m;
+                    for (int64_t r = 0; r < m; r++) {
+                        xj[r * b + k] = xr[r];
                     }
+                }
+                struct caldera_tensor xq = sub(xj, b, 0, 0, m, b), qt = sub(qj, b, 0, 0, m, b);
+                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xq, &qt)) < 0) {
+                    goto fail;
+                }
+                for (int64_t k = 0; k < b; k++) {
+                    float * hr = hbt + (jl + k) * m, * dr = dbt + (jl + k) * m;
+                    const float * wr = wt + (j0 + k) * m;
+                    for (int64_t r = 0; r < m; r++) {
+                        hr[r] = qj[r * b + k];
+                        dr[r] = wr[r] - qj[r * b + k];
+                    }
+                }
+                // loss of block j: Σ_rows (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
+                const float * dj = dblk + (j0 / b) * b * b;
+                for (int64_t r = 0; r < m; r++) {
+                    const float * xr = xj + r * b, * qr = qj + r * b;
                     double s = 0.0;
                     for (int64_t k = 0; k < b; k++) {
                         double t = 0.0;
                         for (int64_t l = 0; l < b; l++) {
-                            t += (double) dj[k * b + l] * e[l];
+                            t += (double) dj[k * b + l] * ((double) xr[l] - qr[l]);
                         }
-                        s += t * e[k];
+                        s += t * ((double) xr[k] - qr[k]);
                     }
                     loss += s;
                 }
+                if (j0 > i0) {   // Xᵀ[i0:j0] += L[j, i0:j0]ᵀ Δ_jᵀ  (rank b, inside the inner block)
+                    struct caldera_tensor lj = sub((float *) lmat, n, j0, i0, b, j0 - i0);
+                    struct caldera_tensor dj_t = sub(dbt, m, jl, 0, b, m);
+                    struct caldera_tensor xl = sub(xt, m, i0, 0, j0 - i0, m);
+                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &lj, &dj_t, 1.0f,
+                                                  &xl)) < 0) {
+                        goto fail;
+                    }
+                }
             }
-            if (jl > 0) {
-                struct caldera_tensor dj_t = sub(db, nb, 0, jl, m, b);
-                struct caldera_tensor lj   = sub((float *) lmat, n, j0, c0, b, jl);
-                struct caldera_tensor xl   = sub(xb, nb, 0, 0, m, jl);
-                if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dj_t, &lj, 1.0f,
+            if (i0 > c0) {   // Xᵀ[c0:i0] += L[i0:i1, c0:i0]ᵀ Δ_{i0:i1}ᵀ  (rank ib, rest of the buffer)
+                struct caldera_tensor li = sub((float *) lmat, n, i0, c0, i1 - i0, i0 - c0);
+                struct caldera_tensor di = sub(dbt, m, i0 - c0, 0, i1 - i0, m);
+                struct caldera_tensor xl = sub(xt, m, c0, 0, i0 - c0, m);
+                if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &li, &di, 1.0f,
                                               &xl)) < 0) {
                     goto fail;
                 }
             }
         }
-        if (c0 > 0) {
-            struct caldera_tensor dbt = sub(db, nb, 0, 0, m, nb);
-            struct caldera_tensor lb  = sub((float *) lmat, n, c0, 0, nb, c0);
-            struct caldera_tensor xl  = sub(x, n, 0, 0, m, c0);
-            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dbt, &lb, 1.0f,
+        transpose((float *) w_hat->data + c0, ldof(w_hat), hbt, m, nb, m);
+        if (c0 > 0) {   // Xᵀ[0:c0] += L[B, 0:c0]ᵀ Δ_Bᵀ  (rank |B|, every column on the left)
+            struct caldera_tensor lb = sub((float *) lmat, n, c0, 0, nb, c0);
+            struct caldera_tensor db = sub(dbt, m, 0, 0, nb, m);
+            struct caldera_tensor xl = sub(xt, m, 0, 0, c0, m);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &lb, &db, 1.0f,
                                           &xl)) < 0) {
                 goto fail;
             }
         }
     }
-    *loss_out = b <= 64 ? loss : NAN;
+    *loss_out = loss;
 fail:
-    caldera_free(x);
-    caldera_free(xb);
-    caldera_free(db);
+    caldera_free(xt);
+    caldera_free(wt);
+    caldera_free(hbt);
+    caldera_free(dbt);
+    caldera_free(xj);
+    caldera_free(qj);
     return rc;
 }
 
@@ -257,60 +296,77 @@ fail:
 // Tune passes (algorithms.md §2): Gauss-Seidel block coordinate descent on
 // f(Ŵ) = tr((W-Ŵ) H (W-Ŵ)ᵀ), blocks from last to first. Step for block j: the exact unconstrained
 // minimiser X_j = Ŵ_j + Δ H[:, j] H_jj⁻¹ (Δ = W - Ŵ, current), rounded to the codebook.
-// BLAS-3: per buffer B, G_B = Δ H[:, B] is one GEMM (m×n by n×|B|); inside the buffer a change δ_j
-// of Ŵ_j updates G_B[:, c0:j0] -= δ_j H[j, c0:j0]. Cost ≈ m·n² multiply-adds per pass.
+// BLAS-3, transposed layout (n, m): per buffer B, G_Bᵀ = H[B, :] Δᵀ is one GEMM (|B|×n by n×m);
+// inside the buffer a change of Ŵ_j updates G_Bᵀ[c0:j0] += H[j, c0:j0]ᵀ (Ŵ_j,old - Ŵ_j,new)ᵀ.
+// Cost ≈ m·n² multiply-adds (2·m·n² FLOPs) per pass.
+// Guard (tune_guard): for b > 1 the nearest codeword in the Euclidean norm can be farther from the
+// minimiser in the H_jj norm than the current codeword, and the step would raise that row's loss
+// (seen with E8P); such rows keep their codeword, so a pass never increases the proxy loss.
 
 static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * hd, const float * hinv, int64_t iters, int guard) {
     // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
-    const int64_t ldw = ldof(w), ldh = ldof(w_hat);
-    float * delta = NULL;  // (m, n)  Δ = W - Ŵ
-    float * g     = NULL;  // (m, bc) Δ H[:, B]
-    float * xs    = NULL;  // (m, b)  unconstrained minimiser of block j
-    float * q     = NULL;  // (m, b)  its rounding
-    float * dq    = NULL;  // (m, b)  -δ_j = old Ŵ_j - new Ŵ_j
+    const size_t  big = (size_t) m * (size_t) n * sizeof(float);
+    float * wt  = NULL;  // (n, m)  Wᵀ
+    float * ht  = NULL;  // (n, m)  Ŵᵀ
+    float * dt  = NULL;  // (n, m)  Δᵀ = (W - Ŵ)ᵀ
+    float * gt  = NULL;  // (bc, m) (Δ H[:, B])ᵀ
+    float * old = NULL;  // (m, b)  current Ŵ_j
+    float * gj  = NULL;  // (m, b)  G_j
+    float * xs  = NULL;  // (m, b)  unconstrained minimiser of block j
+    float * q   = NULL;  // (m, b)  its rounding
+    float * dqt = NULL;  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
     int rc = 0;
 
-    delta = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
-    g     = caldera_malloc((size_t) m * (size_t) bc * sizeof(float));
-    xs    = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    q     = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    dq    = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    if (!delta || !g || !xs || !q || !dq) {
+    wt  = caldera_malloc(big);
+    ht  = caldera_malloc(big);
+    dt  = caldera_malloc(big);
+    gt  = caldera_malloc((size_t) bc * (size_t) m * sizeof(float));
+    old = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    gj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    xs  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    q   = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    dqt = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
+    if (!wt || !ht || !dt || !gt || !old || !gj || !xs || !q || !dqt) {
         rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for tune passes (%" PRId64 "x%"
                            PRId64 ")", m, n);
         goto fail;
     }
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t c = 0; c < n; c++) {
-            delta[r * n + c] = ((const float *) w->data)[r * ldw + c] - ((const float *) w_hat->data)[r * ldh + c];
-        }
+    transpose(wt, m, w->data, ldof(w), m, n);
+    transpose(ht, m, w_hat->data, ldof(w_hat), m, n);
+    for (int64_t i = 0; i < m * n; i++) {
+        dt[i] = wt[i] - ht[i];
     }
-    struct caldera_tensor dt = sub(delta, n, 0, 0, m, n);
+    struct caldera_tensor dtt = sub(dt, m, 0, 0, n, m);
     for (int64_t it = 0; it < iters; it++) {
         int64_t kept = 0;
         for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
             c0 = ((c1 - 1) / bc) * bc;
             const int64_t nb = c1 - c0;
-            struct caldera_tensor gt = sub(g, nb, 0, 0, m, nb);
-            struct caldera_tensor hb = sub((float *) hd, n, 0, c0, n, nb);
-            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dt, &hb, 0.0f,
-                                          &gt)) < 0) {
+            struct caldera_tensor gtt = sub(gt, m, 0, 0, nb, m);
+            struct caldera_tensor hb  = sub((float *) hd, n, c0, 0, nb, n);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &hb, &dtt, 0.0f,
+                                          &gtt)) < 0) {
                 goto fail;
             }
             for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
                 const int64_t jl = j0 - c0;
                 const float * hi = hinv + (j0 / b) * b * b;
                 const float * hjj = hd + j0 * n + j0;
+                for (int64_t k = 0; k < b; k++) {
+                    const float * hr = ht + (j0 + k) * m, * gr = gt + (jl + k) * m;
+                    for (int64_t r = 0; r < m; r++) {
+                        old[r * b + k] = hr[r];
+                        gj[r * b + k] = gr[r];
+                    }
+                }
                 // xs = Ŵ_j + G_j H_jj⁻¹
                 for (int64_t r = 0; r < m; r++) {
-                    const float * gr = g + r * nb + jl;
-                    const float * wh = (const float *) w_hat->data + r * ldh + j0;
                     for (int64_t k = 0; k < b; k++) {
-                        double s = wh[k];
+                        double s = old[r * b + k];
                         for (int64_t l = 0; l < b; l++) {
-                            s += (double) gr[l] * hi[l * b + k];
+                            s += (double) gj[r * b + l] * hi[l * b + k];
                         }
                         xs[r * b + k] = (float) s;
                     }
@@ -319,23 +375,22 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
                 if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
                     goto fail;
                 }
-                if (guard) {
-                    // row loss of block j as a function of its value v: (v - xs) H_jj (v - xs)ᵀ + const
+                if (guard && b > 1) {
+                    // a row's loss as a function of block j's value v: (v - xs) H_jj (v - xs)ᵀ + const
                     int64_t nkeep = 0;
                     for (int64_t r = 0; r < m; r++) {
-                        const float * wh = (const float *) w_hat->data + r * ldh + j0;
                         double lnew = 0.0, lold = 0.0;
                         for (int64_t k = 0; k < b; k++) {
                             double tn = 0.0, to = 0.0;
                             for (int64_t l = 0; l < b; l++) {
                                 tn += (double) hjj[k * n + l] * ((double) q[r * b + l] - xs[r * b + l]);
-                                to += (double) hjj[k * n + l] * ((double) wh[l] - xs[r * b + l]);
+                                to += (double) hjj[k * n + l] * ((double) old[r * b + l] - xs[r * b + l]);
                             }
                             lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
-                            lold += to * ((double) wh[k] - xs[r * b + k]);
+                            lold += to * ((double) old[r * b + k] - xs[r * b + k]);
                         }
                         if (lnew > lold) {
-                            memcpy(xs + r * b, wh, (size_t) b * sizeof(float));
+                            memcpy(xs + r * b, old + r * b, (size_t) b * sizeof(float));
                             nkeep++;
                         }
                     }
@@ -346,21 +401,21 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
                         kept += nkeep;
                     }
                 }
-                // apply: Ŵ_j = q, Δ_j += old - new
-                for (int64_t r = 0; r < m; r++) {
-                    float * wh = (float *) w_hat->data + r * ldh + j0;
-                    for (int64_t k = 0; k < b; k++) {
-                        float d = wh[k] - q[r * b + k];
-                        dq[r * b + k] = d;
-                        delta[r * n + j0 + k] += d;
-                        wh[k] = q[r * b + k];
+                for (int64_t k = 0; k < b; k++) {
+                    float * hr = ht + (j0 + k) * m, * dr = dt + (j0 + k) * m, * qr = dqt + k * m;
+                    const float * wr = wt + (j0 + k) * m;
+                    for (int64_t r = 0; r < m; r++) {
+                        float v = q[r * b + k];
+                        qr[r] = hr[r] - v;
+                        hr[r] = v;
+                        dr[r] = wr[r] - v;
                     }
                 }
-                if (jl > 0) {   // G[:, c0:j0] += (old - new) H[j, c0:j0]
-                    struct caldera_tensor dqt = sub(dq, b, 0, 0, m, b);
+                if (jl > 0) {   // G_Bᵀ[c0:j0] += H[j, c0:j0]ᵀ (old - new)ᵀ
                     struct caldera_tensor hj  = sub((float *) hd, n, j0, c0, b, jl);
-                    struct caldera_tensor gl  = sub(g, nb, 0, 0, m, jl);
-                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &dqt, &hj, 1.0f,
+                    struct caldera_tensor dq  = sub(dqt, m, 0, 0, b, m);
+                    struct caldera_tensor gl  = sub(gt, m, 0, 0, jl, m);
+                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &hj, &dq, 1.0f,
                                                   &gl)) < 0) {
                         goto fail;
                     }
@@ -370,12 +425,17 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
         caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "tune pass %" PRId64 "/%" PRId64 ": %" PRId64
                          " row-blocks kept by the guard", it + 1, iters, kept);
     }
+    transpose(w_hat->data, ldof(w_hat), ht, m, n, m);
 fail:
-    caldera_free(delta);
-    caldera_free(g);
+    caldera_free(wt);
+    caldera_free(ht);
+    caldera_free(dt);
+    caldera_free(gt);
+    caldera_free(old);
+    caldera_free(gj);
     caldera_free(xs);
     caldera_free(q);
-    caldera_free(dq);
+    caldera_free(dqt);
     return rc;
 }
 
