@@ -283,6 +283,10 @@ START_TEST(test_smollm2_gguf_export) {
     caldera_inst_free(dst);
     caldera_inst_free(src);
     caldera_ctx_free(ctx);
+    // 539 MB: do not leave it in the build tree
+    static const char * const files[] = { "model.safetensors", "config.json", "tokenizer_config.json" };
+    for (size_t k = 0; k < 3; k++) ck_assert_int_eq(unlink(tu_path(out, files[k])), 0);
+    ck_assert_int_eq(rmdir(out), 0);
 }
 END_TEST
 
