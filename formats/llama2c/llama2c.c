@@ -79,6 +79,8 @@ static void l2c_close(struct caldera_inst * inst) {
 
 static int l2c_mul(int64_t a, int64_t b, int64_t * out) { return __builtin_mul_overflow(a, b, out); }
 
+static int l2c_is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); }
+
 // Tokenizer -> tokenizer.ggml.* keys (GGUF names, as llama.cpp's SentencePiece "llama" model).
 static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int64_t vocab) {
     struct l2c_priv * p = caldera_inst_priv(inst);
@@ -148,12 +150,12 @@ static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int
         strs[i] = (const char *) buf + pos;
         lens[i] = (size_t) len;
         pos += (size_t) len;
-        // GGUF token types: 1 normal, 2 unknown, 3 control, 6 byte ("<0xHH>").
-        unsigned hex;
-        char tail;
+        // GGUF token types: 1 normal, 2 unknown, 3 control, 6 byte ("<0xHH>"). The token is not
+        // NUL-terminated: look at its 6 bytes only.
+        const char * tk = strs[i];
         if (i == 0) types[i] = 2;
         else if (i == 1 || i == 2) types[i] = 3;
-        else if (len == 6 && memcmp(strs[i], "<0x", 3) == 0 && sscanf(strs[i] + 3, "%2x%c", &hex, &tail) == 2 && tail == '>') types[i] = 6;
+        else if (len == 6 && memcmp(tk, "<0x", 3) == 0 && l2c_is_hex(tk[3]) && l2c_is_hex(tk[4]) && tk[5] == '>') types[i] = 6;
         else types[i] = 1;
     }
     if (pos != size) {
