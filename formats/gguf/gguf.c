@@ -817,7 +817,8 @@ static int gguf_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_
     int                   rc  = tensor_index(inst, i);
     if (rc < 0) return rc;
     const struct gguf_tensor * t   = &p->tensors[i];
-    const uint8_t *            src = p->map + p->data_off + t->offset;
+    // an empty tensor may sit at any offset (even past the end): point it at the map
+    const uint8_t *            src = t->nbytes ? p->map + p->data_off + t->offset : p->map;
     const int64_t              nel = t->nbytes / t->type->bytes * t->type->blck;
     const int64_t              units = t->ne[0];
     int64_t                    hd  = 0;

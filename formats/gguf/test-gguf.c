@@ -1079,6 +1079,22 @@ START_TEST(test_bad_lengths) {
     s.t[0].name = "";
     s.t[0].ndim = 1;
     expect_open(&s, "emptyname.gguf", 0, NULL);   // empty names are legal
+    // a tensor with a zero dimension has no data: any aligned offset, even past the end, is fine
+    s = spec_valid();
+    s.t[1].dims[0] = 0;
+    s.t[1].offset  = 1ull << 40;
+    const char * path = spec_write(&s, "empty.gguf");
+    struct h     h    = h_new();
+    ck_assert_int_eq(h.ops->open(h.inst, path), 0);
+    struct caldera_tensor t;
+    int                   owned;
+    ck_assert_int_eq(h.ops->read_tensor(h.inst, 1, CALDERA_DTYPE_F32, &t, &owned), 0);
+    ck_assert_int_eq(caldera_tensor_nelements(&t), 0);
+    if (owned) caldera_tensor_free(&t);
+    ck_assert_int_eq(h.ops->read_tensor(h.inst, 1, CALDERA_DTYPE_F16, &t, &owned), 0);
+    ck_assert_int_eq(caldera_tensor_nelements(&t), 0);
+    if (owned) caldera_tensor_free(&t);
+    h_free(&h);
 }
 END_TEST
 
