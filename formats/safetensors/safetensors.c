@@ -29,6 +29,7 @@
 #define ST_INDEX_NAME   "model.safetensors.index.json"
 #define ST_SINGLE_NAME  "model.safetensors"
 #define ST_CONFIG_NAME  "config.json"
+#define ST_TOKENIZER_NAME "tokenizer.json"
 
 struct st_file {
     char *    path;
@@ -610,6 +611,121 @@ static void st_desc_from_meta(struct st_priv * p) {
     p->has_desc = 1;
 }
 
+// tokenizer.json (Hugging Face `tokenizers`) of a byte-level BPE model (GPT-2 style: no
+// byte_fallback) -> tokenizer.ggml.* keys as llama.cpp names them for "gpt2" vocabularies:
+// tokens by id, merges as "a b", token_type 3 (control) for special added tokens, 4 (user
+// defined) for other added tokens, 1 otherwise. Other tokenizer models are left out (logged).
+static int st_read_tokenizer_json(struct caldera_inst * inst, const char * path) {
+    struct st_priv * p = caldera_inst_priv(inst);
+    json_error_t jerr;
+    json_t * tj = NULL;
+    const char ** toks = NULL, ** merges = NULL;
+    char ** owned = NULL;
+    int32_t * types = NULL;
+    int64_t n_tok = 0, n_merges = 0, n_owned = 0;
+    int rc = 0;
+    if (!(tj = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr))) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                             jerr.line, jerr.column);
+    }
+    json_t * model = json_object_get(tj, "model");
+    json_t * vocab = json_object_get(model, "vocab"), * jm = json_object_get(model, "merges");
+    json_t * added = json_object_get(tj, "added_tokens");
+    const char * type = json_string_value(json_object_get(model, "type"));
+    if (!type || strcmp(type, "BPE") != 0 || json_is_true(json_object_get(model, "byte_fallback"))) {
+        caldera_inst_log(inst, CALDERA_LOG_INFO, "%s: tokenizer model \"%s\"%s is not read (only byte-level BPE)", path,
+                         type ? type : "?", json_is_true(json_object_get(model, "byte_fallback")) ? " with byte_fallback" : "");
+        goto fail;
+    }
+    if (!json_is_object(vocab) || !json_is_array(jm) || (added && !json_is_array(added))) {
+        rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: model.vocab (object), model.merges (array) or added_tokens (array) missing",
+                           path);
+        goto fail;
+    }
+    // ids: vocab values and added token ids, dense from 0
+    const char * key;
+    json_t * v;
+    json_object_foreach(vocab, key, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24)) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: vocab id of '%s' is not an integer in [0, 2^24)", path, key);
+            goto fail;
+        }
+        if (json_integer_value(v) >= n_tok) n_tok = json_integer_value(v) + 1;
+    }
+    size_t ai;
+    json_array_foreach(added, ai, v) {
+        json_int_t id = json_integer_value(json_object_get(v, "id"));
+        if (!json_is_integer(json_object_get(v, "id")) || id < 0 || id >= (1 << 24) || !json_is_string(json_object_get(v, "content"))) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: added_tokens[%zu] needs an integer id in [0, 2^24) and a content string",
+                               path, ai);
+            goto fail;
+        }
+        if (id >= n_tok) n_tok = id + 1;
+    }
+    if (!(toks = caldera_calloc((size_t) n_tok + 1, sizeof(*toks))) || !(types = caldera_calloc((size_t) n_tok + 1, sizeof(*types))) ||
+        !(merges = caldera_calloc(json_array_size(jm) + 1, sizeof(*merges))) ||
+        !(owned = caldera_calloc(json_array_size(jm) + 1, sizeof(*owned)))) {
+        goto nomem;
+    }
+    json_object_foreach(vocab, key, v) {
+        int64_t id = json_integer_value(v);
+        if (toks[id]) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: vocab id %" PRId64 " is given to '%s' and '%s'", path, id, toks[id], key);
+            goto fail;
+        }
+        toks[id] = key;
+        types[id] = 1;
+    }
+    json_array_foreach(added, ai, v) {
+        int64_t id = json_integer_value(json_object_get(v, "id"));
+        toks[id] = json_string_value(json_object_get(v, "content"));
+        types[id] = json_is_true(json_object_get(v, "special")) ? 3 : 4;
+    }
+    for (int64_t i = 0; i < n_tok; i++) {
+        if (!toks[i]) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: token id %" PRId64 " is missing (ids must be 0..%" PRId64 ")", path, i,
+                               n_tok - 1);
+            goto fail;
+        }
+    }
+    json_array_foreach(jm, ai, v) {  // "a b" (older files) or ["a", "b"]
+        if (json_is_string(v)) {
+            merges[n_merges++] = json_string_value(v);
+        } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_string(json_array_get(v, 0)) &&
+                   json_is_string(json_array_get(v, 1))) {
+            const char * a = json_string_value(json_array_get(v, 0)), * b = json_string_value(json_array_get(v, 1));
+            size_t la = strlen(a), lb = strlen(b);
+            char * m = caldera_malloc(la + lb + 2);
+            if (!m) goto nomem;
+            memcpy(m, a, la);
+            m[la] = ' ';
+            memcpy(m + la + 1, b, lb + 1);
+            owned[n_owned++] = m;
+            merges[n_merges++] = m;
+        } else {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: model.merges[%zu] is neither \"a b\" nor [\"a\", \"b\"]", path, ai);
+            goto fail;
+        }
+    }
+    if (caldera_meta_set_string(p->meta, "tokenizer.ggml.model", "gpt2") < 0 ||
+        caldera_meta_set_array(p->meta, "tokenizer.ggml.tokens", CALDERA_META_STRING, n_tok, toks) < 0 ||
+        caldera_meta_set_array(p->meta, "tokenizer.ggml.token_type", CALDERA_META_I32, n_tok, types) < 0 ||
+        caldera_meta_set_array(p->meta, "tokenizer.ggml.merges", CALDERA_META_STRING, n_merges, merges) < 0) {
+        goto nomem;
+    }
+    goto fail;
+nomem:
+    rc = caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
+fail:
+    for (int64_t i = 0; i < n_owned; i++) caldera_free(owned[i]);
+    caldera_free(owned);
+    caldera_free(merges);
+    caldera_free(types);
+    caldera_free(toks);
+    json_decref(tj);
+    return rc;
+}
+
 static int st_cmp_str(const void * a, const void * b) {
     return strcmp(*(const char * const *) a, *(const char * const *) b);
 }
@@ -737,6 +853,12 @@ static int st_open(struct caldera_inst * inst, const char * path) {
         if ((rc = st_read_config(inst, cfg)) < 0) goto fail;
     } else {
         st_desc_from_meta(p);
+    }
+    caldera_freep(&cfg);
+    // An HF tokenizer, unless the file's metadata already carries one (our own exports).
+    if (!(cfg = st_join(dir, ST_TOKENIZER_NAME))) goto nomem;
+    if (caldera_meta_find(p->meta, "tokenizer.ggml.tokens") < 0 && st_is_file(cfg)) {
+        if ((rc = st_read_tokenizer_json(inst, cfg)) < 0) goto fail;
     }
     caldera_inst_log(inst, CALDERA_LOG_DEBUG, "%s: %" PRId64 " tensors in %" PRId64 " file(s)%s", path, p->n_tensors,
                      p->n_files, p->has_desc ? "" : ", no model description");

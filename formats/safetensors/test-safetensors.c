@@ -17,6 +17,7 @@
 #include "testutil.h"
 
 #define FIXTURE CALDERA_TEST_SRC_DIR "/fixtures/py_small.safetensors"
+#define HF_TOK  CALDERA_TEST_SRC_DIR "/fixtures/hf_tok"  // a model folder with an HF tokenizer.json
 // The "known" file: also checked by check_with_python.py (it persists in the build tree).
 #define KNOWN_PATH CALDERA_TEST_BIN_DIR "/known.safetensors"
 
@@ -645,6 +646,70 @@ START_TEST(test_single_folder_tied) {
 }
 END_TEST
 
+static int unhex(const char * hex, char * out, size_t cap) {
+    size_t n = strlen(hex) / 2;
+    ck_assert_uint_lt(n, cap);
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        ck_assert_int_eq(sscanf(hex + 2 * i, "%2x", &v), 1);
+        out[i] = (char) v;
+    }
+    out[n] = 0;
+    return (int) n;
+}
+
+// tokenizer.json written by the `tokenizers` package (fixtures/make_tokenizer_fixture.py);
+// expect.txt holds values taken from that package's API.
+START_TEST(test_hf_tokenizer_json) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops->open(inst, HF_TOK), 0);
+    const struct caldera_meta * m = ops->meta(inst);
+    const char * s;
+    ck_assert_int_eq(caldera_meta_get_string(m, "tokenizer.ggml.model", &s), 0);
+    ck_assert_str_eq(s, "gpt2");
+    enum caldera_meta_type et;
+    int64_t n_tok, n_merges, n_types;
+    const void * toks, * merges, * types;
+    ck_assert_int_eq(caldera_meta_get_array(m, "tokenizer.ggml.tokens", &et, &n_tok, &toks), 0);
+    ck_assert_int_eq(caldera_meta_get_array(m, "tokenizer.ggml.merges", &et, &n_merges, &merges), 0);
+    ck_assert_int_eq(caldera_meta_get_array(m, "tokenizer.ggml.token_type", &et, &n_types, &types), 0);
+    ck_assert_int_eq(n_types, n_tok);
+    size_t len;
+    char * ex = tu_read_file(HF_TOK "/expect.txt", &len);
+    ck_assert_ptr_nonnull(ex);
+    int checked = 0;
+    for (char * save = NULL, * line = strtok_r(ex, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char what[16], hex[256], want[128];
+        long long a;
+        if (sscanf(line, "%15s %lld %255s", what, &a, hex) == 3) {
+            unhex(hex, want, sizeof(want));
+            if (strcmp(what, "token") == 0) {
+                ck_assert_int_lt(a, n_tok);
+                ck_assert_str_eq(((const char * const *) toks)[a], want);
+            } else {
+                ck_assert_int_lt(a, n_merges);
+                ck_assert_str_eq(((const char * const *) merges)[a], want);
+            }
+        } else {
+            ck_assert_int_eq(sscanf(line, "%15s %lld", what, &a), 2);
+            ck_assert_int_eq(strcmp(what, "vocab") == 0 ? n_tok : n_merges, a);
+        }
+        checked++;
+    }
+    ck_assert_int_ge(checked, 10);
+    ck_assert_int_eq(((const int32_t *) types)[0], 3);  // <|endoftext|>: special added token
+    ck_assert_int_eq(((const int32_t *) types)[3], 1);
+    int64_t v;
+    ck_assert_int_eq(caldera_meta_get_int(m, "tokenizer.ggml.bos_token_id", &v), 0);  // from config.json
+    ck_assert_int_eq(v, 1);
+    caldera_free(ex);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static void expect_open_fail(const char * path, int code, const char * msg) {
     struct caldera_ctx * ctx = tu_ctx();
     struct caldera_inst * inst = new_inst(ctx);
@@ -656,6 +721,46 @@ static void expect_open_fail(const char * path, int code, const char * msg) {
     caldera_inst_free(inst);
     caldera_ctx_free(ctx);
 }
+
+// A folder with the fixture's model and config and the given tokenizer.json text.
+static const char * tok_dir(const char * name, const char * tokenizer_json) {
+    static char dir[1024];
+    snprintf(dir, sizeof(dir), "%s", make_dir(name));
+    size_t len;
+    char * st = tu_read_file(HF_TOK "/model.safetensors", &len);
+    FILE * f = fopen(tu_path(dir, "model.safetensors"), "wb");
+    fwrite(st, 1, len, f);
+    fclose(f);
+    caldera_free(st);
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "tokenizer.json"), tokenizer_json), 0);
+    return dir;
+}
+
+START_TEST(test_hf_tokenizer_errors) {
+    struct caldera_ctx * ctx = tu_ctx();
+    expect_open_fail(tok_dir("tok-json", "{\"model\": "), CALDERA_ERR_FORMAT, "tokenizer.json: not valid JSON");
+    expect_open_fail(tok_dir("tok-novocab", "{\"model\": {\"type\": \"BPE\"}}"), CALDERA_ERR_FORMAT,
+                     "model.vocab (object), model.merges (array) or added_tokens (array) missing");
+    expect_open_fail(tok_dir("tok-badid", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}"),
+                     CALDERA_ERR_FORMAT, "vocab id of 'a' is not an integer in [0, 2^24)");
+    expect_open_fail(tok_dir("tok-dupid", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}"),
+                     CALDERA_ERR_FORMAT, "vocab id 0 is given to 'a' and 'b'");
+    expect_open_fail(tok_dir("tok-gap", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}, \"merges\": []}}"),
+                     CALDERA_ERR_FORMAT, "token id 1 is missing (ids must be 0..2)");
+    expect_open_fail(tok_dir("tok-merge", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}"),
+                     CALDERA_ERR_FORMAT, "model.merges[0] is neither");
+    expect_open_fail(tok_dir("tok-added", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                             " \"added_tokens\": [{\"id\": \"x\"}]}"),
+                     CALDERA_ERR_FORMAT, "added_tokens[0] needs an integer id");
+    // another tokenizer model is skipped, not an error
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops_of(ctx)->open(inst, tok_dir("tok-unigram", "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}")), 0);
+    ck_assert_int_eq(caldera_meta_find(ops_of(ctx)->meta(inst), "tokenizer.ggml.tokens"), -1);
+    ck_assert_ptr_nonnull(strstr(tu_log(), "tokenizer model \"Unigram\" is not read (only byte-level BPE)"));
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
 
 START_TEST(test_sharded_errors) {
     struct caldera_ctx * ctx = tu_ctx();
@@ -826,8 +931,8 @@ START_TEST(test_oom_sweep) {
     char * dir = make_sharded(ctx, "oom-sharded", INDEX_OK, NULL);
     const char * known = tu_path(tu_tmpdir(), "oom-known.safetensors");
     write_known(ctx, known);
-    const char * paths[2] = { dir, known };
-    for (int k = 0; k < 2; k++) {
+    const char * paths[3] = { dir, known, HF_TOK };
+    for (int k = 0; k < 3; k++) {
         struct caldera_inst * inst = new_inst(ctx);
         int n, rc = -1;
         for (n = 1; n < 10000 && rc != 0; n++) {
@@ -948,6 +1053,8 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_single_folder_tied);
     tcase_add_test(tc, test_sharded_errors);
     tcase_add_test(tc, test_oom_sweep);
+    tcase_add_test(tc, test_hf_tokenizer_json);
+    tcase_add_test(tc, test_hf_tokenizer_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_add_test(tc, test_bad_sizes);
