@@ -352,15 +352,19 @@ static void assert_packs_equal(const struct caldera_pack * a, const struct calde
 START_TEST(test_determinism) {
     struct caldera_ctx * ctx = tu_ctx();
     struct caldera_tensor w = tu_randn(ctx, 37, 129, 4);
-    const char * kv[] = { "bits", "3", "group_size", "16", "symmetric", "0", "clip_search", "1", NULL };
-    caldera_ctx_set_threads(ctx, 1);
-    struct uq r1 = quant(ctx, kv, &w, NULL);
-    caldera_ctx_set_threads(ctx, 2);
-    struct uq r2 = quant(ctx, kv, &w, NULL);
-    assert_packs_equal(r1.pack, r2.pack);
-    ck_assert(memcmp(r1.wh.data, r2.wh.data, 37 * 129 * sizeof(float)) == 0);
-    uq_free(&r1);
-    uq_free(&r2);
+    static const char * gran[] = { "group", "tensor", "column" };  // groups, or ratios, in parallel
+    for (int g = 0; g < 3; g++) {
+        const char * kv[] = { "bits", "3", "granularity", gran[g], "group_size", "16", "symmetric", "0",
+                              "clip_search", "1", NULL };
+        caldera_ctx_set_threads(ctx, 1);
+        struct uq r1 = quant(ctx, kv, &w, NULL);
+        caldera_ctx_set_threads(ctx, 2);
+        struct uq r2 = quant(ctx, kv, &w, NULL);
+        assert_packs_equal(r1.pack, r2.pack);
+        ck_assert(memcmp(r1.wh.data, r2.wh.data, 37 * 129 * sizeof(float)) == 0);
+        uq_free(&r1);
+        uq_free(&r2);
+    }
     caldera_tensor_free(&w);
     caldera_ctx_free(ctx);
 }
@@ -559,11 +563,11 @@ START_TEST(test_runtime_errors) {
     ((float *) h10.data)[3 * 10 + 3] = -1.0f;
     ck_assert_int_eq(caldera_quantizer_quantize(q, &w, &h10, &wh, pack), CALDERA_ERR_NUMERIC);
     ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "H[3][3] = -1; the diagonal of H must be finite and >= 0"));
-    // f16 overflow of a scale
-    for (int64_t k = 0; k < 40; k++) ((float *) w.data)[k] *= 1e6f;
+    // f16 overflow of a scale (even the smallest clip ratio, 0.2, cannot bring it in range)
+    for (int64_t k = 0; k < 40; k++) ((float *) w.data)[k] *= 1e8f;
     ck_assert_int_eq(caldera_quantizer_quantize(q, &w, NULL, &wh, pack), CALDERA_ERR_RANGE);
     ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "beyond the range of scale_dtype=f16; use scale_dtype=f32"));
-    for (int64_t k = 0; k < 40; k++) ((float *) w.data)[k] *= 1e-6f;
+    for (int64_t k = 0; k < 40; k++) ((float *) w.data)[k] *= 1e-8f;
     ck_assert_int_eq(caldera_pack_count(pack), 0);
     // dequantize: missing and mis-sized tensors
     ck_assert_int_eq(caldera_quantizer_dequantize(q, empty, &wh), CALDERA_ERR_NOT_FOUND);

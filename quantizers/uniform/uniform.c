@@ -81,9 +81,9 @@ static const struct caldera_option uniform_options[] = {
     { .name = "clip_search", .offset = OFF(clip_search), .type = CALDERA_OPT_BOOL, .def.i64 = 0,
       .min = 0, .max = 1,
       .help = "search a clip ratio per scale group minimising the (diag(H)-weighted) squared error" },
-    { .name = "clip_grid", .offset = OFF(clip_grid), .type = CALDERA_OPT_INT, .def.i64 = 20,
+    { .name = "clip_grid", .offset = OFF(clip_grid), .type = CALDERA_OPT_INT, .def.i64 = 40,
       .min = 1, .max = 1000, .help = "number of clip ratios tried, evenly spaced in [clip_min, 1]" },
-    { .name = "clip_min", .offset = OFF(clip_min), .type = CALDERA_OPT_DOUBLE, .def.dbl = 0.5,
+    { .name = "clip_min", .offset = OFF(clip_min), .type = CALDERA_OPT_DOUBLE, .def.dbl = 0.2,
       .min = 0.01, .max = 1.0, .help = "smallest clip ratio tried" },
     { .name = "scale_dtype", .offset = OFF(scale_dtype), .type = CALDERA_OPT_ENUM,
       .def.i64 = UNI_F16, .choices = uniform_dtype_choices,
@@ -133,24 +133,36 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     return r;
 }
 
+// Round to nearest, ties to even (as rintf and torch.round) for |t| <= 2^22, without a libm
+// call: adding and subtracting 1.5 * 2^23 leaves t rounded in the default rounding mode.
+// (IEEE arithmetic does not allow folding this to t; -ffast-math would, so do not use it.)
+static inline float uniform_rint(float t) {
+    const float big = 12582912.0f;
+    return (t + big) - big;
+}
+
 // Code of x with step d and zero z. d == 0 means a group that was all zero (symmetric) or
-// constant (asymmetric): every x gets the level at 0 / at z.
+// constant (asymmetric): every x gets the level at 0 / at z. t is clamped to the code range
+// before rounding, so the conversions below are exact (floor of t >= 0 is truncation).
 static inline int uniform_encode(const struct uniform_rule * r, float x, float d, float z) {
     float t;
     switch (r->kind) {
     case 0:  // midrise: level k is (k - half) d; k = floor(x/d + half + 1/2)
-        t = d > 0.0f ? floorf(x / d + (r->half + 0.5f)) : r->half + 0.5f;
-        break;
+        t = d > 0.0f ? x / d + (r->half + 0.5f) : r->half + 0.5f;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > (float) r->kmax ? (float) r->kmax : t;
+        return (int) t;
     case 1:  // mid-tread with a zero level, round half to even (as torch.round)
-        t = d > 0.0f ? rintf(x / d) + r->half : r->half;
-        break;
+        t = d > 0.0f ? x / d : 0.0f;
+        t = t < -r->half ? -r->half : t;
+        t = t > r->half ? r->half : t;
+        return (int) uniform_rint(t) + (int) r->half;
     default:
-        t = d > 0.0f ? rintf((x - z) / d) : 0.0f;
-        break;
+        t = d > 0.0f ? (x - z) / d : 0.0f;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > (float) r->kmax ? (float) r->kmax : t;
+        return (int) uniform_rint(t);
     }
-    t = t < 0.0f ? 0.0f : t;
-    t = t > (float) r->kmax ? (float) r->kmax : t;
-    return (int) t;
 }
 
 // The one decode rule: quantize's Ŵ and dequantize both come from here.
@@ -279,52 +291,90 @@ struct uniform_begin_job {
     const float *                 hdiag;   // (cols) column weights for the clip search, or NULL
 };
 
-// Choose step and zero of groups [k0, k1): range of the group, then (optionally) the clip ratio
-// with the least (weighted) squared error, evaluated with the rounded parameters actually stored.
-static void uniform_begin_groups(void * arg, int64_t k0, int64_t k1) {
-    const struct uniform_begin_job * job = arg;
+// Clip-ratio candidates of one scale group: each ratio's rounded step and zero and its error.
+struct uniform_ratio_job {
+    const struct uniform_begin_job * job;
+    int64_t                          r0, r1, c0, c1;  // the group's rectangle of W
+    float                            lo, hi;          // the group's range
+    double *                         err;             // (clip_grid) squared error per ratio
+    float *                          d, * z;          // (clip_grid) rounded step and zero
+};
+
+static void uniform_ratio_range(void * arg, int64_t g0, int64_t g1) {
+    const struct uniform_ratio_job * rj  = arg;
+    const struct uniform_begin_job * job = rj->job;
+    const struct uniform_priv *      p   = job->p;
+    const float * wd = job->w->data;
+    const int64_t ld = job->w->ld;
+    for (int64_t g = g0; g < g1; g++) {
+        double c = 1.0 - (1.0 - p->clip_min) * (double) g / (double) (p->clip_grid - 1);
+        float  dg, zg;
+        uniform_params(p, &job->rule, rj->lo, rj->hi, c, &dg, &zg);
+        double err = 0.0;
+        for (int64_t i = rj->r0; i < rj->r1; i++) {
+            for (int64_t j = rj->c0; j < rj->c1; j++) {
+                float  v = wd[i * ld + j];
+                double e = (double) v - uniform_decode(&job->rule, uniform_encode(&job->rule, v, dg, zg), dg, zg);
+                err += (job->hdiag ? (double) job->hdiag[j] : 1.0) * e * e;
+            }
+        }
+        rj->err[g] = err;
+        rj->d[g]   = dg;
+        rj->z[g]   = zg;
+    }
+}
+
+// Choose step and zero of group k: its range, then (optionally) the clip ratio with the least
+// (weighted) squared error, evaluated with the rounded parameters actually stored. With a ctx
+// the ratios are tried in parallel (for few, large groups); the result is the same either way.
+static void uniform_choose(const struct uniform_begin_job * job, int64_t k, struct caldera_ctx * ctx) {
     const struct uniform_priv * p  = job->p;
     struct caldera_cb_state *   st = job->st;
     const float * wd = job->w->data;
     const int64_t ld = job->w->ld;
+    struct uniform_ratio_job rj = { .job = job };
+    uniform_group_rect(p, st, k, &rj.r0, &rj.r1, &rj.c0, &rj.c1);
+    float lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = rj.r0; i < rj.r1; i++) {
+        for (int64_t j = rj.c0; j < rj.c1; j++) {
+            float v = wd[i * ld + j];
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+    }
+    float d, z;
+    uniform_params(p, &job->rule, lo, hi, 1.0, &d, &z);
+    if (p->clip_search && p->clip_grid > 1) {
+        double err[1000];  // clip_grid <= 1000 (option range)
+        float  dg[1000], zg[1000];
+        rj.lo  = lo;
+        rj.hi  = hi;
+        rj.err = err;
+        rj.d   = dg;
+        rj.z   = zg;
+        if (ctx) {
+            caldera_parallel_for(ctx, p->clip_grid, 1, uniform_ratio_range, &rj);
+        } else {
+            uniform_ratio_range(&rj, 0, p->clip_grid);
+        }
+        double best = INFINITY;
+        for (int64_t g = 0; g < p->clip_grid; g++) {
+            if (err[g] < best) {  // strict: ties keep the larger ratio (1 first)
+                best = err[g];
+                d = dg[g];
+                z = zg[g];
+            }
+        }
+    }
+    st->scale[k] = d;
+    if (st->zero) {
+        st->zero[k] = z;
+    }
+}
+
+static void uniform_begin_groups(void * arg, int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; k++) {
-        int64_t r0, r1, c0, c1;
-        uniform_group_rect(p, st, k, &r0, &r1, &c0, &c1);
-        float lo = INFINITY, hi = -INFINITY;
-        for (int64_t i = r0; i < r1; i++) {
-            for (int64_t j = c0; j < c1; j++) {
-                float v = wd[i * ld + j];
-                lo = v < lo ? v : lo;
-                hi = v > hi ? v : hi;
-            }
-        }
-        float d, z;
-        uniform_params(p, &job->rule, lo, hi, 1.0, &d, &z);
-        if (p->clip_search && p->clip_grid > 1) {
-            double best = INFINITY;
-            for (int64_t g = 0; g < p->clip_grid; g++) {
-                double c = 1.0 - (1.0 - p->clip_min) * (double) g / (double) (p->clip_grid - 1);
-                float  dg, zg;
-                uniform_params(p, &job->rule, lo, hi, c, &dg, &zg);
-                double err = 0.0;
-                for (int64_t i = r0; i < r1; i++) {
-                    for (int64_t j = c0; j < c1; j++) {
-                        float  v = wd[i * ld + j];
-                        double e = (double) v - uniform_decode(&job->rule, uniform_encode(&job->rule, v, dg, zg), dg, zg);
-                        err += (job->hdiag ? (double) job->hdiag[j] : 1.0) * e * e;
-                    }
-                }
-                if (err < best) {  // strict: ties keep the larger ratio (1 first)
-                    best = err;
-                    d = dg;
-                    z = zg;
-                }
-            }
-        }
-        st->scale[k] = d;
-        if (st->zero) {
-            st->zero[k] = z;
-        }
+        uniform_choose(arg, k, NULL);
     }
 }
 
@@ -362,9 +412,16 @@ static int uniform_begin(struct caldera_inst * inst, const struct caldera_tensor
         goto nomem;
     }
     struct uniform_begin_job job = { .p = p, .rule = uniform_rule_of(p), .st = st, .w = w, .hdiag = hdiag };
-    int64_t per_group = m * n / st->nscale;
-    caldera_parallel_for(caldera_inst_ctx(inst), st->nscale, 1 + 16384 / (per_group > 0 ? per_group : 1),
-                         uniform_begin_groups, &job);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
+    if (p->clip_search && st->nscale < 4 * (int64_t) caldera_ctx_threads(ctx)) {
+        for (int64_t k = 0; k < st->nscale; k++) {  // few large groups: ratios in parallel
+            uniform_choose(&job, k, ctx);
+        }
+    } else {
+        int64_t per_group = m * n / st->nscale;
+        caldera_parallel_for(ctx, st->nscale, 1 + 16384 / (per_group > 0 ? per_group : 1),
+                             uniform_begin_groups, &job);
+    }
     for (int64_t k = 0; k < st->nscale; k++) {
         if (!isfinite(st->scale[k]) || (st->zero && !isfinite(st->zero[k]))) {
             rc = caldera_error(inst, CALDERA_ERR_RANGE,
