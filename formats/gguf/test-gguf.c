@@ -1033,6 +1033,12 @@ START_TEST(test_bad_counts) {
     s.n_kv_override = -2;
     s.n_kv_raw      = 1ull << 40;
     expect_open(&s, "nkv.gguf", CALDERA_ERR_FORMAT, "offset 16: n_kv = 1099511627776 key/values cannot fit");
+    // more keys than the reader takes (the file is big enough for them)
+    s = spec_valid();
+    s.n_kv_override = -2;
+    s.n_kv_raw      = 16385;
+    s.data_bytes    = 16385 * 13;
+    expect_open(&s, "manykv.gguf", CALDERA_ERR_UNSUPPORTED, "offset 16: n_kv = 16385 keys; at most 16384 are read");
     // counts that fit the size bound but claim more entries than there are: truncation
     s = spec_valid();
     s.n_kv_override = -2;
