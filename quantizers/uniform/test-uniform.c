@@ -221,6 +221,8 @@ START_TEST(test_group_scales) {
     for (int k = 0; k < 6; k++) ck_assert(tensor_f(r.pack, "scale", k) == (float) (amax[k] / 1.5));
     ck_assert(at(&r.wh, 1, 0) == 0.0f && at(&r.wh, 1, 1) == 0.0f);  // zero group: no NaN, exact
     ck_assert(at(&r.wh, 0, 4) == -4.0f && at(&r.wh, 1, 4) == 7.0f);  // one-element groups: exact
+    // storage: ceil(10 codes * 2 bits / 8) = 3 bytes, plus 6 f32 scales
+    ck_assert_uint_eq(caldera_pack_bits(r.pack), 3 * 8 + 6 * 32);
     check_roundtrip(ctx, &r);
     uq_free(&r);
     caldera_tensor_free(&w);
