@@ -456,6 +456,9 @@ static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor
     if ((rc = ldlq_codebook(inst, &ops, &b)) < 0 || (rc = check_matrix(inst, "W", w, -1, -1)) < 0) {
         return rc;
     }
+    if (!pack) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: pack is NULL; allowed: a pack from caldera_pack_init");
+    }
     const int64_t m = w->ne[0], n = w->ne[1];
     if ((rc = check_matrix(inst, "w_hat", w_hat, m, n)) < 0 || (h && (rc = check_matrix(inst, "H", h, n, n)) < 0)) {
         return rc;

@@ -537,6 +537,10 @@ START_TEST(test_err_inputs) {
     ck_assert_int_eq(caldera_tensor_alloc_f32(f.ctx, m, n - 1, &small), 0);
     const struct caldera_quantizer_ops * ops = caldera_inst_plugin(f.q)->ops;
     expect_err(f.ctx, ops->quantize(f.q, &w, &h, &small, pack), CALDERA_ERR_INVAL, "w_hat is 4x15; allowed: 4x16");
+    struct caldera_tensor okh;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(f.ctx, m, n, &okh), 0);
+    expect_err(f.ctx, ops->quantize(f.q, &w, &h, &okh, NULL), CALDERA_ERR_INVAL, "pack is NULL");
+    caldera_tensor_free(&okh);
     caldera_pack_free(pack);
     caldera_tensor_free(&small); caldera_tensor_free(&hs);
     caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&hbad);
