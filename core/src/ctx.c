@@ -3,7 +3,7 @@
 // cancellation, the core's parallel loop, the random generator and atomic file output.
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +56,7 @@ int caldera_ctx_init(struct caldera_ctx ** out) {
 
 void caldera_ctx_free(struct caldera_ctx * ctx) {
     if (!ctx) return;
+    caldera_pool_free(ctx->pool);
     caldera_registry_free(ctx);
     caldera_free(ctx);
 }
@@ -156,25 +157,122 @@ int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...)
 const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return ctx ? ctx->errmsg : ""; }
 
 // ---------------------------------------------------------------------------------------------
-// Parallel loop: OpenMP over contiguous chunks. OpenBLAS is the pthread build, so BLAS calls must
-// stay outside these regions (documented in caldera-plugin.h).
+// Parallel loop: a pool of threads-1 workers that sleep on a condition variable between jobs
+// (no spinning: OpenMP's spin-waiting made 2 threads 4-13x slower than 1 on a loaded 2-core VM,
+// and OpenBLAS's pthread build runs its own pool beside ours). Chunks are contiguous ranges
+// handed out in order; a parallel_for called from inside a job runs serially.
+
+struct caldera_pool {
+    pthread_t *     th;
+    int             n;          // workers (the caller is the other thread)
+    pthread_mutex_t mu;
+    pthread_cond_t  cv_work, cv_done;
+    uint64_t        gen;
+    int             stop;
+    int             pending;    // workers still on the current job
+    void (*fn)(void *, int64_t, int64_t);
+    void *          arg;
+    int64_t         items, chunks;
+    atomic_llong    next;
+};
+
+static _Thread_local int in_pool_job;
+
+static void pool_run_chunks(struct caldera_pool * p) {
+    in_pool_job = 1;
+    for (;;) {
+        long long c = atomic_fetch_add(&p->next, 1);
+        if (c >= p->chunks) break;
+        int64_t i0 = p->items * c / p->chunks, i1 = p->items * (c + 1) / p->chunks;
+        if (i1 > i0) p->fn(p->arg, i0, i1);
+    }
+    in_pool_job = 0;
+}
+
+static void * pool_worker(void * arg) {
+    struct caldera_pool * p = arg;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_work, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        pool_run_chunks(p);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+void caldera_pool_free(struct caldera_pool * p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n; i++) pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+    caldera_free(p->th);
+    caldera_free(p);
+}
+
+static struct caldera_pool * pool_new(int workers) {
+    struct caldera_pool * p = caldera_calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->th = caldera_calloc((size_t) workers, sizeof(pthread_t));
+    if (!p->th) {
+        caldera_free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    for (int i = 0; i < workers; i++) {
+        if (pthread_create(&p->th[i], NULL, pool_worker, p) != 0) break;
+        p->n++;
+    }
+    return p;
+}
 
 void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
                           void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int     threads = ctx ? ctx->threads : 1;
-    int64_t chunks  = (n + grain - 1) / grain;
-    if (chunks > threads) chunks = threads;
-    if (chunks <= 1) {
+    int64_t pieces  = (n + grain - 1) / grain;
+    if (threads <= 1 || pieces <= 1 || in_pool_job) {
         fn(arg, 0, n);
         return;
     }
-    #pragma omp parallel for num_threads((int) chunks) schedule(static, 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t i0 = n * c / chunks, i1 = n * (c + 1) / chunks;
-        if (i1 > i0) fn(arg, i0, i1);
+    if (ctx->pool && ctx->pool->n != threads - 1) {
+        caldera_pool_free(ctx->pool);
+        ctx->pool = NULL;
     }
+    if (!ctx->pool && !(ctx->pool = pool_new(threads - 1))) {
+        fn(arg, 0, n);   // no pool (out of memory or threads): still correct, serially
+        return;
+    }
+    struct caldera_pool * p = ctx->pool;
+    // up to 4 chunks per thread so that uneven chunks balance; never smaller than grain
+    int64_t chunks = pieces < 4 * (int64_t) threads ? pieces : 4 * (int64_t) threads;
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->items = n;
+    p->chunks = chunks;
+    atomic_store(&p->next, 0);
+    p->pending = p->n;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    pool_run_chunks(p);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
 }
 
 // ---------------------------------------------------------------------------------------------

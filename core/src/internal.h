@@ -16,6 +16,9 @@ struct caldera_registry_entry {
     void *                        handle;  // dlopen handle or NULL
 };
 
+struct caldera_pool;
+void caldera_pool_free(struct caldera_pool * pool);
+
 struct caldera_ctx {
     caldera_log_fn                  log_fn;
     void *                          log_user;
@@ -27,6 +30,7 @@ struct caldera_ctx {
     struct caldera_registry_entry * plugins;
     int64_t                         n_plugins;
     int64_t                         cap_plugins;
+    struct caldera_pool *           pool;   // worker threads of caldera_parallel_for (lazy)
 };
 
 struct caldera_inst {
