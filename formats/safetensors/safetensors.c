@@ -1208,22 +1208,13 @@ static char * st_suffixed(const char * path, const char * what) {
     return s;
 }
 
-static int st_create(struct caldera_inst * inst, const char * path, const struct caldera_meta * meta) {
-    struct st_priv * p = caldera_inst_priv(inst);
-    json_t * types = NULL;
+// __metadata__ object from a caldera_meta: strings as they are, other values as JSON text with
+// their types recorded under ST_TYPES_KEY so that our reader restores them.
+static int st_meta_json(struct caldera_inst * inst, const struct caldera_meta * meta, json_t ** out) {
+    json_t * obj = json_object(), * types = json_object();
     char * text = NULL;
     int rc = 0;
-    if (p->w_active) {
-        return caldera_error(inst, CALDERA_ERR_INVAL, "create: %s is still being written; call finish first", p->w_path);
-    }
-    p->w_fd = -1;
-    if (!path || !path[0]) path = p->path_opt;
-    if (!path || !path[0]) return caldera_error(inst, CALDERA_ERR_INVAL, "create: no path given; set option 'path'");
-    if (!(p->w_path = caldera_strdup(path)) || !(p->w_tmp = st_suffixed(path, "tmp")) ||
-        !(p->w_data = st_suffixed(path, "data.tmp")) || !(p->w_meta = json_object()) ||
-        !(p->w_names = json_object()) || !(types = json_object())) {
-        goto nomem;
-    }
+    if (!obj || !types) goto nomem;
     for (int64_t i = 0; meta && i < caldera_meta_count(meta); i++) {
         const char * key = caldera_meta_key(meta, i);
         json_t * sv;
@@ -1232,7 +1223,7 @@ static int st_create(struct caldera_inst * inst, const char * path, const struct
             const char * s = NULL;
             caldera_meta_get_string(meta, key, &s);
             if (!(sv = json_string(s))) {
-                rc = caldera_error(inst, CALDERA_ERR_INVAL, "create: metadata '%s' is not valid UTF-8 text", key);
+                rc = caldera_error(inst, CALDERA_ERR_INVAL, "metadata '%s' is not valid UTF-8 text", key);
                 goto fail;
             }
         } else {
@@ -1243,27 +1234,62 @@ static int st_create(struct caldera_inst * inst, const char * path, const struct
             text = NULL;
             if (!sv || json_object_set_new(types, key, json_string(tname)) != 0) goto nomem;
         }
-        if (json_object_set_new(p->w_meta, key, sv) != 0) goto nomem;
+        if (json_object_set_new(obj, key, sv) != 0) goto nomem;
     }
     if (json_object_size(types) > 0) {
         if (!(text = json_dumps(types, JSON_COMPACT))) goto nomem;
-        if (json_object_set_new(p->w_meta, ST_TYPES_KEY, json_string(text)) != 0) goto nomem;
+        if (json_object_set_new(obj, ST_TYPES_KEY, json_string(text)) != 0) goto nomem;
     }
+    *out = obj;
+    obj = NULL;
+    goto done;
+nomem:
+    rc = caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
+fail:
+done:
+    free(text);
+    json_decref(types);
+    json_decref(obj);
+    return rc;
+}
+
+static int st_create(struct caldera_inst * inst, const char * path, const struct caldera_meta * meta) {
+    struct st_priv * p = caldera_inst_priv(inst);
+    int rc = 0;
+    if (p->w_active) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "create: %s is still being written; call finish first", p->w_path);
+    }
+    p->w_fd = -1;
+    if (!path || !path[0]) path = p->path_opt;
+    if (!path || !path[0]) return caldera_error(inst, CALDERA_ERR_INVAL, "create: no path given; set option 'path'");
+    if (!(p->w_path = caldera_strdup(path)) || !(p->w_tmp = st_suffixed(path, "tmp")) ||
+        !(p->w_data = st_suffixed(path, "data.tmp")) || !(p->w_names = json_object())) {
+        rc = caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = st_meta_json(inst, meta, &p->w_meta)) < 0) goto fail;
     p->w_fd = open(p->w_data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (p->w_fd < 0) {
         rc = caldera_error(inst, CALDERA_ERR_IO, "create: %s: %s", p->w_data, strerror(errno));
         goto fail;
     }
     p->w_active = 1;
-    goto done;
-nomem:
-    rc = caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
+    return 0;
 fail:
     st_writer_reset(p);
-done:
-    free(text);
-    json_decref(types);
     return rc;
+}
+
+// Replace the metadata given to create (e.g. with the run's report) before finish.
+static int st_update_meta(struct caldera_inst * inst, const struct caldera_meta * meta) {
+    struct st_priv * p = caldera_inst_priv(inst);
+    if (!p->w_active) return caldera_error(inst, CALDERA_ERR_INVAL, "update_meta: no file is being written; call create first");
+    json_t * obj = NULL;
+    int rc = st_meta_json(inst, meta, &obj);
+    if (rc < 0) return rc;
+    json_decref(p->w_meta);
+    p->w_meta = obj;
+    return 0;
 }
 
 static int st_write_tensor(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t) {
@@ -1473,6 +1499,7 @@ static const struct caldera_format_ops safetensors_ops = {
     .create       = st_create,
     .write_tensor = st_write_tensor,
     .finish       = st_finish,
+    .update_meta  = st_update_meta,
 };
 
 static const struct caldera_plugin safetensors_plugin = {

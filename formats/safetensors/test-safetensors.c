@@ -263,6 +263,46 @@ START_TEST(test_metadata_typed_roundtrip) {
 }
 END_TEST
 
+// update_meta replaces the metadata given to create: the reader sees only the new set.
+START_TEST(test_update_meta) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const struct caldera_format_ops * ops = ops_of(ctx);
+    const char * path = tu_path(tu_tmpdir(), "update.safetensors");
+    char p2[1024];
+    snprintf(p2, sizeof(p2), "%s", path);
+    struct caldera_meta * m1, * m2;
+    ck_assert_int_eq(caldera_meta_init(&m1), 0);
+    ck_assert_int_eq(caldera_meta_init(&m2), 0);
+    caldera_meta_set_string(m1, "a", "first");
+    caldera_meta_set_string(m1, "gone", "x");
+    caldera_meta_set_string(m2, "a", "second");
+    caldera_meta_set_int(m2, "n", CALDERA_META_I32, -7);
+    struct caldera_inst * w = new_inst(ctx);
+    ck_assert_int_eq(ops->update_meta(w, m2), CALDERA_ERR_INVAL);   // nothing is being written yet
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "update_meta: no file is being written"));
+    ck_assert_int_eq(ops->create(w, p2, m1), 0);
+    float v[3] = { 1, 2, 3 };
+    struct caldera_tensor t = caldera_tensor_view_f32(v, 1, 3);
+    ck_assert_int_eq(ops->write_tensor(w, "t", &t), 0);
+    ck_assert_int_eq(ops->update_meta(w, m2), 0);
+    ck_assert_int_eq(ops->finish(w, 1), 0);
+    caldera_inst_free(w);
+    struct caldera_inst * r = new_inst(ctx);
+    ck_assert_int_eq(ops->open(r, p2), 0);
+    const char * s;
+    int64_t n;
+    ck_assert_int_eq(caldera_meta_get_string(ops->meta(r), "a", &s), 0);
+    ck_assert_str_eq(s, "second");
+    ck_assert_int_eq(caldera_meta_get_int(ops->meta(r), "n", &n), 0);
+    ck_assert_int_eq(n, -7);
+    ck_assert_int_eq(caldera_meta_find(ops->meta(r), "gone"), -1);
+    caldera_inst_free(r);
+    caldera_meta_free(m1);
+    caldera_meta_free(m2);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // What other readers see: parse our file's bytes here, by the format's rules.
 START_TEST(test_written_layout) {
     struct caldera_ctx * ctx = tu_ctx();
@@ -1039,6 +1079,7 @@ static Suite * safetensors_suite(void) {
     TCase * tc = tcase_create("roundtrip");
     tcase_add_test(tc, test_roundtrip_every_dtype);
     tcase_add_test(tc, test_metadata_typed_roundtrip);
+    tcase_add_test(tc, test_update_meta);
     tcase_add_test(tc, test_written_layout);
     tcase_add_test(tc, test_python_fixture);
     tcase_add_test(tc, test_finish_abort_and_writer_errors);
