@@ -299,6 +299,17 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
     return 0;
 }
 
+// caldera_pack_add with this plugin's error message.
+static int e8_pack_add(struct caldera_inst * inst, struct caldera_pack * pack, const char * suffix,
+                       enum caldera_dtype dtype, int32_t ndim, const int64_t * ne, void ** data) {
+    int rc = caldera_pack_add(pack, suffix, dtype, ndim, ne, data);
+    if (rc < 0) {
+        return caldera_error(inst, rc, "cb_end: cannot add tensor '%s' to the pack (%s)", suffix,
+                             caldera_status_str(rc));
+    }
+    return 0;
+}
+
 static int e8_cb_end(struct caldera_inst * inst, struct caldera_cb_state * st,
                      struct caldera_pack * pack) {
     const struct e8_priv * p = caldera_inst_priv(inst);
@@ -312,18 +323,18 @@ static int e8_cb_end(struct caldera_inst * inst, struct caldera_cb_state * st,
     const size_t  ncode = (size_t) (st->rows * nb);
 
     // "codes": (rows, cols/8) u16, the E8P12 code of block b of row r at [r][b]
-    if ((rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
-        return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes' to the pack");
+    if ((rc = e8_pack_add(inst, pack, "codes", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
+        return rc;
     }
     memcpy(data, st->codes, ncode * sizeof(uint16_t));
     if (p->bits == 4) {  // "codes2": (rows, cols/8) u16, second E8P12 stage
-        if ((rc = caldera_pack_add(pack, "codes2", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
-            return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes2' to the pack");
+        if ((rc = e8_pack_add(inst, pack, "codes2", CALDERA_DTYPE_U16, 2, ne, &data)) < 0) {
+            return rc;
         }
         memcpy(data, st->codes2, ncode * sizeof(uint16_t));
     } else if (p->bits == 3) {  // "codes2": (rows, cols/8) u8, "E8 1-bit" residual
-        if ((rc = caldera_pack_add(pack, "codes2", CALDERA_DTYPE_U8, 2, ne, &data)) < 0) {
-            return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes2' to the pack");
+        if ((rc = e8_pack_add(inst, pack, "codes2", CALDERA_DTYPE_U8, 2, ne, &data)) < 0) {
+            return rc;
         }
         uint8_t * d8 = data;
         for (size_t k = 0; k < ncode; k++) {
@@ -333,16 +344,16 @@ static int e8_cb_end(struct caldera_inst * inst, struct caldera_cb_state * st,
     // "scale": (1) or (rows), f16 or f32
     const int64_t nes[1] = { st->nscale };
     if (p->scale_dtype == E8_DTYPE_F16) {
-        if ((rc = caldera_pack_add(pack, "scale", CALDERA_DTYPE_F16, 1, nes, &data)) < 0) {
-            return caldera_error(inst, rc, "cb_end: cannot add tensor 'scale' to the pack");
+        if ((rc = e8_pack_add(inst, pack, "scale", CALDERA_DTYPE_F16, 1, nes, &data)) < 0) {
+            return rc;
         }
         uint16_t * h = data;
         for (int64_t k = 0; k < st->nscale; k++) {
             h[k] = caldera_f32_to_f16(st->scale[k]);  // exact: the scale was rounded in cb_begin
         }
     } else {
-        if ((rc = caldera_pack_add(pack, "scale", CALDERA_DTYPE_F32, 1, nes, &data)) < 0) {
-            return caldera_error(inst, rc, "cb_end: cannot add tensor 'scale' to the pack");
+        if ((rc = e8_pack_add(inst, pack, "scale", CALDERA_DTYPE_F32, 1, nes, &data)) < 0) {
+            return rc;
         }
         memcpy(data, st->scale, (size_t) st->nscale * sizeof(float));
     }
@@ -372,9 +383,13 @@ static int e8_find(struct caldera_inst * inst, const struct caldera_pack * pack,
                    enum caldera_dtype dt1, enum caldera_dtype dt2, int64_t nelem,
                    struct caldera_tensor * out) {
     int rc = caldera_pack_find(pack, suffix, out);
-    if (rc < 0) {
+    if (rc == CALDERA_ERR_NOT_FOUND) {
         return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s' (bits=%d)", suffix,
                              (int) ((const struct e8_priv *) caldera_inst_priv(inst))->bits);
+    }
+    if (rc < 0) {
+        return caldera_error(inst, rc, "dequantize: cannot look up tensor '%s' (%s)", suffix,
+                             rc == CALDERA_ERR_NOMEM ? "out of memory" : caldera_status_str(rc));
     }
     if ((out->dtype != dt1 && out->dtype != dt2) || caldera_tensor_nelements(out) != nelem) {
         return caldera_error(inst, CALDERA_ERR_FORMAT,

@@ -761,6 +761,99 @@ START_TEST(test_beats_uniform_2bit) {
 }
 END_TEST
 
+START_TEST(test_oom_sweep) {
+    // Allocation k of start / quantize / dequantize fails: NOMEM with a message, no leak (ASan).
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_tensor w = tu_randn(ctx, 6, 32, 6), wh;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 6, 32, &wh), 0);
+    // init: the codebook tables
+    struct caldera_inst * q = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, "e8", "q", &q), 0);
+    caldera_alloc_fail_at(1);
+    int rc = caldera_inst_start(q);
+    caldera_alloc_fail_at(0);
+    ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "init: cannot allocate"));
+    caldera_inst_free(q);
+    q = mk(ctx, "4", "row", NULL);
+    int ok = 0, fails = 0;
+    for (int64_t k = 1; k < 100 && !ok; k++) {
+        struct caldera_pack * pack = NULL;
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        caldera_alloc_fail_at(k);
+        rc = caldera_quantizer_quantize(q, &w, NULL, &wh, pack);
+        caldera_alloc_fail_at(0);
+        if (rc == 0) {
+            ok = 1;
+            int dfails = 0;
+            for (int64_t k2 = 1; k2 < 100; k2++) {
+                caldera_alloc_fail_at(k2);
+                int rc2 = caldera_quantizer_dequantize(q, pack, &wh);
+                caldera_alloc_fail_at(0);
+                if (rc2 == 0) break;
+                ck_assert_int_eq(rc2, CALDERA_ERR_NOMEM);
+                ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "out of memory"));
+                dfails++;
+            }
+            ck_assert_int_ge(dfails, 1);
+        } else {
+            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
+            ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "[q] e8: "));
+            fails++;
+        }
+        caldera_pack_free(pack);
+    }
+    ck_assert(ok);
+    ck_assert_int_ge(fails, 4);  // state, scales, codes, codes2, pack tensors
+    caldera_inst_free(q);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_tensor_errors) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_tensor w = tu_randn(ctx, 4, 16, 1), wh, x3;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 4, 16, &wh), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 3, 16, &x3), 0);
+    struct caldera_pack * pack = NULL;
+    ck_assert_int_eq(caldera_pack_init(&pack), 0);
+    struct caldera_inst * q = mk(ctx, "3", NULL, NULL);
+    struct caldera_tensor bad = w;
+    bad.ndim = 1;
+    ck_assert_int_eq(caldera_quantizer_quantize(q, &bad, NULL, &wh, pack), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "quantize: W must be a 2-d f32 CPU tensor with ld >= cols"));
+    const struct caldera_quantizer_ops * ops = qops(q);
+    struct caldera_cb_state * st = NULL;
+    ck_assert_int_eq(ops->cb_begin(q, &w, &st), 0);
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &x3), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x_hat is 3x16, expected 4x16"));
+    ((float *) w.data)[5] = NAN;  // x given to cb_round is checked too
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &wh), CALDERA_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x has a NaN or Inf at (0, 5)"));
+    ((float *) w.data)[5] = 0.0f;
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &wh), 0);
+    ck_assert_int_eq(ops->cb_end(q, st, pack), 0);
+    ck_assert_int_eq(ops->cb_end(q, st, pack), CALDERA_ERR_INVAL);  // names already taken
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_end: cannot add tensor 'codes' to the pack"));
+    ops->cb_free(q, st);
+    caldera_inst_free(q);
+    q = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, "e8", "q", &q), 0);  // not started
+    ck_assert_int_eq(caldera_quantizer_dequantize(q, pack, &wh), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "dequantize: instance not started"));
+    ck_assert_int_eq(qops(q)->cb_begin(q, &w, &st), CALDERA_ERR_INVAL);
+    ck_assert_ptr_null(st);
+    caldera_inst_free(q);
+    caldera_pack_free(pack);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_tensor_free(&x3);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * e8_suite(void) {
     Suite * s = suite_create("e8");
     TCase * tc = tcase_create("codebook");
@@ -784,6 +877,8 @@ static Suite * e8_suite(void) {
     tcase_add_test(tc, test_zero_rows);
     tcase_add_test(tc, test_scale_rules);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_oom_sweep);
+    tcase_add_test(tc, test_tensor_errors);
     tcase_add_test(tc, test_beats_uniform_2bit);
     suite_add_tcase(s, tc);
     return s;

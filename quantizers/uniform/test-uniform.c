@@ -599,6 +599,83 @@ START_TEST(test_runtime_errors) {
 }
 END_TEST
 
+START_TEST(test_oom_sweep) {
+    // Make allocation 1, 2, ... of quantize / dequantize fail: every failure is NOMEM with a
+    // message, nothing leaks (ASan), and the sweep ends with a success.
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_tensor w = tu_randn(ctx, 9, 21, 6), wh;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 9, 21, &wh), 0);
+    const char * kv[] = { "symmetric", "0", "group_size", "4", "clip_search", "1", NULL };
+    struct caldera_inst * q = mk(ctx, kv);
+    int ok = 0, fails = 0;
+    for (int64_t k = 1; k < 100 && !ok; k++) {
+        struct caldera_pack * pack = NULL;
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        caldera_alloc_fail_at(k);
+        int rc = caldera_quantizer_quantize(q, &w, NULL, &wh, pack);
+        caldera_alloc_fail_at(0);
+        if (rc == 0) {
+            ok = 1;
+            for (int64_t k2 = 1; k2 < 100; k2++) {
+                caldera_alloc_fail_at(k2);
+                int rc2 = caldera_quantizer_dequantize(q, pack, &wh);
+                caldera_alloc_fail_at(0);
+                if (rc2 == 0) break;
+                ck_assert_int_eq(rc2, CALDERA_ERR_NOMEM);
+                ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "out of memory"));
+            }
+        } else {
+            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
+            ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "[u] uniform: "));
+            fails++;
+        }
+        caldera_pack_free(pack);
+    }
+    ck_assert(ok);
+    ck_assert_int_ge(fails, 4);  // state, scales, zeros, codes, pack tensors
+    caldera_inst_free(q);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_tensor_errors) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_tensor w = tu_randn(ctx, 4, 8, 1), wh, x3;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 4, 8, &wh), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 3, 8, &x3), 0);
+    struct caldera_pack * pack = NULL;
+    ck_assert_int_eq(caldera_pack_init(&pack), 0);
+    struct caldera_inst * q = mk(ctx, NULL);
+    struct caldera_tensor bad = w;
+    bad.dtype = CALDERA_DTYPE_F16;
+    ck_assert_int_eq(caldera_quantizer_quantize(q, &bad, NULL, &wh, pack), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "quantize: W must be a 2-d f32 CPU tensor with ld >= cols"));
+    bad = w;
+    bad.ld = 3;
+    ck_assert_int_eq(caldera_quantizer_quantize(q, &bad, NULL, &wh, pack), CALDERA_ERR_INVAL);
+    const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+    struct caldera_cb_state * st = NULL;
+    ck_assert_int_eq(ops->cb_begin(q, &w, &st), 0);
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &x3, &wh), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x is 3x8, expected 4x-1"));
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &x3), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x_hat is 3x8, expected 4x8"));
+    ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &wh), 0);
+    ck_assert_int_eq(ops->cb_end(q, st, pack), 0);
+    ck_assert_int_eq(ops->cb_end(q, st, pack), CALDERA_ERR_INVAL);  // names already taken
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_end: cannot add tensor 'codes' to the pack"));
+    ops->cb_free(q, st);
+    caldera_inst_free(q);
+    caldera_pack_free(pack);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_tensor_free(&x3);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * uniform_suite(void) {
     Suite * s = suite_create("uniform");
     TCase * tc = tcase_create("numerics");
@@ -618,6 +695,8 @@ static Suite * uniform_suite(void) {
     tcase_add_test(tc, test_ld_views);
     tcase_add_test(tc, test_option_errors);
     tcase_add_test(tc, test_runtime_errors);
+    tcase_add_test(tc, test_oom_sweep);
+    tcase_add_test(tc, test_tensor_errors);
     suite_add_tcase(s, tc);
     return s;
 }

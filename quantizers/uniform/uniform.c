@@ -519,7 +519,8 @@ static int uniform_add_floats(struct caldera_inst * inst, struct caldera_pack * 
     enum caldera_dtype dt = p->scale_dtype == UNI_F16 ? CALDERA_DTYPE_F16 : CALDERA_DTYPE_F32;
     int rc = caldera_pack_add(pack, suffix, dt, ndim, ne, &data);
     if (rc < 0) {
-        return caldera_error(inst, rc, "cb_end: cannot add tensor '%s' to the pack", suffix);
+        return caldera_error(inst, rc, "cb_end: cannot add tensor '%s' to the pack (%s)", suffix,
+                             caldera_status_str(rc));
     }
     if (dt == CALDERA_DTYPE_F16) {
         uint16_t * h = data;
@@ -545,7 +546,8 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     const int64_t  nbytes = (int64_t) (((uint64_t) nel * (uint64_t) p->bits + 7) / 8);
     const int64_t  ne1[1] = { nbytes };
     if ((rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_U8, 1, ne1, &data)) < 0) {
-        return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes' to the pack");
+        return caldera_error(inst, rc, "cb_end: cannot add tensor 'codes' to the pack (%s)",
+                             caldera_status_str(rc));
     }
     uint8_t * out = data;
     uint64_t  acc = 0;
@@ -649,8 +651,12 @@ static void uniform_dequant_rows(void * arg, int64_t i0, int64_t i1) {
 static int uniform_find(struct caldera_inst * inst, const struct caldera_pack * pack, const char * suffix,
                         int floats, int64_t nelem, struct caldera_tensor * out) {
     int rc = caldera_pack_find(pack, suffix, out);
-    if (rc < 0) {
+    if (rc == CALDERA_ERR_NOT_FOUND) {
         return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s'", suffix);
+    }
+    if (rc < 0) {
+        return caldera_error(inst, rc, "dequantize: cannot look up tensor '%s' (%s)", suffix,
+                             rc == CALDERA_ERR_NOMEM ? "out of memory" : caldera_status_str(rc));
     }
     int dt_ok = floats ? (out->dtype == CALDERA_DTYPE_F16 || out->dtype == CALDERA_DTYPE_F32)
                        : out->dtype == CALDERA_DTYPE_U8;
