@@ -65,8 +65,10 @@ struct gguf_writer {
     char *                tmp_path;  // the file being written
     int                   fd;        // tmp_path
     int                   data_fd;   // unlinked spill file for tensor data
-    struct gguf_buf       kv;        // serialized key/values
+    struct gguf_buf       kv;        // serialized key/values of the file metadata
     uint64_t              n_kv;
+    struct gguf_buf       kv_dtype;  // serialized GGUF_DTYPE_KEY entries, one per converted tensor
+    uint64_t              n_kv_dtype;
     struct gguf_wtensor * t;
     int64_t               n, cap;
     uint64_t              data_len;
@@ -1069,6 +1071,7 @@ static void writer_free(struct gguf_writer * w, int remove_tmp) {
     for (int64_t i = 0; i < w->n; i++) caldera_free(w->t[i].name);
     caldera_free_unaligned(w->t);
     caldera_free_unaligned(w->kv.p);
+    caldera_free_unaligned(w->kv_dtype.p);
     caldera_free(w->tmp_path);
     caldera_free(w->path);
     caldera_free(w);
@@ -1098,6 +1101,20 @@ static int create_unique(struct caldera_inst * inst, const char * path, const ch
     return rc;
 }
 
+// The file's key/values from meta, plus general.alignment when it is not the default.
+static int kv_from_meta(struct caldera_inst * inst, const struct gguf_priv * p, struct gguf_writer * w,
+                        const struct caldera_meta * meta) {
+    int rc;
+    if ((rc = write_meta(inst, w, meta)) < 0) return rc;
+    if (p->alignment != GGUF_DEFAULT_ALIGNMENT) {
+        const char * k = "general.alignment";
+        if ((rc = buf_str(&w->kv, k, strlen(k))) < 0 || (rc = buf_u32(&w->kv, CALDERA_META_U32)) < 0 ||
+            (rc = buf_u32(&w->kv, (uint32_t) p->alignment)) < 0) return rc;
+        w->n_kv++;
+    }
+    return 0;
+}
+
 static int gguf_create(struct caldera_inst * inst, const char * path, const struct caldera_meta * meta) {
     struct gguf_priv *   p = caldera_inst_priv(inst);
     struct gguf_writer * w = NULL;
@@ -1125,13 +1142,7 @@ static int gguf_create(struct caldera_inst * inst, const char * path, const stru
         if (caldera_meta_get_int(meta, "llama.attention.head_count", &w->heads_q) < 0) w->heads_q = 0;
         if (caldera_meta_get_int(meta, "llama.attention.head_count_kv", &w->heads_kv) < 0) w->heads_kv = w->heads_q;
     }
-    if ((rc = write_meta(inst, w, meta)) < 0) goto fail;
-    if (p->alignment != GGUF_DEFAULT_ALIGNMENT) {
-        const char * k = "general.alignment";
-        if ((rc = buf_str(&w->kv, k, strlen(k))) < 0 || (rc = buf_u32(&w->kv, CALDERA_META_U32)) < 0 ||
-            (rc = buf_u32(&w->kv, (uint32_t) p->alignment)) < 0) goto fail;
-        w->n_kv++;
-    }
+    if ((rc = kv_from_meta(inst, p, w, meta)) < 0) goto fail;
     if ((rc = create_unique(inst, path, ".tmp-", &w->tmp_path, &w->fd)) < 0) goto fail;
     if ((rc = create_unique(inst, path, ".data-", &spill, &w->data_fd)) < 0) goto fail;
     unlink(spill);   // anonymous from now on: nothing is left behind whatever happens
@@ -1289,10 +1300,31 @@ static int gguf_write_tensor(struct caldera_inst * inst, const char * name, cons
     if (conv) {
         char key[512];
         snprintf(key, sizeof(key), GGUF_DTYPE_KEY "%s", name);
-        if ((rc = buf_str(&w->kv, key, strlen(key))) < 0 || (rc = buf_u32(&w->kv, CALDERA_META_STRING)) < 0 ||
-            (rc = buf_str(&w->kv, conv, strlen(conv))) < 0) return rc;
-        w->n_kv++;
+        if ((rc = buf_str(&w->kv_dtype, key, strlen(key))) < 0 || (rc = buf_u32(&w->kv_dtype, CALDERA_META_STRING)) < 0 ||
+            (rc = buf_str(&w->kv_dtype, conv, strlen(conv))) < 0) return rc;
+        w->n_kv_dtype++;
     }
+    return 0;
+}
+
+// Replace the metadata given to create (e.g. with the run's report) before finish. The tensors'
+// layout keys (q/k permutation, converted dtypes) stay as they were decided at write time.
+static int gguf_update_meta(struct caldera_inst * inst, const struct caldera_meta * meta) {
+    struct gguf_priv *   p = caldera_inst_priv(inst);
+    struct gguf_writer * w = p->w;
+    if (!w) return caldera_error(inst, CALDERA_ERR_INVAL, "update_meta: no file is being written; call create first");
+    struct gguf_buf old = w->kv;
+    uint64_t        old_n = w->n_kv;
+    memset(&w->kv, 0, sizeof(w->kv));
+    w->n_kv = 0;
+    int rc = kv_from_meta(inst, p, w, meta);
+    if (rc < 0) {
+        caldera_free_unaligned(w->kv.p);
+        w->kv = old;
+        w->n_kv = old_n;
+        return rc;
+    }
+    caldera_free_unaligned(old.p);
     return 0;
 }
 
@@ -1310,7 +1342,8 @@ static int gguf_finish(struct caldera_inst * inst, int commit) {
     }
     // header: magic, version, counts, key/values, tensor infos, padding
     if ((rc = buf_put(&h, "GGUF", 4)) < 0 || (rc = buf_u32(&h, 3)) < 0 || (rc = buf_u64(&h, (uint64_t) w->n)) < 0 ||
-        (rc = buf_u64(&h, w->n_kv)) < 0 || (rc = buf_put(&h, w->kv.p, w->kv.len)) < 0) goto fail;
+        (rc = buf_u64(&h, w->n_kv + w->n_kv_dtype)) < 0 || (rc = buf_put(&h, w->kv.p, w->kv.len)) < 0 ||
+        (rc = buf_put(&h, w->kv_dtype.p, w->kv_dtype.len)) < 0) goto fail;
     for (int64_t i = 0; i < w->n; i++) {
         const struct gguf_wtensor * t = &w->t[i];
         if ((rc = buf_str(&h, t->name, strlen(t->name))) < 0 || (rc = buf_u32(&h, t->ndim)) < 0) goto fail;
@@ -1412,6 +1445,7 @@ static const struct caldera_format_ops gguf_ops = {
     .create       = gguf_create,
     .write_tensor = gguf_write_tensor,
     .finish       = gguf_finish,
+    .update_meta  = gguf_update_meta,
 };
 
 static const struct caldera_plugin gguf_plugin = {

@@ -451,6 +451,48 @@ END_TEST
 // ---------------------------------------------------------------------------------------------
 // Writer.
 
+// update_meta replaces the file metadata; dtype keys of converted tensors (u8 stored as i8) survive.
+START_TEST(test_update_meta) {
+    struct h h = h_new();
+    const char * path = tu_path(fresh_dir("upd"), "upd.gguf");
+    char p2[700];
+    snprintf(p2, sizeof(p2), "%s", path);
+    struct caldera_meta * m1, * m2;
+    ck_assert_int_eq(caldera_meta_init(&m1), 0);
+    ck_assert_int_eq(caldera_meta_init(&m2), 0);
+    caldera_meta_set_string(m1, "general.architecture", "test");
+    caldera_meta_set_string(m1, "gone", "x");
+    caldera_meta_set_string(m2, "general.architecture", "test");
+    caldera_meta_set_string(m2, "caldera.report", "{\"ok\": 1}");
+    assert_err(&h, h.ops->update_meta(h.inst, m2), CALDERA_ERR_INVAL, "update_meta: no file is being written");
+    ck_assert_int_eq(h.ops->create(h.inst, p2, m1), 0);
+    uint8_t u[6] = { 0, 1, 128, 200, 255, 7 };
+    struct caldera_tensor tu8 = { u, CALDERA_DTYPE_U8, CALDERA_DEVICE_CPU, 1, { 6 }, 0 };
+    ck_assert_int_eq(h.ops->write_tensor(h.inst, "u", &tu8), 0);
+    ck_assert_int_eq(h.ops->update_meta(h.inst, m2), 0);
+    ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+    caldera_meta_free(m1);
+    caldera_meta_free(m2);
+    h_free(&h);
+
+    struct h r = h_new();
+    ck_assert_int_eq(r.ops->open(r.inst, p2), 0);
+    const char * s;
+    ck_assert_int_eq(caldera_meta_get_string(r.ops->meta(r.inst), "caldera.report", &s), 0);
+    ck_assert_str_eq(s, "{\"ok\": 1}");
+    ck_assert_int_eq(caldera_meta_find(r.ops->meta(r.inst), "gone"), -1);
+    struct caldera_tensor_info ti;
+    ck_assert_int_eq(r.ops->tensor_info(r.inst, find_tensor(&r, "u"), &ti), 0);
+    ck_assert_int_eq(ti.dtype, CALDERA_DTYPE_U8);
+    struct caldera_tensor t;
+    int owned = 0;
+    ck_assert_int_eq(r.ops->read_tensor(r.inst, find_tensor(&r, "u"), CALDERA_DTYPE_U8, &t, &owned), 0);
+    ck_assert_int_eq(memcmp(t.data, u, 6), 0);
+    if (owned) caldera_tensor_free(&t);
+    h_free(&r);
+}
+END_TEST
+
 START_TEST(test_write_roundtrip) {
     struct h h = h_create();
     ck_assert_int_eq(caldera_inst_set(h.inst, "alignment", "64"), 0);
@@ -1410,6 +1452,7 @@ static Suite * gguf_suite(void) {
     suite_add_tcase(s, tc);
     tc = tcase_create("write");
     tcase_add_test(tc, test_write_roundtrip);
+    tcase_add_test(tc, test_update_meta);
     tcase_add_test(tc, test_llama_permutation_roundtrip);
     tcase_add_test(tc, test_write_abort_and_errors);
     tcase_add_test(tc, test_llama_perm_errors_and_convention);
