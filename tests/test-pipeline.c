@@ -89,6 +89,7 @@ static const struct caldera_plugin tneg_plugin = {
 static char    sink_names[512][160];
 static int     sink_n, sink_created, sink_finished, sink_commit;
 static float   sink_sum;
+static int     sink_norm_dtype = -1;   // dtype the copied input_layernorm of layer 0 arrived in
 struct sink_priv { char * path; };
 static const struct caldera_option sink_options[] = {
     { "path", "output path", offsetof(struct sink_priv, path), CALDERA_OPT_PATH, { .str = "mem" } },
@@ -103,6 +104,7 @@ static int sink_create(struct caldera_inst * inst, const char * path, const stru
 }
 static int sink_write(struct caldera_inst * inst, const char * name, const struct caldera_tensor * t) {
     snprintf(sink_names[sink_n++ % 512], 160, "%s", name);
+    if (!strcmp(name, "model.layers.0.input_layernorm.weight")) sink_norm_dtype = t->dtype;
     if (t->dtype == CALDERA_DTYPE_F32) for (int64_t i = 0; i < caldera_tensor_nelements(t); i++) sink_sum += ((float *) t->data)[i];
     return 0;
 }
@@ -390,6 +392,25 @@ START_TEST(test_path_expansion) {
 }
 END_TEST
 
+START_TEST(test_copy_dtype) {
+    struct caldera_ctx * ctx = pctx();
+    for (int k = 0; k < 2; k++) {
+        struct caldera_config * cfg;
+        struct caldera_pipeline * pl = NULL;
+        ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+        ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+        if (k == 1) ck_assert_int_eq(caldera_config_set(cfg, "caldera.copy_dtype=f16"), 0);
+        ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+        sink_norm_dtype = -1;
+        ck_assert_int_eq(caldera_pipeline_run(pl), 0);
+        ck_assert_int_eq(sink_norm_dtype, k == 0 ? CALDERA_DTYPE_F32 : CALDERA_DTYPE_F16);
+        caldera_pipeline_free(pl);
+        caldera_config_free(cfg);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -399,6 +420,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_failure_leaves_no_output);
     tcase_add_test(tc, test_print_config);
     tcase_add_test(tc, test_path_expansion);
+    tcase_add_test(tc, test_copy_dtype);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -30,7 +30,10 @@ struct pipeline_opts {
     char *                report;
     int64_t               max_tensors;
     int                   verify;
+    int                   copy_dtype;
 };
+
+enum { COPY_AUTO = 0, COPY_F32, COPY_F16, COPY_BF16 };
 
 #define POFF(x) offsetof(struct pipeline_opts, x)
 static const struct caldera_opt_choice device_choices[] = {
@@ -41,6 +44,13 @@ static const struct caldera_opt_choice device_choices[] = {
 static const struct caldera_opt_choice hmiss_choices[] = {
     { "identity", HMISS_IDENTITY, "use H = I (data-free) for weights without a Hessian" },
     { "error", HMISS_ERROR, "stop with an error" },
+    { NULL, 0, NULL },
+};
+static const struct caldera_opt_choice copy_choices[] = {
+    { "auto", COPY_AUTO, "plain dtypes as stored; block-quantized (GGUF) tensors dequantized to f32, losslessly" },
+    { "f32", COPY_F32, "every copied float tensor as f32" },
+    { "f16", COPY_F16, "every copied float tensor as f16 (halves f32 embeddings; rounds)" },
+    { "bf16", COPY_BF16, "every copied float tensor as bf16 (rounds)" },
     { NULL, 0, NULL },
 };
 static const struct caldera_option pipeline_options[] = {
@@ -68,6 +78,8 @@ static const struct caldera_option pipeline_options[] = {
       0, -1, NULL, 0, 0 },
     { "max_tensors", "compress at most this many weights (0: all), for quick runs", POFF(max_tensors), CALDERA_OPT_INT,
       { .i64 = 0 }, 0, 1e12, NULL, 0, 0 },
+    { "copy_dtype", "dtype of the tensors that are copied, not compressed (embeddings, norms)", POFF(copy_dtype),
+      CALDERA_OPT_ENUM, { .i64 = COPY_AUTO }, 0, -1, copy_choices, 0, 0 },
     { "verify", "re-decode every pack and check it reproduces the approximation bit for bit", POFF(verify), CALDERA_OPT_BOOL,
       { .i64 = 0 }, 0, -1, NULL, 0, 0 },
     { NULL },
@@ -816,7 +828,13 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         if (!sel) {
             if (!writer_open && !dense_open) continue;
             int plain = caldera_dtype_block_elems(ti.dtype) == 1;
-            if ((rc = rops->read_tensor(o->reader, t, plain ? ti.dtype : CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
+            int is_float = ti.dtype == CALDERA_DTYPE_F32 || ti.dtype == CALDERA_DTYPE_F64 || ti.dtype == CALDERA_DTYPE_F16 ||
+                           ti.dtype == CALDERA_DTYPE_BF16 || !plain;
+            enum caldera_dtype want = plain ? ti.dtype : CALDERA_DTYPE_F32;
+            if (o->copy_dtype == COPY_F32 && is_float) want = CALDERA_DTYPE_F32;
+            if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
+            if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
+            if ((rc = rops->read_tensor(o->reader, t, want, &w, &w_owned)) < 0) goto done;
             if (writer_open && (rc = write_tensor(o->writer, name, &w)) < 0) goto done;
             if (dense_open && (rc = write_tensor(o->dense_writer, name, &w)) < 0) goto done;
             if (w_owned) caldera_tensor_free(&w);
