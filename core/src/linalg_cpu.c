@@ -294,8 +294,8 @@ int caldera_linalg_svd_trunc(struct caldera_ctx * ctx, const struct caldera_tens
     if (k < 0 || k > kmax) {
         return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "svd_trunc: rank %lld out of range [0, %lld]", (long long) k, (long long) kmax);
     }
-    if (u && (u->ne[0] != m || u->ne[1] != k)) return dims_error(ctx, "svd_trunc");
-    if (vt && (vt->ne[0] != k || vt->ne[1] != n)) return dims_error(ctx, "svd_trunc");
+    if (u && ((rc = check_mat(ctx, "svd_trunc", "U", u)) || u->ne[0] != m || u->ne[1] != k)) return rc ? rc : dims_error(ctx, "svd_trunc");
+    if (vt && ((rc = check_mat(ctx, "svd_trunc", "Vt", vt)) || vt->ne[0] != k || vt->ne[1] != n)) return rc ? rc : dims_error(ctx, "svd_trunc");
     if (k == 0) return 0;
     float * uu = NULL, * ss = NULL, * vv = NULL, * om = NULL, * y = NULL, * z = NULL, * bm = NULL;
     int64_t l = oversample < 0 ? kmax : (k + oversample < kmax ? k + oversample : kmax);

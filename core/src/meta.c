@@ -228,6 +228,8 @@ int caldera_meta_get_int(const struct caldera_meta * meta, const char * key, int
     if (e->type == CALDERA_META_U64) { *out = (int64_t) e->v.u; return e->v.u > INT64_MAX ? CALDERA_ERR_RANGE : 0; }
     if (is_int_type(e->type)) { *out = e->v.i; return 0; }
     if (e->type == CALDERA_META_F32 || e->type == CALDERA_META_F64) {
+        // range first: converting a NaN or out-of-range double to int64_t is undefined (C17 6.3.1.4)
+        if (!(e->v.f >= -0x1p63 && e->v.f < 0x1p63)) return CALDERA_ERR_RANGE;
         if (e->v.f != (double) (int64_t) e->v.f) return CALDERA_ERR_INVAL;
         *out = (int64_t) e->v.f;
         return 0;

@@ -208,8 +208,11 @@ static uint8_t f32_to_f8_generic(float f, int ebits, int mbits, int bias, float 
     uint8_t sign = signbit(f) ? 0x80 : 0;
     float a = fabsf(f);
     if (isnan(f)) return has_inf ? (uint8_t) (sign | 0x7f) : (uint8_t) (sign | 0x7f);
-    if (a > maxv) {
-        if (has_inf) return (uint8_t) (sign | (((1 << ebits) - 1) << mbits));
+    // with infinities, round to nearest even up to maxv + ulp/2 (IEEE overflow threshold)
+    if (has_inf && a >= maxv + ldexpf(1.0f, (1 << ebits) - 3 - bias - mbits)) {
+        return (uint8_t) (sign | (((1 << ebits) - 1) << mbits));
+    }
+    if (!has_inf && a > maxv) {
         return (uint8_t) (sign | ((((1 << ebits) - 1) << mbits) | ((1 << mbits) - 2)));  // saturate to max
     }
     // brute force over the 128 magnitudes: exact nearest, ties to even code
