@@ -147,21 +147,26 @@ static void print_report(const char * json_text) {
     json_t * t;
     json_array_foreach(tensors, i, t) {
         json_t * shape = json_object_get(t, "shape");
-        char sh[32];
+        char sh[32], herr[32] = "-";
         snprintf(sh, sizeof(sh), "%lldx%lld", (long long) json_integer_value(json_array_get(shape, 0)),
                  (long long) json_integer_value(json_array_get(shape, 1)));
-        printf("%-52s %-12s %8.4f %9.5f %9s %8.2f\n", json_string_value(json_object_get(t, "name")), sh,
-               json_real_value(json_object_get(t, "bits_per_param")), json_real_value(json_object_get(t, "rel_err")),
-               json_is_true(json_object_get(t, "data_aware")) ? "" : "-", json_real_value(json_object_get(t, "seconds")));
         if (json_is_true(json_object_get(t, "data_aware"))) {
-            printf("\033[1A\033[%dC%9.5f\n", 52 + 1 + 12 + 1 + 8 + 1 + 9 + 1, json_real_value(json_object_get(t, "rel_err_h")));
+            snprintf(herr, sizeof(herr), "%.5f", json_real_value(json_object_get(t, "rel_err_h")));
         }
+        printf("%-52s %-12s %8.4f %9.5f %9s %8.2f\n", json_string_value(json_object_get(t, "name")), sh,
+               json_real_value(json_object_get(t, "bits_per_param")), json_real_value(json_object_get(t, "rel_err")), herr,
+               json_real_value(json_object_get(t, "seconds")));
     }
     json_t * s = json_object_get(rep, "summary");
-    printf("summary: %lld weights, %.0f parameters, %.4f bits/param, data-aware rel. error mean %.5f worst %.5f, %.1f s\n",
+    printf("summary: %lld weights, %.0f parameters, %.4f bits/param, rel. error mean %.5f worst %.5f",
            (long long) json_integer_value(json_object_get(s, "weights")), json_real_value(json_object_get(s, "params")),
-           json_real_value(json_object_get(s, "bits_per_param")), json_real_value(json_object_get(s, "mean_rel_err_h")),
-           json_real_value(json_object_get(s, "worst_rel_err_h")), json_real_value(json_object_get(s, "seconds")));
+           json_real_value(json_object_get(s, "bits_per_param")), json_real_value(json_object_get(s, "mean_rel_err")),
+           json_real_value(json_object_get(s, "worst_rel_err")));
+    if (json_integer_value(json_object_get(s, "weights_with_hessian")) > 0) {
+        printf(", data-aware (%lld with H) mean %.5f worst %.5f", (long long) json_integer_value(json_object_get(s, "weights_with_hessian")),
+               json_real_value(json_object_get(s, "mean_rel_err_h")), json_real_value(json_object_get(s, "worst_rel_err_h")));
+    }
+    printf(", %.1f s\n", json_real_value(json_object_get(s, "seconds")));
     json_decref(rep);
 }
 

@@ -755,8 +755,10 @@ static json_t * stages_json(const struct caldera_pipeline * pl) {
     json_t * a = json_array();
     for (int64_t s = 0; a && s < pl->n_stages; s++) {
         const struct caldera_plugin * p = caldera_inst_plugin(pl->stages[s]);
-        json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:i, s:i}", "section", caldera_inst_name(pl->stages[s]), "plugin",
-                                           p->name, "kind", caldera_plugin_kind_name(p->kind), "version", (json_int_t) p->version,
+        char ver[32];
+        snprintf(ver, sizeof(ver), "%u.%u.%u", p->version >> 16, (p->version >> 8) & 0xff, p->version & 0xff);
+        json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:s, s:i}", "section", caldera_inst_name(pl->stages[s]), "plugin",
+                                           p->name, "kind", caldera_plugin_kind_name(p->kind), "version", ver,
                                            "format_version", (json_int_t) p->format_version));
     }
     return a;
@@ -817,8 +819,9 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
         if (selected(o, &ti) && (o->max_tensors == 0 || nsel < o->max_tensors)) nsel++;
     }
-    double t_start = now_s(), sum_bits_params = 0, sum_params = 0, worst = 0, sum_err = 0;
-    int64_t counted = 0;
+    // Frobenius errors over every weight; H-weighted ones only over weights that had a Hessian.
+    double t_start = now_s(), sum_bits_params = 0, sum_params = 0, worst = 0, sum_err = 0, worst_h = 0, sum_err_h = 0;
+    int64_t counted = 0, n_h = 0;
     for (int64_t t = 0; t < nt; t++) {
         if (caldera_ctx_cancelled(ctx)) { rc = caldera_ctx_error(ctx, CALDERA_ERR_CANCELLED, "cancelled after %lld weights", (long long) ndone); goto done; }
         struct caldera_tensor_info ti;
@@ -896,17 +899,24 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         double params = (double) (w.ne[0] * w.ne[1]);
         sum_bits_params += res.bits * params;
         sum_params += params;
-        sum_err += res.rel_h;
-        if (res.rel_h > worst) worst = res.rel_h;
+        sum_err += res.rel_fro;
+        if (res.rel_fro > worst) worst = res.rel_fro;
+        if (res.has_h) {
+            n_h++;
+            sum_err_h += res.rel_h;
+            if (res.rel_h > worst_h) worst_h = res.rel_h;
+        }
         ndone++;
         json_t * tj = json_pack("{s:s, s:[I,I], s:f, s:f, s:f, s:b, s:f}", "name", name, "shape", (json_int_t) w.ne[0],
                                 (json_int_t) w.ne[1], "bits_per_param", res.bits, "rel_err", res.rel_fro, "rel_err_h", res.rel_h,
                                 "data_aware", res.has_h, "seconds", res.seconds);
         if (tj) json_array_append_new(tensors, tj);
         double el = now_s() - t_start, eta = ndone ? el / (double) ndone * (double) (nsel - ndone) : 0;
+        char herr[48] = "";
+        if (res.has_h) snprintf(herr, sizeof(herr), ", data-aware %.4f", res.rel_h);
         caldera_log(ctx, CALDERA_LOG_INFO, "[%lld/%lld] %s (%lld x %lld): %.3f bits/param, rel. error %.4f%s (%.2f s; %.2f weights/s, ETA %.0f s)",
-                    (long long) ndone, (long long) nsel, name, (long long) w.ne[0], (long long) w.ne[1], res.bits, res.rel_h,
-                    res.has_h ? " (data-aware)" : "", res.seconds, el > 0 ? (double) ndone / el : 0.0, eta);
+                    (long long) ndone, (long long) nsel, name, (long long) w.ne[0], (long long) w.ne[1], res.bits, res.rel_fro,
+                    herr, res.seconds, el > 0 ? (double) ndone / el : 0.0, eta);
         caldera_pack_free(pack);
         pack = NULL;
         caldera_tensor_free(&w_hat);
@@ -917,11 +927,13 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         w_owned = h_owned = 0;
     }
     {
-        json_t * rep = json_pack("{s:s, s:o, s:o, s:{s:I, s:f, s:f, s:f, s:f, s:f}}", "caldera_version", CALDERA_VERSION_STRING,
-                                 "stages", stages_json(pl), "tensors", tensors, "summary", "weights", (json_int_t) ndone,
-                                 "params", sum_params, "bits_per_param", sum_params > 0 ? sum_bits_params / sum_params : 0.0,
-                                 "mean_rel_err_h", ndone ? sum_err / (double) ndone : 0.0, "worst_rel_err_h", worst,
-                                 "seconds", now_s() - t_start);
+        json_t * rep = json_pack("{s:s, s:o, s:o, s:{s:I, s:f, s:f, s:f, s:f, s:I, s:o, s:o, s:f}}", "caldera_version",
+                                 CALDERA_VERSION_STRING, "stages", stages_json(pl), "tensors", tensors, "summary", "weights",
+                                 (json_int_t) ndone, "params", sum_params, "bits_per_param",
+                                 sum_params > 0 ? sum_bits_params / sum_params : 0.0, "mean_rel_err",
+                                 ndone ? sum_err / (double) ndone : 0.0, "worst_rel_err", worst, "weights_with_hessian",
+                                 (json_int_t) n_h, "mean_rel_err_h", n_h ? json_real(sum_err_h / (double) n_h) : json_null(),
+                                 "worst_rel_err_h", n_h ? json_real(worst_h) : json_null(), "seconds", now_s() - t_start);
         tensors = NULL;   // owned by rep now
         if (!rep) { rc = CALDERA_ERR_NOMEM; goto done; }
         if (pl->report) json_decref(pl->report);
@@ -957,9 +969,14 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         fputc('\n', af.fp);
         if ((rc = caldera_atomic_commit(ctx, &af)) < 0) goto done;
     }
-    caldera_log(ctx, CALDERA_LOG_INFO, "compressed %lld weights (%.0f parameters): %.4f bits/param, data-aware rel. error mean %.4f, worst %.4f, %.1f s",
-                (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
-                ndone ? sum_err / (double) ndone : 0.0, worst, now_s() - t_start);
+    {
+        char herr[96] = "";
+        if (n_h) snprintf(herr, sizeof(herr), "; data-aware (%lld with H) mean %.4f, worst %.4f", (long long) n_h,
+                          sum_err_h / (double) n_h, worst_h);
+        caldera_log(ctx, CALDERA_LOG_INFO, "compressed %lld weights (%.0f parameters): %.4f bits/param, rel. error mean %.4f, worst %.4f%s, %.1f s",
+                    (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
+                    ndone ? sum_err / (double) ndone : 0.0, worst, herr, now_s() - t_start);
+    }
 done:
     if (writer_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 0);
     if (dense_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 0);
