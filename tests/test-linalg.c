@@ -423,6 +423,8 @@ START_TEST(test_nan_inputs) {
         struct caldera_tensor h2 = spd(ctx, n, 52);
         AT(&b, 1, 1) = bad[v];
         ck_assert_int_eq(caldera_linalg_lstsq(ctx, &h2, &b, &x), CALDERA_ERR_NUMERIC);
+        ck_assert_int_eq(caldera_linalg_spd_solve(ctx, &h2, &b), CALDERA_ERR_NUMERIC);
+        ck_assert_str_eq(caldera_ctx_errmsg(ctx), "spd_solve: right-hand side has NaN or Inf entries");
         caldera_tensor_free(&h2);
         caldera_tensor_free(&u2); caldera_tensor_free(&vt2);
         caldera_tensor_free(&h); caldera_tensor_free(&c); caldera_tensor_free(&l); caldera_tensor_free(&d);
@@ -1000,6 +1002,34 @@ START_TEST(test_trace_quad) {
 }
 END_TEST
 
+// Empty shapes are valid no-ops (and never reach BLAS with a zero leading dimension).
+START_TEST(test_empty_shapes) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_tensor e00, e30, e03, c33, h;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 0, 0, &e00), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 3, 0, &e30), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 0, 3, &e03), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 3, 3, &c33), 0);
+    h = spd(ctx, 3, 1);
+    float w[1], s[1];
+    double tq = -1;
+    ck_assert_int_eq(caldera_linalg_cholesky(ctx, &e00), 0);
+    ck_assert_int_eq(caldera_linalg_spd_inverse(ctx, &e00), 0);
+    ck_assert_int_eq(caldera_linalg_eigh(ctx, &e00, w, &e00), 0);
+    ck_assert_int_eq(caldera_linalg_svd(ctx, &e30, NULL, s, NULL), 0);
+    ck_assert_int_eq(caldera_linalg_svd_trunc(ctx, &e30, 0, -1, 0, 0, NULL, s, NULL), 0);
+    ck_assert_int_eq(caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &e30, &e03, 0.0f, &c33), 0);
+    for (int i = 0; i < 9; i++) ck_assert_float_eq(((float *) c33.data)[i], 0.0f);
+    ck_assert_int_eq(caldera_linalg_syrk(ctx, CALDERA_NO_TRANS, 1.0f, &e30, 0.0f, &c33), 0);
+    ck_assert_int_eq(caldera_linalg_spd_solve(ctx, &h, &e30), 0);
+    ck_assert_int_eq(caldera_linalg_trace_quad(ctx, &e03, &h, &tq), 0);
+    ck_assert_double_eq(tq, 0.0);
+    caldera_tensor_free(&e00); caldera_tensor_free(&e30); caldera_tensor_free(&e03);
+    caldera_tensor_free(&c33); caldera_tensor_free(&h);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * linalg_suite(void) {
     Suite * s = suite_create("linalg");
     TCase * tc = tcase_create("products");
@@ -1010,6 +1040,7 @@ static Suite * linalg_suite(void) {
     tcase_add_test(tc, test_trsm);
     tcase_add_test(tc, test_fwht);
     tcase_add_test(tc, test_trace_quad);
+    tcase_add_test(tc, test_empty_shapes);
     suite_add_tcase(s, tc);
     tc = tcase_create("factorisations");
     tcase_set_timeout(tc, 120);

@@ -156,6 +156,7 @@ int caldera_linalg_spd_solve(struct caldera_ctx * ctx, const struct caldera_tens
     if (b->ne[0] != a->ne[0]) return dims_error(ctx, "spd_solve");
     int64_t n = a->ne[0];
     if (n == 0 || b->ne[1] == 0) return 0;
+    if (has_nonfinite(b)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "spd_solve: right-hand side has NaN or Inf entries");
     float * f = dense_copy(a);
     if (!f) return CALDERA_ERR_NOMEM;
     struct caldera_tensor ft = caldera_tensor_view_f32(f, n, n);
