@@ -458,6 +458,17 @@ START_TEST(test_plugin_path_env) {
     ck_assert(strstr(tu_log(), "CALDERA_PLUGIN_PATH entry '.' is not absolute; skipped") != NULL);
     caldera_ctx_free(ctx);
 
+    // The same directory spelt three ways is loaded once (not a duplicate-name error).
+    ck_assert_int_eq(symlink(abs, tu_path(tu_tmpdir(), "abs-link")), 0);
+    snprintf(env, sizeof(env), "%s:%s/:%s/abs-link", abs, abs, tu_tmpdir());
+    ck_assert_int_eq(setenv("CALDERA_PLUGIN_PATH", env, 1), 0);
+    ctx = tu_ctx();
+    int rc = caldera_registry_load_default(ctx);
+    ck_assert_msg(rc == 0, "%s", caldera_ctx_errmsg(ctx));
+    ck_assert_int_eq(caldera_registry_count(ctx), 1);
+    ck_assert_ptr_nonnull(caldera_registry_find(ctx, "good_two"));
+    caldera_ctx_free(ctx);
+
     // A failing plugin on the path is an error of load_default.
     const char * bad = new_dir("badpath");
     link_into(bad, "x.so", FX("opt_dup"));

@@ -543,7 +543,7 @@ START_TEST(test_help) {
     ck_assert_msg(strstr(buf, "default: 2; allowed: [2, 4]\n") != NULL, "%s", buf);
     ck_assert_msg(strstr(buf, "default: rms; allowed: rms, absmax, none\n") != NULL, "%s", buf);
     ck_assert_msg(strstr(buf, "absmax       largest magnitude\n") != NULL, "%s", buf);
-    ck_assert_msg(strstr(buf, "default: 1, 2, 3\n") != NULL, "%s", buf);
+    ck_assert_msg(strstr(buf, "default: 1, 2, 3; allowed: [0, 99]\n") != NULL, "%s", buf);  // element range shown
     ck_assert_msg(strstr(buf, "required; allowed: [0, 1000]\n") != NULL, "%s", buf);
     ck_assert_msg(strstr(buf, "allowed: a [section] of kind decomposer\n") != NULL, "%s", buf);
     ck_assert_msg(strstr(buf, "deco (decomposer plugin, version 0.0.0): a decomposer\n  (no options)\n") != NULL, "%s", buf);

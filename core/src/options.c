@@ -358,8 +358,11 @@ int caldera_plugin_print_help(const struct caldera_plugin * p, FILE * out) {
         case CALDERA_OPT_INT: snprintf(def, sizeof(def), "%lld", (long long) o->def.i64); range_text(o, r, sizeof(r)); break;
         case CALDERA_OPT_DOUBLE: snprintf(def, sizeof(def), "%g", o->def.dbl); range_text(o, r, sizeof(r)); break;
         case CALDERA_OPT_STRING:
-        case CALDERA_OPT_PATH:
-        case CALDERA_OPT_INT_LIST: snprintf(def, sizeof(def), "%s", o->def.str ? o->def.str : ""); break;
+        case CALDERA_OPT_PATH: snprintf(def, sizeof(def), "%s", o->def.str ? o->def.str : ""); break;
+        case CALDERA_OPT_INT_LIST:  // the range applies to every element
+            snprintf(def, sizeof(def), "%s", o->def.str ? o->def.str : "");
+            range_text(o, r, sizeof(r));
+            break;
         case CALDERA_OPT_ENUM:
             for (const struct caldera_opt_choice * c = o->choices; c->name; c++) {
                 if (c->value == o->def.i64) snprintf(def, sizeof(def), "%s", c->name);

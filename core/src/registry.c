@@ -240,12 +240,30 @@ int caldera_registry_load_dir(struct caldera_ctx * ctx, const char * dir) {
     return rc;
 }
 
-static int dir_exists(const char * p) {
+// Directories already loaded by load_default, by identity: the same directory written twice
+// (a trailing '/', a symlink, or the install directory also listed in CALDERA_PLUGIN_PATH) is
+// loaded once, instead of failing on its own plugins as duplicates.
+struct dir_ids {
+    dev_t dev[64];
+    ino_t ino[64];
+    int   n;
+};
+
+static int dir_first_time(struct dir_ids * ids, const char * dir) {
     struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return 0;  // missing: skipped
+    for (int i = 0; i < ids->n; i++) {
+        if (ids->dev[i] == st.st_dev && ids->ino[i] == st.st_ino) return 0;
+    }
+    if (ids->n < 64) {
+        ids->dev[ids->n] = st.st_dev;
+        ids->ino[ids->n++] = st.st_ino;
+    }
+    return 1;
 }
 
 int caldera_registry_load_default(struct caldera_ctx * ctx) {
+    struct dir_ids ids = { .n = 0 };
     const char * env = getenv("CALDERA_PLUGIN_PATH");
     if (env && *env) {
         char * copy = caldera_strdup(env);
@@ -256,12 +274,12 @@ int caldera_registry_load_default(struct caldera_ctx * ctx) {
                 caldera_log(ctx, CALDERA_LOG_WARN, "CALDERA_PLUGIN_PATH entry '%s' is not absolute; skipped", tok);
                 continue;
             }
-            if (dir_exists(tok)) rc = caldera_registry_load_dir(ctx, tok);
+            if (dir_first_time(&ids, tok)) rc = caldera_registry_load_dir(ctx, tok);
         }
         caldera_free(copy);
         if (rc < 0) return rc;
     }
-    if (dir_exists(CALDERA_PLUGIN_INSTALL_DIR)) return caldera_registry_load_dir(ctx, CALDERA_PLUGIN_INSTALL_DIR);
+    if (dir_first_time(&ids, CALDERA_PLUGIN_INSTALL_DIR)) return caldera_registry_load_dir(ctx, CALDERA_PLUGIN_INSTALL_DIR);
     return 0;
 }
 
