@@ -919,6 +919,13 @@ START_TEST(test_lstsq) {
         dm_free(&ad); dm_free(&xd); dm_free(&bd); dm_free(&got);
         caldera_tensor_free(&a); caldera_tensor_free(&xt); caldera_tensor_free(&b); caldera_tensor_free(&x);
     }
+    // rank deficient: A = [[1, 1], [1, 1], [0, 0]], b = (2, 2, 5) → minimum-norm x = (1, 1)
+    float ar[6] = { 1, 1, 1, 1, 0, 0 }, br[3] = { 2, 2, 5 }, xr[2] = { -9, -9 };
+    struct caldera_tensor art = caldera_tensor_view_f32(ar, 3, 2), brt = caldera_tensor_view_f32(br, 3, 1),
+                          xrt = caldera_tensor_view_f32(xr, 2, 1);
+    ck_assert_int_eq(caldera_linalg_lstsq(ctx, &art, &brt, &xrt), 0);
+    ck_assert_float_eq_tol(xr[0], 1.0f, LINALG_TOL_CLOSED);
+    ck_assert_float_eq_tol(xr[1], 1.0f, LINALG_TOL_CLOSED);
     struct caldera_tensor a = tu_randn(ctx, 5, 3, 1), b = tu_randn(ctx, 4, 2, 2), x;
     ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 3, 2, &x), 0);
     ck_assert_int_eq(caldera_linalg_lstsq(ctx, &a, &b, &x), CALDERA_ERR_INVAL);
@@ -939,9 +946,9 @@ static int popcount64(uint64_t v) {
 
 START_TEST(test_fwht) {
     struct caldera_ctx * ctx = tu_ctx();
-    static const int64_t ns[] = { 1, 2, 8, 512 };
-    for (size_t t = 0; t < 4; t++) {
-        int64_t n = ns[t], rows = t == 3 ? 5 : 300;   // many short rows run on both threads
+    static const int64_t ns[] = { 1, 2, 8, 512, 2048 };
+    for (size_t t = 0; t < 5; t++) {
+        int64_t n = ns[t], rows = t >= 3 ? 5 : 300;   // 2048: rows split over both threads
         struct padded a = padded_alloc(rows, n, 3, NAN);
         padded_randn(&a, 200 + t);
         struct dm x = dm_from(&a.t, 0);

@@ -88,7 +88,11 @@ START_TEST(test_pack_bits_and_tensors) {
     ck_assert_float_eq(((float *) t.data)[5], buf[7]);
     ck_assert_uint_eq(caldera_pack_bits(p), (30 + 36 + 15 + 30 + 60) * 8);
     // a failed conversion rolls the add back
-    ck_assert_int_eq(caldera_pack_add_tensor(p, "wq", CALDERA_DTYPE_Q8_0, &v), CALDERA_ERR_INVAL);
+    ck_assert_int_eq(caldera_pack_add_tensor(p, "wq", CALDERA_DTYPE_Q8_0, &v), CALDERA_ERR_INVAL);   // 15 elements
+    float b32[32] = { 0 };
+    struct caldera_tensor v32 = caldera_tensor_view_f32(b32, 1, 32);
+    ck_assert_int_eq(caldera_pack_add_tensor(p, "wq", CALDERA_DTYPE_Q8_0, &v32), CALDERA_ERR_UNSUPPORTED);
+    ck_assert_int_eq(caldera_pack_find(p, "wq", &t), CALDERA_ERR_NOT_FOUND);
     ck_assert_int_eq(caldera_pack_add_tensor(p, "w16", CALDERA_DTYPE_F16, &v), CALDERA_ERR_INVAL);
     ck_assert_int_eq(caldera_pack_count(p), 5);
     // per-weight metadata lives and dies with the pack
