@@ -210,12 +210,13 @@ static int e8_cb_begin(struct caldera_inst * inst, const struct caldera_tensor *
             double v = wd[i * w->ld + j];
             ss += v * v;
         }
-        if (st->nscale == m && (rc = e8_round_scale(inst, p, sqrt(ss / (double) n) / opt, &st->scale[i])) < 0) {
+        const int row_mode = p->scale_mode == E8_SCALE_ROW;
+        if (row_mode && (rc = e8_round_scale(inst, p, sqrt(ss / (double) n) / opt, &st->scale[i])) < 0) {
             goto fail;
         }
         total += ss;
     }
-    if (st->nscale == 1 &&
+    if (p->scale_mode == E8_SCALE_TENSOR &&
         (rc = e8_round_scale(inst, p, sqrt(total / ((double) m * (double) n)) / opt, &st->scale[0])) < 0) {
         goto fail;
     }
