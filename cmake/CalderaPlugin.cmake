@@ -102,7 +102,7 @@ function(caldera_add_shared_plugin)
   target_include_directories(${S_NAME} PRIVATE ${CMAKE_SOURCE_DIR}/core/include)
   target_link_libraries(${S_NAME} PRIVATE caldera ${S_LIBS})
   if(NOT S_NO_INSTALL)
-    install(TARGETS ${S_NAME} LIBRARY DESTINATION ${CALDERA_PLUGIN_INSTALL_DIR})
+    install(TARGETS ${S_NAME} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/caldera/plugins)
   endif()
 endfunction()
 

@@ -243,7 +243,7 @@ void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int     threads = ctx ? ctx->threads : 1;
-    int64_t pieces  = (n + grain - 1) / grain;
+    int64_t pieces  = n / grain;   // chunks of at least grain items, as promised
     if (threads <= 1 || pieces <= 1 || in_pool_job) {
         fn(arg, 0, n);
         return;

@@ -406,7 +406,7 @@ int caldera_linalg_fwht(struct caldera_ctx * ctx, struct caldera_tensor * a) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "fwht: row length %lld is not a power of two", (long long) n);
     }
     struct fwht_arg fa = { a->data, n, LDA(a) };
-    caldera_parallel_for(ctx, a->ne[0], 64 > 65536 / n ? 1 : 65536 / n, fwht_rows, &fa);
+    caldera_parallel_for(ctx, a->ne[0], n >= 65536 ? 1 : 65536 / n, fwht_rows, &fa);   // >= 64 Ki elements a chunk
     return 0;
 }
 

@@ -596,7 +596,11 @@ struct caldera_plugin {
 
 #define CALDERA_VERSION_INT(a, b, c) ((uint32_t)(a) << 16 | (uint32_t)(b) << 8 | (uint32_t)(c))
 
-/** Signature of the one exported entry symbol of a plugin shared object. */
+/**
+ * Signature of the one exported entry symbol of a plugin shared object.
+ * Note for users of instances: call caldera_inst_start() before using a plugin's ops; an
+ * instance that was never started is freed without uninit (init never ran).
+ */
 typedef const struct caldera_plugin * (*caldera_plugin_entry_fn)(uint32_t host_abi_version);
 #define CALDERA_PLUGIN_ENTRY_SYMBOL "caldera_plugin_entry"
 
@@ -607,6 +611,7 @@ typedef const struct caldera_plugin * (*caldera_plugin_entry_fn)(uint32_t host_a
  */
 #ifdef CALDERA_PLUGIN_SHARED
 #define CALDERA_PLUGIN_DEFINE(desc)                                                           \
+    CALDERA_EXPORT const struct caldera_plugin * caldera_plugin_entry(uint32_t host_abi_version); \
     CALDERA_EXPORT const struct caldera_plugin * caldera_plugin_entry(uint32_t host_abi_version) { \
         (void) host_abi_version;                                                              \
         return &(desc);                                                                       \

@@ -59,7 +59,10 @@ int caldera_registry_add(struct caldera_ctx * ctx, const struct caldera_plugin *
  * (PLUGIN_DUP), probe() == 0 (UNSUPPORTED).
  */
 int caldera_registry_load(struct caldera_ctx * ctx, const char * path);
-/** Load every *.so in a directory (sorted by name); stops at the first failure. */
+/**
+ * Load every *.so in a directory (sorted by name); stops at the first failure. A plugin whose
+ * probe() says it cannot run here is skipped with an info line, not a failure.
+ */
 int caldera_registry_load_dir(struct caldera_ctx * ctx, const char * dir);
 /**
  * Load from the default places: every directory of CALDERA_PLUGIN_PATH (':'-separated), then
