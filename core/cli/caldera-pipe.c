@@ -2,6 +2,7 @@
 // caldera-pipe: run a compression pipeline described by an INI file.
 // Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 #include <jansson.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +172,11 @@ static void print_report(const char * json_text) {
 }
 
 int main(int argc, char ** argv) {
+    // Weights are allocated and freed one after another. glibc's dynamic mmap threshold would
+    // move them onto the brk heap after the first large free, where freed memory stays resident
+    // (SmolLM2, RTN: 556 MB peak RSS; with a fixed 1 MiB threshold: 243 MB). A fixed threshold
+    // keeps every tensor-sized block in its own mapping, returned to the system on free.
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     const char * ini = NULL, * help_plugin = NULL;
     int dry_run = 0, print_config = 0, list = 0, threads = -1, verbosity = 0, rc = 0;
     const char ** sets = calloc((size_t) argc, sizeof(char *));
