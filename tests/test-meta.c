@@ -224,9 +224,75 @@ START_TEST(test_meta_oom_sweep) {
 }
 END_TEST
 
+// Strings keep their byte length (GGUF tokens may hold NUL bytes); copies keep it too.
+START_TEST(test_lengths_and_u64) {
+    struct caldera_meta * m, * c;
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_set_string_n(m, "s", "a\0b", 3), 0);
+    const char * strs[2] = { "x\0y\0", "" };
+    const size_t lens[2] = { 5, 0 };
+    ck_assert_int_eq(caldera_meta_set_string_array_n(m, "arr", 2, strs, lens), 0);
+    ck_assert_int_eq(caldera_meta_set_uint64(m, "big", UINT64_MAX), 0);
+    ck_assert_int_eq(caldera_meta_set_int(m, "neg", CALDERA_META_I32, -1), 0);
+    ck_assert_int_eq(caldera_meta_init(&c), 0);
+    ck_assert_int_eq(caldera_meta_copy(c, m), 0);
+    const struct caldera_meta * ms[2] = { m, c };
+    for (int k = 0; k < 2; k++) {
+        const char * s;
+        size_t len;
+        ck_assert_int_eq(caldera_meta_get_string_n(ms[k], "s", &s, &len), 0);
+        ck_assert_uint_eq(len, 3);
+        ck_assert_int_eq(memcmp(s, "a\0b", 3), 0);
+        int64_t n;
+        const char * const * a;
+        const size_t * l;
+        ck_assert_int_eq(caldera_meta_get_string_array_n(ms[k], "arr", &n, &a, &l), 0);
+        ck_assert_int_eq(n, 2);
+        ck_assert_uint_eq(l[0], 5);
+        ck_assert_uint_eq(l[1], 0);
+        ck_assert_int_eq(memcmp(a[0], "x\0y\0", 5), 0);
+        uint64_t u;
+        ck_assert_int_eq(caldera_meta_get_uint64(ms[k], "big", &u), 0);
+        ck_assert(u == UINT64_MAX);
+        ck_assert_int_eq(caldera_meta_get_uint64(ms[k], "neg", &u), CALDERA_ERR_RANGE);
+        ck_assert_int_eq(caldera_meta_get_uint64(ms[k], "s", &u), CALDERA_ERR_INVAL);
+        ck_assert_int_eq(caldera_meta_get_string_array_n(ms[k], "s", &n, &a, &l), CALDERA_ERR_INVAL);
+        ck_assert_int_eq(caldera_meta_get_string_n(ms[k], "nope", &s, &len), CALDERA_ERR_NOT_FOUND);
+    }
+    caldera_meta_free(m);
+    caldera_meta_free(c);
+}
+END_TEST
+
+// Many keys: every one found at its insertion index (the hash index grows), overwrites keep order.
+START_TEST(test_many_keys) {
+    struct caldera_meta * m;
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    char key[32];
+    for (int i = 0; i < 70000; i++) {
+        snprintf(key, sizeof(key), "k.%d", i);
+        ck_assert_int_eq(caldera_meta_set_int(m, key, CALDERA_META_I32, i), 0);
+    }
+    ck_assert_int_eq(caldera_meta_count(m), 70000);
+    ck_assert_int_eq(caldera_meta_set_int(m, "k.123", CALDERA_META_I32, -5), 0);   // overwrite
+    ck_assert_int_eq(caldera_meta_count(m), 70000);
+    for (int i = 0; i < 70000; i++) {
+        snprintf(key, sizeof(key), "k.%d", i);
+        ck_assert_int_eq(caldera_meta_find(m, key), i);
+        int64_t v;
+        ck_assert_int_eq(caldera_meta_get_int(m, key, &v), 0);
+        ck_assert_int_eq(v, i == 123 ? -5 : i);
+    }
+    ck_assert_int_eq(caldera_meta_find(m, "k.70000"), -1);
+    caldera_meta_free(m);
+}
+END_TEST
+
 static Suite * meta_suite(void) {
     Suite * s = suite_create("meta");
     TCase * tc = tcase_create("meta");
+    tcase_add_test(tc, test_lengths_and_u64);
+    tcase_add_test(tc, test_many_keys);
     tcase_add_test(tc, test_meta_scalars);
     tcase_add_test(tc, test_meta_conversions);
     tcase_add_test(tc, test_meta_overwrite_order);

@@ -9,6 +9,8 @@ struct meta_entry {
     enum caldera_meta_type type;
     enum caldera_meta_type elem;   // ARRAY only
     int64_t                n;      // ARRAY length
+    size_t                 len;    // STRING byte length (may hold NUL bytes)
+    size_t *               lens;   // STRING ARRAY byte lengths
     union {
         int64_t  i;
         uint64_t u;
@@ -21,7 +23,33 @@ struct meta_entry {
 struct caldera_meta {
     struct meta_entry * e;
     int64_t             n, cap;
+    int64_t *           hidx;   // open-addressing hash of keys: entry index + 1, 0 = empty
+    int64_t             hcap;   // power of two, > 2 n
 };
+
+static uint64_t key_hash(const char * k) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *k; k++) h = (h ^ (unsigned char) *k) * 0x100000001b3ull;
+    return h;
+}
+
+// (Re)build the index when it would be more than half full; false on allocation failure.
+static int meta_index(struct caldera_meta * m, int64_t need) {
+    if (m->hidx && 2 * need < m->hcap) return 1;
+    int64_t cap = 64;
+    while (cap <= 2 * need) cap *= 2;
+    int64_t * h = caldera_calloc((size_t) cap, sizeof(int64_t));
+    if (!h) return 0;
+    for (int64_t i = 0; i < m->n; i++) {
+        uint64_t j = key_hash(m->e[i].key) & (uint64_t) (cap - 1);
+        while (h[j]) j = (j + 1) & (uint64_t) (cap - 1);
+        h[j] = i + 1;
+    }
+    caldera_free(m->hidx);
+    m->hidx = h;
+    m->hcap = cap;
+    return 1;
+}
 
 static size_t meta_elem_size(enum caldera_meta_type t) {
     switch (t) {
@@ -54,6 +82,9 @@ static void entry_clear(struct meta_entry * e) {
         }
         caldera_free(e->v.arr);
     }
+    caldera_free(e->lens);
+    e->lens = NULL;
+    e->len = 0;
     e->v.arr = NULL;
 }
 
@@ -64,12 +95,15 @@ void caldera_meta_free(struct caldera_meta * meta) {
         caldera_free(meta->e[i].key);
     }
     caldera_free_unaligned(meta->e);
+    caldera_free(meta->hidx);
     caldera_free(meta);
 }
 
 int caldera_meta_find(const struct caldera_meta * meta, const char * key) {
-    if (!meta || !key) return -1;
-    for (int64_t i = 0; i < meta->n; i++) {
+    if (!meta || !key || !meta->hidx) return -1;
+    uint64_t j = key_hash(key) & (uint64_t) (meta->hcap - 1);
+    for (; meta->hidx[j]; j = (j + 1) & (uint64_t) (meta->hcap - 1)) {
+        int64_t i = meta->hidx[j] - 1;
         if (strcmp(meta->e[i].key, key) == 0) return (int) i;
     }
     return -1;
@@ -82,6 +116,7 @@ static struct meta_entry * meta_slot(struct caldera_meta * meta, const char * ke
         entry_clear(&meta->e[i]);
         return &meta->e[i];
     }
+    if (!meta_index(meta, meta->n + 1)) return NULL;
     if (meta->n == meta->cap) {
         int64_t cap = meta->cap ? meta->cap * 2 : 16;
         struct meta_entry * e = caldera_realloc(meta->e, (size_t) cap * sizeof(*e));
@@ -91,9 +126,12 @@ static struct meta_entry * meta_slot(struct caldera_meta * meta, const char * ke
     }
     char * k = caldera_strdup(key);
     if (!k) return NULL;
-    struct meta_entry * e = &meta->e[meta->n++];
+    struct meta_entry * e = &meta->e[meta->n];
     memset(e, 0, sizeof(*e));
     e->key = k;
+    uint64_t j = key_hash(key) & (uint64_t) (meta->hcap - 1);
+    while (meta->hidx[j]) j = (j + 1) & (uint64_t) (meta->hcap - 1);
+    meta->hidx[j] = ++meta->n;
     return e;
 }
 
@@ -135,6 +173,7 @@ int caldera_meta_set_string_n(struct caldera_meta * meta, const char * key, cons
     }
     e->type = CALDERA_META_STRING;
     e->v.s = s;
+    e->len = len;
     return 0;
 }
 
@@ -146,29 +185,29 @@ int caldera_meta_set_string_array_n(struct caldera_meta * meta, const char * key
                                     const char * const * strs, const size_t * lens) {
     if (n < 0) return CALDERA_ERR_INVAL;
     char ** arr = caldera_calloc((size_t) (n ? n : 1), sizeof(char *));
-    if (!arr) return CALDERA_ERR_NOMEM;
-    for (int64_t i = 0; i < n; i++) {
-        size_t l = lens ? lens[i] : strlen(strs[i]);
-        arr[i] = caldera_malloc(l + 1);
-        if (!arr[i]) {
-            for (int64_t j = 0; j < i; j++) caldera_free(arr[j]);
-            caldera_free(arr);
-            return CALDERA_ERR_NOMEM;
-        }
-        memcpy(arr[i], strs[i], l);
-        arr[i][l] = 0;
+    size_t * ls = caldera_calloc((size_t) (n ? n : 1), sizeof(size_t));
+    int64_t made = 0;
+    if (!arr || !ls) goto nomem;
+    for (; made < n; made++) {
+        size_t l = lens ? lens[made] : strlen(strs[made]);
+        if (!(arr[made] = caldera_malloc(l + 1))) goto nomem;
+        memcpy(arr[made], strs[made], l);
+        arr[made][l] = 0;
+        ls[made] = l;
     }
     struct meta_entry * e = meta_slot(meta, key);
-    if (!e) {
-        for (int64_t j = 0; j < n; j++) caldera_free(arr[j]);
-        caldera_free(arr);
-        return CALDERA_ERR_NOMEM;
-    }
+    if (!e) goto nomem;
     e->type = CALDERA_META_ARRAY;
     e->elem = CALDERA_META_STRING;
     e->n = n;
     e->v.arr = arr;
+    e->lens = ls;
     return 0;
+nomem:
+    for (int64_t j = 0; arr && j < made; j++) caldera_free(arr[j]);
+    caldera_free(arr);
+    caldera_free(ls);
+    return CALDERA_ERR_NOMEM;
 }
 
 int caldera_meta_set_array(struct caldera_meta * meta, const char * key, enum caldera_meta_type elem_type,
@@ -200,8 +239,12 @@ int caldera_meta_copy(struct caldera_meta * dst, const struct caldera_meta * src
         const struct meta_entry * e = &src->e[i];
         int rc;
         switch (e->type) {
-        case CALDERA_META_STRING: rc = caldera_meta_set_string(dst, e->key, e->v.s); break;
-        case CALDERA_META_ARRAY:  rc = caldera_meta_set_array(dst, e->key, e->elem, e->n, e->v.arr); break;
+        case CALDERA_META_STRING: rc = caldera_meta_set_string_n(dst, e->key, e->v.s, e->len); break;
+        case CALDERA_META_ARRAY:
+            rc = e->elem == CALDERA_META_STRING
+                     ? caldera_meta_set_string_array_n(dst, e->key, e->n, (const char * const *) e->v.arr, e->lens)
+                     : caldera_meta_set_array(dst, e->key, e->elem, e->n, e->v.arr);
+            break;
         case CALDERA_META_F32: case CALDERA_META_F64: rc = caldera_meta_set_float(dst, e->key, e->type, e->v.f); break;
         case CALDERA_META_U64:    rc = caldera_meta_set_uint64(dst, e->key, e->v.u); break;
         default:                  rc = caldera_meta_set_int(dst, e->key, e->type, e->v.i); break;
@@ -264,4 +307,38 @@ int caldera_meta_get_array(const struct caldera_meta * meta, const char * key, e
     if (n) *n = meta->e[i].n;
     if (data) *data = meta->e[i].v.arr;
     return 0;
+}
+
+int caldera_meta_get_string_n(const struct caldera_meta * meta, const char * key, const char ** out, size_t * len) {
+    int i = caldera_meta_find(meta, key);
+    if (i < 0) return CALDERA_ERR_NOT_FOUND;
+    if (meta->e[i].type != CALDERA_META_STRING) return CALDERA_ERR_INVAL;
+    *out = meta->e[i].v.s;
+    if (len) *len = meta->e[i].len;
+    return 0;
+}
+
+int caldera_meta_get_string_array_n(const struct caldera_meta * meta, const char * key, int64_t * n,
+                                    const char * const ** strs, const size_t ** lens) {
+    int i = caldera_meta_find(meta, key);
+    if (i < 0) return CALDERA_ERR_NOT_FOUND;
+    const struct meta_entry * e = &meta->e[i];
+    if (e->type != CALDERA_META_ARRAY || e->elem != CALDERA_META_STRING) return CALDERA_ERR_INVAL;
+    if (n) *n = e->n;
+    if (strs) *strs = (const char * const *) e->v.arr;
+    if (lens) *lens = e->lens;
+    return 0;
+}
+
+int caldera_meta_get_uint64(const struct caldera_meta * meta, const char * key, uint64_t * out) {
+    int i = caldera_meta_find(meta, key);
+    if (i < 0) return CALDERA_ERR_NOT_FOUND;
+    const struct meta_entry * e = &meta->e[i];
+    if (e->type == CALDERA_META_U64) { *out = e->v.u; return 0; }
+    if (is_int_type(e->type)) {
+        if (e->v.i < 0) return CALDERA_ERR_RANGE;
+        *out = (uint64_t) e->v.i;
+        return 0;
+    }
+    return CALDERA_ERR_INVAL;
 }

@@ -26,9 +26,9 @@
 #include "gguf-quants.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-// Far above any real file (tens of keys; tokenizer data are array values). caldera_meta finds
-// keys linearly, so n keys cost O(n^2): 16384 keys open in 0.8 s, 65536 in 13 s.
-#define GGUF_MAX_KV            (1 << 14)
+// Far above any real file (tens of keys; tokenizer data are array values); bounds the memory a
+// hostile header can make us spend on keys.
+#define GGUF_MAX_KV            (1 << 20)
 #define GGUF_PAR_GRAIN         (1 << 20)  // elements per chunk of parallel dequantization
 #define GGUF_DTYPE_KEY         "caldera.gguf.dtype."  // + tensor name: dtype stored under a wider GGUF type
 
@@ -1028,7 +1028,8 @@ static int write_meta(struct caldera_inst * inst, struct gguf_writer * w, const 
         if ((rc = buf_str(&w->kv, key, strlen(key))) < 0 || (rc = buf_u32(&w->kv, t)) < 0) return rc;
         if (t == CALDERA_META_STRING) {
             const char * s = NULL;
-            if ((rc = caldera_meta_get_string(meta, key, &s)) < 0 || (rc = buf_str(&w->kv, s, strlen(s))) < 0) return rc;
+            size_t       len = 0;
+            if ((rc = caldera_meta_get_string_n(meta, key, &s, &len)) < 0 || (rc = buf_str(&w->kv, s, len)) < 0) return rc;
         } else if (t == CALDERA_META_ARRAY) {
             enum caldera_meta_type et;
             int64_t                n;
@@ -1036,9 +1037,11 @@ static int write_meta(struct caldera_inst * inst, struct gguf_writer * w, const 
             if ((rc = caldera_meta_get_array(meta, key, &et, &n, &data)) < 0) return rc;
             if ((rc = buf_u32(&w->kv, et)) < 0 || (rc = buf_u64(&w->kv, (uint64_t) n)) < 0) return rc;
             if (et == CALDERA_META_STRING) {
-                const char * const * s = data;
+                const char * const * s;
+                const size_t *       lens;   // strings keep their bytes, NULs included
+                if ((rc = caldera_meta_get_string_array_n(meta, key, NULL, &s, &lens)) < 0) return rc;
                 for (int64_t k = 0; k < n; k++) {
-                    if ((rc = buf_str(&w->kv, s[k], strlen(s[k]))) < 0) return rc;
+                    if ((rc = buf_str(&w->kv, s[k], lens[k])) < 0) return rc;
                 }
             } else if (meta_scalar_size(et)) {
                 if ((rc = buf_put(&w->kv, data, (size_t) n * meta_scalar_size(et))) < 0) return rc;

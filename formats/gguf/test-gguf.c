@@ -493,6 +493,42 @@ START_TEST(test_update_meta) {
 }
 END_TEST
 
+// Strings with NUL bytes (real tokenizers have a "\0" token) are written and read back whole.
+START_TEST(test_strings_with_nul) {
+    struct h h = h_new();
+    const char * path = tu_path(fresh_dir("nul"), "nul.gguf");
+    char p2[700];
+    snprintf(p2, sizeof(p2), "%s", path);
+    struct caldera_meta * m;
+    ck_assert_int_eq(caldera_meta_init(&m), 0);
+    ck_assert_int_eq(caldera_meta_set_string_n(m, "s", "a\0b", 3), 0);
+    const char * strs[3] = { "<s>", "\0", "x\0y" };
+    const size_t lens[3] = { 3, 1, 3 };
+    ck_assert_int_eq(caldera_meta_set_string_array_n(m, "tokenizer.ggml.tokens", 3, strs, lens), 0);
+    ck_assert_int_eq(h.ops->create(h.inst, p2, m), 0);
+    ck_assert_int_eq(h.ops->finish(h.inst, 1), 0);
+    caldera_meta_free(m);
+    h_free(&h);
+    struct h r = h_new();
+    ck_assert_int_eq(r.ops->open(r.inst, p2), 0);
+    const char * s;
+    size_t len;
+    ck_assert_int_eq(caldera_meta_get_string_n(r.ops->meta(r.inst), "s", &s, &len), 0);
+    ck_assert_uint_eq(len, 3);
+    ck_assert_int_eq(memcmp(s, "a\0b", 3), 0);
+    int64_t n;
+    const char * const * a;
+    const size_t * l;
+    ck_assert_int_eq(caldera_meta_get_string_array_n(r.ops->meta(r.inst), "tokenizer.ggml.tokens", &n, &a, &l), 0);
+    ck_assert_int_eq(n, 3);
+    ck_assert_uint_eq(l[1], 1);
+    ck_assert_int_eq(a[1][0], 0);
+    ck_assert_uint_eq(l[2], 3);
+    ck_assert_int_eq(memcmp(a[2], "x\0y", 3), 0);
+    h_free(&r);
+}
+END_TEST
+
 START_TEST(test_write_roundtrip) {
     struct h h = h_create();
     ck_assert_int_eq(caldera_inst_set(h.inst, "alignment", "64"), 0);
@@ -1078,9 +1114,9 @@ START_TEST(test_bad_counts) {
     // more keys than the reader takes (the file is big enough for them)
     s = spec_valid();
     s.n_kv_override = -2;
-    s.n_kv_raw      = 16385;
-    s.data_bytes    = 16385 * 13;
-    expect_open(&s, "manykv.gguf", CALDERA_ERR_UNSUPPORTED, "offset 16: n_kv = 16385 keys; at most 16384 are read");
+    s.n_kv_raw      = (1 << 20) + 1;
+    s.data_bytes    = ((1 << 20) + 1) * 13;
+    expect_open(&s, "manykv.gguf", CALDERA_ERR_UNSUPPORTED, "offset 16: n_kv = 1048577 keys; at most 1048576 are read");
     // counts that fit the size bound but claim more entries than there are: truncation
     s = spec_valid();
     s.n_kv_override = -2;
@@ -1453,6 +1489,7 @@ static Suite * gguf_suite(void) {
     tc = tcase_create("write");
     tcase_add_test(tc, test_write_roundtrip);
     tcase_add_test(tc, test_update_meta);
+    tcase_add_test(tc, test_strings_with_nul);
     tcase_add_test(tc, test_llama_permutation_roundtrip);
     tcase_add_test(tc, test_write_abort_and_errors);
     tcase_add_test(tc, test_llama_perm_errors_and_convention);

@@ -253,6 +253,13 @@ enum caldera_meta_type caldera_meta_type_of(const struct caldera_meta * meta, in
 int  caldera_meta_get_int(const struct caldera_meta * meta, const char * key, int64_t * out);
 int  caldera_meta_get_float(const struct caldera_meta * meta, const char * key, double * out);
 int  caldera_meta_get_string(const struct caldera_meta * meta, const char * key, const char ** out);
+/** A string with its byte length (strings may hold NUL bytes, e.g. GGUF tokens). */
+int  caldera_meta_get_string_n(const struct caldera_meta * meta, const char * key, const char ** out, size_t * len);
+/** A STRING array with the byte length of every element. */
+int  caldera_meta_get_string_array_n(const struct caldera_meta * meta, const char * key, int64_t * n,
+                                     const char * const ** strs, const size_t ** lens);
+/** An unsigned 64-bit value (U64 beyond INT64_MAX included); CALDERA_ERR_RANGE for negative values. */
+int  caldera_meta_get_uint64(const struct caldera_meta * meta, const char * key, uint64_t * out);
 /** Array access: element type, length, and the packed data (numeric) or `char **` (STRING). */
 int  caldera_meta_get_array(const struct caldera_meta * meta, const char * key,
                             enum caldera_meta_type * elem_type, int64_t * n, const void ** data);
