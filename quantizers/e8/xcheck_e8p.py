@@ -24,13 +24,14 @@ W=rng.standard_normal((16384,8))
 s=np.sqrt((W**2).mean())/1.03
 X=W/s
 cn=(cb**2).sum(1)
-err=0.0
+per=[]
 for i in range(0,len(X),2048):
     x=X[i:i+2048]
     d=cn[None,:]-2*x@cb.T
     q=cb[d.argmin(1)]
-    err+=((x-q)**2).sum()
-print("E8P 2-bit MSE per weight (W units):", err*s*s/W.size)
+    per.append(((x-q)**2).mean(1)*s*s)
+per=np.concatenate(per)
+print("E8P 2-bit MSE per weight (W units): %.5f +- %.5f (standard error)" % (per.mean(), per.std()/np.sqrt(len(per))))
 # packed abs form: permute by [0,2,4,6,1,3,5,7], negate coordinate 7 when the sum is odd,
 # nibble 2v+8 (the check values of algorithms.md 3.1 are 0x99999999 0x59999999 0xd9999999 0x7999b999)
 pk = absg[:, [0, 2, 4, 6, 1, 3, 5, 7]].copy()
