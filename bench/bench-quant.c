@@ -5,6 +5,9 @@
 // encode throughput, and the rht forward/inverse. Not a test: prints a Markdown table.
 //   usage: bench-quant [-m rows] [-n cols] [-t 1,2] [-T tune_iters] [-s sgemm_size] [-q uniform,e8]
 //                      [-b buffer_cols] [-r reps]   (timings: best of reps runs)
+//          bench-quant -Q [-m rows] [-n cols] [-T tune]: quality table (relative proxy error of RTN,
+//                      ldlq, ldlq + tune passes, each with and without rht) instead of speed
+//          -O: W gets outlier input channels (every 64th column x20), as LLM weights have
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -92,7 +95,8 @@ static double time_ldlq(struct caldera_ctx * ctx, const char * cbname, int64_t t
     double t = -1;
     if (caldera_inst_create(ctx, cbname, "cb", &cb) < 0) goto done;
     if (strcmp(cbname, "uniform") == 0 && (caldera_inst_set(cb, "bits", "4") < 0 ||
-                                            caldera_inst_set(cb, "granularity", "row") < 0)) goto done;
+                                            caldera_inst_set(cb, "granularity", "row") < 0 ||
+                                            caldera_inst_set(cb, "symmetric", "0") < 0)) goto done;
     if (strcmp(cbname, "e8") == 0 && caldera_inst_set(cb, "bits", "2") < 0) goto done;
     snprintf(buf, sizeof(buf), "%" PRId64, tune);
     if (caldera_inst_start(cb) < 0 || caldera_inst_create(ctx, "ldlq", "q", &q) < 0 ||
@@ -180,12 +184,93 @@ done:
     caldera_inst_free(t);
 }
 
+// Relative proxy error tr(E H Eᵀ) / tr(W H Wᵀ) of one method: codebook cbname, RTN (tune < 0) or
+// ldlq with tune passes, optionally inside the rht transform. Returns < 0 on failure.
+static double rel_err(struct caldera_ctx * ctx, const char * cbname, const char * bits, int64_t tune, int use_rht,
+                      const struct caldera_tensor * w, const struct caldera_tensor * h, double * secs) {
+    struct caldera_inst * cb = NULL, * q = NULL, * t = NULL;
+    struct caldera_pack * pack = NULL;
+    struct caldera_tensor wt = { 0 }, ht = { 0 }, qt = { 0 }, back = { 0 }, e = { 0 };
+    void * st = NULL;
+    const struct caldera_tensor * win = w, * hin = h;
+    double res = -1, num = 0, den = 0;
+    char buf[32];
+    if (caldera_inst_create(ctx, cbname, "cb", &cb) < 0 || caldera_inst_set(cb, "bits", bits) < 0) goto done;
+    if (strcmp(cbname, "uniform") == 0 && (caldera_inst_set(cb, "granularity", "row") < 0 ||
+                                           caldera_inst_set(cb, "symmetric", "0") < 0)) goto done;
+    if (caldera_inst_start(cb) < 0) goto done;
+    struct caldera_inst * use = cb;
+    if (tune >= 0) {
+        snprintf(buf, sizeof(buf), "%" PRId64, tune);
+        if (caldera_inst_create(ctx, "ldlq", "q", &q) < 0 || caldera_inst_set_ref(q, "codebook", cb) < 0 ||
+            caldera_inst_set(q, "tune_iters", buf) < 0 || caldera_inst_start(q) < 0) goto done;
+        use = q;
+    }
+    double t0 = now();
+    if (use_rht) {
+        if (caldera_inst_create(ctx, "rht", "rht", &t) < 0 || caldera_inst_start(t) < 0) goto done;
+        const struct caldera_transform_ops * to = caldera_inst_plugin(t)->ops;
+        if (to->forward(t, "bench.weight", w, h, &wt, &ht, NULL, &st) < 0) goto done;
+        win = &wt;
+        hin = &ht;
+    }
+    if (caldera_pack_init(&pack) < 0 || caldera_tensor_alloc_f32(ctx, win->ne[0], win->ne[1], &qt) < 0) goto done;
+    if (caldera_quantizer_quantize(use, win, tune >= 0 ? hin : NULL, &qt, pack) < 0) goto done;
+    const struct caldera_tensor * wq = &qt;
+    if (use_rht) {
+        if (((const struct caldera_transform_ops *) caldera_inst_plugin(t)->ops)->inverse(t, st, &qt, &back) < 0) goto done;
+        wq = &back;
+    }
+    *secs = now() - t0;
+    if (caldera_tensor_alloc_f32(ctx, w->ne[0], w->ne[1], &e) < 0) goto done;
+    for (int64_t i = 0; i < w->ne[0] * w->ne[1]; i++) {
+        ((float *) e.data)[i] = ((const float *) w->data)[i] - ((const float *) wq->data)[i];
+    }
+    if (caldera_linalg_trace_quad(ctx, &e, h, &num) < 0 || caldera_linalg_trace_quad(ctx, w, h, &den) < 0) goto done;
+    res = num / den;
+done:
+    if (res < 0) fprintf(stderr, "bench-quant: quality %s: %s\n", cbname, caldera_ctx_errmsg(ctx));
+    if (t && st) ((const struct caldera_transform_ops *) caldera_inst_plugin(t)->ops)->free_state(t, st);
+    caldera_pack_free(pack);
+    caldera_tensor_free(&wt); caldera_tensor_free(&ht); caldera_tensor_free(&qt);
+    caldera_tensor_free(&back); caldera_tensor_free(&e);
+    caldera_inst_free(t); caldera_inst_free(q); caldera_inst_free(cb);
+    return res;
+}
+
+static int quality(struct caldera_ctx * ctx, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                   int64_t tune) {
+    static const char * cfg[][2] = { { "uniform", "4" }, { "uniform", "3" }, { "e8", "2" } };
+    printf("| codebook | method | rht | rel. proxy error tr(EHE^T)/tr(WHW^T) | seconds |\n|---|---|---|---|---|\n");
+    for (int c = 0; c < 3; c++) {
+        for (int use_rht = 0; use_rht <= 1; use_rht++) {
+            int64_t tunes[3] = { -1, 0, tune };
+            for (int k = 0; k < (tune > 0 ? 3 : 2); k++) {
+                double secs = 0, r = rel_err(ctx, cfg[c][0], cfg[c][1], tunes[k], use_rht, w, h, &secs);
+                if (r < 0) return 1;
+                char meth[32];
+                if (tunes[k] < 0) snprintf(meth, sizeof(meth), "RTN");
+                else snprintf(meth, sizeof(meth), "ldlq tune %" PRId64, tunes[k]);
+                printf("| %s %s-bit%s | %s | %s | %.4f | %.2f |\n", cfg[c][0], cfg[c][1],
+                       strcmp(cfg[c][0], "uniform") == 0 ? " (row min/max)" : "", meth, use_rht ? "yes" : "no", r, secs);
+            }
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     int64_t m = 4096, n = 4096, tune = 0, gs = 0;
+    int do_quality = 0, outliers = 0;
     const char * threads = "1,2";
     const char * cbs = "uniform,e8";
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i], * v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "-Q") == 0 || strcmp(a, "-O") == 0) {
+            do_quality |= a[1] == 'Q';
+            outliers |= a[1] == 'O';
+            continue;
+        }
         if (!v) { fprintf(stderr, "bench-quant: %s needs a value\n", a); return 2; }
         if (strcmp(a, "-m") == 0) m = atoll(v);
         else if (strcmp(a, "-n") == 0) n = atoll(v);
@@ -195,7 +280,7 @@ int main(int argc, char ** argv) {
         else if (strcmp(a, "-q") == 0) cbs = v;
         else if (strcmp(a, "-b") == 0) g_buffer = v;
         else if (strcmp(a, "-r") == 0) g_reps = atoi(v) > 0 ? atoi(v) : 1;
-        else { fprintf(stderr, "usage: bench-quant [-m rows] [-n cols] [-t 1,2] [-T tune] [-s sgemm] [-q uniform,e8] [-b buffer_cols] [-r reps]\n"); return 2; }
+        else { fprintf(stderr, "usage: bench-quant [-m rows] [-n cols] [-t 1,2] [-T tune] [-s sgemm] [-q uniform,e8] [-b buffer_cols] [-r reps] [-Q] [-O]\n"); return 2; }
         i++;
     }
     if (gs <= 0) gs = n;
@@ -211,8 +296,21 @@ int main(int argc, char ** argv) {
         goto done;
     }
     fill_normal(w.data, m * n, 5);
-    printf("# bench-quant: W %" PRId64 "x%" PRId64 " N(0,1), H %" PRId64 "x%" PRId64 " real-like (rank n/4 + ridge 0.01),"
-           " tune_iters %" PRId64 ", buffer_cols %s, best of %d\n\n", m, n, n, n, tune, g_buffer, g_reps);
+    if (outliers) {   // LLM-like outlier input channels: every 64th column ×20
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t c = 0; c < n; c += 64) {
+                ((float *) w.data)[r * n + c] *= 20.0f;
+            }
+        }
+    }
+    printf("# bench-quant: W %" PRId64 "x%" PRId64 " N(0,1)%s, H %" PRId64 "x%" PRId64 " real-like (rank n/4 + ridge 0.01),"
+           " tune_iters %" PRId64 ", buffer_cols %s, best of %d\n\n", m, n,
+           outliers ? " with every 64th column x20" : "", n, n, tune, g_buffer, g_reps);
+    if (do_quality) {
+        caldera_ctx_set_threads(ctx, 2);
+        rc = quality(ctx, &w, &h, tune);
+        goto done;
+    }
     printf("| threads | what | seconds | FLOP | GFLOP/s | of sgemm | note |\n|---|---|---|---|---|---|---|\n");
     for (const char * tp = threads; *tp;) {
         int nt = atoi(tp);
