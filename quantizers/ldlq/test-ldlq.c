@@ -558,6 +558,36 @@ START_TEST(test_err_cols_not_block) {
 }
 END_TEST
 
+// Out-of-memory sweep (SQLite style): fail allocation k = 1, 2, ... inside quantize until it
+// succeeds; every failure must be CALDERA_ERR_NOMEM and leak nothing (checked under ASan).
+START_TEST(test_oom_sweep) {
+    struct fx f = fx_make("3", "2");
+    ck_assert_int_eq(caldera_inst_set(f.q, "tune_iters", "1"), 0);
+    ck_assert_int_eq(caldera_inst_set(f.q, "buffer_cols", "4"), 0);
+    ck_assert_int_eq(caldera_inst_start(f.q), 0);
+    struct caldera_tensor w = tu_randn(f.ctx, 6, 16, 1), h = tu_hessian(f.ctx, 16, 8, 0.01, 2), wh, ref;
+    ck_assert_int_eq(run_q(f.q, &w, &h, &ref, NULL), 0);
+    ck_assert_int_eq(caldera_tensor_alloc_f32(f.ctx, 6, 16, &wh), 0);
+    const struct caldera_quantizer_ops * ops = caldera_inst_plugin(f.q)->ops;
+    int rc = -1;
+    int64_t k;
+    for (k = 1; k < 500 && rc != 0; k++) {
+        struct caldera_pack * pack;
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        caldera_alloc_fail_at(k);
+        rc = ops->quantize(f.q, &w, &h, &wh, pack);
+        caldera_alloc_fail_at(0);
+        caldera_pack_free(pack);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "allocation %lld: rc %d", (long long) k, rc);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_gt(k, 5);   // the sweep did hit allocations
+    ck_assert_int_eq(count_diff(&wh, &ref), 0);
+    caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&wh); caldera_tensor_free(&ref);
+    fx_free(&f);
+}
+END_TEST
+
 static Suite * ldlq_suite(void) {
     Suite * s = suite_create("ldlq");
     TCase * tc = tcase_create("scalar");
@@ -574,6 +604,7 @@ static Suite * ldlq_suite(void) {
     tcase_add_test(te, test_err_config);
     tcase_add_test(te, test_err_inputs);
     tcase_add_test(te, test_err_cols_not_block);
+    tcase_add_test(te, test_oom_sweep);
     suite_add_tcase(s, te);
     return s;
 }

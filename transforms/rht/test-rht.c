@@ -353,6 +353,43 @@ START_TEST(test_errors) {
 }
 END_TEST
 
+// Out-of-memory sweep: fail allocation k = 1, 2, ... in forward and inverse until both succeed;
+// every failure is CALDERA_ERR_NOMEM with nothing leaked (ASan) and no state handed out.
+START_TEST(test_oom_sweep) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * t = make_rht(ctx, "1");
+    struct caldera_tensor w = tu_randn(ctx, 10, 172, 1), h = tu_hessian(ctx, 172, 20, 0.01, 2);
+    int rc = -1;
+    int64_t k;
+    for (k = 1; k < 500 && rc != 0; k++) {
+        struct caldera_tensor wt = { 0 }, ht = { 0 }, back = { 0 };
+        struct caldera_pack * pack;
+        void * st = NULL;
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        caldera_alloc_fail_at(k);
+        rc = rops(t)->forward(t, "w", &w, &h, &wt, &ht, pack, &st);
+        if (rc == 0) {
+            rc = rops(t)->inverse(t, st, &wt, &back);
+        } else {
+            ck_assert_ptr_null(st);
+        }
+        caldera_alloc_fail_at(0);
+        ck_assert_msg(rc == 0 || rc == CALDERA_ERR_NOMEM, "allocation %lld: rc %d", (long long) k, rc);
+        if (rc == 0) {
+            ck_assert_double_le(tu_max_abs_diff(&back, &w), INV_TOL * max_abs(&w));
+        }
+        rops(t)->free_state(t, st);
+        caldera_pack_free(pack);
+        caldera_tensor_free(&wt); caldera_tensor_free(&ht); caldera_tensor_free(&back);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_gt(k, 5);
+    caldera_tensor_free(&w); caldera_tensor_free(&h);
+    caldera_inst_free(t);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * rht_suite(void) {
     Suite * s = suite_create("rht");
     TCase * tc = tcase_create("rht");
@@ -365,6 +402,7 @@ static Suite * rht_suite(void) {
     tcase_add_test(tc, test_padded_hessian_pd);
     tcase_add_test(tc, test_determinism_and_pack);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_oom_sweep);
     suite_add_tcase(s, tc);
     return s;
 }
