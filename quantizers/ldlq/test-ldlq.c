@@ -588,6 +588,36 @@ START_TEST(test_oom_sweep) {
 }
 END_TEST
 
+// Strided views (ld > cols) for W, H and w_hat give the same result as contiguous tensors.
+START_TEST(test_strided_views) {
+    struct fx f = fx_make("3", "1");
+    ck_assert_int_eq(caldera_inst_set(f.q, "tune_iters", "2"), 0);
+    ck_assert_int_eq(caldera_inst_start(f.q), 0);
+    const int64_t m = 9, n = 24, pad = 5;
+    struct caldera_tensor w = tu_randn(f.ctx, m, n, 3), h = tu_hessian(f.ctx, n, 6, 0.01, 4), ref;
+    ck_assert_int_eq(run_q(f.q, &w, &h, &ref, NULL), 0);
+    float * wb = calloc((size_t) (m * (n + pad)), sizeof(float));
+    float * hb = calloc((size_t) (n * (n + pad)), sizeof(float));
+    float * ob = calloc((size_t) (m * (n + pad)), sizeof(float));
+    for (int64_t r = 0; r < m; r++) memcpy(wb + r * (n + pad), (float *) w.data + r * n, (size_t) n * sizeof(float));
+    for (int64_t r = 0; r < n; r++) memcpy(hb + r * (n + pad), (float *) h.data + r * n, (size_t) n * sizeof(float));
+    struct caldera_tensor ws = caldera_tensor_view_f32(wb, m, n), hs = caldera_tensor_view_f32(hb, n, n);
+    struct caldera_tensor os = caldera_tensor_view_f32(ob, m, n);
+    ws.ld = os.ld = hs.ld = n + pad;
+    struct caldera_pack * pack;
+    ck_assert_int_eq(caldera_pack_init(&pack), 0);
+    const struct caldera_quantizer_ops * ops = caldera_inst_plugin(f.q)->ops;
+    ck_assert_int_eq(ops->quantize(f.q, &ws, &hs, &os, pack), 0);
+    ck_assert_int_eq(count_diff(&os, &ref), 0);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = n; c < n + pad; c++) ck_assert(ob[r * (n + pad) + c] == 0.0f);   // padding untouched
+    caldera_pack_free(pack);
+    free(wb); free(hb); free(ob);
+    caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&ref);
+    fx_free(&f);
+}
+END_TEST
+
 static Suite * ldlq_suite(void) {
     Suite * s = suite_create("ldlq");
     TCase * tc = tcase_create("scalar");
@@ -599,6 +629,7 @@ static Suite * ldlq_suite(void) {
     tcase_add_test(tc, test_matches_gptq_reference);
     tcase_add_test(tc, test_odd_shapes_and_buffers);
     tcase_add_test(tc, test_bits_delegate);
+    tcase_add_test(tc, test_strided_views);
     suite_add_tcase(s, tc);
     TCase * te = tcase_create("errors");
     tcase_add_test(te, test_err_config);

@@ -390,6 +390,39 @@ START_TEST(test_oom_sweep) {
 }
 END_TEST
 
+// Strided inputs (ld > cols) give the same bytes as contiguous ones.
+START_TEST(test_strided_input) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * t = make_rht(ctx, "5");
+    const int64_t m = 7, n = 36, pad = 3;
+    struct caldera_tensor w = tu_randn(ctx, m, n, 1), h = tu_hessian(ctx, n, 9, 0.01, 2), a, ah, b, bh, ib;
+    void * sa = NULL, * sb = NULL;
+    ck_assert_int_eq(rops(t)->forward(t, "x", &w, &h, &a, &ah, NULL, &sa), 0);
+    float * wb = calloc((size_t) (m * (n + pad)), sizeof(float)), * hb = calloc((size_t) (n * (n + pad)), sizeof(float));
+    for (int64_t r = 0; r < m; r++) memcpy(wb + r * (n + pad), (float *) w.data + r * n, (size_t) n * sizeof(float));
+    for (int64_t r = 0; r < n; r++) memcpy(hb + r * (n + pad), (float *) h.data + r * n, (size_t) n * sizeof(float));
+    struct caldera_tensor ws = caldera_tensor_view_f32(wb, m, n), hs = caldera_tensor_view_f32(hb, n, n);
+    ws.ld = n + pad;
+    hs.ld = n + pad;
+    ck_assert_int_eq(rops(t)->forward(t, "x", &ws, &hs, &b, &bh, NULL, &sb), 0);
+    ck_assert_int_eq(memcmp(a.data, b.data, (size_t) (a.ne[0] * a.ne[1]) * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(ah.data, bh.data, (size_t) (ah.ne[0] * ah.ne[1]) * sizeof(float)), 0);
+    // inverse of a strided transformed matrix
+    float * tb = calloc((size_t) (a.ne[0] * (a.ne[1] + pad)), sizeof(float));
+    for (int64_t r = 0; r < a.ne[0]; r++) memcpy(tb + r * (a.ne[1] + pad), (float *) a.data + r * a.ne[1], (size_t) a.ne[1] * sizeof(float));
+    struct caldera_tensor ts = caldera_tensor_view_f32(tb, a.ne[0], a.ne[1]);
+    ts.ld = a.ne[1] + pad;
+    ck_assert_int_eq(rops(t)->inverse(t, sb, &ts, &ib), 0);
+    ck_assert_double_le(tu_max_abs_diff(&ib, &w), INV_TOL * max_abs(&w));
+    rops(t)->free_state(t, sa); rops(t)->free_state(t, sb);
+    free(wb); free(hb); free(tb);
+    caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&a); caldera_tensor_free(&ah);
+    caldera_tensor_free(&b); caldera_tensor_free(&bh); caldera_tensor_free(&ib);
+    caldera_inst_free(t);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * rht_suite(void) {
     Suite * s = suite_create("rht");
     TCase * tc = tcase_create("rht");
@@ -403,6 +436,7 @@ static Suite * rht_suite(void) {
     tcase_add_test(tc, test_determinism_and_pack);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_oom_sweep);
+    tcase_add_test(tc, test_strided_input);
     suite_add_tcase(s, tc);
     return s;
 }
