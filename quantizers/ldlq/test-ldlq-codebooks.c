@@ -206,12 +206,78 @@ START_TEST(test_e8_shape_errors) {
 }
 END_TEST
 
+// Textbook GPTQ (column by column, upper Cholesky of Hd⁻¹, double precision) rounding each column
+// through the uniform plugin's own codebook ops, against ldlq over the same uniform instance.
+// ldlq goes from the last column to the first, so the reference walks the columns backwards.
+START_TEST(test_uniform_matches_gptq_reference) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * cb, * q;
+    make(ctx, "uniform", "bits", "4", &cb, &q);
+    ck_assert_int_eq(caldera_inst_start(q), 0);
+    const struct caldera_quantizer_ops * cbo = caldera_inst_plugin(cb)->ops;
+    const int64_t m = 10, n = 48;
+    int64_t diff = 0;
+    for (uint64_t seed = 1; seed <= 3; seed++) {
+        struct caldera_tensor w = tu_randn(ctx, m, n, 40 + seed), h = tu_hessian(ctx, n, 12, 0.01, 50 + seed), wq;
+        struct caldera_tensor hd = damped(ctx, &h, 0.01);
+        ck_assert_int_eq(run_q(q, &w, &h, &wq, NULL), 0);
+        // reversed-order Hd, its inverse (Gauss-Jordan) and the upper Cholesky factor U (inv = Uᵀ U)
+        double * a = calloc((size_t) (n * n), sizeof(double)), * inv = calloc((size_t) (n * n), sizeof(double));
+        double * u = calloc((size_t) (n * n), sizeof(double)), * x = calloc((size_t) (m * n), sizeof(double));
+        for (int64_t i = 0; i < n; i++) {
+            inv[i * n + i] = 1;
+            for (int64_t j = 0; j < n; j++) a[i * n + j] = ((float *) hd.data)[(n - 1 - i) * n + (n - 1 - j)];
+        }
+        for (int64_t k = 0; k < n; k++) {
+            double pv = a[k * n + k];
+            for (int64_t j = 0; j < n; j++) { a[k * n + j] /= pv; inv[k * n + j] /= pv; }
+            for (int64_t i = 0; i < n; i++) {
+                if (i == k) continue;
+                double f = a[i * n + k];
+                for (int64_t j = 0; j < n; j++) { a[i * n + j] -= f * a[k * n + j]; inv[i * n + j] -= f * inv[k * n + j]; }
+            }
+        }
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t j = i; j < n; j++) {
+                double sm = inv[i * n + j];
+                for (int64_t k = 0; k < i; k++) sm -= u[k * n + i] * u[k * n + j];
+                u[i * n + j] = i == j ? sqrt(sm) : sm / u[i * n + i];
+            }
+        }
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < n; c++) x[r * n + c] = ((float *) w.data)[r * n + (n - 1 - c)];
+        struct caldera_cb_state * st = NULL;
+        ck_assert_int_eq(cbo->cb_begin(cb, &w, &st), 0);
+        float col[64], colq[64];
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t r = 0; r < m; r++) col[r] = (float) x[r * n + i];
+            struct caldera_tensor ct = caldera_tensor_view_f32(col, m, 1), qt = caldera_tensor_view_f32(colq, m, 1);
+            ck_assert_int_eq(cbo->cb_round(cb, st, n - 1 - i, &ct, &qt), 0);
+            for (int64_t r = 0; r < m; r++) {
+                double err = (x[r * n + i] - colq[r]) / u[i * n + i];
+                x[r * n + i] = colq[r];
+                for (int64_t j = i + 1; j < n; j++) x[r * n + j] -= err * u[i * n + j];
+            }
+        }
+        cbo->cb_free(cb, st);
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < n; c++) diff += ((float *) wq.data)[r * n + c] != (float) x[r * n + (n - 1 - c)];
+        free(a); free(inv); free(u); free(x);
+        caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&hd); caldera_tensor_free(&wq);
+    }
+    ck_assert_msg(diff == 0, "%lld of %lld weights differ from the GPTQ reference", (long long) diff, (long long) (3 * m * n));
+    caldera_inst_free(q); caldera_inst_free(cb);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * ldlq_cb_suite(void) {
     Suite * s = suite_create("ldlq-codebooks");
     TCase * tc = tcase_create("codebooks");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_null_h_is_codebook_rtn);
     tcase_add_test(tc, test_beats_rtn);
+    tcase_add_test(tc, test_uniform_matches_gptq_reference);
     tcase_add_test(tc, test_e8_tune_monotone);
     tcase_add_test(tc, test_rht_chain);
     tcase_add_test(tc, test_e8_shape_errors);
