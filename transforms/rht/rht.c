@@ -234,8 +234,8 @@ static int rht_forward(struct caldera_inst * inst, const char * tensor_name, con
     if (pack) {
         int32_t * dims;
         int64_t six = 6;
-        if ((rc = pack_signs(pack, "rht.su", s->su, np)) < 0 || (rc = pack_signs(pack, "rht.sv", s->sv, mp)) < 0 ||
-            (rc = caldera_pack_add(pack, "rht.dims", CALDERA_DTYPE_I32, 1, &six, (void **) &dims)) < 0) {
+        if ((rc = pack_signs(pack, "su", s->su, np)) < 0 || (rc = pack_signs(pack, "sv", s->sv, mp)) < 0 ||
+            (rc = caldera_pack_add(pack, "dims", CALDERA_DTYPE_I32, 1, &six, (void **) &dims)) < 0) {
             rc = caldera_error(inst, rc, "forward: cannot add the rht tensors to the pack (%s)", caldera_status_str(rc));
             goto fail;
         }

@@ -266,15 +266,15 @@ START_TEST(test_determinism_and_pack) {
     ck_assert_int_eq(caldera_pack_count(pa), 3);
     ck_assert_uint_eq(caldera_pack_bits(pa), (uint64_t) (8 * ((np + 7) / 8) + 8 * ((mp + 7) / 8) + 6 * 32));
     struct caldera_tensor dims;
-    ck_assert_int_eq(caldera_pack_find(pa, "rht.dims", &dims), 0);
+    ck_assert_int_eq(caldera_pack_find(pa, "dims", &dims), 0);
     const int32_t * dv = dims.data;
     ck_assert_int_eq(dv[0], 40); ck_assert_int_eq(dv[1], 172); ck_assert_int_eq(dv[2], 40);
     ck_assert_int_eq(dv[3], 176); ck_assert_int_eq(dv[4], 20); ck_assert_int_eq(dv[5], 44);
     int same_c = 0, same_d = 0;
     for (int64_t i = 0; i < np; i++) {
-        same_c += su_bit(pa, "rht.su", i) == su_bit(pc, "rht.su", i);
-        same_d += su_bit(pa, "rht.su", i) == su_bit(pd, "rht.su", i);
-        ck_assert_int_eq(su_bit(pa, "rht.su", i), su_bit(pb, "rht.su", i));
+        same_c += su_bit(pa, "su", i) == su_bit(pc, "su", i);
+        same_d += su_bit(pa, "su", i) == su_bit(pd, "su", i);
+        ck_assert_int_eq(su_bit(pa, "su", i), su_bit(pb, "su", i));
     }
     ck_assert_int_lt(same_c, np);
     ck_assert_int_lt(same_d, np);
@@ -292,7 +292,7 @@ START_TEST(test_determinism_and_pack) {
     double err = 0;
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {
-            float sv = su_bit(pa, "rht.sv", i) ? -1.0f : 1.0f, su = su_bit(pa, "rht.su", j) ? -1.0f : 1.0f;
+            float sv = su_bit(pa, "sv", i) ? -1.0f : 1.0f, su = su_bit(pa, "su", j) ? -1.0f : 1.0f;
             err = fmax(err, fabs(xt[j * mp + i] * sv * su - ((float *) w.data)[i * n + j]));
         }
     }
