@@ -112,7 +112,8 @@ int caldera_linalg_cholesky(struct caldera_ctx * ctx, struct caldera_tensor * a)
     int64_t n = a->ne[0];
     if (n == 0) return 0;
     if (has_nonfinite(a)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "cholesky: matrix has NaN or Inf entries");
-    lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int) n, a->data, (lapack_int) LDA(a));
+    // The row-major lower triangle is the column-major upper one: factor in place, no transposes.
+    lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int) n, a->data, (lapack_int) LDA(a));
     if (info > 0) {
         return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC,
                                  "cholesky: matrix (%lld x %lld) is not positive definite (leading minor %d)", (long long) n,
@@ -144,7 +145,7 @@ int caldera_linalg_spd_inverse(struct caldera_ctx * ctx, struct caldera_tensor *
     if (rc) return rc;
     int64_t n = a->ne[0];
     if (n == 0) return 0;
-    lapack_int info = LAPACKE_spotri(LAPACK_ROW_MAJOR, 'L', (lapack_int) n, a->data, (lapack_int) LDA(a));
+    lapack_int info = LAPACKE_spotri(LAPACK_COL_MAJOR, 'U', (lapack_int) n, a->data, (lapack_int) LDA(a));
     if (info != 0) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "spd_inverse: inversion failed (info %d)", (int) info);
     mirror_lower(a);
     return 0;
@@ -170,6 +171,33 @@ int caldera_linalg_spd_solve(struct caldera_ctx * ctx, const struct caldera_tens
     return rc;
 }
 
+struct ldl_rows {
+    float *        l;      // (n, n) in: M = chol(H); out: L
+    int64_t        ld, n, b;
+    const double * minv;   // n/b blocks of b×b: M_jj⁻¹ (lower triangular), row-major
+};
+
+// L[i, block j] = M[i, block j] · M_jj⁻¹ for the blocks left of row i's own, identity on it.
+static void ldl_rows_fn(void * arg, int64_t i0, int64_t i1) {
+    const struct ldl_rows * r = arg;
+    double tmp[64];
+    for (int64_t i = i0; i < i1; i++) {
+        float * row = r->l + i * r->ld;
+        int64_t bi = i / r->b;
+        for (int64_t j = 0; j < bi; j++) {
+            const double * mi = r->minv + j * r->b * r->b;
+            const float *  x  = row + j * r->b;
+            for (int64_t k = 0; k < r->b; k++) {
+                double acc = 0;
+                for (int64_t t = k; t < r->b; t++) acc += (double) x[t] * mi[t * r->b + k];   // M_jj⁻¹ is lower
+                tmp[k] = acc;
+            }
+            for (int64_t k = 0; k < r->b; k++) row[j * r->b + k] = (float) tmp[k];
+        }
+        for (int64_t k = 0; k < r->b; k++) row[bi * r->b + k] = (bi * r->b + k == i) ? 1.0f : 0.0f;
+    }
+}
+
 int caldera_linalg_block_ldl(struct caldera_ctx * ctx, const struct caldera_tensor * h, int64_t b,
                              struct caldera_tensor * l, struct caldera_tensor * d) {
     int rc;
@@ -182,38 +210,41 @@ int caldera_linalg_block_ldl(struct caldera_ctx * ctx, const struct caldera_tens
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "block_ldl: size %lld is not a multiple of the block size %lld",
                                  (long long) n, (long long) b);
     }
+    if (b > 64) return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "block_ldl: block size %lld; allowed: 1..64", (long long) b);
     if (l->ne[0] != n || d->ne[0] != n) return dims_error(ctx, "block_ldl");
-    // L ← chol(H) (M), then for every column block j: D_j = M_jj M_jjᵀ, L[:, j] = M[:, j] M_jj⁻¹.
+    // L ← chol(H) (M); then D_j = M_jj M_jjᵀ and L = M · blockdiag(M_jj)⁻¹ (algorithms.md §2).
     copy_into(l, h->data, LDA(h), n, n);
     if ((rc = caldera_linalg_cholesky(ctx, l))) return rc;
     float * ld_ = l->data;
     float * dd = d->data;
-    int64_t ldl = LDA(l), ldd = LDA(d);
+    int64_t ldl = LDA(l), ldd = LDA(d), nb = n / b;
     for (int64_t i = 0; i < n; i++) memset(dd + i * ldd, 0, (size_t) n * sizeof(float));
-    float * mjj = caldera_malloc((size_t) (b * b) * sizeof(float));
-    if (!mjj) return CALDERA_ERR_NOMEM;
-    for (int64_t j0 = 0; j0 < n; j0 += b) {
-        for (int64_t i = 0; i < b; i++) memcpy(mjj + i * b, ld_ + (j0 + i) * ldl + j0, (size_t) b * sizeof(float));
+    double * minv = caldera_malloc((size_t) (nb * b * b) * sizeof(double));
+    if (!minv) return CALDERA_ERR_NOMEM;
+    for (int64_t j = 0; j < nb; j++) {
+        int64_t j0 = j * b;
+        double * mi = minv + j * b * b;
         // D_j = M_jj M_jjᵀ (lower triangular M_jj)
         for (int64_t i = 0; i < b; i++) {
             for (int64_t k = 0; k < b; k++) {
-                double s = 0;
-                for (int64_t t = 0; t <= (i < k ? i : k); t++) s += (double) mjj[i * b + t] * mjj[k * b + t];
-                dd[(j0 + i) * ldd + j0 + k] = (float) s;
+                double acc = 0;
+                for (int64_t t = 0; t <= (i < k ? i : k); t++) acc += (double) ld_[(j0 + i) * ldl + j0 + t] * ld_[(j0 + k) * ldl + j0 + t];
+                dd[(j0 + i) * ldd + j0 + k] = (float) acc;
             }
         }
-        // panel rows j0..n-1, columns j0..j0+b-1:  X ← X M_jj⁻¹
-        struct caldera_tensor panel = { .data = ld_ + j0 * ldl + j0, .dtype = CALDERA_DTYPE_F32, .ndim = 2,
-                                        .ne = { n - j0, b }, .ld = ldl };
-        struct caldera_tensor tj = caldera_tensor_view_f32(mjj, b, b);
-        rc = caldera_linalg_trsm(ctx, 1, 1, CALDERA_NO_TRANS, 0, 1.0f, &tj, &panel);
-        if (rc) break;
-        for (int64_t i = 0; i < b; i++) {   // exact unit diagonal block
-            for (int64_t k = 0; k < b; k++) ld_[(j0 + i) * ldl + j0 + k] = (i == k) ? 1.0f : 0.0f;
+        // M_jj⁻¹ by forward substitution, in double (b is small)
+        for (int64_t c = 0; c < b; c++) {
+            for (int64_t i = 0; i < b; i++) {
+                double acc = (i == c) ? 1.0 : 0.0;
+                for (int64_t t = c; t < i; t++) acc -= (double) ld_[(j0 + i) * ldl + j0 + t] * mi[t * b + c];
+                mi[i * b + c] = i < c ? 0.0 : acc / (double) ld_[(j0 + i) * ldl + j0 + i];
+            }
         }
     }
-    caldera_free(mjj);
-    if (rc == 0 && has_nonfinite(l)) rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "block_ldl: factor has NaN or Inf");
+    struct ldl_rows r = { ld_, ldl, n, b, minv };
+    caldera_parallel_for(ctx, n, 64, ldl_rows_fn, &r);
+    caldera_free(minv);
+    if (has_nonfinite(l)) rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "block_ldl: factor has NaN or Inf");
     return rc;
 }
 
