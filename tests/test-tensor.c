@@ -368,10 +368,58 @@ START_TEST(test_tensor_copy) {
 }
 END_TEST
 
+static int argq_quantize(struct caldera_inst * i, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                         struct caldera_tensor * wh, struct caldera_pack * p) {
+    return CALDERA_ERR_UNSUPPORTED;
+}
+static int argq_dequantize(struct caldera_inst * i, const struct caldera_pack * p, struct caldera_tensor * wh) {
+    return CALDERA_ERR_UNSUPPORTED;
+}
+static const struct caldera_quantizer_ops argq_ops = { .struct_size = sizeof(struct caldera_quantizer_ops),
+                                                       .quantize = argq_quantize, .dequantize = argq_dequantize };
+static const struct caldera_plugin argq_plugin = {
+    .abi_version = CALDERA_PLUGIN_ABI_VERSION, .struct_size = sizeof(struct caldera_plugin),
+    .kind = CALDERA_PLUGIN_KIND_QUANTIZER, .name = "argq", .description = "test", .ops = &argq_ops,
+};
+
+// The argument checks plugins share: one wording, (row, col) of the first bad element.
+START_TEST(test_argument_checks) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * inst = NULL;
+    ck_assert_int_eq(caldera_registry_add(ctx, &argq_plugin, "test"), 0);
+    ck_assert_int_eq(caldera_inst_create(ctx, "argq", "sec", &inst), 0);
+    float v[3 * 5];
+    for (int i = 0; i < 15; i++) v[i] = (float) i;
+    struct caldera_tensor t = { v, CALDERA_DTYPE_F32, CALDERA_DEVICE_CPU, 2, { 3, 4 }, 5 };   // strided view
+    ck_assert_int_eq(caldera_check_matrix(inst, "quantize", "W", &t, 3, -1), 0);
+    ck_assert_int_eq(caldera_check_matrix(inst, "quantize", "W", &t, -1, 5), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "quantize: W is 3x4; allowed: 3x5"));
+    ck_assert_int_eq(caldera_check_matrix(inst, "f", "W", NULL, -1, -1), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "f: W is NULL"));
+    struct caldera_tensor bad = t;
+    bad.dtype = CALDERA_DTYPE_F16;
+    ck_assert_int_eq(caldera_check_matrix(inst, "f", "W", &bad, -1, -1), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "f: W must be a 2-d f32 CPU tensor with ld >= cols (got 2-d f16)"));
+    bad = t;
+    bad.ld = 3;
+    ck_assert_int_eq(caldera_check_matrix(inst, "f", "W", &bad, -1, -1), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "ld < cols"));
+    ck_assert_int_eq(caldera_check_finite(inst, "f", "W", &t), 0);
+    v[4] = NAN;                                  // outside the view (column 4 of a 4-column view)
+    ck_assert_int_eq(caldera_check_finite(inst, "f", "W", &t), 0);
+    v[2 * 5 + 3] = INFINITY;                     // row 2, column 3
+    ck_assert_int_eq(caldera_check_finite(inst, "f", "W", &t), CALDERA_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "f: W has a NaN or Inf at (2, 3)"));
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * tensor_suite(void) {
     Suite * s = suite_create("tensor");
     TCase * tc = tcase_create("conversions");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_argument_checks);
     tcase_add_test(tc, test_f16_all_values);
     tcase_add_test(tc, test_f16_rounding);
     tcase_add_test(tc, test_bf16);

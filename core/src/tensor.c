@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Tensors (views and owning allocations) and dtype conversions to and from f32.
+#include <inttypes.h>
 #include <math.h>
 #include <string.h>
 
@@ -266,4 +267,39 @@ int caldera_convert_from_f32(enum caldera_dtype type, const float * src, int64_t
         return 0;
     default: return CALDERA_ERR_UNSUPPORTED;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks shared by plugins (one wording everywhere).
+
+int caldera_check_matrix(const struct caldera_inst * inst, const char * where, const char * what,
+                         const struct caldera_tensor * t, int64_t rows, int64_t cols) {
+    if (!t || !t->data) return caldera_error(inst, CALDERA_ERR_INVAL, "%s: %s is NULL", where, what);
+    if (t->ndim != 2 || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU || t->ld < t->ne[1]) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "%s: %s must be a 2-d f32 CPU tensor with ld >= cols (got %d-d %s%s)",
+                             where, what, (int) t->ndim, caldera_dtype_name(t->dtype),
+                             t->device != CALDERA_DEVICE_CPU ? " on a device" : t->ndim == 2 && t->ld < t->ne[1] ? ", ld < cols" : "");
+    }
+    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "%s: %s is %" PRId64 "x%" PRId64 "; allowed: %" PRId64 "x%" PRId64, where,
+                             what, t->ne[0], t->ne[1], rows >= 0 ? rows : t->ne[0], cols >= 0 ? cols : t->ne[1]);
+    }
+    return 0;
+}
+
+int caldera_check_finite(const struct caldera_inst * inst, const char * where, const char * what,
+                         const struct caldera_tensor * t) {
+    if (caldera_tensor_check_finite(t, NULL) == 0) return 0;
+    int64_t ld = row_stride(t), cols = t->ndim >= 2 ? t->ne[1] : caldera_tensor_nelements(t);
+    int64_t rows = cols ? caldera_tensor_nelements(t) / cols : 0;
+    for (int64_t i = 0; t->dtype == CALDERA_DTYPE_F32 && i < rows; i++) {
+        const float * r = (const float *) t->data + i * ld;
+        for (int64_t j = 0; j < cols; j++) {
+            if (!isfinite(r[j])) {
+                return caldera_error(inst, CALDERA_ERR_NUMERIC, "%s: %s has a NaN or Inf at (%" PRId64 ", %" PRId64 "); the input must be finite",
+                                     where, what, i, j);
+            }
+        }
+    }
+    return caldera_error(inst, CALDERA_ERR_NUMERIC, "%s: %s has a NaN or Inf; the input must be finite", where, what);
 }

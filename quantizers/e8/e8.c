@@ -118,42 +118,7 @@ static void e8_cb_free(struct caldera_inst * inst, struct caldera_cb_state * st)
     caldera_free(st);
 }
 
-// A 2-d f32 CPU tensor of the given shape (any ld >= cols).
-static int e8_check_matrix(struct caldera_inst * inst, const char * where, const char * what,
-                           const struct caldera_tensor * t, int64_t rows, int64_t cols) {
-    if (!t || !t->data || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU ||
-        t->ndim != 2 || t->ld < t->ne[1]) {
-        return caldera_error(inst, CALDERA_ERR_INVAL,
-                             "%s: %s must be a 2-d f32 CPU tensor with ld >= cols", where, what);
-    }
-    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
-        return caldera_error(inst, CALDERA_ERR_INVAL,
-                             "%s: %s is %" PRId64 "x%" PRId64 ", expected %" PRId64 "x%" PRId64,
-                             where, what, t->ne[0], t->ne[1], rows, cols);
-    }
-    return 0;
-}
 
-static int e8_check_finite(struct caldera_inst * inst, const char * where, const char * what,
-                           const struct caldera_tensor * t) {
-    int64_t bad = -1;
-    if (caldera_tensor_check_finite(t, &bad) == 0) {
-        return 0;
-    }
-    // locate the first bad element ourselves (row, col), whatever index convention was used
-    for (int64_t i = 0; i < t->ne[0]; i++) {
-        const float * r = (const float *) t->data + i * t->ld;
-        for (int64_t j = 0; j < t->ne[1]; j++) {
-            if (!isfinite(r[j])) {
-                return caldera_error(inst, CALDERA_ERR_NUMERIC,
-                                     "%s: %s has a NaN or Inf at (%" PRId64 ", %" PRId64 "); the input must be finite",
-                                     where, what, i, j);
-            }
-        }
-    }
-    return caldera_error(inst, CALDERA_ERR_NUMERIC, "%s: %s has a NaN or Inf; the input must be finite",
-                         where, what);
-}
 
 // Round a scale to its storage type; the rounded value is the one used for codes and for Ŵ.
 static int e8_round_scale(struct caldera_inst * inst, const struct e8_priv * p, double s, float * out) {
@@ -180,9 +145,9 @@ static int e8_cb_begin(struct caldera_inst * inst, const struct caldera_tensor *
     if (!p->tab) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_begin: instance not started; call caldera_inst_start first");
     }
-    if ((rc = e8_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0 ||
+    if ((rc = caldera_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0 ||
         (rc = e8_check_shape(inst, w->ne[0], w->ne[1])) < 0 ||
-        (rc = e8_check_finite(inst, "cb_begin", "W", w)) < 0) {
+        (rc = caldera_check_finite(inst, "cb_begin", "W", w)) < 0) {
         return rc;
     }
     const int64_t m = w->ne[0], n = w->ne[1], nb = n / E8P_DIM;
@@ -278,7 +243,7 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
     if (!st) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
     }
-    if ((rc = e8_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+    if ((rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
         return rc;
     }
     const int64_t c = x->ne[1];
@@ -287,8 +252,8 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
                              "cb_round: columns [%" PRId64 ", %" PRId64 ") are not whole blocks of 8 "
                              "inside [0, %" PRId64 ")", col0, col0 + c, st->cols);
     }
-    if ((rc = e8_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
-        (rc = e8_check_finite(inst, "cb_round", "x", x)) < 0) {
+    if ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+        (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0) {
         return rc;
     }
     struct e8_round_job job = {
@@ -367,8 +332,8 @@ static int e8_quantize(struct caldera_inst * inst, const struct caldera_tensor *
     struct caldera_cb_state * st = NULL;
     int rc;
     (void) h;  // round to nearest: the Hessian is for wrappers such as ldlq
-    if ((rc = e8_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
-        (rc = e8_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0 ||
+    if ((rc = caldera_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
+        (rc = caldera_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0 ||
         (rc = e8_cb_begin(inst, w, &st)) < 0 ||
         (rc = e8_cb_round(inst, st, 0, w, w_hat)) < 0 ||
         (rc = e8_cb_end(inst, st, pack)) < 0) {
@@ -438,7 +403,7 @@ static int e8_dequantize(struct caldera_inst * inst, const struct caldera_pack *
     if (!p->tab) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "dequantize: instance not started; call caldera_inst_start first");
     }
-    if ((rc = e8_check_matrix(inst, "dequantize", "w_hat", w_hat, -1, -1)) < 0 ||
+    if ((rc = caldera_check_matrix(inst, "dequantize", "w_hat", w_hat, -1, -1)) < 0 ||
         (rc = e8_check_shape(inst, w_hat->ne[0], w_hat->ne[1])) < 0) {
         return rc;
     }

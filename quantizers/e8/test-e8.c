@@ -492,7 +492,7 @@ START_TEST(test_shape_rejected) {
     // w_hat of another shape
     struct caldera_tensor w16 = tu_randn(ctx, 4, 16, 1);
     ck_assert_int_eq(caldera_quantizer_quantize(q, &w16, NULL, &wh, pack), CALDERA_ERR_INVAL);
-    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "w_hat is 4x12, expected 4x16"));
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "w_hat is 4x12; allowed: 4x16"));
     caldera_pack_free(pack);
     caldera_tensor_free(&w);
     caldera_tensor_free(&w16);
@@ -711,7 +711,7 @@ START_TEST(test_errors) {
     struct caldera_tensor w3 = w;
     w3.ne[0] = 3;
     ck_assert_int_eq(ops->cb_round(q, st, 0, &w3, &wh), CALDERA_ERR_INVAL);
-    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "x is 3x16, expected 4x-1"));
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "x is 3x16; allowed: 4x16"));
     ops->cb_free(q, st);
     caldera_inst_free(q);
     caldera_tensor_free(&w8);
@@ -828,7 +828,7 @@ START_TEST(test_tensor_errors) {
     struct caldera_cb_state * st = NULL;
     ck_assert_int_eq(ops->cb_begin(q, &w, &st), 0);
     ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &x3), CALDERA_ERR_INVAL);
-    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x_hat is 3x16, expected 4x16"));
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x_hat is 3x16; allowed: 4x16"));
     ((float *) w.data)[5] = NAN;  // x given to cb_round is checked too
     ck_assert_int_eq(ops->cb_round(q, st, 0, &w, &wh), CALDERA_ERR_NUMERIC);
     ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "cb_round: x has a NaN or Inf at (0, 5)"));

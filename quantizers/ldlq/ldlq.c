@@ -54,26 +54,6 @@ static int64_t ldof(const struct caldera_tensor * t) {
     return t->ld ? t->ld : t->ne[1];
 }
 
-static int check_matrix(struct caldera_inst * inst, const char * what, const struct caldera_tensor * t,
-                        int64_t rows, int64_t cols) {
-    if (!t || !t->data) {
-        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s is NULL", what);
-    }
-    if (t->ndim != 2 || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU) {
-        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s must be a 2-d f32 CPU tensor (got %d-d %s)",
-                             what, (int) t->ndim, caldera_dtype_name(t->dtype));
-    }
-    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
-        return caldera_error(inst, CALDERA_ERR_INVAL,
-                             "quantize: %s is %" PRId64 "x%" PRId64 "; allowed: %" PRId64 "x%" PRId64,
-                             what, t->ne[0], t->ne[1], rows >= 0 ? rows : t->ne[0], cols >= 0 ? cols : t->ne[1]);
-    }
-    if (ldof(t) < t->ne[1]) {
-        return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: %s has ld %" PRId64 " < cols %" PRId64,
-                             what, ldof(t), t->ne[1]);
-    }
-    return 0;
-}
 
 // The codebook's ops and the effective LDL block size; a message names the problem.
 static int ldlq_codebook(struct caldera_inst * inst, const struct caldera_quantizer_ops ** ops, int64_t * block) {
@@ -450,30 +430,25 @@ static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor
     struct caldera_tensor hd = { 0 }, lt = { 0 }, dt = { 0 };  // (n, n) damped H, L, D
     float * dblk = NULL;   // (n/b, b, b) diagonal blocks of D
     float * hinv = NULL;   // (n/b, b, b) inverses of the diagonal blocks of the damped H
-    int64_t b, first_bad = 0;
+    int64_t b;
     int rc;
 
-    if ((rc = ldlq_codebook(inst, &ops, &b)) < 0 || (rc = check_matrix(inst, "W", w, -1, -1)) < 0) {
+    if ((rc = ldlq_codebook(inst, &ops, &b)) < 0 || (rc = caldera_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0) {
         return rc;
     }
     if (!pack) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "quantize: pack is NULL; allowed: a pack from caldera_pack_init");
     }
     const int64_t m = w->ne[0], n = w->ne[1];
-    if ((rc = check_matrix(inst, "w_hat", w_hat, m, n)) < 0 || (h && (rc = check_matrix(inst, "H", h, n, n)) < 0)) {
+    if ((rc = caldera_check_matrix(inst, "quantize", "w_hat", w_hat, m, n)) < 0 || (h && (rc = caldera_check_matrix(inst, "quantize", "H", h, n, n)) < 0)) {
         return rc;
     }
     if (m < 1 || n < 1 || n % b != 0) {
         return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "quantize: W is %" PRId64 "x%" PRId64 "; allowed: "
                              "rows >= 1 and cols a positive multiple of the block size %" PRId64, m, n, b);
     }
-    if (caldera_tensor_check_finite(w, &first_bad) < 0) {
-        return caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: W has a NaN or Inf at (%" PRId64 ", %" PRId64
-                             "); allowed: finite values", first_bad / n, first_bad % n);
-    }
-    if (h && caldera_tensor_check_finite(h, &first_bad) < 0) {
-        return caldera_error(inst, CALDERA_ERR_NUMERIC, "quantize: H has a NaN or Inf at (%" PRId64 ", %" PRId64
-                             "); allowed: finite values", first_bad / n, first_bad % n);
+    if ((rc = caldera_check_finite(inst, "quantize", "W", w)) < 0 || (h && (rc = caldera_check_finite(inst, "quantize", "H", h)) < 0)) {
+        return rc;
     }
     struct ldlq_work wk = { .inst = inst, .cb = p->codebook, .ops = ops, .ctx = ctx, .m = m, .n = n, .b = b,
                             .bc = p->buffer_cols < n ? p->buffer_cols : n };

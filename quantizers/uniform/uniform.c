@@ -248,40 +248,7 @@ static void uniform_cb_free(struct caldera_inst * inst, struct caldera_cb_state 
     caldera_free(st);
 }
 
-static int uniform_check_matrix(struct caldera_inst * inst, const char * where, const char * what,
-                                const struct caldera_tensor * t, int64_t rows, int64_t cols) {
-    if (!t || !t->data || t->dtype != CALDERA_DTYPE_F32 || t->device != CALDERA_DEVICE_CPU ||
-        t->ndim != 2 || t->ld < t->ne[1]) {
-        return caldera_error(inst, CALDERA_ERR_INVAL,
-                             "%s: %s must be a 2-d f32 CPU tensor with ld >= cols", where, what);
-    }
-    if ((rows >= 0 && t->ne[0] != rows) || (cols >= 0 && t->ne[1] != cols)) {
-        return caldera_error(inst, CALDERA_ERR_INVAL,
-                             "%s: %s is %" PRId64 "x%" PRId64 ", expected %" PRId64 "x%" PRId64,
-                             where, what, t->ne[0], t->ne[1], rows, cols);
-    }
-    return 0;
-}
 
-static int uniform_check_finite(struct caldera_inst * inst, const char * where, const char * what,
-                                const struct caldera_tensor * t) {
-    int64_t bad = -1;
-    if (caldera_tensor_check_finite(t, &bad) == 0) {
-        return 0;
-    }
-    for (int64_t i = 0; i < t->ne[0]; i++) {  // report (row, col) whatever the index convention
-        const float * r = (const float *) t->data + i * t->ld;
-        for (int64_t j = 0; j < t->ne[1]; j++) {
-            if (!isfinite(r[j])) {
-                return caldera_error(inst, CALDERA_ERR_NUMERIC,
-                                     "%s: %s has a NaN or Inf at (%" PRId64 ", %" PRId64 "); the input must be finite",
-                                     where, what, i, j);
-            }
-        }
-    }
-    return caldera_error(inst, CALDERA_ERR_NUMERIC, "%s: %s has a NaN or Inf; the input must be finite",
-                         where, what);
-}
 
 struct uniform_begin_job {
     const struct uniform_priv *   p;
@@ -385,10 +352,10 @@ static int uniform_begin(struct caldera_inst * inst, const struct caldera_tensor
     int rc;
 
     *state = NULL;
-    if ((rc = uniform_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0 ||
+    if ((rc = caldera_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0 ||
         (rc = uniform_check_shape(inst, w->ne[0], w->ne[1])) < 0 ||
         (rc = uniform_check(inst)) < 0 ||
-        (rc = uniform_check_finite(inst, "cb_begin", "W", w)) < 0) {
+        (rc = caldera_check_finite(inst, "cb_begin", "W", w)) < 0) {
         return rc;
     }
     const int64_t m = w->ne[0], n = w->ne[1];
@@ -481,7 +448,7 @@ static int uniform_cb_round(struct caldera_inst * inst, struct caldera_cb_state 
     if (!st) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
     }
-    if ((rc = uniform_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+    if ((rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
         return rc;
     }
     const int64_t c = x->ne[1];
@@ -490,8 +457,8 @@ static int uniform_cb_round(struct caldera_inst * inst, struct caldera_cb_state 
                              "cb_round: columns [%" PRId64 ", %" PRId64 ") are outside [0, %" PRId64 ")",
                              col0, col0 + c, st->cols);
     }
-    if ((rc = uniform_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
-        (rc = uniform_check_finite(inst, "cb_round", "x", x)) < 0) {
+    if ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+        (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0) {
         return rc;
     }
     struct uniform_round_job job = { .p = p, .rule = uniform_rule_of(p), .st = st, .col0 = col0,
@@ -583,13 +550,13 @@ static int uniform_quantize(struct caldera_inst * inst, const struct caldera_ten
     struct caldera_cb_state * st = NULL;
     float * hdiag = NULL;
     int rc;
-    if ((rc = uniform_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
-        (rc = uniform_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0) {
+    if ((rc = caldera_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
+        (rc = caldera_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0) {
         return rc;
     }
     if (h && p->clip_search) {  // the Hessian only weights the clip search: diag(H) per column
         const int64_t n = w->ne[1];
-        if ((rc = uniform_check_matrix(inst, "quantize", "H", h, n, n)) < 0) {
+        if ((rc = caldera_check_matrix(inst, "quantize", "H", h, n, n)) < 0) {
             return rc;
         }
         if (!(hdiag = caldera_malloc((size_t) n * sizeof(float)))) {
@@ -676,7 +643,7 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
     struct caldera_cb_state geo = { 0 };
     float * sc = NULL;
     int rc;
-    if ((rc = uniform_check_matrix(inst, "dequantize", "w_hat", w_hat, -1, -1)) < 0 ||
+    if ((rc = caldera_check_matrix(inst, "dequantize", "w_hat", w_hat, -1, -1)) < 0 ||
         (rc = uniform_check_shape(inst, w_hat->ne[0], w_hat->ne[1])) < 0 ||
         (rc = uniform_check(inst)) < 0) {
         return rc;

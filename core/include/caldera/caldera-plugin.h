@@ -202,6 +202,17 @@ int  caldera_tensor_copy(struct caldera_ctx * ctx, struct caldera_tensor * dst,
 int  caldera_tensor_check_finite(const struct caldera_tensor * t, int64_t * first_bad);
 
 /**
+ * Check a plugin's matrix argument: a 2-d f32 CPU tensor with ld >= cols and shape (rows, cols),
+ * where -1 accepts any size. CALDERA_ERR_INVAL with "<where>: <what> ..." (what is wrong and
+ * what is allowed) in the context otherwise.
+ */
+int caldera_check_matrix(const struct caldera_inst * inst, const char * where, const char * what,
+                         const struct caldera_tensor * t, int64_t rows, int64_t cols);
+/** CALDERA_ERR_NUMERIC "<where>: <what> has a NaN or Inf at (row, col)" if a 2-d f32 t is not finite. */
+int caldera_check_finite(const struct caldera_inst * inst, const char * where, const char * what,
+                         const struct caldera_tensor * t);
+
+/**
  * Convert n elements of a plain (non-block) dtype to f32 / from f32 (round to nearest even).
  * Returns CALDERA_ERR_UNSUPPORTED for block types.
  */
