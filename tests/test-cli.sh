@@ -33,6 +33,10 @@ expect 0 "list plugins" -- "$pipe" --list-plugins
 for p in synthetic safetensors gguf llama2c uniform e8 ldlq rht; do contains out "$p"; done
 expect 0 "help plugin" -- "$pipe" --help-plugin synthetic
 contains out "hidden"
+expect 0 "help ldlq" -- "$pipe" --help-plugin ldlq
+contains out "expert options not shown: --help-plugin ldlq -v"
+expect 0 "help ldlq full" -- "$pipe" --help-plugin ldlq -v
+contains out "tune_guard"
 expect 0 "help caldera" -- "$pipe" --help-plugin caldera
 contains out "stages"
 expect 2 "help unknown plugin" -- "$pipe" --help-plugin nosuch

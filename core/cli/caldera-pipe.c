@@ -33,7 +33,8 @@ static void usage(FILE * out) {
             "  -q, --quiet              warnings and errors only\n"
             "  --list-plugins           list the plugins that are available\n"
             "  --config-reference       print the Markdown reference of every option (docs/config-reference.md)\n"
-            "  --help-plugin NAME       describe a plugin and its options ('caldera' for the [caldera] section)\n"
+            "  --help-plugin NAME       describe a plugin and its options ('caldera' for the [caldera] section;\n"
+            "                           with -v also its expert options)\n"
             "  --help                   this text\n"
             "  --version                print the version\n"
             "\n"
@@ -271,7 +272,8 @@ int main(int argc, char ** argv) {
             exit_code = 2;
             goto out;
         }
-        caldera_plugin_print_help(p, stdout);
+        if (verbosity > 0) caldera_plugin_print_help_full(p, stdout);
+        else caldera_plugin_print_help(p, stdout);
         goto out;
     }
     if ((rc = caldera_config_init(ctx, &cfg)) < 0) { exit_code = 1; goto out; }

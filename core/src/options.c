@@ -343,7 +343,12 @@ const char * caldera_options_suggest(const struct caldera_option * opts, const c
     return bd <= limit ? best : NULL;
 }
 
-int caldera_plugin_print_help(const struct caldera_plugin * p, FILE * out) {
+static int print_help(const struct caldera_plugin * p, FILE * out, int show_expert);
+
+int caldera_plugin_print_help(const struct caldera_plugin * p, FILE * out) { return print_help(p, out, 0); }
+int caldera_plugin_print_help_full(const struct caldera_plugin * p, FILE * out) { return print_help(p, out, 1); }
+
+static int print_help(const struct caldera_plugin * p, FILE * out, int show_expert) {
     fprintf(out, "%s (%s plugin, version %u.%u.%u): %s\n", p->name, caldera_plugin_kind_name(p->kind), p->version >> 16,
             (p->version >> 8) & 0xff, p->version & 0xff, p->description ? p->description : "");
     if (!p->options || !p->options[0].name) {
@@ -351,7 +356,12 @@ int caldera_plugin_print_help(const struct caldera_plugin * p, FILE * out) {
         return 0;
     }
     fprintf(out, "options:\n");
+    int hidden = 0;
     for (const struct caldera_option * o = p->options; o->name; o++) {
+        if ((o->flags & CALDERA_OPT_EXPERT) && !show_expert) {
+            hidden++;
+            continue;
+        }
         char def[160] = "", r[160] = "";
         switch (o->type) {
         case CALDERA_OPT_BOOL: snprintf(def, sizeof(def), "%s", o->def.i64 ? "true" : "false"); break;
@@ -382,5 +392,6 @@ int caldera_plugin_print_help(const struct caldera_plugin * p, FILE * out) {
             }
         }
     }
+    if (hidden) fprintf(out, "  (%d expert option%s not shown: --help-plugin %s -v)\n", hidden, hidden == 1 ? "" : "s", p->name);
     return 0;
 }

@@ -78,8 +78,11 @@ const struct caldera_plugin * caldera_registry_find(const struct caldera_ctx * c
 /** Check a descriptor without registering it (what the loader checks); message in ctx. */
 int caldera_plugin_validate(struct caldera_ctx * ctx, const struct caldera_plugin * plugin,
                             const char * origin);
-/** Write the help of one plugin (generated from its option table). */
+/** Write the help of one plugin (generated from its option table); CALDERA_OPT_EXPERT options are
+ *  counted, not shown. */
 int caldera_plugin_print_help(const struct caldera_plugin * plugin, FILE * out);
+/** The same with every option, expert ones included. */
+int caldera_plugin_print_help_full(const struct caldera_plugin * plugin, FILE * out);
 
 // ---------------------------------------------------------------------------------------------
 // Instances created by code (tests, tools). Pipelines create theirs from INI sections.
