@@ -110,6 +110,16 @@ INI
         { cat "$tmp/run.txt" >&2; fail "the pipeline with $name failed"; }
     grep -q '"plugin": "scale"' "$tmp/report.json" || { cat "$tmp/report.json" >&2; fail "the report does not name $name"; }
     echo "run-example-plugin: pipeline synthetic -> $name -> sign1 ran"
+    # The pipeline file may name its plugins itself: plugin_path relative to its own folder, run
+    # from another working directory so that nothing depends on the current directory.
+    sed 's/^\[caldera\]$/[caldera]\nplugin_path = plugins/' "$tmp/pipeline.ini" > "$tmp/pipeline2.ini"
+    (cd / && "$pipe" "$tmp/pipeline2.ini" -q) > "$tmp/run2.txt" 2>&1 ||
+        { cat "$tmp/run2.txt" >&2; fail "the pipeline with plugin_path = plugins failed"; }
+    sed 's/^\[caldera\]$/[caldera]\nplugin_path = nosuch/' "$tmp/pipeline.ini" > "$tmp/pipeline3.ini"
+    if "$pipe" "$tmp/pipeline3.ini" --dry-run > "$tmp/run3.txt" 2>&1; then fail "a missing plugin_path was accepted"; fi
+    grep -q "pipeline3.ini:2: \[caldera\] plugin_path: $tmp/nosuch: plugin file not found" "$tmp/run3.txt" ||
+        { cat "$tmp/run3.txt" >&2; fail "no diagnostic for a missing plugin_path"; }
+    echo "run-example-plugin: plugin_path in the pipeline file works, and a missing one is reported"
 else
     echo "run-example-plugin: pipeline run skipped (needs the built-in synthetic and sign1 plugins)"
 fi

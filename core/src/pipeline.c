@@ -4,6 +4,7 @@
 // weights one at a time through transforms and a quantizer or decomposer into the writer,
 // measuring bits per parameter and (data-aware) error per tensor.
 #include <fnmatch.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <jansson.h>
 #include <math.h>
@@ -31,6 +32,7 @@ struct pipeline_opts {
     int64_t               max_tensors;
     int                   verify;
     int                   copy_dtype;
+    char *                plugin_path;
 };
 
 enum { COPY_AUTO = 0, COPY_F32, COPY_F16, COPY_BF16 };
@@ -80,6 +82,8 @@ static const struct caldera_option pipeline_options[] = {
       { .i64 = 0 }, 0, 1e12, NULL, 0, 0 },
     { "copy_dtype", "dtype of the tensors that are copied, not compressed (embeddings, norms)", POFF(copy_dtype),
       CALDERA_OPT_ENUM, { .i64 = COPY_AUTO }, 0, -1, copy_choices, 0, 0 },
+    { "plugin_path", "plugin .so files or folders to load, ':'-separated (relative: to the pipeline file's folder)",
+      POFF(plugin_path), CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
     { "verify", "re-decode every pack and check it reproduces the approximation bit for bit", POFF(verify), CALDERA_OPT_BOOL,
       { .i64 = 0 }, 0, -1, NULL, 0, 0 },
     { NULL },
@@ -396,6 +400,31 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
                              "no [caldera] section; it names the reader, writer and stages of the pipeline");
     } else {
         main_sec->referenced = 1;
+    }
+    // 0. Plugins named by the pipeline itself ([caldera] plugin_path), before anything is resolved.
+    struct cfg_entry * ppe = caldera_config_find(cfg, "caldera", "plugin_path");
+    if (ppe && *ppe->value) {
+        char * list = caldera_strdup(ppe->value);
+        if (!list) { rc = CALDERA_ERR_NOMEM; goto fail; }
+        for (char * save = NULL, * tok = strtok_r(list, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
+            char path[4096];
+            const char * slash = strrchr(ppe->file, '/');
+            if (tok[0] == '/' || strcmp(ppe->file, "--set") == 0) {
+                snprintf(path, sizeof(path), "%s", tok);
+            } else {   // relative to the pipeline file's folder, never to the current directory
+                snprintf(path, sizeof(path), "%.*s/%s", slash ? (int) (slash - ppe->file) : 1, slash ? ppe->file : ".", tok);
+            }
+            struct stat st;
+            int lrc = (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) ? caldera_registry_load_dir(ctx, path)
+                                                                    : caldera_registry_load(ctx, path);
+            if (lrc == CALDERA_ERR_NOMEM) {
+                caldera_free(list);
+                rc = lrc;
+                goto fail;
+            }
+            if (lrc < 0) caldera_config_diagf(cfg, ppe->file, ppe->line, "caldera", NULL, "plugin_path: %s", caldera_ctx_errmsg(ctx));
+        }
+        caldera_free(list);
     }
     // 1. Resolve every other section to a plugin instance.
     pl->secs = caldera_realloc(NULL, (size_t) (cfg->n_sections + 1) * sizeof(*pl->secs));
