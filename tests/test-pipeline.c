@@ -411,6 +411,40 @@ START_TEST(test_copy_dtype) {
 }
 END_TEST
 
+// A writer built with the first ABI's format ops (no update_meta member) must never have it called.
+static int old_update_called;
+static int old_update(struct caldera_inst * inst, const struct caldera_meta * meta) {
+    old_update_called = 1;
+    return CALDERA_ERR_BUG;
+}
+static const struct caldera_format_ops oldsink_ops = {
+    .struct_size = offsetof(struct caldera_format_ops, update_meta),   // as if built before it existed
+    .create = sink_create, .write_tensor = sink_write, .finish = sink_finish,
+    .update_meta = old_update,   // beyond struct_size: must not be read
+};
+static const struct caldera_plugin oldsink_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_FORMAT, "oldsink", "old writer",
+    CALDERA_VERSION_INT(1, 0, 0), 1, sizeof(struct sink_priv), sink_options, NULL, NULL, NULL, NULL, NULL, &oldsink_ops,
+};
+
+START_TEST(test_appended_ops_checked) {
+    struct caldera_ctx * ctx = pctx();
+    ck_assert_int_eq(caldera_registry_add(ctx, &oldsink_plugin, "test"), 0);
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "out.plugin=oldsink"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    old_update_called = 0;
+    ck_assert_int_eq(caldera_pipeline_run(pl), 0);
+    ck_assert_int_eq(old_update_called, 0);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -421,6 +455,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_print_config);
     tcase_add_test(tc, test_path_expansion);
     tcase_add_test(tc, test_copy_dtype);
+    tcase_add_test(tc, test_appended_ops_checked);
     suite_add_tcase(s, tc);
     return s;
 }

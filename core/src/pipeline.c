@@ -979,7 +979,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         for (int k = 0; k < 2; k++) {
             if (!ws[k]) continue;
             const struct caldera_format_ops * wo = caldera_inst_plugin(ws[k])->ops;
-            if (wo->update_meta && (rc = wo->update_meta(ws[k], fmeta)) < 0) goto done;
+            if (CALDERA_OPS_HAS(wo, struct caldera_format_ops, update_meta) && (rc = wo->update_meta(ws[k], fmeta)) < 0) goto done;
         }
     }
     if (writer_open) {

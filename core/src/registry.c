@@ -16,12 +16,13 @@
 #define CALDERA_PLUGIN_INSTALL_DIR "/usr/local/lib/caldera/plugins"
 #endif
 
-// Minimum ops struct sizes of ABI 1, per kind.
+// Minimum ops struct sizes of ABI 1, per kind: the members of the first version. Members appended
+// later are optional and checked with CALDERA_OPS_HAS before use.
 static size_t ops_min_size(enum caldera_plugin_kind kind) {
     switch (kind) {
-    case CALDERA_PLUGIN_KIND_FORMAT:     return sizeof(struct caldera_format_ops);
+    case CALDERA_PLUGIN_KIND_FORMAT:     return offsetof(struct caldera_format_ops, update_meta);
     case CALDERA_PLUGIN_KIND_TRANSFORM:  return sizeof(struct caldera_transform_ops);
-    case CALDERA_PLUGIN_KIND_QUANTIZER:  return sizeof(struct caldera_quantizer_ops);
+    case CALDERA_PLUGIN_KIND_QUANTIZER:  return offsetof(struct caldera_quantizer_ops, cb_begin_h);
     case CALDERA_PLUGIN_KIND_DECOMPOSER: return sizeof(struct caldera_decomposer_ops);
     case CALDERA_PLUGIN_KIND_MODEL:      return sizeof(struct caldera_model_ops);
     default:                             return 0;

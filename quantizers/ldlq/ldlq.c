@@ -455,7 +455,10 @@ static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor
     if (wk.bc % b != 0) {
         wk.bc = n;   // n itself is a multiple of b
     }
-    if ((rc = ops->cb_begin(p->codebook, w, &st)) < 0) {
+    // Scales are chosen from W, and from H too when the codebook can use it (uniform's clip search).
+    rc = CALDERA_OPS_HAS(ops, struct caldera_quantizer_ops, cb_begin_h) ? ops->cb_begin_h(p->codebook, w, h, &st)
+                                                                         : ops->cb_begin(p->codebook, w, &st);
+    if (rc < 0) {
         goto fail;
     }
     wk.st = st;

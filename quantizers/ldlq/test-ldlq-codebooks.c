@@ -72,6 +72,32 @@ static void make(struct caldera_ctx * ctx, const char * plugin, const char * k1,
     ck_assert_int_eq(caldera_inst_set_ref(*q, "codebook", *cb), 0);
 }
 
+// ldlq hands H to the codebook's cb_begin_h: uniform's clip search is then diag(H)-weighted
+// under ldlq exactly as in uniform's own quantize(W, H). With a diagonal H the LDL feedback is
+// zero, so ldlq must reproduce quantize(W, H) bit for bit (and differ from the unweighted one).
+START_TEST(test_uniform_clip_search_sees_h) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * cb, * q;
+    make(ctx, "uniform", "bits", "2", &cb, &q);
+    ck_assert_int_eq(caldera_inst_set(cb, "clip_search", "true"), 0);
+    ck_assert_int_eq(caldera_inst_set(cb, "granularity", "row"), 0);
+    ck_assert_int_eq(caldera_inst_start(cb), 0);
+    ck_assert_int_eq(caldera_inst_start(q), 0);
+    struct caldera_tensor w = tu_randn(ctx, 16, 64, 11), h, wq, wh, w0;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 64, 64, &h), 0);
+    for (int j = 0; j < 64; j++) ((float *) h.data)[j * 64 + j] = (j % 9 == 0) ? 100.0f : 0.01f;
+    ck_assert_int_eq(run_q(q, &w, &h, &wq, NULL), 0);
+    ck_assert_int_eq(run_q(cb, &w, &h, &wh, NULL), 0);
+    ck_assert_int_eq(run_q(cb, &w, NULL, &w0, NULL), 0);
+    ck_assert_double_eq(tu_max_abs_diff(&wq, &wh), 0.0);
+    ck_assert(tu_max_abs_diff(&wh, &w0) > 0.0);   // the weighting changes the scales: the test can fail
+    caldera_tensor_free(&w); caldera_tensor_free(&h);
+    caldera_tensor_free(&wq); caldera_tensor_free(&wh); caldera_tensor_free(&w0);
+    caldera_inst_free(q); caldera_inst_free(cb);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_null_h_is_codebook_rtn) {
     static const char * plugins[] = { "uniform", "e8" };
     for (int k = 0; k < 2; k++) {
@@ -276,6 +302,7 @@ static Suite * ldlq_cb_suite(void) {
     TCase * tc = tcase_create("codebooks");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_null_h_is_codebook_rtn);
+    tcase_add_test(tc, test_uniform_clip_search_sees_h);
     tcase_add_test(tc, test_beats_rtn);
     tcase_add_test(tc, test_uniform_matches_gptq_reference);
     tcase_add_test(tc, test_e8_tune_monotone);

@@ -543,15 +543,13 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     return 0;
 }
 
-static int uniform_quantize(struct caldera_inst * inst, const struct caldera_tensor * w,
-                            const struct caldera_tensor * h, struct caldera_tensor * w_hat,
-                            struct caldera_pack * pack) {
+// cb_begin with the Hessian: its diagonal weights the clip search (when clip_search is on).
+static int uniform_cb_begin_h(struct caldera_inst * inst, const struct caldera_tensor * w,
+                              const struct caldera_tensor * h, struct caldera_cb_state ** state) {
     const struct uniform_priv * p = caldera_inst_priv(inst);
-    struct caldera_cb_state * st = NULL;
     float * hdiag = NULL;
     int rc;
-    if ((rc = caldera_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
-        (rc = caldera_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0) {
+    if ((rc = caldera_check_matrix(inst, "cb_begin", "W", w, -1, -1)) < 0) {
         return rc;
     }
     if (h && p->clip_search) {  // the Hessian only weights the clip search: diag(H) per column
@@ -568,18 +566,32 @@ static int uniform_quantize(struct caldera_inst * inst, const struct caldera_ten
                 rc = caldera_error(inst, CALDERA_ERR_NUMERIC,
                                    "quantize: H[%" PRId64 "][%" PRId64 "] = %g; the diagonal of H must be "
                                    "finite and >= 0", j, j, (double) hdiag[j]);
-                goto fail;
+                caldera_free(hdiag);
+                return rc;
             }
         }
     }
-    if ((rc = uniform_begin(inst, w, hdiag, &st)) < 0 ||
+    rc = uniform_begin(inst, w, hdiag, state);
+    caldera_free(hdiag);
+    return rc;
+}
+
+static int uniform_quantize(struct caldera_inst * inst, const struct caldera_tensor * w,
+                            const struct caldera_tensor * h, struct caldera_tensor * w_hat,
+                            struct caldera_pack * pack) {
+    struct caldera_cb_state * st = NULL;
+    int rc;
+    if ((rc = caldera_check_matrix(inst, "quantize", "W", w, -1, -1)) < 0 ||
+        (rc = caldera_check_matrix(inst, "quantize", "w_hat", w_hat, w->ne[0], w->ne[1])) < 0) {
+        return rc;
+    }
+    if ((rc = uniform_cb_begin_h(inst, w, h, &st)) < 0 ||
         (rc = uniform_cb_round(inst, st, 0, w, w_hat)) < 0 ||
         (rc = uniform_cb_end(inst, st, pack)) < 0) {
         goto fail;
     }
 fail:
     uniform_cb_free(inst, st);
-    caldera_free(hdiag);
     return rc;
 }
 
@@ -693,6 +705,7 @@ static const struct caldera_quantizer_ops uniform_ops = {
     .cb_round    = uniform_cb_round,
     .cb_end      = uniform_cb_end,
     .cb_free     = uniform_cb_free,
+    .cb_begin_h  = uniform_cb_begin_h,
 };
 
 static const struct caldera_plugin uniform_plugin = {

@@ -568,7 +568,19 @@ struct caldera_quantizer_ops {
                       struct caldera_pack * pack);
     // release state; NULL is a no-op
     void    (*cb_free)(struct caldera_inst * inst, struct caldera_cb_state * state);
+    // (optional, appended) cb_begin that also gets the calibration Hessian h (n×n, or NULL), so
+    // scales can be chosen H-aware (e.g. a diag(H)-weighted clip search); NULL = cb_begin is used
+    int     (*cb_begin_h)(struct caldera_inst * inst, const struct caldera_tensor * w,
+                          const struct caldera_tensor * h, struct caldera_cb_state ** state);
 };
+
+/**
+ * True when an ops struct (of any kind) has the member, i.e. the plugin was built with a header
+ * that already had it (struct_size covers it) and set it. Check before calling a member that was
+ * appended after the ABI's first version: update_meta, cb_begin_h.
+ */
+#define CALDERA_OPS_HAS(ops, type, member) \
+    ((ops)->struct_size >= offsetof(type, member) + sizeof((ops)->member) && (ops)->member != NULL)
 
 struct caldera_decomposer_ops {
     uint32_t struct_size;
