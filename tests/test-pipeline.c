@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -13,6 +14,7 @@
 
 // ---- tq: rounds every weight to a multiple of `step` ------------------------------------------
 struct tq_priv { double step; int64_t max_cols; char * fail_on; };
+static int tq_calls, tq_cancel_at;   // count quantize calls; cancel the run at call tq_cancel_at
 static const struct caldera_option tq_options[] = {
     { "step", "rounding step", offsetof(struct tq_priv, step), CALDERA_OPT_DOUBLE, { .dbl = 0.25 }, 0.001, 1 },
     { "max_cols", "largest accepted in_features", offsetof(struct tq_priv, max_cols), CALDERA_OPT_INT, { .i64 = 1 << 20 }, 1, 1 << 20 },
@@ -31,6 +33,7 @@ static int tq_quantize(struct caldera_inst * inst, const struct caldera_tensor *
     int8_t * codes;
     float * step;
     if (p->fail_on[0] && m == 48 && n == 32) return caldera_error(inst, CALDERA_ERR_NUMERIC, "asked to fail");
+    if (++tq_calls == tq_cancel_at) caldera_ctx_cancel(caldera_inst_ctx(inst));   // stops at the next weight
     int rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_I8, 2, ne, (void **) &codes);
     if (rc == 0) rc = caldera_pack_add(pack, "step", CALDERA_DTYPE_F32, 1, &one, (void **) &step);
     if (rc < 0) return rc;
@@ -445,6 +448,88 @@ START_TEST(test_appended_ops_checked) {
 }
 END_TEST
 
+static struct caldera_pipeline * resume_pipeline(struct caldera_ctx * ctx, struct caldera_config ** cfg, const char * out,
+                                                 const char * ckpt, const char * step) {
+    struct caldera_pipeline * pl = NULL;
+    char a[1200];
+    ck_assert_int_eq(caldera_config_init(ctx, cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(*cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(*cfg, "out.plugin=safetensors"), 0);
+    snprintf(a, sizeof(a), "out.path=%s", out);
+    ck_assert_int_eq(caldera_config_set(*cfg, a), 0);
+    snprintf(a, sizeof(a), "caldera.checkpoint=%s", ckpt);
+    ck_assert_int_eq(caldera_config_set(*cfg, a), 0);
+    snprintf(a, sizeof(a), "q.step=%s", step);
+    ck_assert_int_eq(caldera_config_set(*cfg, a), 0);
+    int rc = caldera_pipeline_init(ctx, *cfg, &pl);
+    for (int64_t i = 0; i < caldera_config_ndiag(*cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(*cfg, i));
+    ck_assert_int_eq(rc, 0);
+    return pl;
+}
+
+// An interrupted run started again continues from its last finished weight and ends with the
+// same output bytes as an uninterrupted run; a different configuration is refused.
+START_TEST(test_resume_same_bytes) {
+    const char * dir = tu_tmpdir();
+    char out[600], ckpt[600], ref[600];
+    snprintf(out, sizeof(out), "%s/resume.safetensors", dir);
+    snprintf(ckpt, sizeof(ckpt), "%s/resume.ckpt", dir);
+    snprintf(ref, sizeof(ref), "%s/reference.safetensors", dir);
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl;
+    // 1. uninterrupted, with the same configuration (checkpoint on): the reference bytes
+    struct caldera_ctx * ctx = pctx();
+    pl = resume_pipeline(ctx, &cfg, out, ckpt, "0.05");
+    tq_calls = 0;
+    tq_cancel_at = 0;
+    ck_assert_int_eq(caldera_pipeline_run(pl), 0);
+    ck_assert_int_eq(tq_calls, 7);
+    ck_assert_int_eq(access(ckpt, F_OK), -1);          // a finished run removes its checkpoint
+    ck_assert_int_eq(rename(out, ref), 0);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+    // 2. interrupted after the third weight: no output file, three checkpointed weights
+    ctx = pctx();
+    pl = resume_pipeline(ctx, &cfg, out, ckpt, "0.05");
+    tq_calls = 0;
+    tq_cancel_at = 3;
+    ck_assert_int_eq(caldera_pipeline_run(pl), CALDERA_ERR_CANCELLED);
+    ck_assert_int_eq(access(out, F_OK), -1);
+    ck_assert_int_eq(access(ckpt, F_OK), 0);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+    // 3. a different configuration may not continue that checkpoint
+    ctx = pctx();
+    pl = resume_pipeline(ctx, &cfg, out, ckpt, "0.1");
+    ck_assert_int_eq(caldera_pipeline_run(pl), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "was made by a different configuration"));
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+    // 4. the same configuration continues: only the 4 remaining weights are computed, same bytes
+    ctx = pctx();
+    pl = resume_pipeline(ctx, &cfg, out, ckpt, "0.05");
+    tq_calls = 0;
+    tq_cancel_at = 0;
+    ck_assert_msg(caldera_pipeline_run(pl) == 0, "%s", caldera_ctx_errmsg(ctx));
+    ck_assert_int_eq(tq_calls, 4);
+    size_t la = 0, lb = 0;
+    char * a = tu_read_file(ref, &la), * b = tu_read_file(out, &lb);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_eq(la, lb);
+    ck_assert_int_eq(memcmp(a, b, la), 0);
+    ck_assert_int_eq(access(ckpt, F_OK), -1);
+    caldera_free(a);
+    caldera_free(b);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -456,6 +541,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_path_expansion);
     tcase_add_test(tc, test_copy_dtype);
     tcase_add_test(tc, test_appended_ops_checked);
+    tcase_add_test(tc, test_resume_same_bytes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "checkpoint.h"
 #include "config.h"
 
 enum { HMISS_IDENTITY = 0, HMISS_ERROR = 1 };
@@ -33,6 +34,7 @@ struct pipeline_opts {
     int                   verify;
     int                   copy_dtype;
     char *                plugin_path;
+    char *                checkpoint;
 };
 
 enum { COPY_AUTO = 0, COPY_F32, COPY_F16, COPY_BF16 };
@@ -84,6 +86,8 @@ static const struct caldera_option pipeline_options[] = {
       CALDERA_OPT_ENUM, { .i64 = COPY_AUTO }, 0, -1, copy_choices, 0, 0 },
     { "plugin_path", "plugin .so files or folders to load, ':'-separated (relative: to the pipeline file's folder)",
       POFF(plugin_path), CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
+    { "checkpoint", "folder for per-weight checkpoints: a run started again continues where it stopped (empty: off)",
+      POFF(checkpoint), CALDERA_OPT_PATH, { .str = "" }, 0, -1, NULL, 0, 0 },
     { "verify", "re-decode every pack and check it reproduces the approximation bit for bit", POFF(verify), CALDERA_OPT_BOOL,
       { .i64 = 0 }, 0, -1, NULL, 0, 0 },
     { NULL },
@@ -802,6 +806,8 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     struct caldera_tensor w = { 0 }, h = { 0 }, w_hat = { 0 };
     int w_owned = 0, h_owned = 0, writer_open = 0, dense_open = 0;
     char * cfgtext = NULL;
+    struct caldera_ckpt * ckpt = NULL;
+    int64_t resumed = 0;
     json_t * tensors = json_array();
     if (!tensors) return CALDERA_ERR_NOMEM;
     if ((rc = caldera_ctx_set_device(ctx, (enum caldera_device) o->device)) < 0) goto done;
@@ -827,6 +833,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         free(sj);
         if (rc < 0) goto done;
     }
+    if (o->checkpoint && *o->checkpoint && (rc = caldera_ckpt_open(ctx, o->checkpoint, cfgtext, &ckpt)) < 0) goto done;
     char * wpath = NULL;
     if (o->writer) {
         const char * p = format_path(o->writer, &wpath);
@@ -875,46 +882,70 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         }
         counted++;
         double t0 = now_s();
-        if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
-        int64_t bad = 0;
-        if (caldera_tensor_check_finite(&w, &bad) < 0) {
-            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s has a NaN or Inf at row %lld, column %lld", name,
-                                   (long long) (bad / w.ne[1]), (long long) (bad % w.ne[1]));
-            goto done;
+        struct tensor_result res = { 0 };
+        if ((rc = caldera_pack_init(&pack)) < 0) goto done;
+        int from_ckpt = 0;
+        if (ckpt) {
+            struct caldera_ckpt_result cr;
+            if (dense_open && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &w_hat)) < 0) goto done;
+            rc = caldera_ckpt_load(ckpt, t, name, pack, &cr, dense_open ? &w_hat : NULL);
+            if (rc == 0) {
+                res = (struct tensor_result) { cr.bits, cr.rel_fro, cr.rel_h, cr.seconds, cr.has_h };
+                w.ne[0] = ti.ne[0];
+                w.ne[1] = ti.ne[1];
+                from_ckpt = 1;
+                resumed++;
+            } else if (rc != CALDERA_ERR_NOT_FOUND) {
+                goto done;
+            } else {
+                caldera_tensor_free(&w_hat);
+            }
+            rc = 0;
         }
-        const struct caldera_tensor * hp = NULL;
-        if (o->hessians) {
-            char hname[1024];
-            int64_t hi;
-            hessian_name(name, hname, sizeof(hname));
-            if (find_tensor(o->hessians, hname, &hi) == 0) {
-                if ((rc = hops->read_tensor(o->hessians, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
-                if (h.ndim != 2 || h.ne[0] != w.ne[1] || h.ne[1] != w.ne[1]) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
-                                           (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
+        if (!from_ckpt) {
+            if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
+            int64_t bad = 0;
+            if (caldera_tensor_check_finite(&w, &bad) < 0) {
+                rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s has a NaN or Inf at row %lld, column %lld", name,
+                                       (long long) (bad / w.ne[1]), (long long) (bad % w.ne[1]));
+                goto done;
+            }
+            const struct caldera_tensor * hp = NULL;
+            if (o->hessians) {
+                char hname[1024];
+                int64_t hi;
+                hessian_name(name, hname, sizeof(hname));
+                if (find_tensor(o->hessians, hname, &hi) == 0) {
+                    if ((rc = hops->read_tensor(o->hessians, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
+                    if (h.ndim != 2 || h.ne[0] != w.ne[1] || h.ne[1] != w.ne[1]) {
+                        rc = caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
+                                               (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
+                        goto done;
+                    }
+                    if (caldera_tensor_check_finite(&h, NULL) < 0) {
+                        rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
+                        goto done;
+                    }
+                    hp = &h;
+                } else if (o->hessian_missing == HMISS_ERROR) {
+                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]", hname, name,
+                                           caldera_inst_name(o->hessians));
                     goto done;
                 }
-                if (caldera_tensor_check_finite(&h, NULL) < 0) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
-                    goto done;
-                }
-                hp = &h;
-            } else if (o->hessian_missing == HMISS_ERROR) {
-                rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]", hname, name,
-                                       caldera_inst_name(o->hessians));
+            }
+            rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
+            if (rc < 0) {
+                char msg[CALDERA_ERRMSG_MAX];
+                caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
+                caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) w.ne[0], (long long) w.ne[1], msg);
+                goto done;
+            }
+            if (ckpt && (rc = caldera_ckpt_save(ckpt, t, name, pack, &(struct caldera_ckpt_result) { res.bits, res.rel_fro,
+                                                  res.rel_h, now_s() - t0, res.has_h }, dense_open ? &w_hat : NULL)) < 0) {
                 goto done;
             }
         }
-        if ((rc = caldera_pack_init(&pack)) < 0) goto done;
-        struct tensor_result res = { 0 };
-        rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
-        if (rc < 0) {
-            char msg[CALDERA_ERRMSG_MAX];
-            caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
-            caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) w.ne[0], (long long) w.ne[1], msg);
-            goto done;
-        }
-        res.seconds = now_s() - t0;
+        if (!from_ckpt) res.seconds = now_s() - t0;
         for (int64_t k = 0; writer_open && k < caldera_pack_count(pack); k++) {
             struct caldera_tensor pt;
             caldera_pack_get(pack, k, &pt);
@@ -972,9 +1003,19 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         pl->report_json = js ? caldera_strdup(js) : NULL;
         free(js);
     }
-    // The report goes into the file metadata too, so a compressed file says how it was made.
-    if (pl->report_json) {
-        if ((rc = caldera_meta_set_string(fmeta, "caldera.report", pl->report_json)) < 0) goto done;
+    // The report goes into the file metadata too, so a compressed file says how it was made; without
+    // the timings, so that a resumed run writes the same bytes as an uninterrupted one.
+    if (pl->report) {
+        json_t * frep = json_deep_copy(pl->report);
+        size_t ti_;
+        json_t * tj;
+        json_array_foreach(json_object_get(frep, "tensors"), ti_, tj) json_object_del(tj, "seconds");
+        json_object_del(json_object_get(frep, "summary"), "seconds");
+        char * fj = frep ? json_dumps(frep, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) : NULL;
+        json_decref(frep);
+        rc = fj ? caldera_meta_set_string(fmeta, "caldera.report", fj) : CALDERA_ERR_NOMEM;
+        free(fj);
+        if (rc < 0) goto done;
         struct caldera_inst * ws[2] = { writer_open ? o->writer : NULL, dense_open ? o->dense_writer : NULL };
         for (int k = 0; k < 2; k++) {
             if (!ws[k]) continue;
@@ -1006,7 +1047,10 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
                     (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
                     ndone ? sum_err / (double) ndone : 0.0, worst, herr, now_s() - t_start);
     }
+    if (resumed) caldera_log(ctx, CALDERA_LOG_INFO, "%lld of them resumed from the checkpoint %s", (long long) resumed, o->checkpoint);
 done:
+    // A finished run removes its checkpoint; a failed or cancelled one keeps it to continue from.
+    caldera_ckpt_close(ckpt, rc == 0);
     if (writer_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 0);
     if (dense_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 0);
     caldera_pack_free(pack);
