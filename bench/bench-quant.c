@@ -84,7 +84,7 @@ done:
 }
 
 // One ldlq run: returns seconds, or < 0 on failure.
-static const char * g_buffer = "128";
+static const char * g_buffer = "512";   // the ldlq default
 static int          g_reps   = 1;   // timings are the best of g_reps runs
 
 static double time_ldlq(struct caldera_ctx * ctx, const char * cbname, int64_t tune, const struct caldera_tensor * w,

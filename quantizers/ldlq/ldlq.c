@@ -28,7 +28,7 @@ static const struct caldera_option ldlq_options[] = {
       .help = "relative diagonal damping: H + damp * mean(diag H) * I" },
     { .name = "tune_iters", .offset = OFF(tune_iters), .type = CALDERA_OPT_INT, .def.i64 = 0, .min = 0, .max = 1000,
       .help = "block coordinate descent passes after LDLQ (0 = pure LDLQ/GPTQ; CALDERA uses 10)" },
-    { .name = "buffer_cols", .offset = OFF(buffer_cols), .type = CALDERA_OPT_INT, .def.i64 = 128, .min = 1,
+    { .name = "buffer_cols", .offset = OFF(buffer_cols), .type = CALDERA_OPT_INT, .def.i64 = 512, .min = 1,
       .max = 1048576, .help = "lazy batch width in columns (a multiple of the block); results do not depend on it" },
     { .name = "block", .offset = OFF(block), .type = CALDERA_OPT_INT, .def.i64 = 0, .min = 0, .max = 4096,
       .help = "LDL block size, a multiple of the codebook's cb_dim; 0 = cb_dim (8 for e8, 1 for uniform)",
