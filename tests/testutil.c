@@ -96,6 +96,39 @@ double tu_fro(const struct caldera_tensor * a) {
     return sqrt(s);
 }
 
+int tu_quantizer_oom_sweep(struct caldera_ctx * ctx, struct caldera_inst * q, const struct caldera_tensor * w,
+                           struct caldera_tensor * w_hat, const char * msg_prefix, int * dequant_fails) {
+    int ok = 0, fails = 0, dfails = 0;
+    for (int64_t k = 1; k < 100 && !ok; k++) {
+        struct caldera_pack * pack = NULL;
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        caldera_alloc_fail_at(k);
+        int rc = caldera_quantizer_quantize(q, w, NULL, w_hat, pack);
+        caldera_alloc_fail_at(0);
+        if (rc == 0) {
+            ok = 1;
+            for (int64_t k2 = 1; k2 < 100; k2++) {
+                caldera_alloc_fail_at(k2);
+                int rc2 = caldera_quantizer_dequantize(q, pack, w_hat);
+                caldera_alloc_fail_at(0);
+                if (rc2 == 0) break;
+                ck_assert_int_eq(rc2, CALDERA_ERR_NOMEM);
+                ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "out of memory"));
+                dfails++;
+            }
+        } else {
+            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
+            ck_assert_msg(strstr(caldera_ctx_errmsg(ctx), msg_prefix) != NULL, "message '%s' lacks '%s'",
+                          caldera_ctx_errmsg(ctx), msg_prefix);
+            fails++;
+        }
+        caldera_pack_free(pack);
+    }
+    ck_assert(ok);
+    if (dequant_fails) *dequant_fails = dfails;
+    return fails;
+}
+
 const char * tu_tmpdir(void) {
     static char dir[512];
     if (!dir[0]) {

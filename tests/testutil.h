@@ -30,6 +30,16 @@ double tu_max_abs_diff(const struct caldera_tensor * a, const struct caldera_ten
 /** Frobenius norm of a 2-d f32 tensor (double accumulation). */
 double tu_fro(const struct caldera_tensor * a);
 
+/**
+ * Out-of-memory sweep of a quantizer: make allocation k = 1, 2, ... fail inside quantize(w) until
+ * it succeeds, then the same for dequantize of the resulting pack. Every failure must return
+ * CALDERA_ERR_NOMEM with a message containing @p msg_prefix (quantize) or "out of memory"
+ * (dequantize). Asserts that quantize eventually succeeds; returns the number of failing
+ * quantize calls and stores the number of failing dequantize calls in *dequant_fails.
+ */
+int tu_quantizer_oom_sweep(struct caldera_ctx * ctx, struct caldera_inst * q, const struct caldera_tensor * w,
+                           struct caldera_tensor * w_hat, const char * msg_prefix, int * dequant_fails);
+
 /** A fresh temporary directory under the build tree (removed by the OS/CI, not by us). */
 const char * tu_tmpdir(void);
 /** Path join into a static buffer ring (valid for a few calls). */

@@ -776,34 +776,9 @@ START_TEST(test_oom_sweep) {
     ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "init: cannot allocate"));
     caldera_inst_free(q);
     q = mk(ctx, "4", "row", NULL);
-    int ok = 0, fails = 0;
-    for (int64_t k = 1; k < 100 && !ok; k++) {
-        struct caldera_pack * pack = NULL;
-        ck_assert_int_eq(caldera_pack_init(&pack), 0);
-        caldera_alloc_fail_at(k);
-        rc = caldera_quantizer_quantize(q, &w, NULL, &wh, pack);
-        caldera_alloc_fail_at(0);
-        if (rc == 0) {
-            ok = 1;
-            int dfails = 0;
-            for (int64_t k2 = 1; k2 < 100; k2++) {
-                caldera_alloc_fail_at(k2);
-                int rc2 = caldera_quantizer_dequantize(q, pack, &wh);
-                caldera_alloc_fail_at(0);
-                if (rc2 == 0) break;
-                ck_assert_int_eq(rc2, CALDERA_ERR_NOMEM);
-                ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "out of memory"));
-                dfails++;
-            }
-            ck_assert_int_ge(dfails, 1);
-        } else {
-            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
-            ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "[q] e8: "));
-            fails++;
-        }
-        caldera_pack_free(pack);
-    }
-    ck_assert(ok);
+    int dfails = 0;
+    int fails = tu_quantizer_oom_sweep(ctx, q, &w, &wh, "[q] e8: ", &dfails);
+    ck_assert_int_ge(dfails, 1);
     ck_assert_int_ge(fails, 4);  // state, scales, codes, codes2, pack tensors
     caldera_inst_free(q);
     caldera_tensor_free(&w);

@@ -607,31 +607,7 @@ START_TEST(test_oom_sweep) {
     ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, 9, 21, &wh), 0);
     const char * kv[] = { "symmetric", "0", "group_size", "4", "clip_search", "1", NULL };
     struct caldera_inst * q = mk(ctx, kv);
-    int ok = 0, fails = 0;
-    for (int64_t k = 1; k < 100 && !ok; k++) {
-        struct caldera_pack * pack = NULL;
-        ck_assert_int_eq(caldera_pack_init(&pack), 0);
-        caldera_alloc_fail_at(k);
-        int rc = caldera_quantizer_quantize(q, &w, NULL, &wh, pack);
-        caldera_alloc_fail_at(0);
-        if (rc == 0) {
-            ok = 1;
-            for (int64_t k2 = 1; k2 < 100; k2++) {
-                caldera_alloc_fail_at(k2);
-                int rc2 = caldera_quantizer_dequantize(q, pack, &wh);
-                caldera_alloc_fail_at(0);
-                if (rc2 == 0) break;
-                ck_assert_int_eq(rc2, CALDERA_ERR_NOMEM);
-                ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "out of memory"));
-            }
-        } else {
-            ck_assert_int_eq(rc, CALDERA_ERR_NOMEM);
-            ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "[u] uniform: "));
-            fails++;
-        }
-        caldera_pack_free(pack);
-    }
-    ck_assert(ok);
+    int fails = tu_quantizer_oom_sweep(ctx, q, &w, &wh, "[u] uniform: ", NULL);
     ck_assert_int_ge(fails, 4);  // state, scales, zeros, codes, pack tensors
     caldera_inst_free(q);
     caldera_tensor_free(&w);
