@@ -549,6 +549,171 @@ START_TEST(test_refusals) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------
+// stories260K (llama2.c checkpoint and tok512): the known greedy continuation, and perplexity
+// protocols recomputed here from the forward pass's full logits
+
+#define STORIES CALDERA_SHARED_DATA "/stories260K/stories260K.bin"
+#define WIKI    CALDERA_SHARED_DATA "/wikitext-2-raw/wiki.test.raw"
+static const char * const STORIES_CONT =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, "
+    "red ball. She wanted to play with it, but it was too high";
+
+static struct caldera_inst * open_stories(struct caldera_ctx * ctx, const struct caldera_model_ops ** ops) {
+    struct caldera_inst * m = NULL;
+    int                   rc = caldera_model_open(ctx, STORIES, NULL, &m);
+    ck_assert_msg(rc == 0, "stories260K: %s", caldera_ctx_errmsg(ctx));
+    ck_assert_int_eq(caldera_model_ops_of(m, ops), 0);
+    return m;
+}
+
+START_TEST(test_stories_greedy) {
+    struct caldera_ctx *             ctx = tu_ctx();
+    const struct caldera_model_ops * ops;
+    struct caldera_inst *            m = open_stories(ctx, &ops);
+    struct caldera_model_vocab       v;
+    ck_assert_int_eq(ops->vocab(m, &v), 0);
+    ck_assert_int_eq(v.n_vocab, 512);
+    int32_t * ids = NULL;
+    int64_t   n = 0;
+    ck_assert_int_eq(ops->tokenize(m, "Once upon a time", 16, 1, 0, &ids, &n), 0);
+    ck_assert_int_eq(ids[0], v.bos);
+    float * lg = malloc(512 * sizeof(float));
+    char    text[1024] = "Once upon a time";
+    ck_assert_int_eq(ops->kv_reset(m, 0), 0);
+    ck_assert_int_eq(ops->decode(m, ids, n, lg), 0);
+    for (int step = 0; step < 200 && strlen(text) < strlen(STORIES_CONT); step++) {
+        int32_t best = 0;
+        for (int32_t j = 1; j < 512; j++) best = lg[j] > lg[best] ? j : best;
+        const char * piece;
+        size_t       len;
+        ck_assert_int_eq(ops->token_piece(m, best, &piece, &len, NULL), 0);
+        ck_assert_uint_lt(strlen(text) + len, sizeof(text));
+        strncat(text, piece, len);
+        ck_assert_int_eq(ops->decode(m, &best, 1, lg), 0);
+    }
+    ck_assert_msg(strncmp(text, STORIES_CONT, strlen(STORIES_CONT)) == 0, "greedy continuation:\n%s\nexpected:\n%s", text,
+                  STORIES_CONT);
+    free(lg);
+    caldera_free(ids);
+    caldera_inst_free(m);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+struct full_logits { float * lg; int64_t vocab; };
+static int full_fn(void * user, int64_t seq, int64_t pos0, const struct caldera_tensor * l) {
+    struct full_logits * f = user;
+    for (int64_t r = 0; r < l->ne[0]; r++) {
+        memcpy(f->lg + (pos0 + r) * f->vocab, (const float *) l->data + r * l->ld, (size_t) f->vocab * sizeof(float));
+    }
+    return 0;
+}
+
+// -log softmax(x)[t] in long double
+static double nll_of(const float * x, int64_t n, int32_t t) {
+    long double m = x[0], s = 0;
+    for (int64_t j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int64_t j = 0; j < n; j++) s += expl((long double) x[j] - m);
+    return (double) (logl(s) - ((long double) x[t] - m));
+}
+
+START_TEST(test_stories_perplexity_protocols) {
+    struct caldera_ctx *             ctx = tu_ctx();
+    const struct caldera_model_ops * ops;
+    struct caldera_inst *            m = open_stories(ctx, &ops);
+    char *                           text = NULL;
+    size_t                           len = 0;
+    ck_assert_int_eq(caldera_text_read(ctx, WIKI, CALDERA_TEXT_ROWS, &text, &len), 0);
+    len = 20000;   // a prefix is enough
+    int32_t * ids = NULL;
+    int64_t   n = 0;
+    ck_assert_int_eq(ops->tokenize(m, text, len, 1, 0, &ids, &n), 0);
+    const int64_t C = 96, V = 512;
+    struct full_logits f = { malloc((size_t) (C * V) * sizeof(float)), V };
+    int32_t           win[96];
+    struct caldera_model_vocab voc;
+    ck_assert_int_eq(ops->vocab(m, &voc), 0);
+    // llamacpp: 5 windows; BOS replaces each window's first token; positions [48, 95) scored
+    double  sum = 0, sum2 = 0;
+    int64_t cnt = 0;
+    for (int64_t w = 0; w < 5; w++) {
+        memcpy(win, ids + w * C, sizeof(win));
+        win[0] = voc.bos;
+        struct caldera_model_forward_args fa = { .struct_size = sizeof(fa), .tokens = win, .n_seq = 1, .n_tok = C,
+                                                 .on_logits = full_fn, .logits_user = &f, .logits_from = 0, .logits_to = C };
+        ck_assert_int_eq(ops->forward(m, &fa), 0);
+        for (int64_t j = C / 2; j < C - 1; j++) {
+            double e = nll_of(f.lg + j * V, V, ids[w * C + j + 1]);
+            sum += e;
+            sum2 += e * e;
+            cnt++;
+        }
+    }
+    struct caldera_ppl_params pp = { .struct_size = sizeof(pp), .protocol = CALDERA_PPL_LLAMACPP, .ctx = C, .windows = 5 };
+    struct caldera_ppl_result res;
+    ck_assert_int_eq(caldera_model_perplexity(m, text, len, &pp, &res), 0);
+    double mean = sum / (double) cnt, ppl = exp(mean);
+    double err = sqrt((sum2 / (double) cnt - mean * mean) / (double) (cnt - 1)) * ppl;
+    ck_assert_int_eq(res.tokens_scored, 5 * 47);
+    ck_assert_int_eq(res.windows, 5);
+    ck_assert_int_eq(res.text_tokens, n);
+    ck_assert_msg(fabs(res.ppl - ppl) < 1e-5 * ppl, "llamacpp ppl %.8f, recomputed %.8f", res.ppl, ppl);
+    ck_assert_msg(fabs(res.ppl_err - err) < 1e-4 * err, "llamacpp ± %.8f, recomputed %.8f", res.ppl_err, err);
+    // strided, stride 40: windows at 0, 40, 80; the first scores tokens 1..95, then the new ones
+    sum = 0, cnt = 0;
+    int64_t prev_end = 0;
+    for (int64_t b = 0; b <= 80; b += 40) {
+        struct caldera_model_forward_args fa = { .struct_size = sizeof(fa), .tokens = ids + b, .n_seq = 1, .n_tok = C,
+                                                 .on_logits = full_fn, .logits_user = &f, .logits_from = 0, .logits_to = C };
+        ck_assert_int_eq(ops->forward(m, &fa), 0);
+        for (int64_t t = (prev_end > b + 1 ? prev_end : b + 1); t < b + C; t++) {
+            sum += nll_of(f.lg + (t - 1 - b) * V, V, ids[t]);
+            cnt++;
+        }
+        prev_end = b + C;
+    }
+    pp = (struct caldera_ppl_params) { .struct_size = sizeof(pp), .protocol = CALDERA_PPL_STRIDED, .ctx = C, .windows = 3,
+                                       .stride = 40 };
+    ck_assert_int_eq(caldera_model_perplexity(m, text, len, &pp, &res), 0);
+    ck_assert_int_eq(res.tokens_scored, cnt);
+    ck_assert_int_eq(cnt, 95 + 40 + 40);
+    ck_assert_msg(fabs(res.ppl - exp(sum / (double) cnt)) < 1e-5 * res.ppl, "strided ppl %.8f, recomputed %.8f", res.ppl,
+                  exp(sum / (double) cnt));
+    // too short a text for one llamacpp window: a clear error
+    pp = (struct caldera_ppl_params) { .struct_size = sizeof(pp), .protocol = CALDERA_PPL_LLAMACPP, .ctx = 512 };
+    ck_assert_int_eq(caldera_model_perplexity(m, "Once upon a time", 16, &pp, &res), CALDERA_ERR_RANGE);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "a window needs 512"));
+    free(f.lg);
+    caldera_free(ids);
+    caldera_free(text);
+    caldera_inst_free(m);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_text_layouts) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const char *         path = tu_path(tu_tmpdir(), "t.txt");
+    ck_assert_int_eq(tu_write_file(path, "a\r\nb\r\n\rc\n"), 0);
+    char * t;
+    size_t n;
+    ck_assert_int_eq(caldera_text_read(ctx, path, CALDERA_TEXT_RAW, &t, &n), 0);
+    ck_assert_str_eq(t, "a\r\nb\r\n\rc\n");
+    caldera_free(t);
+    ck_assert_int_eq(caldera_text_read(ctx, path, CALDERA_TEXT_LF, &t, &n), 0);
+    ck_assert_str_eq(t, "a\nb\n\rc\n");
+    caldera_free(t);
+    ck_assert_int_eq(caldera_text_read(ctx, path, CALDERA_TEXT_ROWS, &t, &n), 0);
+    ck_assert_str_eq(t, "a\n\nb\n\n\rc\n\n");
+    ck_assert_uint_eq(n, strlen(t));
+    caldera_free(t);
+    ck_assert_int_eq(caldera_text_read(ctx, tu_path(tu_tmpdir(), "missing.txt"), CALDERA_TEXT_RAW, &t, &n), CALDERA_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "missing.txt"));
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * llama_suite(void) {
     Suite * s = suite_create("llama");
     TCase * tc = tcase_create("reference");
@@ -559,6 +724,11 @@ static Suite * llama_suite(void) {
     tcase_add_test(tc, test_observer_and_groups);
     tcase_add_test(tc, test_replace_layers);
     tcase_add_test(tc, test_refusals);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("stories260K");
+    tcase_add_test(tc, test_stories_greedy);
+    tcase_add_test(tc, test_stories_perplexity_protocols);
+    tcase_add_test(tc, test_text_layouts);
     suite_add_tcase(s, tc);
     return s;
 }
