@@ -56,6 +56,19 @@ struct llm_layer {
     struct llm_lin * lin;        // LLM_LIN_PER_LAYER consecutive entries of priv.lins
 };
 
+struct llm_work {
+    float * x;    // T × hidden   residual stream
+    float * h;    // T × hidden   normed input
+    float * q;    // T × qd
+    float * k;    // T × kvd (batch mode)
+    float * v;    // T × kvd
+    float * a;    // T × qd       attention output
+    float * g;    // T × ffn
+    float * u;    // T × ffn
+    float * s;    // LLM_QBLOCK × n_keys
+    float * lg;   // LLM_LOGIT_ROWS × vocab
+};
+
 enum llm_weights { LLM_W_F32 = 0, LLM_W_F16 = 1 };
 
 struct llm_priv {
@@ -82,6 +95,8 @@ struct llm_priv {
     float *                   kc, * vc;    // n_layers × kv_cap × kvd each
     int64_t                   kv_cap, kv_n;
     float *                   f16_scratch; // rows × cols of the largest f16 linear (pp with f16)
+    struct llm_work           wk;          // activation buffers kept between calls
+    int64_t                   wk_T, wk_keys;
 };
 
 #define OFF(x) offsetof(struct llm_priv, x)
@@ -199,6 +214,20 @@ done:
     return rc;
 }
 
+static void work_free(struct llm_work * w) {
+    caldera_free(w->x);
+    caldera_free(w->h);
+    caldera_free(w->q);
+    caldera_free(w->k);
+    caldera_free(w->v);
+    caldera_free(w->a);
+    caldera_free(w->g);
+    caldera_free(w->u);
+    caldera_free(w->s);
+    caldera_free(w->lg);
+    memset(w, 0, sizeof(*w));
+}
+
 static void llm_release(struct caldera_inst * inst) {
     struct llm_priv * p = caldera_inst_priv(inst);
     for (int64_t i = 0; i < p->n_lins; i++) {
@@ -221,6 +250,7 @@ static void llm_release(struct caldera_inst * inst) {
     caldera_free(p->kc);
     caldera_free(p->vc);
     caldera_free(p->f16_scratch);
+    work_free(&p->wk);
     llm_tokenizer_free(p->tok);
     caldera_meta_free(p->meta);
     int     weights = p->weights;
@@ -580,6 +610,21 @@ static void f16_cv_rows(void * arg, int64_t r0, int64_t r1) {
     caldera_convert_to_f32(CALDERA_DTYPE_F16, a->w + r0 * a->cols, (r1 - r0) * a->cols, a->out + r0 * a->cols);
 }
 
+// Several linears with the same input x, few tokens: one parallel loop over all their rows (one
+// wake-up of the pool instead of one per layer). Rows of job k are [start[k], start[k+1]).
+struct mv_job { const float * w; const uint16_t * w16; float * y; int64_t ld_y; };
+struct mvm_args { struct mv_job job[3]; int64_t start[4]; int n_job; const float * x; int64_t cols, n_x, ld_x; };
+
+static void mvm_rows(void * arg, int64_t r0, int64_t r1) {
+    const struct mvm_args * a = arg;
+    for (int k = 0; k < a->n_job; k++) {
+        int64_t lo = r0 > a->start[k] ? r0 : a->start[k], hi = r1 < a->start[k + 1] ? r1 : a->start[k + 1];
+        if (lo >= hi) continue;
+        struct mv_args m = { a->job[k].w, a->job[k].w16, a->x, a->job[k].y, a->cols, a->n_x, a->ld_x, a->job[k].ld_y };
+        mv_rows(&m, lo - a->start[k], hi - a->start[k]);
+    }
+}
+
 // y (n × rows, ld ldy) = x (n × cols, ld ldx) Wᵀ (+ bias)
 static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float * x, int64_t ldx, float * y, int64_t ldy,
                      int64_t n) {
@@ -740,36 +785,24 @@ static int attention(struct caldera_inst * inst, const float * q, const float * 
 // ---------------------------------------------------------------------------------------------
 // The blocks
 
-struct llm_work {
-    float * x;    // T × hidden   residual stream
-    float * h;    // T × hidden   normed input
-    float * q;    // T × qd
-    float * k;    // T × kvd (batch mode)
-    float * v;    // T × kvd
-    float * a;    // T × qd       attention output
-    float * g;    // T × ffn
-    float * u;    // T × ffn
-    float * s;    // LLM_QBLOCK × n_keys
-    float * lg;   // LLM_LOGIT_ROWS × vocab
-};
 
-static void work_free(struct llm_work * w) {
-    caldera_free(w->x);
-    caldera_free(w->h);
-    caldera_free(w->q);
-    caldera_free(w->k);
-    caldera_free(w->v);
-    caldera_free(w->a);
-    caldera_free(w->g);
-    caldera_free(w->u);
-    caldera_free(w->s);
-    caldera_free(w->lg);
-    memset(w, 0, sizeof(*w));
-}
 
+// The activation buffers are kept in the instance between calls (fresh pages cost page faults on
+// every pass); they grow when a call needs more and are freed by release.
 static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T, int64_t n_keys, int batch_kv, int logits) {
     struct llm_priv * p = caldera_inst_priv(inst);
     int64_t           H = p->d.hidden;
+    if (p->wk.x && T <= p->wk_T && n_keys <= p->wk_keys && (!batch_kv || p->wk.k) && (!logits || p->wk.lg)) {
+        *w = p->wk;
+        return 0;
+    }
+    if (p->wk.x) {   // grow: never smaller than what was there
+        T      = T > p->wk_T ? T : p->wk_T;
+        n_keys = n_keys > p->wk_keys ? n_keys : p->wk_keys;
+        batch_kv |= p->wk.k != NULL;
+        logits |= p->wk.lg != NULL;
+        work_free(&p->wk);
+    }
     memset(w, 0, sizeof(*w));
     w->x = caldera_malloc((size_t) (T * H) * sizeof(float));
     w->h = caldera_malloc((size_t) (T * H) * sizeof(float));
@@ -790,8 +823,12 @@ static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T
     }
     if (!ok) {
         work_free(w);
+        p->wk_T = p->wk_keys = 0;
         return caldera_error(inst, CALDERA_ERR_NOMEM, "cannot allocate the activations of %" PRId64 " tokens", T);
     }
+    p->wk      = *w;
+    p->wk_T    = T;
+    p->wk_keys = n_keys;
     return 0;
 }
 
@@ -818,6 +855,26 @@ static int observe(struct caldera_inst * inst, const struct obs * ob, const stru
     return 0;
 }
 
+// lin_apply for k (≤ 3) linears that share the input x; few-token dense ones in one loop.
+static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, float ** y, const int64_t * ldy, int k,
+                           const float * x, int64_t ldx, int64_t n) {
+    int rc, fused = n <= LLM_SMALL_N;
+    for (int j = 0; j < k; j++) fused = fused && !l[j]->has_impl && !l[j]->bias && (l[j]->w || l[j]->w16);
+    if (!fused) {
+        for (int j = 0; j < k; j++) {
+            if ((rc = lin_apply(inst, l[j], x, ldx, y[j], ldy[j], n)) < 0) return rc;
+        }
+        return 0;
+    }
+    struct mvm_args a = { .n_job = k, .x = x, .cols = l[0]->cols, .n_x = n, .ld_x = ldx };
+    for (int j = 0; j < k; j++) {
+        a.job[j]       = (struct mv_job) { l[j]->w, l[j]->w16, y[j], ldy[j] };
+        a.start[j + 1] = a.start[j] + l[j]->rows;
+    }
+    caldera_parallel_for(caldera_inst_ctx(inst), a.start[k], 32, mvm_rows, &a);
+    return 0;
+}
+
 // One block over T = n_seq × n_tok rows of w->x. Cache mode (kc != NULL, n_seq == 1): K/V rows are
 // written at positions p0 .. p0+n_tok-1 of the layer's cache (kc, vc: kv_cap × kvd) and
 // attention reads positions 0 .. p0+n_tok-1; batch mode: every sequence attends to its own rows.
@@ -832,9 +889,12 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
     if ((rc = observe(inst, ob, &L->lin[LLM_Q], w->h, T)) < 0) return rc;
     float * kd = kc ? kc + p0 * p->kvd : w->k;
     float * vd = vc ? vc + p0 * p->kvd : w->v;
-    if ((rc = lin_apply(inst, &L->lin[LLM_Q], w->h, H, w->q, p->qd, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_K], w->h, H, kd, p->kvd, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_V], w->h, H, vd, p->kvd, T)) < 0) return rc;
+    {
+        struct llm_lin * ls[3] = { &L->lin[LLM_Q], &L->lin[LLM_K], &L->lin[LLM_V] };
+        float *          ys[3] = { w->q, kd, vd };
+        const int64_t    ld[3] = { p->qd, p->kvd, p->kvd };
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 3, w->h, H, T)) < 0) return rc;
+    }
     for (int64_t sq = 0; sq < n_seq; sq++) {
         struct rope_args rq = { p, w->q + sq * n_tok * p->qd, p->qd, p->d.n_heads, p0 };
         struct rope_args rk = { p, kd + sq * n_tok * p->kvd, p->kvd, p->d.n_kv_heads, p0 };
@@ -851,8 +911,12 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
     for (int64_t i = 0; i < T * H; i++) w->x[i] += w->h[i];
     rmsnorm(ctx, w->x, w->h, L->ffn_norm, T, H, p->d.norm_eps);
     if ((rc = observe(inst, ob, &L->lin[LLM_GATE], w->h, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_GATE], w->h, H, w->g, F, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_UP], w->h, H, w->u, F, T)) < 0) return rc;
+    {
+        struct llm_lin * ls[2] = { &L->lin[LLM_GATE], &L->lin[LLM_UP] };
+        float *          ys[2] = { w->g, w->u };
+        const int64_t    ld[2] = { F, F };
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 2, w->h, H, T)) < 0) return rc;
+    }
     struct swiglu_args sa = { w->g, w->u, F };
     caldera_parallel_for(ctx, T, 4, swiglu_rows, &sa);
     if ((rc = observe(inst, ob, &L->lin[LLM_DOWN], w->g, T)) < 0) return rc;
@@ -939,7 +1003,6 @@ static int llm_forward(struct caldera_inst * inst, const struct caldera_model_fo
     }
     rc = 0;
 fail:
-    work_free(&w);
     return rc;
 }
 
@@ -1015,7 +1078,6 @@ static int llm_decode(struct caldera_inst * inst, const int32_t * tokens, int64_
     }
     rc = 0;
 fail:
-    work_free(&w);
     return rc;
 }
 

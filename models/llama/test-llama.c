@@ -372,7 +372,11 @@ static void check_decode(const char * weights) {
 }
 
 START_TEST(test_decode_equals_forward) {
-    tiny_make(&g_tiny, 2, 48, 64, 6, 3, 53, 0, 1, "linear", 2.0, 4);
+    tiny_make(&g_tiny, 2, 48, 64, 6, 3, 53, 0, 1, "linear", 2.0, 4);   // biases: q/k/v one by one
+    check_decode(NULL);
+    check_decode("f16");
+    tiny_free(&g_tiny);
+    tiny_make(&g_tiny, 2, 48, 64, 6, 2, 53, 1, 0, "", 0, 8);             // no biases: q/k/v in one loop
     check_decode(NULL);
     check_decode("f16");
     tiny_free(&g_tiny);
