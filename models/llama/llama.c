@@ -382,7 +382,7 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
         if (caldera_meta_get_string(p->meta, "tokenizer.chat_template", &p->chat_template) < 0) p->chat_template = NULL;
     }
     p->loaded = 1;
-    caldera_inst_log(inst, CALDERA_LOG_INFO, "%s: %" PRId64 " layers, hidden %" PRId64 ", ffn %" PRId64 ", %" PRId64 "/%"
+    caldera_inst_log(inst, CALDERA_LOG_INFO, "arch %s, %" PRId64 " layers, hidden %" PRId64 ", ffn %" PRId64 ", %" PRId64 "/%"
                      PRId64 " heads of %" PRId64 ", vocab %" PRId64 ", %s head, rope theta %g%s, %s weights%s", d->arch,
                      d->n_layers, d->hidden, d->ffn, d->n_heads, d->n_kv_heads, p->hd, d->vocab,
                      p->head_owned ? "separate" : "tied", d->rope_theta, p->rope_scale != 1.0f ? " (linear scaling)" : "",
