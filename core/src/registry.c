@@ -46,7 +46,18 @@ static int ops_complete(const struct caldera_plugin * p, const char ** missing) 
     case CALDERA_PLUGIN_KIND_QUANTIZER: {
         const struct caldera_quantizer_ops * o = p->ops;
         *missing = "quantize and dequantize";
-        return o->quantize && o->dequantize;
+        if (!o->quantize || !o->dequantize) return 0;
+        // The codebook level (ldlq wraps it) is all five ops or none: name the first one missing.
+        const char * names[] = { "cb_dim", "cb_begin", "cb_round", "cb_end", "cb_free" };
+        const int set[] = { o->cb_dim != NULL, o->cb_begin != NULL, o->cb_round != NULL, o->cb_end != NULL, o->cb_free != NULL };
+        int n_set = set[0] + set[1] + set[2] + set[3] + set[4];
+        for (int i = 0; n_set > 0 && n_set < 5 && i < 5; i++) {
+            if (!set[i]) {
+                *missing = names[i];
+                return -1;
+            }
+        }
+        return 1;
     }
     case CALDERA_PLUGIN_KIND_DECOMPOSER: {
         const struct caldera_decomposer_ops * o = p->ops;
@@ -85,9 +96,14 @@ int caldera_plugin_validate(struct caldera_ctx * ctx, const struct caldera_plugi
                                  ops_min_size(p->kind));
     }
     const char * missing = "";
-    if (!ops_complete(p, &missing)) {
+    int complete = ops_complete(p, &missing);
+    if (complete == 0) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: plugin '%s': a %s plugin must provide %s", origin, p->name,
                                  caldera_plugin_kind_name(p->kind), missing);
+    }
+    if (complete < 0) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: plugin '%s': the codebook ops cb_dim, cb_begin, cb_round, cb_end "
+                                 "and cb_free are all five or none; %s is missing", origin, p->name, missing);
     }
     char err[256];
     int vrc = p->options ? caldera_options_validate(p->options, err, sizeof(err)) : 0;
