@@ -348,7 +348,13 @@ char * caldera_plugin_dir_default(void) {
         const char * slash = strrchr(info.dli_fname, '/');
         const char * base = slash ? slash + 1 : info.dli_fname;
         if (slash && strncmp(base, "libcaldera.so", 13) == 0) {
-            return caldera_asprintf("%.*s/caldera/plugins", (int) (slash - info.dli_fname), info.dli_fname);
+            // "<prefix>/bin/../lib" (a library found through the RPATH) is written as "<prefix>/lib"
+            char * libdir = caldera_asprintf("%.*s", (int) (slash - info.dli_fname), info.dli_fname);
+            char * real = libdir ? realpath(libdir, NULL) : NULL;
+            char * dir = caldera_asprintf("%s/caldera/plugins", real ? real : libdir ? libdir : ".");
+            free(real);   // from libc's realpath
+            caldera_free(libdir);
+            return dir;
         }
     }
     return caldera_strdup(CALDERA_PLUGIN_INSTALL_DIR);
