@@ -90,6 +90,27 @@ static const struct caldera_plugin tneg_plugin = {
     CALDERA_VERSION_INT(1, 0, 0), 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, &tneg_ops,
 };
 
+// twrap: a quantizer that hands the work to another one named by its REF option `inner`
+// (as ldlq wraps a codebook); the report must name the inner plugin too.
+struct twrap_priv { struct caldera_inst * inner; };
+static const struct caldera_option twrap_options[] = {
+    { "inner", "the quantizer doing the work", offsetof(struct twrap_priv, inner), CALDERA_OPT_REF, .ref_kind = CALDERA_PLUGIN_KIND_QUANTIZER },
+    { NULL },
+};
+static int twrap_quantize(struct caldera_inst * inst, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                          struct caldera_tensor * w_hat, struct caldera_pack * pack) {
+    return caldera_quantizer_quantize(((struct twrap_priv *) caldera_inst_priv(inst))->inner, w, h, w_hat, pack);
+}
+static int twrap_dequantize(struct caldera_inst * inst, const struct caldera_pack * pack, struct caldera_tensor * w_hat) {
+    return caldera_quantizer_dequantize(((struct twrap_priv *) caldera_inst_priv(inst))->inner, pack, w_hat);
+}
+static const struct caldera_quantizer_ops twrap_ops = { .struct_size = sizeof(struct caldera_quantizer_ops), .quantize = twrap_quantize,
+                                                        .dequantize = twrap_dequantize };
+static const struct caldera_plugin twrap_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_QUANTIZER, "twrap", "test wrapper",
+    CALDERA_VERSION_INT(2, 3, 4), 7, sizeof(struct twrap_priv), twrap_options, NULL, NULL, NULL, NULL, NULL, &twrap_ops,
+};
+
 // ---- memsink: a writer that records what it is given --------------------------------------------
 static char    sink_names[512][160];
 static int     sink_n, sink_created, sink_finished, sink_commit;
@@ -130,6 +151,7 @@ static struct caldera_ctx * pctx(void) {
     ck_assert_int_eq(caldera_registry_add(ctx, &tq_plugin, "test"), 0);
     ck_assert_int_eq(caldera_registry_add(ctx, &tneg_plugin, "test"), 0);
     ck_assert_int_eq(caldera_registry_add(ctx, &sink_plugin, "test"), 0);
+    ck_assert_int_eq(caldera_registry_add(ctx, &twrap_plugin, "test"), 0);
     return ctx;
 }
 
@@ -338,6 +360,34 @@ START_TEST(test_failure_leaves_no_output) {
     ck_assert_str_eq(caldera_ctx_errmsg(ctx), "weight model.layers.0.mlp.gate_proj.weight (48 x 32): [q] tq: asked to fail");
     ck_assert_int_eq(sink_finished, 1);
     ck_assert_int_eq(sink_commit, 0);   // the writer is told to drop its temporary output
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+// The stage list (report and file metadata) names every plugin that produced data: a quantizer
+// reached through a stage's REF option is listed under it with its version and format version.
+START_TEST(test_stage_list_nested) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "more.ini", "[w]\nplugin = twrap\ninner = q\n"), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "caldera.stages=neg, w"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    ck_assert_int_eq(caldera_pipeline_run(pl), 0);
+    json_error_t jerr;
+    json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
+    ck_assert_ptr_nonnull(rep);
+    char * got = json_dumps(json_object_get(rep, "stages"), JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(got, "[{\"format_version\":1,\"kind\":\"transform\",\"plugin\":\"tneg\",\"section\":\"neg\",\"version\":\"1.0.0\"},"
+                          "{\"format_version\":7,\"kind\":\"quantizer\",\"plugin\":\"twrap\",\"section\":\"w\",\"uses\":"
+                          "[{\"format_version\":1,\"kind\":\"quantizer\",\"option\":\"inner\",\"plugin\":\"tq\",\"section\":\"q\","
+                          "\"version\":\"1.0.0\"}],\"version\":\"2.3.4\"}]");
+    free(got);
+    json_decref(rep);
     caldera_pipeline_free(pl);
     caldera_config_free(cfg);
     caldera_ctx_free(ctx);
@@ -566,6 +616,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_failure_leaves_no_output);
     tcase_add_test(tc, test_print_config);
     tcase_add_test(tc, test_verify_mismatch_message);
+    tcase_add_test(tc, test_stage_list_nested);
     tcase_add_test(tc, test_path_expansion);
     tcase_add_test(tc, test_copy_dtype);
     tcase_add_test(tc, test_appended_ops_checked);
