@@ -29,7 +29,12 @@ const char * caldera_version(void);
 
 typedef void (*caldera_log_fn)(enum caldera_log_level level, const char * msg, void * user);
 
-/** New context with the built-in plugins registered; threads default to all cores. */
+/**
+ * New context with the built-in plugins registered; threads default to all cores. When the
+ * first-party plugins are shared objects (the default build), the context loads the default
+ * places (caldera_registry_load_default) at its first registry lookup, so a program sees the
+ * same plugins in both build configurations.
+ */
 int  caldera_ctx_init(struct caldera_ctx ** out);
 /** Free a context; NULL is a no-op. Shared objects it loaded are closed last. */
 void caldera_ctx_free(struct caldera_ctx * ctx);
