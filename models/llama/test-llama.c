@@ -681,6 +681,11 @@ START_TEST(test_stories_perplexity_protocols) {
     ck_assert_int_eq(res.text_tokens, n);
     ck_assert_msg(fabs(res.ppl - ppl) < 1e-5 * ppl, "llamacpp ppl %.8f, recomputed %.8f", res.ppl, ppl);
     ck_assert_msg(fabs(res.ppl_err - err) < 1e-4 * err, "llamacpp ± %.8f, recomputed %.8f", res.ppl_err, err);
+    pp.batch = 3;   // windows 0-2 and 3-4 in two passes: the same numbers
+    struct caldera_ppl_result res3;
+    ck_assert_int_eq(caldera_model_perplexity(m, text, len, &pp, &res3), 0);
+    ck_assert_int_eq(res3.tokens_scored, res.tokens_scored);
+    ck_assert_msg(fabs(res3.ppl - res.ppl) < 1e-6 * res.ppl, "batched ppl %.8f vs %.8f", res3.ppl, res.ppl);
     // strided, stride 40: windows at 0, 40, 80; the first scores tokens 1..95, then the new ones
     sum = 0, cnt = 0;
     int64_t prev_end = 0;
