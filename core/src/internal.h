@@ -17,6 +17,7 @@ struct caldera_registry_entry {
 };
 
 struct caldera_pool;
+struct ccu_dev;
 void caldera_pool_free(struct caldera_pool * pool);
 
 struct caldera_ctx {
@@ -31,6 +32,7 @@ struct caldera_ctx {
     int64_t                         n_plugins;
     int64_t                         cap_plugins;
     struct caldera_pool *           pool;   // worker threads of caldera_parallel_for (lazy)
+    struct ccu_dev *                cuda_dev;   // the CUDA device: stream and handles (lazy; linalg_cuda.c)
 };
 
 struct caldera_inst {
