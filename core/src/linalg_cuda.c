@@ -18,8 +18,10 @@
 #include "internal.h"
 #include "linalg_cuda.h"
 
-// ~0.1 GFLOP: a 464³ gemm; below it the PCIe copies of host operands cost more than the CPU.
+// ~0.1 GFLOP (a 464³ gemm): below it the PCIe copies of host operands cost more than the CPU.
+// The environment variable CALDERA_CUDA_MIN_FLOPS overrides it (0: every op; the GPU tests).
 #define CALDERA_CUDA_MIN_FLOPS 1.0e8
+static double          g_min_flops = CALDERA_CUDA_MIN_FLOPS;
 
 static const struct caldera_cuda_backend * g_be;
 static char             g_be_err[1024];
@@ -56,6 +58,12 @@ static void * open_module(char * why, size_t n) {
 #endif
 
 static void load_backend(void) {
+    const char * mf = getenv("CALDERA_CUDA_MIN_FLOPS");
+    if (mf && *mf) {
+        char * end;
+        double v = strtod(mf, &end);
+        if (*end == '\0' && v >= 0) g_min_flops = v;
+    }
 #ifdef CALDERA_CUDA_MODULE
     char why[sizeof(g_be_err) - 64] = "";
     void * h = open_module(why, sizeof(why));
@@ -136,7 +144,9 @@ int caldera_cuda_route(struct caldera_ctx * ctx, double flops, const struct cald
     for (int i = 0; ts[i]; i++) {
         if (ts[i]->device == CALDERA_DEVICE_CUDA) return 1;
     }
-    return ctx->device == CALDERA_DEVICE_CUDA && flops >= CALDERA_CUDA_MIN_FLOPS;
+    if (ctx->device != CALDERA_DEVICE_CUDA) return 0;
+    pthread_once(&g_be_once, load_backend);
+    return flops >= g_min_flops;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,23 +1,14 @@
 // SPDX-License-Identifier: MIT
-// kernels.cu: the CUDA backend's element-wise kernels. The per-element math is not written here:
-// it is the `static inline` host/device code of hd.h (FWHT butterflies), e8p.h (E8P search and
-// decode) and uniform-rule.h (uniform rounding) that the CPU code runs too. Built with -fmad=false
+// kernels.cu: the CUDA backend's element-wise kernels. The per-item work is not written here: it
+// is items.h, over the `static inline` host/device code of hd.h (FWHT butterflies), e8p.h (E8P
+// search and decode) and uniform-rule.h (uniform rounding) that the CPU code and its tests run. Built with -fmad=false
 // and IEEE division and square root, so a kernel gives the same bits as the CPU loop.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
-#include "hd.h"
+#include "items.h"
 #include "kernels.h"
-
-#define E8P_FN static inline __host__ __device__
-#ifdef __CUDA_ARCH__
-#define E8P_PARITY(x) (__popc(x) & 1)
-#endif
-#include "e8p.h"
-
-#define UNIFORM_FN static inline __host__ __device__
-#include "uniform-rule.h"
 
 #define THREADS 256
 #define FWHT_SMEM_MAX 4096   // rows up to this length are transformed in shared memory (16 KiB)
@@ -44,9 +35,9 @@ __global__ void k_fwht_smem(float * a, int64_t n, int64_t ld) {
 
 // One stage of half-width h over all rows (long rows).
 __global__ void k_fwht_stage(float * a, int64_t rows, int64_t n, int64_t ld, int64_t h) {
-    int64_t half = n / 2, total = rows * half;
+    const int64_t total = rows * (n / 2);
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < total; q += (int64_t) gridDim.x * blockDim.x) {
-        caldera_hd_fwht_pair(a + (q / half) * ld, h, q % half);
+        ccu_item_fwht(q, a, n, ld, h);
     }
 }
 
@@ -68,8 +59,7 @@ extern "C" int ccu_k_fwht(void * stream, float * a, int64_t rows, int64_t n, int
 
 __global__ void k_mirror_lower(float * c, int64_t n, int64_t ld) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < n * n; q += (int64_t) gridDim.x * blockDim.x) {
-        int64_t i = q / n, j = q % n;
-        if (j > i) c[i * ld + j] = c[j * ld + i];
+        ccu_item_mirror_lower(q, c, n, ld);
     }
 }
 
@@ -81,8 +71,7 @@ extern "C" int ccu_k_mirror_lower(void * stream, float * c, int64_t n, int64_t l
 
 __global__ void k_zero_upper(float * a, int64_t n, int64_t ld) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < n * n; q += (int64_t) gridDim.x * blockDim.x) {
-        int64_t i = q / n, j = q % n;
-        if (j > i) a[i * ld + j] = 0.0f;
+        ccu_item_zero_upper(q, a, n, ld);
     }
 }
 
@@ -94,8 +83,7 @@ extern "C" int ccu_k_zero_upper(void * stream, float * a, int64_t n, int64_t ld)
 
 __global__ void k_identity_blocks(float * l, int64_t n, int64_t ld, int64_t b) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < n * b; q += (int64_t) gridDim.x * blockDim.x) {
-        int64_t i = q / b, k = q % b, j = (i / b) * b + k;   // row i, column k of its diagonal block
-        l[i * ld + j] = j == i ? 1.0f : 0.0f;
+        ccu_item_identity_block(q, l, ld, b);
     }
 }
 
@@ -161,9 +149,8 @@ extern "C" int ccu_k_sum(void * stream, const double * v, int64_t n, double * ou
 }
 
 __global__ void k_pinv_diag(const float * s, float * out, int64_t k, float rcond) {
-    const float cut = rcond * s[0];
     for (int64_t i = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; i < k; i += (int64_t) gridDim.x * blockDim.x) {
-        out[i] = s[i] > cut ? 1.0f / s[i] : 0.0f;
+        ccu_item_pinv_diag(i, s, out, rcond);
     }
 }
 
@@ -190,12 +177,7 @@ __global__ void k_e8p_round(const struct e8p_tables * tab, int bits, const float
                             int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, float * y,
                             int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * nb; q += (int64_t) gridDim.x * blockDim.x) {
-        int64_t  i = q / nb, b = q % nb;
-        uint16_t k1, k2;
-        e8p_round_scaled(tab, bits, scale[nscale == 1 ? 0 : i], x + i * ldx + b * E8P_DIM, y + i * ldy + b * E8P_DIM,
-                         &k1, &k2);
-        c1[q] = k1;
-        if (c2) c2[q] = k2;
+        ccu_item_e8p_round(q, tab, bits, x, ldx, nb, scale, nscale, c1, c2, y, ldy);
     }
 }
 
@@ -213,9 +195,7 @@ __global__ void k_uniform_round(struct uniform_rule r, int granularity, int64_t 
                                 int64_t ldx, int64_t rows, int64_t cols, const float * scale, const float * zero,
                                 uint8_t * codes, float * y, int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * cols; q += (int64_t) gridDim.x * blockDim.x) {
-        int64_t i = q / cols, j = q % cols;
-        int64_t g = uniform_gid_of(granularity, ngr, group_size, i, j);
-        y[i * ldy + j] = uniform_round(&r, x[i * ldx + j], scale[g], zero ? zero[g] : 0.0f, &codes[q]);
+        ccu_item_uniform_round(q, &r, granularity, ngr, group_size, x, ldx, cols, scale, zero, codes, y, ldy);
     }
 }
 
