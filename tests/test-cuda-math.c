@@ -95,16 +95,6 @@ END_TEST
 // ---------------------------------------------------------------------------------------------
 // E8P
 
-static struct e8p_tables * tables(void) {
-    static struct e8p_tables t;
-    static int built;
-    if (!built) {
-        e8p_tables_build(&t);
-        built = 1;
-    }
-    return &t;
-}
-
 // Smallest ‖x − c‖² over all 65536 E8P12 codewords, in double.
 static double e8p_brute(const struct e8p_tables * t, const float x[8]) {
     double best = INFINITY;
@@ -135,7 +125,9 @@ static double dist2(const float * a, const float * b) {
 }
 
 START_TEST(test_e8p_items) {
-    const struct e8p_tables * t = tables();
+    static struct e8p_tables tab;
+    e8p_tables_build(&tab);
+    const struct e8p_tables * t = &tab;
     const int64_t rows = 3, nb = 4, cols = nb * 8, ldx = cols + 3, ldy = cols + 1;
     for (int bits = 2; bits <= 4; bits++) {
         for (int nscale = 1; nscale <= rows; nscale += rows - 1) {
