@@ -167,6 +167,9 @@ static int transpose(struct ccu_dev * d, struct caldera_tensor * dst, const stru
     int rc = 0;
     const float one = 1.0f, zero = 0.0f;
     if (ROWS(src) == 0 || COLS(src) == 0) return 0;
+    // dst doubles as geam's B with beta = 0: clear it so that no NaN left in scratch memory can leak in
+    CU(cudaMemset2DAsync, (dst->data, (size_t) LD(dst) * sizeof(float), 0, (size_t) COLS(dst) * sizeof(float),
+                           (size_t) ROWS(dst), d->stream));
     // column-major: dstᵀ (r × c) = (srcᵀ (c × r))ᵀ
     CB(cublasSgeam, (d->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int) ROWS(src), (int) COLS(src), &one, CF(src), LDI(src), &zero,
                      F(dst), LDI(dst), F(dst), LDI(dst)));
