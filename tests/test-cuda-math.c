@@ -5,7 +5,8 @@
 //   kernels get, against brute force and against the CPU code: the FWHT (bit-identical to
 //   caldera_linalg_fwht and within rounding of a dense Hadamard product), E8P rounding at 2, 3 and
 //   4 bits (nearest codeword by exhaustive search), uniform rounding (nearest level, every
-//   granularity and level rule), and the small linear-algebra helpers;
+//   granularity and level rule), the LDLQ block step (gather, Ŵ and Δ, row loss), and the small
+//   linear-algebra helpers;
 // - device selection on a machine without a usable GPU: `device = cuda` is refused (by the
 //   context, device allocation, linear algebra on a device tensor, and the pipeline's --dry-run
 //   check with a clear message), `device = auto` runs on the CPU. With a GPU the same tests
@@ -289,6 +290,44 @@ START_TEST(test_helper_items) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------
+// LDLQ block step
+
+START_TEST(test_ldlq_items) {
+    const int64_t m = 9, n = 24, b = 8, j0 = 8, jl = 8, bc = 16;   // block 1 of 3, second of its buffer
+    float xt[24 * 9], wt[24 * 9], xj[9 * 8], qj[9 * 8], hbt[16 * 9], dbt[16 * 9], dj[8 * 8];
+    tu_fill_normal(xt, n * m, 1.0f, 500);
+    tu_fill_normal(wt, n * m, 1.0f, 501);
+    tu_fill_normal(qj, m * b, 1.0f, 502);
+    tu_fill_normal(dj, b * b, 1.0f, 503);
+    for (int64_t i = 0; i < bc * m; i++) hbt[i] = dbt[i] = NAN;
+    int64_t * perm = shuffled(m * b);
+    for (int64_t q = 0; q < m * b; q++) ccu_item_ldlq_gather(perm[q], xt, m, j0, b, xj);
+    for (int64_t q = 0; q < m * b; q++) ccu_item_ldlq_scatter(perm[q], qj, wt, m, j0, jl, b, hbt, dbt);
+    caldera_free(perm);
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t k = 0; k < b; k++) {
+            ck_assert_float_eq(xj[r * b + k], xt[(j0 + k) * m + r]);   // Xᵀ's rows j0.. as columns
+            ck_assert_float_eq(hbt[(jl + k) * m + r], qj[r * b + k]);
+            ck_assert_float_eq(dbt[(jl + k) * m + r], wt[(j0 + k) * m + r] - qj[r * b + k]);
+        }
+    }
+    for (int64_t i = 0; i < jl * m; i++) ck_assert(isnan(hbt[i]) && isnan(dbt[i]));   // other buffer rows untouched
+    // the row loss against e D eᵀ summed in the other order, in long double
+    for (int64_t r = 0; r < m; r++) {
+        long double want = 0;
+        for (int64_t l = 0; l < b; l++) {
+            for (int64_t k = 0; k < b; k++) {
+                want += (long double) ((double) xj[r * b + k] - qj[r * b + k]) * dj[k * b + l] *
+                        ((double) xj[r * b + l] - qj[r * b + l]);
+            }
+        }
+        double got = ldlq_row_loss(r, xj, qj, dj, b);
+        ck_assert_double_le(fabs(got - (double) want), 1e-12 * (1.0 + fabs((double) want)));
+    }
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------
 // Device selection where no GPU can be used (this machine); with a GPU, cuda is accepted.
 
 static const char * DEVICE_INI =
@@ -383,6 +422,7 @@ static Suite * cuda_math_suite(void) {
     tcase_add_test(tc, test_e8p_items);
     tcase_add_test(tc, test_uniform_items);
     tcase_add_test(tc, test_helper_items);
+    tcase_add_test(tc, test_ldlq_items);
     suite_add_tcase(s, tc);
     TCase * td = tcase_create("device");
     tcase_add_test(td, test_device_selection);

@@ -384,6 +384,37 @@ START_TEST(test_quantizer_kernels) {
 }
 END_TEST
 
+// The LDLQ block step's kernels against the CPU's loops (ldlq.c runs the same functions).
+START_TEST(test_ldlq_kernels) {
+    struct caldera_ctx * ctx = tu_ctx();
+    const int64_t m = 300, n = 64, b = 8, j0 = 24, jl = 8, bc = 32;
+    struct caldera_tensor xt = tu_randn(ctx, n, m, 140), wt = tu_randn(ctx, n, m, 141), qj = tu_randn(ctx, m, b, 142);
+    struct caldera_tensor dj = tu_hessian(ctx, b, 8, 0.1, 143);
+    struct caldera_tensor xj = zeros(ctx, m, b, 0), hbt = zeros(ctx, bc, m, 0), dbt = zeros(ctx, bc, m, 0);
+    struct caldera_tensor dxt = up(ctx, &xt), dwt = up(ctx, &wt), dqj = up(ctx, &qj), ddj = up(ctx, &dj);
+    struct caldera_tensor dxj = zeros(ctx, m, b, 1), dhbt = zeros(ctx, bc, m, 1), ddbt = zeros(ctx, bc, m, 1);
+    double loss = 0, dloss = 0;
+    for (int64_t k = 0; k < b; k++) {
+        for (int64_t r = 0; r < m; r++) {
+            ldlq_gather(k, r, xt.data, m, j0, b, xj.data);
+            ldlq_scatter(k, r, qj.data, wt.data, m, j0, jl, b, hbt.data, dbt.data);
+        }
+    }
+    for (int64_t r = 0; r < m; r++) loss += ldlq_row_loss(r, xj.data, qj.data, dj.data, b);
+    OK(caldera_cuda_ldlq_gather(ctx, dxt.data, m, j0, b, dxj.data));
+    OK(caldera_cuda_ldlq_scatter(ctx, dqj.data, dwt.data, m, j0, jl, b, dhbt.data, ddbt.data));
+    OK(caldera_cuda_ldlq_loss(ctx, dxj.data, dqj.data, ddj.data, m, b, &dloss));
+    struct caldera_tensor g1 = down(ctx, &dxj), g2 = down(ctx, &dhbt), g3 = down(ctx, &ddbt);
+    ck_assert(memcmp(g1.data, xj.data, (size_t) (m * b) * sizeof(float)) == 0);
+    ck_assert(memcmp(g2.data, hbt.data, (size_t) (bc * m) * sizeof(float)) == 0);
+    ck_assert(memcmp(g3.data, dbt.data, (size_t) (bc * m) * sizeof(float)) == 0);
+    ck_assert_msg(fabs(dloss - loss) <= 1e-12 * fabs(loss), "ldlq loss: %.17g vs %.17g", dloss, loss);   // double, other sum order
+    struct caldera_tensor * all[] = { &xt, &wt, &qj, &dj, &xj, &hbt, &dbt, &dxt, &dwt, &dqj, &ddj, &dxj, &dhbt, &ddbt, &g1, &g2, &g3 };
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) caldera_tensor_free(all[i]);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * cuda_suite(void) {
     Suite * s = suite_create("cuda");
     TCase * tc = tcase_create("gpu");
@@ -395,6 +426,7 @@ static Suite * cuda_suite(void) {
     tcase_add_test(tc, test_fwht_trace);
     tcase_add_test(tc, test_staged_host_tensors);
     tcase_add_test(tc, test_quantizer_kernels);
+    tcase_add_test(tc, test_ldlq_kernels);
     suite_add_tcase(s, tc);
     return s;
 }

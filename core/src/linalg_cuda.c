@@ -461,3 +461,23 @@ done:
     unstage(be, st, 2);
     return rc;
 }
+
+int caldera_cuda_ldlq_gather(struct caldera_ctx * ctx, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj) {
+    OPEN();
+    if ((rc = be->ldlq_gather(d, xt, m, j0, b, xj)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_gather");
+    return rc;
+}
+
+int caldera_cuda_ldlq_scatter(struct caldera_ctx * ctx, const float * qj, const float * wt, int64_t m, int64_t j0,
+                              int64_t jl, int64_t b, float * hbt, float * dbt) {
+    OPEN();
+    if ((rc = be->ldlq_scatter(d, qj, wt, m, j0, jl, b, hbt, dbt)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_scatter");
+    return rc;
+}
+
+int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const float * qj, const float * dj, int64_t m,
+                           int64_t b, double * loss) {
+    OPEN();
+    if ((rc = be->ldlq_loss(d, xj, qj, dj, m, b, loss)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_loss");
+    return rc;
+}

@@ -63,4 +63,12 @@ int caldera_cuda_uniform_round(struct caldera_ctx * ctx, const struct uniform_ru
                                int64_t group_size, const struct caldera_tensor * x, const float * scale,
                                const float * zero, uint8_t * codes, struct caldera_tensor * x_hat);
 
+/** The LDLQ block step's element-wise kernels (ldlq-step.h); every pointer is device memory. */
+int caldera_cuda_ldlq_gather(struct caldera_ctx * ctx, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj);
+int caldera_cuda_ldlq_scatter(struct caldera_ctx * ctx, const float * qj, const float * wt, int64_t m, int64_t j0,
+                              int64_t jl, int64_t b, float * hbt, float * dbt);
+/** *loss (host) = Σ_rows (x − q) D_j (x − q)ᵀ. */
+int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const float * qj, const float * dj, int64_t m,
+                           int64_t b, double * loss);
+
 #endif // CALDERA_LINALG_CUDA_H

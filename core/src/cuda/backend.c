@@ -734,6 +734,39 @@ fail:
     return rc;
 }
 
+static int be_ldlq_gather(struct ccu_dev * d, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_gather, (d->stream, xt, m, j0, b, xj));
+fail:
+    return rc;
+}
+
+static int be_ldlq_scatter(struct ccu_dev * d, const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl,
+                           int64_t b, float * hbt, float * dbt) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_scatter, (d->stream, qj, wt, m, j0, jl, b, hbt, dbt));
+fail:
+    return rc;
+}
+
+static int be_ldlq_loss(struct ccu_dev * d, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
+                        double * loss) {
+    int rc = 0;
+    double * rows = NULL;
+    ENTER();
+    *loss = 0;
+    if (m == 0) return 0;
+    if ((rc = dev_alloc(d, (size_t) (m + 1) * sizeof(double), (void **) &rows))) goto fail;
+    CK(ccu_k_ldlq_row_loss, (d->stream, xj, qj, dj, m, b, rows));
+    CK(ccu_k_sum, (d->stream, rows, m, rows + m));
+    rc = download(d, loss, rows + m, sizeof(double));
+fail:
+    scratch_free(d, rows);
+    return rc;
+}
+
 static const struct caldera_cuda_backend backend = {
     .version         = CALDERA_CUDA_BACKEND_VERSION,
     .size            = sizeof(struct caldera_cuda_backend),
@@ -762,6 +795,9 @@ static const struct caldera_cuda_backend backend = {
     .count_nonfinite = be_count_nonfinite,
     .e8p_round       = be_e8p_round,
     .uniform_round   = be_uniform_round,
+    .ldlq_gather     = be_ldlq_gather,
+    .ldlq_scatter    = be_ldlq_scatter,
+    .ldlq_loss       = be_ldlq_loss,
 };
 
 __attribute__((visibility("default"))) const struct caldera_cuda_backend * caldera_cuda_backend(void);

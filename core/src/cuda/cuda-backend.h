@@ -87,6 +87,16 @@ struct caldera_cuda_backend {
     int (*uniform_round)(struct ccu_dev * dev, const struct uniform_rule * r, int granularity, int64_t ngr,
                          int64_t group_size, const struct caldera_tensor * x, const float * scale, const float * zero,
                          uint8_t * codes, struct caldera_tensor * x_hat);
+    /**
+     * LDLQ block step (ldlq-step.h; all pointers device memory, layouts as there): gather block j0 of
+     * xt into xj; or Ŵ_j, Δ_j into buffer rows jl.. of hbt, dbt; or Σ_rows of the block's loss (to
+     * the host double *loss).
+     */
+    int (*ldlq_gather)(struct ccu_dev * dev, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj);
+    int (*ldlq_scatter)(struct ccu_dev * dev, const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl,
+                        int64_t b, float * hbt, float * dbt);
+    int (*ldlq_loss)(struct ccu_dev * dev, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
+                     double * loss);
 };
 
 /** The module's one exported symbol. */

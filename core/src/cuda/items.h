@@ -14,11 +14,13 @@
 #ifdef __CUDACC__
 #define E8P_FN     static inline __host__ __device__
 #define UNIFORM_FN static inline __host__ __device__
+#define LDLQ_FN    static inline __host__ __device__
 #ifdef __CUDA_ARCH__
 #define E8P_PARITY(x) (__popc(x) & 1)
 #endif
 #endif
 #include "e8p.h"
+#include "ldlq-step.h"
 #include "uniform-rule.h"
 
 /**
@@ -76,6 +78,17 @@ CALDERA_HD void ccu_item_uniform_round(int64_t q, const struct uniform_rule * r,
     const int64_t i = q / cols, j = q % cols;
     const int64_t g = uniform_gid_of(granularity, ngr, group_size, i, j);
     y[i * ldy + j] = uniform_round(r, x[i * ldx + j], scale[g], zero ? zero[g] : 0.0f, &codes[q]);
+}
+
+/** LDLQ gather item q (0 .. m·b − 1): column k = q / m, row r = q % m of block j (see ldlq-step.h). */
+CALDERA_HD void ccu_item_ldlq_gather(int64_t q, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj) {
+    ldlq_gather(q / m, q % m, xt, m, j0, b, xj);
+}
+
+/** LDLQ scatter item q (0 .. m·b − 1): Ŵ and Δ of column q / m, row q % m of block j. */
+CALDERA_HD void ccu_item_ldlq_scatter(int64_t q, const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl,
+                                      int64_t b, float * hbt, float * dbt) {
+    ldlq_scatter(q / m, q % m, qj, wt, m, j0, jl, b, hbt, dbt);
 }
 
 #endif // CALDERA_CUDA_ITEMS_H

@@ -207,3 +207,42 @@ extern "C" int ccu_k_uniform_round(void * stream, const struct uniform_rule * r,
                                                                                 rows, cols, scale, zero, codes, y, ldy);
     return launched();
 }
+
+__global__ void k_ldlq_gather(const float * xt, int64_t m, int64_t j0, int64_t b, float * xj) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_gather(q, xt, m, j0, b, xj);
+    }
+}
+
+extern "C" int ccu_k_ldlq_gather(void * stream, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_gather<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(xt, m, j0, b, xj);
+    return launched();
+}
+
+__global__ void k_ldlq_scatter(const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl, int64_t b, float * hbt,
+                               float * dbt) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_scatter(q, qj, wt, m, j0, jl, b, hbt, dbt);
+    }
+}
+
+extern "C" int ccu_k_ldlq_scatter(void * stream, const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl,
+                                  int64_t b, float * hbt, float * dbt) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_scatter<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(qj, wt, m, j0, jl, b, hbt, dbt);
+    return launched();
+}
+
+__global__ void k_ldlq_row_loss(const float * xj, const float * qj, const float * dj, int64_t m, int64_t b, double * loss) {
+    for (int64_t r = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; r < m; r += (int64_t) gridDim.x * blockDim.x) {
+        loss[r] = ldlq_row_loss(r, xj, qj, dj, b);
+    }
+}
+
+extern "C" int ccu_k_ldlq_row_loss(void * stream, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
+                                   double * loss) {
+    if (m == 0) return 0;
+    k_ldlq_row_loss<<<grid_for(m), THREADS, 0, (cudaStream_t) stream>>>(xj, qj, dj, m, b, loss);
+    return launched();
+}

@@ -43,6 +43,15 @@ int ccu_k_uniform_round(void * stream, const struct uniform_rule * r, int granul
                         int64_t group_size, const float * x, int64_t ldx, int64_t rows, int64_t cols,
                         const float * scale, const float * zero, uint8_t * codes, float * y, int64_t ldy);
 
+/** LDLQ block step (ldlq-step.h), device pointers: gather block j0 of xt (n × m) into xj (m × b). */
+int ccu_k_ldlq_gather(void * stream, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj);
+/** Ŵ_j and Δ_j into buffer rows jl.. of hbt, dbt (· × m). */
+int ccu_k_ldlq_scatter(void * stream, const float * qj, const float * wt, int64_t m, int64_t j0, int64_t jl, int64_t b,
+                       float * hbt, float * dbt);
+/** loss[r] = (x_r − q_r) D_j (x_r − q_r)ᵀ for the m rows of block j (double). */
+int ccu_k_ldlq_row_loss(void * stream, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
+                        double * loss);
+
 #ifdef __cplusplus
 }
 #endif
