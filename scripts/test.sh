@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: MIT
 # One command for the whole default test suite: install what is missing, fetch the real model
 # (its tests skip if it cannot be had), build, and run every CTest test except those labelled
-# `slow` — first in a Release build, then in a Debug build under AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# `slow` — first in a Release build of the default configuration (each first-party plugin a
+# loadable module), then in a Debug build of the built-in configuration (-DCALDERA_BUILTIN_PLUGINS=ON:
+# one library, no dlopen) under AddressSanitizer and UndefinedBehaviorSanitizer, so both
+# configurations are built and tested.
 # With nvcc, both passes compile and link the CUDA backend (all architectures in Release, one in
 # the sanitizer pass); a CUDA build error fails the run.
 #   usage: scripts/test.sh [--quick] [--slow] [--cuda] [-R REGEX]
@@ -36,7 +38,7 @@ run() {
     (cd "$dir" && ctest --output-on-failure -j "$JOBS" "${LABEL_ARGS[@]}" "${EXTRA[@]}")
 }
 if [ "$CUDA" = 1 ]; then
-    cmake -S . -B build -DCALDERA_WERROR=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake -S . -B build -DCALDERA_WERROR=ON -DCMAKE_BUILD_TYPE=Release -DCALDERA_BUILTIN_PLUGINS=OFF >/dev/null
     cmake --build build -j "$JOBS"
     # a skip here means no usable device: say so and fail rather than pass without running
     rc=0; build/tests/test-cuda || rc=$?
@@ -45,8 +47,8 @@ if [ "$CUDA" = 1 ]; then
     (cd build && ctest --output-on-failure -L cuda "${EXTRA[@]}")
     exit 0
 fi
-run build -DCMAKE_BUILD_TYPE=Release
+run build -DCMAKE_BUILD_TYPE=Release -DCALDERA_BUILTIN_PLUGINS=OFF
 if [ "$QUICK" = 0 ]; then
     # the CUDA module for one architecture only: the Release pass compiled all of them
-    ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON -DCALDERA_CUDA_ARCHS=80-real
+    ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON -DCALDERA_BUILTIN_PLUGINS=ON -DCALDERA_CUDA_ARCHS=80-real
 fi
