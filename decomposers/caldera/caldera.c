@@ -495,6 +495,8 @@ static int lr_step(struct cal_work * wk, double c0, const float * cur_l, const f
             goto fail;
         }
         out->iters = it + 1;
+        caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "  inner %" PRId64 ": err² %.6g%s", it + 1, e2,
+                         e2 < out->err2 ? " (best)" : "");
         if (e2 < out->err2) {
             if (out->pack != cur_pack) {
                 caldera_pack_free(out->pack);
@@ -830,6 +832,8 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
             goto fail;
         }
         cur_err2 = e2;
+        caldera_inst_log(inst, CALDERA_LOG_DEBUG, "outer %" PRId64 ": after LR %.5f, after Q %.5f (rel. error, H)", t + 1,
+                         k > 0 ? sqrt(fmax(best_lr == cur_lr ? best : cur_err2, 0.0) / dnz) : NAN, sqrt(fmax(e2, 0.0) / dnz));
         if (isnan(first_q)) {
             first_q = sqrt(fmax(e2, 0.0) / dnz);
         }
