@@ -278,4 +278,73 @@ static inline int lr_check_quant_shape(struct caldera_inst * q, int64_t rows, in
     return p->check_shape ? p->check_shape(q, rows, cols) : 0;
 }
 
+/**
+ * Ŵ = g·(Q + L R) from a pack with "rank" (i32), optional "global_scale" (f32), "Q.*" (when q is
+ * set), "L.*" (Lᵀ through lq, or "L.values") and "R.*" (through rq, or "R.values").
+ */
+static inline int lr_reconstruct(struct caldera_inst * inst, struct caldera_inst * q, struct caldera_inst * lq,
+                                 struct caldera_inst * rq, int global_scale, const struct caldera_pack * pack_c,
+                                 struct caldera_tensor * w_hat) {
+    struct caldera_pack * pack = (struct caldera_pack *) pack_c;   // prefixes are pushed and popped again
+    float * qd = NULL, * l = NULL, * r = NULL;
+    float g = 1.0f;
+    int32_t k32 = 0;
+    int rc;
+    if ((rc = caldera_check_matrix(inst, "reconstruct", "w_hat", w_hat, -1, -1)) < 0) {
+        return rc;
+    }
+    const int64_t m = w_hat->ne[0], n = w_hat->ne[1];
+    if ((rc = lr_get_scalar(inst, pack, "rank", CALDERA_DTYPE_I32, &k32)) < 0 ||
+        (global_scale && (rc = lr_get_scalar(inst, pack, "global_scale", CALDERA_DTYPE_F32, &g)) < 0)) {
+        return rc;
+    }
+    const int64_t k = k32;
+    if (k < 0 || k > (m < n ? m : n)) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "reconstruct: stored rank %" PRId64 " is impossible for a %" PRId64
+                             "x%" PRId64 " weight", k, m, n);
+    }
+    if (q) {
+        if (!(qd = caldera_malloc((size_t) m * (size_t) n * sizeof(float)))) {
+            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "reconstruct: out of memory");
+            goto fail;
+        }
+        struct caldera_tensor qt = lr_view(qd, m, n);
+        if ((rc = caldera_pack_push_prefix(pack, "Q.")) < 0) {
+            goto fail;
+        }
+        rc = caldera_quantizer_dequantize(q, pack, &qt);
+        caldera_pack_pop_prefix(pack);
+        if (rc < 0) {
+            goto fail;
+        }
+    }
+    if (k > 0) {
+        l = caldera_malloc((size_t) m * (size_t) k * sizeof(float));
+        r = caldera_malloc((size_t) k * (size_t) n * sizeof(float));
+        if (!l || !r) {
+            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "reconstruct: out of memory");
+            goto fail;
+        }
+        if ((rc = caldera_pack_push_prefix(pack, "L.")) < 0) {
+            goto fail;
+        }
+        rc = lr_factor_dequantize(inst, lq, 1, pack, m, k, l);
+        caldera_pack_pop_prefix(pack);
+        if (rc < 0 || (rc = caldera_pack_push_prefix(pack, "R.")) < 0) {
+            goto fail;
+        }
+        rc = lr_factor_dequantize(inst, rq, 0, pack, k, n, r);
+        caldera_pack_pop_prefix(pack);
+        if (rc < 0) {
+            goto fail;
+        }
+    }
+    rc = lr_assemble(caldera_inst_ctx(inst), qd, l, r, m, n, k, g, w_hat);
+fail:
+    caldera_free(qd);
+    caldera_free(l);
+    caldera_free(r);
+    return rc;
+}
+
 #endif
