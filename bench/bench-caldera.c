@@ -6,7 +6,7 @@
 // Not a test: prints a Markdown table.
 //   usage: bench-caldera [-w weight] [-k rank] [-O outer] [-I inner] [-T tune] [-f e8|e8row|uniform|f16]
 //                        [-d 0|1 downdate] [-s 0|1 warm start] [-t threads] [-r reps] [-q (QuIP#-style row)]
-//                        [-H hidden] [-F ffn]
+//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits]
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +20,12 @@
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
@@ -80,10 +86,10 @@ static double rel_h(struct caldera_ctx * ctx, const struct caldera_tensor * w, c
 int main(int argc, char ** argv) {
     const char * weight = "model.layers.0.self_attn.q_proj.weight";
     const char * fac = "e8";
-    int rank = 32, outer = 20, inner = 50, tune = 10, downdate = 1, warm = 1, threads = 0, reps = 2, quip = 0;
-    const char * hidden = "576", * ffn = "1536";
+    int rank = 32, outer = 20, inner = 50, tune = 10, downdate = 0, warm = 1, threads = 0, reps = 2, quip = 0;
+    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0";
     int opt;
-    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:")) != -1) {
         switch (opt) {
         case 'w': weight = optarg; break;
         case 'k': rank = atoi(optarg); break;
@@ -98,6 +104,8 @@ int main(int argc, char ** argv) {
         case 'q': quip = 1; break;
         case 'H': hidden = optarg; break;
         case 'F': ffn = optarg; break;
+        case 'K': kvdim = optarg; break;
+        case 'b': target = optarg; break;
         default: fprintf(stderr, "usage: see the comment at the top of bench/bench-caldera.c\n"); return 2;
         }
     }
@@ -106,7 +114,7 @@ int main(int argc, char ** argv) {
     caldera_ctx_set_log_level(ctx, CALDERA_LOG_WARN);
     if (threads > 0) caldera_ctx_set_threads(ctx, threads);
     // the weight and its Hessian from the synthetic format, then the RHT (seed 42)
-    const char * skv[] = { "layers", "1", "hidden", hidden, "ffn", ffn, "seed", "1", NULL };
+    const char * skv[] = { "layers", "1", "hidden", hidden, "ffn", ffn, "kv_dim", kvdim, "seed", "1", NULL };
     struct caldera_inst * src = mk(ctx, "synthetic", "src", skv);
     if (caldera_inst_start(src) < 0) die(ctx, "synthetic");
     const struct caldera_format_ops * fo = caldera_inst_plugin(src)->ops;
@@ -160,7 +168,7 @@ int main(int argc, char ** argv) {
         if (caldera_inst_start(lq) < 0 || caldera_inst_start(rq) < 0) die(ctx, "factor quantizer");
     }
     const char * ckv[] = { "rank", kb, "outer_iters", ob, "inner_iters", ib, "downdate", downdate ? "1" : "0",
-                           "warm_start", warm ? "1" : "0", NULL };
+                           "warm_start", warm ? "1" : "0", "target_bits", target, NULL };
     struct caldera_inst * cal = mk(ctx, "caldera", "cal", ckv);
     caldera_inst_set_ref(cal, "q", q);
     if (lq) {
@@ -173,15 +181,20 @@ int main(int argc, char ** argv) {
     double s576 = sgemm_rate(ctx, m < n ? m : n), s2048 = sgemm_rate(ctx, 2048);
     struct caldera_tensor wh = { 0 };
     caldera_tensor_alloc_f32(ctx, m, n, &wh);
-    double best_t = INFINITY, err = 0, flr = 0, fq = 0, flops_own = 0;
+    double best_t = INFINITY, best_cpu = INFINITY, bits = 0, err = 0, flr = 0, fq = 0, flops_own = 0;
     int64_t inner_run = 0;
     for (int r = 0; r < reps; r++) {
         struct caldera_pack * pack = NULL;
         caldera_pack_init(&pack);
-        double t0 = now();
+        double t0 = now(), c0 = cpu_now();
         if (dops->decompose(cal, &wt, &ht, &wh, pack) < 0) die(ctx, "decompose");
-        double t = now() - t0;
+        double t = now() - t0, c = cpu_now() - c0;
         best_t = t < best_t ? t : best_t;
+        best_cpu = c < best_cpu ? c : best_cpu;
+        bits = (double) caldera_pack_bits(pack) / ((double) m * (double) n);
+        int64_t kk = 0;
+        caldera_meta_get_int(caldera_pack_meta(pack), "caldera.rank", &kk);
+        rank = (int) kk;
         struct caldera_meta * meta = caldera_pack_meta(pack);
         caldera_meta_get_float(meta, "caldera.rel_err_h_first_lr", &flr);
         caldera_meta_get_float(meta, "caldera.rel_err_h_first_q", &fq);
@@ -194,12 +207,12 @@ int main(int argc, char ** argv) {
     // quantizers/ldlq/README.md: LDL n³/3 + pass m·n·(n−8) + 2·m·n² per tune pass (E8P rounding not counted).
     double fl_q = (double) outer * ((double) n * n * n / 3.0 + (double) m * n * (double) (n - 8) + 2.0 * tune * (double) m * n * n);
     double gf = (flops_own + fl_q) / best_t / 1e9;
-    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune | threads | time s (best of %d) | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 |\n",
+    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 |\n",
            reps, (long long) (m < n ? m : n));
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld) | %d | %d | %d | %d | %.3f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% |\n",
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld) | %d | %d | %d | %d | %.3f | %.2f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% |\n",
            weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) inner_run, downdate, warm, tune,
-           caldera_ctx_threads(ctx), best_t, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
+           caldera_ctx_threads(ctx), best_t, best_cpu, bits, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
            100.0 * gf / s2048);
     printf("\nsgemm rate (same run): %.1f GFLOP/s at %lld³, %.1f GFLOP/s at 2048³\n", s576, (long long) (m < n ? m : n), s2048);
     if (quip) {

@@ -42,12 +42,12 @@ static const struct caldera_option cal_options[] = {
       .help = "rank k of L·R (any value up to min(rows, cols); 0 = Q only); ignored when target_bits > 0" },
     { .name = "target_bits", .offset = OFF(target_bits), .type = CALDERA_OPT_DOUBLE, .def.dbl = 0.0, .min = 0.0,
       .max = 64.0, .help = "if > 0: per matrix, the largest rank whose Q + L + R storage is <= this many bits per parameter" },
-    { .name = "outer_iters", .offset = OFF(outer_iters), .type = CALDERA_OPT_INT, .def.i64 = 20, .min = 1, .max = 1000,
-      .help = "outer iterations (one LR update, then one Q update each)" },
-    { .name = "inner_iters", .offset = OFF(inner_iters), .type = CALDERA_OPT_INT, .def.i64 = 50, .min = 0, .max = 10000,
-      .help = "LPLR alternating updates of L and R per outer iteration (stops early at a repeated state)" },
-    { .name = "downdate", .offset = OFF(downdate), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
-      .help = "fit Q with the Hessian minus the input subspace L·R already represents (reference: on)" },
+    { .name = "outer_iters", .offset = OFF(outer_iters), .type = CALDERA_OPT_INT, .def.i64 = 5, .min = 1, .max = 1000,
+      .help = "outer iterations (one LR update, then one Q update each; stops at a fixed point; reference: 20)" },
+    { .name = "inner_iters", .offset = OFF(inner_iters), .type = CALDERA_OPT_INT, .def.i64 = 20, .min = 0, .max = 10000,
+      .help = "LPLR alternating updates of L and R per outer iteration (stops at a repeated state; reference: 50)" },
+    { .name = "downdate", .offset = OFF(downdate), .type = CALDERA_OPT_BOOL, .def.i64 = 0,
+      .help = "fit Q with the Hessian minus the input subspace L·R already represents (reference: on; measured worse)" },
     { .name = "warm_start", .offset = OFF(warm_start), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
       .help = "start L, R from the previous outer iteration's pair instead of a new SVD (reference: off)" },
     { .name = "global_scale", .offset = OFF(global_scale), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
@@ -693,7 +693,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     const double dnz = den > 0.0 ? den : 1.0;
     double c0 = den;
     double cur_err2 = INFINITY;   // error of (current Q, current LR) once known
-    int64_t inner_total = 0;
+    int64_t inner_total = 0, outer_run = 0;
     if (p->q && k > 0 && p->downdate && !(hq = caldera_malloc((size_t) n * (size_t) n * sizeof(float)))) {
         rc = caldera_error(inst, CALDERA_ERR_NOMEM, "decompose: out of memory for the downdated H");
         goto fail;
@@ -702,6 +702,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
         // --- LR step on Res = Ws − Q (wk.res, wk.pm, c0 hold it) ---
         if (k > 0) {
             struct lr_result lr;
+            const uint64_t before = hash_floats(cl, m * k) ^ (hash_floats(cr, k * n) * 31u);
             // warm: start from the current pair, whose error (cur_err2) and rh, g, at against this
             // Res were computed right after the last Q step
             const int warm = p->warm_start && cur_lr != NULL;
@@ -728,7 +729,14 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
                 best_lr = cur_lr;
                 have_best = 1;
             }
+            // Fixed point: the LR step returned the pair it started from, so the Q step (a function of
+            // L, R, W and H only) would return the same Q, and every later iteration would repeat
+            // this one. Stopping here gives the same result as running them all.
+            if (t > 0 && p->q && (hash_floats(cl, m * k) ^ (hash_floats(cr, k * n) * 31u)) == before) {
+                break;
+            }
         }
+        outer_run = t + 1;
         if (!p->q) {
             break;   // L·R only: Res never changes, more outer iterations repeat the same step
         }
@@ -823,6 +831,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
         caldera_meta_set_float(meta, "caldera.rel_err_h_first_q", CALDERA_META_F64, first_q);
     }
     caldera_meta_set_int(meta, "caldera.inner_iters_run", CALDERA_META_I64, inner_total);
+    caldera_meta_set_int(meta, "caldera.outer_iters_run", CALDERA_META_I64, outer_run);
     caldera_meta_set_float(meta, "caldera.flops", CALDERA_META_F64, wk.flops);
     caldera_inst_log(inst, CALDERA_LOG_DEBUG, "%" PRId64 "x%" PRId64 " rank %" PRId64 ": rel. error (H) first LR %.5f, "
                      "first Q %.5f, best %.5f; %" PRId64 " inner iterations", m, n, k, first_lr, first_q,

@@ -308,7 +308,6 @@ START_TEST(test_outer_loop_never_worse) {
         ck_assert_int_eq(caldera_pack_init(&qp), 0);
         ck_assert_int_eq(caldera_quantizer_quantize(s.q, &w, &h, &qh, qp), 0);
         double qonly = sqrt(hnorm2(w.data, qh.data, h.data, m, n) / tot);
-        fprintf(stderr, "cfg %d: caldera %g (first LR %g, first Q %g), Q alone %g\n", cfg, got, flr, fq, qonly);
         ck_assert_msg(got < 0.5 * qonly, "cfg %d: caldera %g vs Q alone %g", cfg, got, qonly);
         check_roundtrip(s.cal, pack, &wh);
         caldera_pack_free(qp);
