@@ -6,7 +6,7 @@
 // Not a test: prints a Markdown table.
 //   usage: bench-caldera [-w weight] [-k rank] [-O outer] [-I inner] [-T tune] [-f e8|e8row|uniform|f16]
 //                        [-d 0|1 downdate] [-s 0|1 warm start] [-t threads] [-r reps] [-q (QuIP#-style row)]
-//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits]
+//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits] [-B Q's e8 bits]
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -87,9 +87,9 @@ int main(int argc, char ** argv) {
     const char * weight = "model.layers.0.self_attn.q_proj.weight";
     const char * fac = "e8";
     int rank = 32, outer = 20, inner = 50, tune = 10, downdate = 0, warm = 1, threads = 0, reps = 2, quip = 0;
-    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0";
+    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0", * qbits = "2";
     int opt;
-    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:B:")) != -1) {
         switch (opt) {
         case 'w': weight = optarg; break;
         case 'k': rank = atoi(optarg); break;
@@ -106,6 +106,7 @@ int main(int argc, char ** argv) {
         case 'F': ffn = optarg; break;
         case 'K': kvdim = optarg; break;
         case 'b': target = optarg; break;
+        case 'B': qbits = optarg; break;
         default: fprintf(stderr, "usage: see the comment at the top of bench/bench-caldera.c\n"); return 2;
         }
     }
@@ -149,7 +150,7 @@ int main(int argc, char ** argv) {
     snprintf(kb, sizeof(kb), "%d", rank);
     snprintf(ob, sizeof(ob), "%d", outer);
     snprintf(ib, sizeof(ib), "%d", inner);
-    const char * e8kv[] = { "bits", "2", NULL };
+    const char * e8kv[] = { "bits", qbits, NULL };
     struct caldera_inst * e8 = mk(ctx, "e8", "e8p", e8kv);
     caldera_inst_start(e8);
     const char * qkv[] = { "tune_iters", tb, NULL };
@@ -222,7 +223,7 @@ int main(int argc, char ** argv) {
         double t0 = now();
         if (caldera_quantizer_quantize(q, &wt, &ht, &wh, pack) < 0) die(ctx, "ldlq");
         double t = now() - t0;
-        printf("QuIP#-style (ldlq/e8 2-bit, %d tune): rel. err (H) %.5f, %.3f s, %.4f bits/param\n", tune,
+        printf("QuIP#-style (ldlq/e8 %s-bit, %d tune): rel. err (H) %.5f, %.3f s, %.4f bits/param\n", qbits, tune,
                rel_h(ctx, &wt, &wh, &ht), t, (double) caldera_pack_bits(pack) / ((double) m * n));
         caldera_pack_free(pack);
     }
