@@ -235,6 +235,16 @@ START_TEST(test_asym_zero_is_a_level) {
     ck_assert(tensor_f(r.pack, "zero", 0) == 0.0f && tensor_f(r.pack, "scale", 0) == 1.0f);
     ck_assert(at(&r.wh, 0, 3) == 3.0f && at(&r.wh, 0, 1) == 1.0f);
     uq_free(&r);
+    // zero_point = float keeps the earlier variant: levels span [min, max] exactly, 0 is not a level
+    const char * kvf[] = { "bits", "2", "granularity", "row", "symmetric", "0", "scale_dtype", "f32", "zero_point", "float", NULL };
+    struct uq rf = quant(ctx, kvf, &w, NULL);
+    ck_assert(at(&rf.wh, 0, 0) == -0.3f && fabsf(at(&rf.wh, 0, 3) - 1.0f) < 1e-6f);
+    ck_assert(fabsf(at(&rf.wh, 0, 1) - (-0.3f + 1.3f / 3.0f)) < 1e-6f);   // 0 -> 0.1333
+    struct caldera_tensor zt;
+    ck_assert_int_eq(caldera_pack_find(rf.pack, "zero", &zt), 0);
+    ck_assert_int_eq(zt.dtype, CALDERA_DTYPE_F32);
+    check_roundtrip(ctx, &rf);
+    uq_free(&rf);
     caldera_tensor_free(&wp);
     caldera_tensor_free(&w);
     caldera_ctx_free(ctx);
@@ -277,13 +287,14 @@ START_TEST(test_all_configs_roundtrip) {
         struct caldera_tensor w = tu_randn(ctx, m, n, 100 + (uint64_t) sh);
         for (int b = 1; b <= 8; b++) {
             for (int g = 0; g < 4; g++) {
-                for (int sym = 0; sym < 3; sym++) {  // 0 asym, 1 sym full, 2 sym reference
+                for (int sym = 0; sym < 4; sym++) {  // 0 asym, 1 sym full, 2 sym reference, 3 asym float zero
                     for (int dt = 0; dt < 2; dt++) {
                         if (sym == 2 && b == 1) continue;
                         char bs[2] = { (char) ('0' + b), 0 };
                         const char * kv[] = { "bits", bs, "granularity", gran[g], "group_size", "5",
-                                              "symmetric", sym ? "1" : "0", "levels", sym == 2 ? "reference" : "full",
-                                              "scale_dtype", dt ? "f32" : "f16", NULL };
+                                              "symmetric", sym % 3 ? "1" : "0", "levels", sym == 2 ? "reference" : "full",
+                                              "scale_dtype", dt ? "f32" : "f16", "zero_point", sym == 3 ? "float" : "integer",
+                                              NULL };
                         struct uq r = quant(ctx, kv, &w, NULL);
                         check_roundtrip(ctx, &r);
                         int64_t ngr = (n + 4) / 5;

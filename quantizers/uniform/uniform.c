@@ -13,6 +13,7 @@
 enum uniform_gran  { UNI_TENSOR = 0, UNI_ROW = 1, UNI_COLUMN = 2, UNI_GROUP = 3 };
 enum uniform_lev   { UNI_LEV_FULL = 0, UNI_LEV_REFERENCE = 1 };
 enum uniform_dtype { UNI_F16 = 0, UNI_F32 = 1 };
+enum uniform_zero  { UNI_ZERO_INTEGER = 0, UNI_ZERO_FLOAT = 1 };
 
 struct uniform_priv {
     int64_t bits;         // 1..8
@@ -24,6 +25,7 @@ struct uniform_priv {
     int64_t clip_grid;    // number of ratios in [clip_min, 1]
     double  clip_min;     // smallest ratio tried
     int     scale_dtype;  // enum uniform_dtype
+    int     zero_point;   // enum uniform_zero (asymmetric only)
 };
 
 /** Codebook state: scale groups chosen from the whole W, and one byte per code until cb_end. */
@@ -38,7 +40,8 @@ struct caldera_cb_state {
 
 // The quantization rule of one group (shared by encode, decode and the clip search).
 struct uniform_rule {
-    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric
+    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric (integer zero),
+                   // 3 = asymmetric with a float zero
     int   kmax;    // largest code: 2^b - 1 (full, asym) or 2^b - 2 (reference)
     float half;    // full: 2^(b-1) - 1/2; reference: 2^(b-1) - 1
 };
@@ -67,6 +70,14 @@ static const struct caldera_opt_choice uniform_dtype_choices[] = {
     { .name = NULL }
 };
 
+static const struct caldera_opt_choice uniform_zero_choices[] = {
+    { .name = "integer", .value = UNI_ZERO_INTEGER,
+      .help = "GPTQ: range widened to contain 0, integer zero point (u8), so 0 is a level" },
+    { .name = "float", .value = UNI_ZERO_FLOAT,
+      .help = "z = min exactly (f16/f32): the levels span [min, max], 0 is in general not a level" },
+    { .name = NULL }
+};
+
 static const struct caldera_option uniform_options[] = {
     { .name = "bits", .offset = OFF(bits), .type = CALDERA_OPT_INT, .def.i64 = 4, .min = 1, .max = 8,
       .help = "bits per weight" },
@@ -89,6 +100,8 @@ static const struct caldera_option uniform_options[] = {
     { .name = "scale_dtype", .offset = OFF(scale_dtype), .type = CALDERA_OPT_ENUM,
       .def.i64 = UNI_F16, .choices = uniform_dtype_choices,
       .help = "storage type of scales and zero points" },
+    { .name = "zero_point", .offset = OFF(zero_point), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_ZERO_INTEGER,
+      .choices = uniform_zero_choices, .help = "zero point of the asymmetric quantizer (symmetric=0)" },
     { .name = NULL }
 };
 
@@ -119,7 +132,7 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     struct uniform_rule r;
     int64_t L = (int64_t) 1 << (p->bits - 1);
     if (!p->symmetric) {
-        r.kind = 2;
+        r.kind = p->zero_point == UNI_ZERO_FLOAT ? 3 : 2;
         r.kmax = (int) (2 * L - 1);
         r.half = 0.0f;
     } else if (p->levels == UNI_LEV_REFERENCE) {
@@ -158,6 +171,11 @@ static inline int uniform_encode(const struct uniform_rule * r, float x, float d
         t = t < -r->half ? -r->half : t;
         t = t > r->half ? r->half : t;
         return (int) uniform_rint(t) + (int) r->half;
+    case 3:   // float zero: code = clamp(rint((x - z)/d), 0, kmax)
+        t = d > 0.0f ? (x - z) / d : 0.0f;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > (float) r->kmax ? (float) r->kmax : t;
+        return (int) uniform_rint(t);
     default:  // GPTQ: code = clamp(rint(x/d) + z, 0, kmax), z an integer
         t = d > 0.0f ? uniform_rint(x / d) + z : z;
         t = t < 0.0f ? 0.0f : t;
@@ -170,6 +188,9 @@ static inline int uniform_encode(const struct uniform_rule * r, float x, float d
 static inline float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
     if (r->kind == 2) {
         return ((float) k - z) * d;
+    }
+    if (r->kind == 3) {
+        return z + (float) k * d;
     }
     return ((float) k - r->half) * d;
 }
@@ -189,6 +210,10 @@ static void uniform_params(const struct uniform_priv * p, const struct uniform_r
         *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
         double zz = *d > 0.0f ? rint(-l / (double) *d) : 0.0;
         *z = (float) (zz < 0.0 ? 0.0 : zz > r->kmax ? r->kmax : zz);
+    } else if (r->kind == 3) {
+        double l = lo * c, h = hi * c;
+        *z = uniform_round_dtype(p, (float) l);
+        *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
     } else {
         double a = fmax(fabs((double) lo), fabs((double) hi)) * c;
         *z = 0.0f;
@@ -232,7 +257,8 @@ static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t col
     default:         nscale = (double) rows * (double) ((cols + p->group_size - 1) / p->group_size); break;
     }
     double code_bits = 8.0 * (double) (((uint64_t) rows * (uint64_t) cols * (uint64_t) p->bits + 7) / 8);
-    double per_scale = (p->scale_dtype == UNI_F16 ? 16.0 : 32.0) + (p->symmetric ? 0.0 : 8.0);  // + u8 zero point
+    const double fbits = p->scale_dtype == UNI_F16 ? 16.0 : 32.0;
+    double per_scale = fbits + (p->symmetric ? 0.0 : p->zero_point == UNI_ZERO_FLOAT ? fbits : 8.0);  // + zero point
     return code_bits + nscale * per_scale;
 }
 
@@ -541,7 +567,11 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     if ((rc = uniform_add_floats(inst, pack, "scale", p, nd, ne, st->scale, st->nscale)) < 0) {
         return rc;
     }
-    if (st->zero) {   // integer zero points, one byte each
+    if (st->zero && p->zero_point == UNI_ZERO_FLOAT) {
+        if ((rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
+            return rc;
+        }
+    } else if (st->zero) {   // integer zero points, one byte each
         if ((rc = caldera_pack_add(pack, "zero", CALDERA_DTYPE_U8, nd, ne, &data)) < 0) {
             return caldera_error(inst, rc, "cb_end: cannot add tensor 'zero' to the pack (%s)", caldera_status_str(rc));
         }
@@ -684,7 +714,7 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
     const int64_t nbytes = (int64_t) (((uint64_t) (geo.rows * geo.cols) * (uint64_t) p->bits + 7) / 8);
     if ((rc = uniform_find(inst, pack, "codes", 0, nbytes, &codes)) < 0 ||
         (rc = uniform_find(inst, pack, "scale", 1, geo.nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", 0, geo.nscale, &zero)) < 0)) {
+        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", p->zero_point == UNI_ZERO_FLOAT, geo.nscale, &zero)) < 0)) {
         return rc;
     }
     if (!(sc = caldera_malloc((size_t) geo.nscale * (p->symmetric ? 1 : 2) * sizeof(float)))) {
@@ -695,7 +725,7 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         rc = caldera_error(inst, rc, "dequantize: cannot convert the scales to f32");
         goto fail;
     }
-    for (int64_t k = 0; !p->symmetric && k < geo.nscale; k++) {
+    for (int64_t k = 0; !p->symmetric && p->zero_point == UNI_ZERO_INTEGER && k < geo.nscale; k++) {
         if (sc[geo.nscale + k] > (float) ((1 << p->bits) - 1)) {
             rc = caldera_error(inst, CALDERA_ERR_FORMAT, "dequantize: zero point %d of group %" PRId64 " is above the "
                                "largest %" PRId64 "-bit code %d", (int) sc[geo.nscale + k], k, p->bits,
