@@ -65,7 +65,6 @@ static int cal_check(struct caldera_inst * inst) {
                              "allowed: rank >= 1, target_bits > 0, or a 'q' quantizer");
     }
     if (p->target_bits > 0.0) {
-        const struct caldera_quantizer_ops * qo = p->q ? caldera_inst_plugin(p->q)->ops : NULL;
         struct caldera_inst * need[3] = { p->q, p->l_quant, p->r_quant };
         for (int i = 0; i < 3; i++) {
             if (need[i] && !lr_has_bits(need[i])) {
@@ -74,7 +73,6 @@ static int cal_check(struct caldera_inst * inst) {
                                      caldera_inst_name(need[i]), caldera_inst_plugin(need[i])->name);
             }
         }
-        (void) qo;
     }
     return 0;
 }

@@ -432,7 +432,7 @@ END_TEST
 
 // Same input, same bytes (and for 1 and 2 threads the same error within rounding).
 START_TEST(test_determinism) {
-    const char * kv[] = { "rank", "4", "outer_iters", "3", "inner_iters", "6", NULL };
+    const char * kv[] = { "rank", "4", "outer_iters", "20", "inner_iters", "6", NULL };
     struct caldera_pack * packs[2];
     struct caldera_tensor whs[2];
     for (int rep = 0; rep < 2; rep++) {
@@ -457,6 +457,27 @@ START_TEST(test_determinism) {
         ck_assert_int_eq(memcmp(a.data, b.data, na), 0);
     }
     ck_assert_int_eq(memcmp(whs[0].data, whs[1].data, 32 * 40 * sizeof(float)), 0);
+    // the outer loop's fixed-point stop: when it stopped after N outer iterations, asking for N
+    // gives the same bytes as asking for 20
+    int64_t nrun = 0;
+    ck_assert_int_eq(caldera_meta_get_int(caldera_pack_meta(packs[0]), "caldera.outer_iters_run", &nrun), 0);
+    ck_assert(nrun >= 1 && nrun < 3);
+    char nb[8];
+    snprintf(nb, sizeof(nb), "%d", (int) nrun);
+    const char * kvn[] = { "rank", "4", "outer_iters", nb, "inner_iters", "6", NULL };
+    struct setup s;
+    setup(&s, "e8", 2, "uniform", 4, kvn);
+    ck_assert_int_eq(caldera_inst_start(s.cal), 0);
+    struct caldera_tensor w = lowrank_plus_noise(s.ctx, 32, 40, 4, 0.3, 80), wn;
+    struct caldera_tensor h = tu_hessian(s.ctx, 40, 16, 0.05, 81);
+    struct caldera_pack * pn;
+    ck_assert_int_eq(decompose(s.cal, &w, &h, &wn, &pn), 0);
+    ck_assert_int_eq(memcmp(whs[0].data, wn.data, 32 * 40 * sizeof(float)), 0);
+    caldera_pack_free(pn);
+    caldera_tensor_free(&wn);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&h);
+    teardown(&s);
     for (int rep = 0; rep < 2; rep++) {
         caldera_pack_free(packs[rep]);
         caldera_tensor_free(&whs[rep]);
