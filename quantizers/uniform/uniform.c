@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // uniform.c: the "uniform" quantizer plugin: scalar round-to-nearest with 1..8 bits, scales per
 // tensor, row, column or group of g weights along a row, symmetric (absmax) or asymmetric
-// (min/max), an optional clip-ratio search per scale group, and a bit-packed code stream.
+// (min/max with GPTQ's integer zero point, so 0 is always a level), an optional clip-ratio search
+// per scale group, and a bit-packed code stream.
 // It is also a cb_dim = 1 codebook, so ldlq can wrap it (GPTQ-style: scales from the original W).
 #include <inttypes.h>
 #include <math.h>
@@ -12,6 +13,7 @@
 
 enum uniform_lev   { UNI_LEV_FULL = 0, UNI_LEV_REFERENCE = 1 };
 enum uniform_dtype { UNI_F16 = 0, UNI_F32 = 1 };
+enum uniform_zero  { UNI_ZERO_INTEGER = 0, UNI_ZERO_FLOAT = 1 };
 
 struct uniform_priv {
     int64_t bits;         // 1..8
@@ -23,6 +25,7 @@ struct uniform_priv {
     int64_t clip_grid;    // number of ratios in [clip_min, 1]
     double  clip_min;     // smallest ratio tried
     int     scale_dtype;  // enum uniform_dtype
+    int     zero_point;   // enum uniform_zero (asymmetric only)
 };
 
 /** Codebook state: scale groups chosen from the whole W, and one byte per code until cb_end. */
@@ -31,7 +34,7 @@ struct caldera_cb_state {
     int64_t   ngr;         // groups per row (granularity=group), else 0
     int64_t   nscale;      // number of scale groups
     float *   scale;       // (nscale) step sizes, already rounded to scale_dtype
-    float *   zero;        // (nscale) value of code 0 (asymmetric), rounded; else NULL
+    float *   zero;        // (nscale) integer zero point z (asymmetric, 0..2^b-1, held as float); else NULL
     uint8_t * codes;       // (rows, cols) codes, one per byte
 };
 
@@ -60,6 +63,14 @@ static const struct caldera_opt_choice uniform_dtype_choices[] = {
     { .name = NULL }
 };
 
+static const struct caldera_opt_choice uniform_zero_choices[] = {
+    { .name = "integer", .value = UNI_ZERO_INTEGER,
+      .help = "GPTQ: range widened to contain 0, integer zero point (u8), so 0 is a level" },
+    { .name = "float", .value = UNI_ZERO_FLOAT,
+      .help = "z = min exactly (f16/f32): the levels span [min, max], 0 is in general not a level" },
+    { .name = NULL }
+};
+
 static const struct caldera_option uniform_options[] = {
     { .name = "bits", .offset = OFF(bits), .type = CALDERA_OPT_INT, .def.i64 = 4, .min = 1, .max = 8,
       .help = "bits per weight" },
@@ -69,7 +80,7 @@ static const struct caldera_option uniform_options[] = {
       .min = 1, .max = 1 << 30,
       .help = "weights per scale group along a row (granularity=group); the last group of a row may be shorter" },
     { .name = "symmetric", .offset = OFF(symmetric), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
-      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and zero point" },
+      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and GPTQ's integer zero point (0 is a level)" },
     { .name = "levels", .offset = OFF(levels), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_LEV_FULL,
       .choices = uniform_lev_choices, .help = "level set of the symmetric quantizer" },
     { .name = "clip_search", .offset = OFF(clip_search), .type = CALDERA_OPT_BOOL, .def.i64 = 0,
@@ -82,6 +93,8 @@ static const struct caldera_option uniform_options[] = {
     { .name = "scale_dtype", .offset = OFF(scale_dtype), .type = CALDERA_OPT_ENUM,
       .def.i64 = UNI_F16, .choices = uniform_dtype_choices,
       .help = "storage type of scales and zero points" },
+    { .name = "zero_point", .offset = OFF(zero_point), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_ZERO_INTEGER,
+      .choices = uniform_zero_choices, .help = "zero point of the asymmetric quantizer (symmetric=0)" },
     { .name = NULL }
 };
 
@@ -112,7 +125,7 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     struct uniform_rule r;
     int64_t L = (int64_t) 1 << (p->bits - 1);
     if (!p->symmetric) {
-        r.kind = 2;
+        r.kind = p->zero_point == UNI_ZERO_FLOAT ? 3 : 2;
         r.kmax = (int) (2 * L - 1);
         r.half = 0.0f;
     } else if (p->levels == UNI_LEV_REFERENCE) {
@@ -139,6 +152,13 @@ static inline float uniform_round_dtype(const struct uniform_priv * p, float v) 
 static void uniform_params(const struct uniform_priv * p, const struct uniform_rule * r,
                            float lo, float hi, double c, float * d, float * z) {
     if (r->kind == 2) {
+        // GPTQ: the range is widened to contain 0, z = rint(-min / d) is an integer code, so the
+        // level of code z is exactly 0
+        double l = fmin(lo * c, 0.0), h = fmax(hi * c, 0.0);
+        *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
+        double zz = *d > 0.0f ? rint(-l / (double) *d) : 0.0;
+        *z = (float) (zz < 0.0 ? 0.0 : zz > r->kmax ? r->kmax : zz);
+    } else if (r->kind == 3) {
         double l = lo * c, h = hi * c;
         *z = uniform_round_dtype(p, (float) l);
         *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
@@ -180,7 +200,8 @@ static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t col
     default:         nscale = (double) rows * (double) ((cols + p->group_size - 1) / p->group_size); break;
     }
     double code_bits = 8.0 * (double) (((uint64_t) rows * (uint64_t) cols * (uint64_t) p->bits + 7) / 8);
-    double per_scale = (p->scale_dtype == UNI_F16 ? 16.0 : 32.0) * (p->symmetric ? 1.0 : 2.0);
+    const double fbits = p->scale_dtype == UNI_F16 ? 16.0 : 32.0;
+    double per_scale = fbits + (p->symmetric ? 0.0 : p->zero_point == UNI_ZERO_FLOAT ? fbits : 8.0);  // + zero point
     return code_bits + nscale * per_scale;
 }
 
@@ -487,8 +508,18 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     if ((rc = uniform_add_floats(inst, pack, "scale", p, nd, ne, st->scale, st->nscale)) < 0) {
         return rc;
     }
-    if (st->zero && (rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
-        return rc;
+    if (st->zero && p->zero_point == UNI_ZERO_FLOAT) {
+        if ((rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
+            return rc;
+        }
+    } else if (st->zero) {   // integer zero points, one byte each
+        if ((rc = caldera_pack_add(pack, "zero", CALDERA_DTYPE_U8, nd, ne, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'zero' to the pack (%s)", caldera_status_str(rc));
+        }
+        uint8_t * zb = data;
+        for (int64_t k = 0; k < st->nscale; k++) {
+            zb[k] = (uint8_t) st->zero[k];
+        }
     }
     return 0;
 }
@@ -624,7 +655,7 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
     const int64_t nbytes = (int64_t) (((uint64_t) (geo.rows * geo.cols) * (uint64_t) p->bits + 7) / 8);
     if ((rc = uniform_find(inst, pack, "codes", 0, nbytes, &codes)) < 0 ||
         (rc = uniform_find(inst, pack, "scale", 1, geo.nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", 1, geo.nscale, &zero)) < 0)) {
+        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", p->zero_point == UNI_ZERO_FLOAT, geo.nscale, &zero)) < 0)) {
         return rc;
     }
     if (!(sc = caldera_malloc((size_t) geo.nscale * (p->symmetric ? 1 : 2) * sizeof(float)))) {
@@ -634,6 +665,14 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         (!p->symmetric && (rc = caldera_convert_to_f32(zero.dtype, zero.data, geo.nscale, sc + geo.nscale)) < 0)) {
         rc = caldera_error(inst, rc, "dequantize: cannot convert the scales to f32");
         goto fail;
+    }
+    for (int64_t k = 0; !p->symmetric && p->zero_point == UNI_ZERO_INTEGER && k < geo.nscale; k++) {
+        if (sc[geo.nscale + k] > (float) ((1 << p->bits) - 1)) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "dequantize: zero point %d of group %" PRId64 " is above the "
+                               "largest %" PRId64 "-bit code %d", (int) sc[geo.nscale + k], k, p->bits,
+                               (1 << p->bits) - 1);
+            goto fail;
+        }
     }
     struct uniform_dequant_job job = {
         .p = p, .rule = uniform_rule_of(p), .st = &geo, .codes = codes.data, .nbytes = nbytes,
@@ -665,7 +704,7 @@ static const struct caldera_plugin uniform_plugin = {
     .name           = "uniform",
     .description    = "scalar uniform quantizer: 1-8 bits, scales per tensor/row/column/group",
     .version        = CALDERA_VERSION_INT(0, 1, 0),
-    .format_version = 1,
+    .format_version = 2,   // 2: asymmetric zero points are integers (u8), GPTQ's
     .priv_size      = sizeof(struct uniform_priv),
     .options        = uniform_options,
     .probe          = NULL,
