@@ -279,7 +279,8 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                     }
                     hp = &h;
                 } else if (o->hessian_missing == HMISS_ERROR) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]", hname, name,
+                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]; allowed: a Hessian "
+                                           "for every compressed weight, or hessian_missing = identity (H = I)", hname, name,
                                            caldera_inst_name(o->hessians));
                     goto done;
                 }

@@ -22,7 +22,7 @@ static const struct caldera_opt_choice device_choices[] = {
 };
 static const struct caldera_opt_choice hmiss_choices[] = {
     { "identity", HMISS_IDENTITY, "use H = I (data-free) for weights without a Hessian" },
-    { "error", HMISS_ERROR, "stop with an error" },
+    { "error", HMISS_ERROR, "stop with an error naming the expected tensor (a misnamed or partial file shows)" },
     { NULL, 0, NULL },
 };
 static const struct caldera_opt_choice copy_choices[] = {
@@ -51,8 +51,8 @@ static const struct caldera_option pipeline_options[] = {
       device_choices, 0, 0 },
     { "threads", "threads for BLAS and the core's loops (0: all cores)", POFF(threads), CALDERA_OPT_INT, { .i64 = 0 }, 0, 4096,
       NULL, 0, 0 },
-    { "hessian_missing", "what to do for a weight without a Hessian", POFF(hessian_missing), CALDERA_OPT_ENUM,
-      { .i64 = HMISS_IDENTITY }, 0, -1, hmiss_choices, 0, 0 },
+    { "hessian_missing", "what to do for a compressed weight whose Hessian the hessians section lacks", POFF(hessian_missing),
+      CALDERA_OPT_ENUM, { .i64 = HMISS_ERROR }, 0, -1, hmiss_choices, 0, 0 },
     { "report", "write the per-tensor report as JSON to this path (empty: none)", POFF(report), CALDERA_OPT_PATH, { .str = "" },
       0, -1, NULL, 0, 0 },
     { "max_tensors", "compress at most this many weights (0: all), for quick runs", POFF(max_tensors), CALDERA_OPT_INT,
