@@ -7,15 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pipeline.h"
-
-// Hessian name of a weight: "<x>.weight" -> "<x>.hessian".
-static void hessian_name(const char * wname, char * out, size_t n) {
-    size_t l = strlen(wname);
-    if (l > 7 && strcmp(wname + l - 7, ".weight") == 0) snprintf(out, n, "%.*s.hessian", (int) (l - 7), wname);
-    else snprintf(out, n, "%s.hessian", wname);
-}
 
 struct tensor_result {
     double bits, rel_fro, rel_h, seconds;
@@ -196,7 +190,11 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     const int writer_open = run->writer_open, dense_open = run->dense_open;
     struct caldera_ckpt * ckpt = run->ckpt;
     const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
-    const struct caldera_format_ops * hops = o->hessians ? caldera_inst_plugin(o->hessians)->ops : NULL;
+    struct caldera_inst * hsrc = run->hsrc;   // the hessians section or the calibration cache
+    const struct caldera_format_ops * hops = hsrc ? caldera_inst_plugin(hsrc)->ops : NULL;
+    // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
+    const int want_hat = dense_open || (pl->eval && run->model);
+    double t_phase = pl_now();
     if (!(run->tensors = json_array())) return CALDERA_ERR_NOMEM;
     json_t * tensors = run->tensors;
     int64_t nt = rops->n_tensors(o->reader), nsel = 0, ndone = 0;
@@ -238,8 +236,8 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
         int from_ckpt = 0;
         if (ckpt) {
             struct caldera_ckpt_result cr;
-            if (dense_open && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &w_hat)) < 0) goto done;
-            rc = caldera_ckpt_load(ckpt, t, name, pack, &cr, dense_open ? &w_hat : NULL);
+            if (want_hat && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &w_hat)) < 0) goto done;
+            rc = caldera_ckpt_load(ckpt, t, name, pack, &cr, want_hat ? &w_hat : NULL);
             if (rc == 0) {
                 res = (struct tensor_result) { cr.bits, cr.rel_fro, cr.rel_h, cr.seconds, cr.has_h };
                 w.ne[0] = ti.ne[0];
@@ -262,12 +260,12 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                 goto done;
             }
             const struct caldera_tensor * hp = NULL;
-            if (o->hessians) {
+            if (hsrc) {
                 char hname[1024];
                 int64_t hi;
-                hessian_name(name, hname, sizeof(hname));
-                if (pl_find_tensor(o->hessians, hname, &hi) == 0) {
-                    if ((rc = hops->read_tensor(o->hessians, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
+                int named = pl_hessian_name(pl, run, name, hname, sizeof(hname));
+                if (named == 0 && pl_find_tensor(hsrc, hname, &hi) == 0) {
+                    if ((rc = hops->read_tensor(hsrc, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
                     if (h.ndim != 2 || h.ne[0] != w.ne[1] || h.ne[1] != w.ne[1]) {
                         rc = caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
                                                (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
@@ -278,10 +276,15 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                         goto done;
                     }
                     hp = &h;
+                } else if (o->hessian_missing == HMISS_ERROR && named < 0) {
+                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian for weight %s: it is no linear layer of the %s "
+                                           "model, so calibration sees no input of it; allowed: include only the model's linear "
+                                           "layers, or hessian_missing = identity (H = I)", name, o->model);
+                    goto done;
                 } else if (o->hessian_missing == HMISS_ERROR) {
                     rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]; allowed: a Hessian "
                                            "for every compressed weight, or hessian_missing = identity (H = I)", hname, name,
-                                           caldera_inst_name(o->hessians));
+                                           caldera_inst_name(hsrc));
                     goto done;
                 }
             }
@@ -293,7 +296,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                 goto done;
             }
             if (ckpt && (rc = caldera_ckpt_save(ckpt, t, name, pack, &(struct caldera_ckpt_result) { res.bits, res.rel_fro,
-                                                  res.rel_h, pl_now() - t0, res.has_h }, dense_open ? &w_hat : NULL)) < 0) {
+                                                  res.rel_h, pl_now() - t0, res.has_h }, want_hat ? &w_hat : NULL)) < 0) {
                 goto done;
             }
         }
@@ -308,6 +311,17 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
             if (rc < 0) goto done;
         }
         if (dense_open && (rc = write_tensor(o->dense_writer, name, &w_hat)) < 0) goto done;
+        if (pl->eval && run->model) {   // the model evaluated later runs with Ŵ in place of W
+            int64_t li = run->mops->linear_find(run->model, name);
+            if (li < 0) {
+                rc = caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "weight %s is no linear layer of the %s model, so the evaluation "
+                                       "cannot use its reconstruction; allowed: include only linear layers, or no [eval]", name,
+                                       o->model);
+                goto done;
+            }
+            if ((rc = run->mops->set_linear_weight(run->model, li, &w_hat, 1)) < 0) goto done;
+            run->replaced++;
+        }
         double params = (double) (w.ne[0] * w.ne[1]);
         sum_bits_params += res.bits * params;
         sum_params += params;
@@ -348,6 +362,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     run->sum_err_h = sum_err_h;
     run->worst_h = worst_h;
 done:
+    run->t_compress = pl_now() - t_phase;
     caldera_pack_free(pack);
     caldera_tensor_free(&w_hat);
     if (w_owned) caldera_tensor_free(&w);
@@ -398,5 +413,17 @@ void pl_run_close(struct caldera_pipeline * pl, struct pl_run * run, int rc) {
     caldera_meta_free(run->fmeta);
     caldera_free(run->cfgtext);
     if (run->tensors) json_decref(run->tensors);
+    if (run->model) run->mops->release(run->model);
+    caldera_inst_free(run->model);
+    if (run->hcache) {
+        const struct caldera_format_ops * hops = caldera_inst_plugin(run->hcache)->ops;
+        if (hops->close) hops->close(run->hcache);
+        caldera_inst_free(run->hcache);
+    }
+    if (run->hcache_tmp) unlink(run->hcache_tmp);
+    caldera_free(run->hcache_tmp);
+    if (run->calib_json) json_decref(run->calib_json);
+    if (run->eval_json) json_decref(run->eval_json);
+    if (run->eval_original) json_decref(run->eval_original);
     memset(run, 0, sizeof(*run));
 }

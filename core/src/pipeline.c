@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "calibrate.h"
 #include "pipeline.h"
 
 #define POFF(x) offsetof(struct pipeline_opts, x)
@@ -65,6 +66,12 @@ static const struct caldera_option pipeline_options[] = {
       POFF(checkpoint), CALDERA_OPT_PATH, { .str = "" }, 0, -1, NULL, 0, 0 },
     { "verify", "re-decode every pack and check it reproduces the approximation bit for bit", POFF(verify), CALDERA_OPT_BOOL,
       { .i64 = 0 }, 0, -1, NULL, 0, 0 },
+    { "calibration", "section of calibration settings: Hessians from the model's forward pass on text (empty: none)",
+      POFF(calibration), CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
+    { "eval", "section of evaluation settings: perplexity of what was written next to the original's (empty: none)", POFF(eval),
+      CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
+    { "model", "model plugin that runs the forward pass for calibration and evaluation", POFF(model), CALDERA_OPT_STRING,
+      { .str = "llama" }, 0, -1, NULL, 0, 0 },
     { NULL },
 };
 
@@ -93,6 +100,8 @@ void caldera_pipeline_free(struct caldera_pipeline * pl) {
     }
     // Instances may reference each other: uninit all before freeing any memory they share.
     for (int64_t i = pl->n_secs - 1; i >= 0; i--) caldera_inst_free(pl->secs[i].inst);
+    caldera_inst_free(pl->eval);
+    caldera_inst_free(pl->calib);
     caldera_inst_free(pl->self);
     caldera_free_unaligned(pl->secs);
     caldera_free(pl->stages);
@@ -201,6 +210,14 @@ static char * expand_env(const char * v, char * err, size_t errlen, int depth) {
     }
     out[len] = 0;
     return out;
+}
+
+char * pl_expand_env(const char * v, char * err, size_t errlen) { return expand_env(v, err, errlen, 0); }
+
+char * pl_resolve_path(const char * path, const char * file) {
+    const char * slash = file ? strrchr(file, '/') : NULL;
+    if (path[0] == '/' || !file || strcmp(file, "--set") == 0 || !slash) return caldera_strdup(path);
+    return caldera_asprintf("%.*s/%s", (int) (slash - file), file, path);
 }
 
 // Bind every key of a section to inst's options; REFs are resolved later.
@@ -333,6 +350,24 @@ static void diag_from_ctx(struct caldera_pipeline * pl, struct cfg_section * sec
                          plugin[0] ? plugin : NULL, "%s%s", what ? what : "", rest);
 }
 
+// An instance of one of the core's own section descriptors ([caldera], calibration, eval).
+static int core_inst_create(struct caldera_ctx * ctx, const struct caldera_plugin * desc, const char * name, struct caldera_inst ** out) {
+    struct caldera_inst * inst = caldera_calloc(1, sizeof(*inst));
+    *out = inst;
+    if (!inst) return CALDERA_ERR_NOMEM;
+    inst->ctx = ctx;
+    inst->plugin = desc;
+    inst->name = caldera_strdup(name);
+    inst->priv = caldera_calloc(1, desc->priv_size);
+    inst->n_options = caldera_options_count(desc->options);
+    inst->is_set = caldera_calloc((size_t) inst->n_options + 1, sizeof(bool));
+    if (!inst->name || !inst->priv || !inst->is_set) return CALDERA_ERR_NOMEM;
+    for (int64_t i = 0; i < inst->n_options; i++) {
+        if (caldera_option_set_default(&desc->options[i], inst->priv) < 0) return CALDERA_ERR_NOMEM;
+    }
+    return 0;
+}
+
 int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg, struct caldera_pipeline ** out) {
     *out = NULL;
     struct caldera_pipeline * pl = caldera_calloc(1, sizeof(*pl));
@@ -341,17 +376,10 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     pl->cfg = cfg;
     int rc = 0;
     // The [caldera] section.
-    struct caldera_inst * self = caldera_calloc(1, sizeof(*self));
-    if (!self) { rc = CALDERA_ERR_NOMEM; goto fail; }
-    self->ctx = ctx;
-    self->plugin = &pipeline_desc;
-    self->name = caldera_strdup("caldera");
-    self->priv = caldera_calloc(1, sizeof(struct pipeline_opts));
-    self->n_options = caldera_options_count(pipeline_options);
-    self->is_set = caldera_calloc((size_t) self->n_options + 1, sizeof(bool));
+    struct caldera_inst * self = NULL;
+    rc = core_inst_create(ctx, &pipeline_desc, "caldera", &self);
     pl->self = self;
-    if (!self->name || !self->priv || !self->is_set) { rc = CALDERA_ERR_NOMEM; goto fail; }
-    for (int64_t i = 0; i < self->n_options; i++) caldera_option_set_default(&pipeline_options[i], self->priv);
+    if (rc < 0) goto fail;
 
     struct cfg_section * main_sec = caldera_config_find_section(cfg, "caldera");
     if (!main_sec) {
@@ -388,9 +416,29 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     // 1. Resolve every other section to a plugin instance.
     pl->secs = caldera_realloc(NULL, (size_t) (cfg->n_sections + 1) * sizeof(*pl->secs));
     if (!pl->secs) { rc = CALDERA_ERR_NOMEM; goto fail; }
+    // The sections named by [caldera] calibration / eval are bound to the core's descriptors (no plugin key).
+    struct cfg_entry * cal_e = caldera_config_find(cfg, "caldera", "calibration");
+    struct cfg_entry * ev_e = caldera_config_find(cfg, "caldera", "eval");
+    struct { struct cfg_entry * e; const struct caldera_plugin * desc; struct caldera_inst ** inst; struct cfg_section ** sec; } cores[2] = {
+        { cal_e, caldera_calibration_descriptor(), &pl->calib, &pl->calib_sec },
+        { ev_e, caldera_eval_descriptor(), &pl->eval, &pl->eval_sec },
+    };
+    for (int k = 0; k < 2; k++) {
+        if (!cores[k].e || !*cores[k].e->value) continue;
+        struct cfg_section * s = caldera_config_find_section(cfg, cores[k].e->value);
+        if (!s || !strcmp(s->name, "caldera") || (k == 1 && cal_e && !strcmp(cal_e->value, ev_e->value))) {
+            caldera_config_diagf(cfg, cores[k].e->file, cores[k].e->line, "caldera", NULL, "option '%s' = '%s' names no section%s",
+                                 cores[k].e->key, cores[k].e->value, s ? " of its own" : "; allowed: a section of its settings");
+            continue;
+        }
+        s->referenced = 1;
+        if ((rc = core_inst_create(ctx, cores[k].desc, s->name, cores[k].inst)) < 0) goto fail;
+        *cores[k].sec = s;
+    }
     for (int64_t i = 0; i < cfg->n_sections; i++) {
         struct cfg_section * s = &cfg->sections[i];
         if (strcmp(s->name, "caldera") == 0) continue;
+        if (s == pl->calib_sec || s == pl->eval_sec) continue;
         struct cfg_entry * pe = caldera_config_find(cfg, s->name, "plugin");
         if (!pe) {
             caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them");
@@ -409,6 +457,8 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     }
     // 2. Bind values; 3. resolve references.
     if (main_sec) bind_section(pl, self, "caldera");
+    if (pl->calib) bind_section(pl, pl->calib, caldera_inst_name(pl->calib));
+    if (pl->eval) bind_section(pl, pl->eval, caldera_inst_name(pl->eval));
     for (int64_t i = 0; i < pl->n_secs; i++) bind_section(pl, pl->secs[i].inst, caldera_inst_name(pl->secs[i].inst));
     if (main_sec) resolve_refs(pl, self, "caldera");
     for (int64_t i = 0; i < pl->n_secs; i++) resolve_refs(pl, pl->secs[i].inst, caldera_inst_name(pl->secs[i].inst));
@@ -473,6 +523,19 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
             const struct caldera_option * op = &pipeline_options[i];
             if ((op->flags & CALDERA_OPT_REQUIRED) && !caldera_config_find(cfg, "caldera", op->name)) {
                 caldera_config_diagf(cfg, main_sec->file, main_sec->line, "caldera", NULL, "required option '%s' is not set", op->name);
+            }
+        }
+        if (o->hessians && pl->calib) {
+            caldera_config_diagf(cfg, cal_e->file, cal_e->line, "caldera", NULL,
+                                 "both 'hessians' and 'calibration' are set; allowed: one source of Hessians");
+        }
+        if ((pl->calib || pl->eval)) {
+            const struct caldera_plugin * mp = caldera_registry_find(ctx, o->model);
+            if (!mp || mp->kind != CALDERA_PLUGIN_KIND_MODEL) {
+                struct cfg_entry * me = caldera_config_find(cfg, "caldera", "model");
+                caldera_config_diagf(cfg, me ? me->file : main_sec->file, me ? me->line : main_sec->line, "caldera", NULL,
+                                     "model = '%s' is no model plugin%s; allowed: a plugin of kind model (caldera-pipe --list-plugins)",
+                                     o->model, mp ? "" : " that is loaded");
             }
         }
         if (!o->reader && !caldera_config_find(cfg, "caldera", "reader")) {
@@ -564,6 +627,8 @@ static int print_section(FILE * out, struct caldera_inst * inst, int with_plugin
 int caldera_pipeline_print_config(const struct caldera_pipeline * pl, FILE * out) {
     fprintf(out, "; effective configuration (caldera %s): every option, defaults filled in\n", CALDERA_VERSION_STRING);
     int rc = print_section(out, pl->self, 0);
+    if (rc == 0 && pl->calib) rc = print_section(out, pl->calib, 0);
+    if (rc == 0 && pl->eval) rc = print_section(out, pl->eval, 0);
     for (int64_t i = 0; rc == 0 && i < pl->n_secs; i++) rc = print_section(out, pl->secs[i].inst, 1);
     return rc;
 }
@@ -633,12 +698,41 @@ static int report_build(struct caldera_pipeline * pl, struct pl_run * run) {
     return 0;
 }
 
+static int report_text(struct caldera_pipeline * pl);
+
+// Calibration, evaluation and the time of each phase join the report after the files are written
+// (the files' own copy of the report stays free of timings).
+static int report_phases(struct caldera_pipeline * pl, struct pl_run * run) {
+    if (run->calib_json) json_object_set_new(pl->report, "calibration", run->calib_json);
+    run->calib_json = NULL;
+    if (run->eval_json) json_object_set_new(pl->report, "eval", run->eval_json);
+    run->eval_json = NULL;
+    json_t * ph = json_pack("{s:f, s:f, s:f}", "calibrate", run->t_calibrate, "compress", run->t_compress, "evaluate", run->t_evaluate);
+    if (!ph || json_object_set_new(pl->report, "phase_seconds", ph) < 0) return CALDERA_ERR_NOMEM;
+    return report_text(pl);
+}
+
 static int report_text(struct caldera_pipeline * pl) {
     caldera_free(pl->report_json);
     char * js = json_dumps(pl->report, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
     pl->report_json = js ? caldera_strdup(js) : NULL;
     free(js);
     return pl->report_json ? 0 : CALDERA_ERR_NOMEM;
+}
+
+int pl_model_load(struct caldera_pipeline * pl, struct pl_run * run) {
+    if (run->model) return 0;
+    struct pipeline_opts * o = popts(pl);
+    int rc = caldera_inst_create(pl->ctx, o->model, o->model, &run->model);
+    if (rc == 0) rc = caldera_inst_start(run->model);
+    if (rc == 0) rc = caldera_model_ops_of(run->model, &run->mops);
+    if (rc == 0) rc = run->mops->load(run->model, o->reader);
+    if (rc < 0) {
+        caldera_inst_free(run->model);
+        run->model = NULL;
+        run->mops = NULL;
+    }
+    return rc;
 }
 
 int caldera_pipeline_run(struct caldera_pipeline * pl) {
@@ -650,11 +744,16 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     if (o->threads > 0 && (rc = caldera_ctx_set_threads(ctx, (int) o->threads)) < 0) goto done;
     if (!pl->reader_open && (rc = pl_open_reader(pl, o->reader, &pl->reader_open)) < 0) goto done;
     if (o->hessians && o->hessians != o->reader && !pl->hess_open && (rc = pl_open_reader(pl, o->hessians, &pl->hess_open)) < 0) goto done;
+    run.hsrc = o->hessians;
+    if (pl->calib && (rc = pl_phase_calibrate(pl, &run)) < 0) goto done;
+    if (pl->eval && (rc = pl_phase_evaluate_original(pl, &run)) < 0) goto done;
     if ((rc = pl_outputs_open(pl, &run)) < 0) goto done;
     if ((rc = pl_phase_compress(pl, &run)) < 0) goto done;
     if ((rc = report_build(pl, &run)) < 0) goto done;
     if ((rc = report_text(pl)) < 0) goto done;
     if ((rc = pl_outputs_finish(pl, &run)) < 0) goto done;
+    if (pl->eval && (rc = pl_phase_evaluate(pl, &run)) < 0) goto done;
+    if ((pl->calib || pl->eval) && (rc = report_phases(pl, &run)) < 0) goto done;
     // The report file last: it exists only when the model files it describes do.
     if (o->report && *o->report && pl->report_json) {
         struct caldera_atomic_file af;
