@@ -56,6 +56,19 @@ struct llm_layer {
     struct llm_lin * lin;        // LLM_LIN_PER_LAYER consecutive entries of priv.lins
 };
 
+struct llm_work {
+    float * x;    // T × hidden   residual stream
+    float * h;    // T × hidden   normed input
+    float * q;    // T × qd
+    float * k;    // T × kvd (batch mode)
+    float * v;    // T × kvd
+    float * a;    // T × qd       attention output
+    float * g;    // T × ffn
+    float * u;    // T × ffn
+    float * s;    // LLM_QBLOCK × n_keys
+    float * lg;   // LLM_LOGIT_ROWS × vocab
+};
+
 enum llm_weights { LLM_W_F32 = 0, LLM_W_F16 = 1 };
 
 struct llm_priv {
@@ -82,6 +95,8 @@ struct llm_priv {
     float *                   kc, * vc;    // n_layers × kv_cap × kvd each
     int64_t                   kv_cap, kv_n;
     float *                   f16_scratch; // rows × cols of the largest f16 linear (pp with f16)
+    struct llm_work           wk;          // activation buffers kept between calls
+    int64_t                   wk_T, wk_keys;
 };
 
 #define OFF(x) offsetof(struct llm_priv, x)
@@ -121,6 +136,8 @@ int     llm_tokenizer_piece(const struct llm_tokenizer * tok, int32_t id, const 
     return CALDERA_ERR_UNSUPPORTED;
 }
 #endif
+
+static void pick_kernels(void);
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -197,6 +214,20 @@ done:
     return rc;
 }
 
+static void work_free(struct llm_work * w) {
+    caldera_free(w->x);
+    caldera_free(w->h);
+    caldera_free(w->q);
+    caldera_free(w->k);
+    caldera_free(w->v);
+    caldera_free(w->a);
+    caldera_free(w->g);
+    caldera_free(w->u);
+    caldera_free(w->s);
+    caldera_free(w->lg);
+    memset(w, 0, sizeof(*w));
+}
+
 static void llm_release(struct caldera_inst * inst) {
     struct llm_priv * p = caldera_inst_priv(inst);
     for (int64_t i = 0; i < p->n_lins; i++) {
@@ -219,6 +250,7 @@ static void llm_release(struct caldera_inst * inst) {
     caldera_free(p->kc);
     caldera_free(p->vc);
     caldera_free(p->f16_scratch);
+    work_free(&p->wk);
     llm_tokenizer_free(p->tok);
     caldera_meta_free(p->meta);
     int     weights = p->weights;
@@ -279,6 +311,7 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     char                              name[LLM_NAME_MAX];
     int                               rc, f16 = p->weights == LLM_W_F16;
     if (!f) return caldera_error(inst, CALDERA_ERR_INVAL, "load: the reader is not a format instance");
+    pick_kernels();
     if (p->loaded) llm_release(inst);
     if (!f->model_desc) {
         return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "load: the format '%s' gives no model description",
@@ -337,6 +370,9 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     }
     // tokenizer (optional): from a private copy of the metadata
     const struct caldera_meta * m = f->meta ? f->meta(reader) : NULL;
+#ifdef LLM_NO_TOKENIZER
+    m = NULL;
+#endif
     if (m && caldera_meta_find(m, "tokenizer.ggml.model") >= 0) {
         if ((rc = caldera_meta_init(&p->meta)) < 0 || (rc = caldera_meta_copy(p->meta, m)) < 0) {
             caldera_error(inst, rc, "load: cannot copy the metadata");
@@ -479,32 +515,114 @@ static void rmsnorm(struct caldera_ctx * ctx, const float * x, float * y, const 
     caldera_parallel_for(ctx, rows, 16, rms_rows, &a);
 }
 
-struct f16_mv_args { const uint16_t * w; const float * x; float * y; int64_t cols, n_x, ld_x, ld_y; };
+// ---- few-token products (decoding): y[t, r] = Σ_c w[r, c] x[t, c], t < n (n small), rows in parallel.
+// Memory-bound on W; AVX2/FMA/F16C versions are chosen at run time, the plain C ones elsewhere.
 
-// y[t, r] = Σ_c w[r, c] x[t, c] for a few token rows t (decode with f16 weights)
-static void f16_mv_rows(void * arg, int64_t r0, int64_t r1) {
-    const struct f16_mv_args * a = arg;
-    float                      buf[256];
+static float dot_f32_c(const float * a, const float * b, int64_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static float dot_f16_c(const uint16_t * a, const float * b, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += caldera_f16_to_f32(a[i]) * b[i];
+    return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LLM_X86 1
+__attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+__attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float * a, const float * b, int64_t n) {
+    __m256  s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_t * a, const float * b, int64_t n) {
+    __m256  s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (a + i)));
+        __m256 a1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (a + i + 8)));
+        s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += caldera_f16_to_f32(a[i]) * b[i];
+    return s;
+}
+#endif
+
+typedef float (*dot_f32_fn)(const float *, const float *, int64_t);
+typedef float (*dot_f16_fn)(const uint16_t *, const float *, int64_t);
+static dot_f32_fn g_dot_f32 = dot_f32_c;
+static dot_f16_fn g_dot_f16 = dot_f16_c;
+
+static void pick_kernels(void) {
+#ifdef LLM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        g_dot_f32 = dot_f32_avx2;
+        g_dot_f16 = dot_f16_avx2;   // F16C comes with every AVX2 CPU
+    }
+#endif
+}
+
+struct mv_args { const float * w; const uint16_t * w16; const float * x; float * y; int64_t cols, n_x, ld_x, ld_y; };
+
+static void mv_rows(void * arg, int64_t r0, int64_t r1) {
+    const struct mv_args * a = arg;
     for (int64_t r = r0; r < r1; r++) {
-        const uint16_t * w = a->w + r * a->cols;
-        for (int64_t t = 0; t < a->n_x; t++) a->y[t * a->ld_y + r] = 0;
-        for (int64_t c0 = 0; c0 < a->cols; c0 += 256) {
-            int64_t nc = a->cols - c0 < 256 ? a->cols - c0 : 256;
-            caldera_convert_to_f32(CALDERA_DTYPE_F16, w + c0, nc, buf);
-            for (int64_t t = 0; t < a->n_x; t++) {
-                const float * x = a->x + t * a->ld_x + c0;
-                float         s = 0;
-                for (int64_t c = 0; c < nc; c++) s += buf[c] * x[c];
-                a->y[t * a->ld_y + r] += s;
-            }
+        for (int64_t t = 0; t < a->n_x; t++) {
+            const float * x = a->x + t * a->ld_x;
+            a->y[t * a->ld_y + r] = a->w ? g_dot_f32(a->w + r * a->cols, x, a->cols) : g_dot_f16(a->w16 + r * a->cols, x, a->cols);
         }
     }
 }
+
+#define LLM_SMALL_N 4   // up to this many token rows go through mv_rows instead of gemm
 
 struct f16_cv_args { const uint16_t * w; float * out; int64_t cols; };
 static void f16_cv_rows(void * arg, int64_t r0, int64_t r1) {
     const struct f16_cv_args * a = arg;
     caldera_convert_to_f32(CALDERA_DTYPE_F16, a->w + r0 * a->cols, (r1 - r0) * a->cols, a->out + r0 * a->cols);
+}
+
+// Several linears with the same input x, few tokens: one parallel loop over all their rows (one
+// wake-up of the pool instead of one per layer). Rows of job k are [start[k], start[k+1]).
+struct mv_job { const float * w; const uint16_t * w16; float * y; int64_t ld_y; };
+struct mvm_args { struct mv_job job[3]; int64_t start[4]; int n_job; const float * x; int64_t cols, n_x, ld_x; };
+
+static void mvm_rows(void * arg, int64_t r0, int64_t r1) {
+    const struct mvm_args * a = arg;
+    for (int k = 0; k < a->n_job; k++) {
+        int64_t lo = r0 > a->start[k] ? r0 : a->start[k], hi = r1 < a->start[k + 1] ? r1 : a->start[k + 1];
+        if (lo >= hi) continue;
+        struct mv_args m = { a->job[k].w, a->job[k].w16, a->x, a->job[k].y, a->cols, a->n_x, a->ld_x, a->job[k].ld_y };
+        mv_rows(&m, lo - a->start[k], hi - a->start[k]);
+    }
 }
 
 // y (n × rows, ld ldy) = x (n × cols, ld ldx) Wᵀ (+ bias)
@@ -519,12 +637,12 @@ static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float
         if ((rc = l->impl.apply(l->impl.state, ctx, &tx, &ty)) < 0) {
             return caldera_error(inst, rc, "%s: the replaced layer's apply failed: %s", l->name, caldera_ctx_errmsg(ctx));
         }
+    } else if ((l->w || l->w16) && n <= LLM_SMALL_N) {
+        struct mv_args a = { l->w, l->w16, x, y, l->cols, n, ldx, ldy };
+        caldera_parallel_for(ctx, l->rows, 32, mv_rows, &a);
     } else if (l->w) {
         struct caldera_tensor tw = caldera_tensor_view_f32(l->w, l->rows, l->cols);
         if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &tw, 0.0f, &ty)) < 0) return rc;
-    } else if (l->w16 && n <= 4) {
-        struct f16_mv_args a = { l->w16, x, y, l->cols, n, ldx, ldy };
-        caldera_parallel_for(ctx, l->rows, 16, f16_mv_rows, &a);
     } else if (l->w16) {
         struct f16_cv_args a = { l->w16, p->f16_scratch, l->cols };
         caldera_parallel_for(ctx, l->rows, 16, f16_cv_rows, &a);
@@ -591,6 +709,38 @@ static void swiglu_rows(void * arg, int64_t i0, int64_t i1) {
     }
 }
 
+// Attention of a few query rows (decoding): heads in parallel, dot products and axpys; scores of
+// head h in s + h · nk (s holds n_heads × nk floats).
+struct sattn_args { const struct llm_priv * p; const float * q, * k, * v; float * o, * s; int64_t ldkv, n, p0; };
+
+static void sattn_heads(void * arg, int64_t h0, int64_t h1) {
+    const struct sattn_args * a = arg;
+    const struct llm_priv *   p = a->p;
+    int64_t                   rep = p->d.n_heads / p->d.n_kv_heads, hd = p->hd;
+    float                     scale = (float) (1.0 / sqrt((double) hd));
+    for (int64_t h = h0; h < h1; h++) {
+        int64_t g = h / rep;
+        for (int64_t i = 0; i < a->n; i++) {
+            int64_t       nk = a->p0 + i + 1;
+            const float * q = a->q + i * p->qd + h * hd;
+            float *       s = a->s + h * (a->p0 + a->n);
+            float         m = -FLT_MAX, sum = 0;
+            for (int64_t j = 0; j < nk; j++) {
+                s[j] = g_dot_f32(q, a->k + j * a->ldkv + g * hd, hd) * scale;
+                m    = s[j] > m ? s[j] : m;
+            }
+            for (int64_t j = 0; j < nk; j++) sum += (s[j] = expf(s[j] - m));
+            float * o = a->o + i * p->qd + h * hd;
+            for (int64_t c = 0; c < hd; c++) o[c] = 0;
+            for (int64_t j = 0; j < nk; j++) {
+                const float * vj = a->v + j * a->ldkv + g * hd;
+                float         pj = s[j] / sum;
+                for (int64_t c = 0; c < hd; c++) o[c] += pj * vj[c];
+            }
+        }
+    }
+}
+
 // Attention of n queries (rows of q, positions p0 .. p0+n-1) over keys 0 .. p0+n-1 (rows of k, v
 // with leading dimension ldkv), into o (n × qd). s: scratch of LLM_QBLOCK × (p0 + n) floats.
 static int attention(struct caldera_inst * inst, const float * q, const float * k, const float * v, int64_t ldkv,
@@ -600,6 +750,11 @@ static int attention(struct caldera_inst * inst, const float * q, const float * 
     int64_t              rep = p->d.n_heads / p->d.n_kv_heads;
     float                scale = (float) (1.0 / sqrt((double) p->hd));
     int                  rc;
+    if (n <= LLM_SMALL_N && p->d.n_heads <= LLM_QBLOCK) {
+        struct sattn_args a = { p, q, k, v, o, s, ldkv, n, p0 };
+        caldera_parallel_for(ctx, p->d.n_heads, 1, sattn_heads, &a);
+        return 0;
+    }
     for (int64_t h = 0; h < p->d.n_heads; h++) {
         int64_t g = h / rep;
         for (int64_t i0 = 0; i0 < n; i0 += LLM_QBLOCK) {
@@ -630,36 +785,24 @@ static int attention(struct caldera_inst * inst, const float * q, const float * 
 // ---------------------------------------------------------------------------------------------
 // The blocks
 
-struct llm_work {
-    float * x;    // T × hidden   residual stream
-    float * h;    // T × hidden   normed input
-    float * q;    // T × qd
-    float * k;    // T × kvd (batch mode)
-    float * v;    // T × kvd
-    float * a;    // T × qd       attention output
-    float * g;    // T × ffn
-    float * u;    // T × ffn
-    float * s;    // LLM_QBLOCK × n_keys
-    float * lg;   // LLM_LOGIT_ROWS × vocab
-};
 
-static void work_free(struct llm_work * w) {
-    caldera_free(w->x);
-    caldera_free(w->h);
-    caldera_free(w->q);
-    caldera_free(w->k);
-    caldera_free(w->v);
-    caldera_free(w->a);
-    caldera_free(w->g);
-    caldera_free(w->u);
-    caldera_free(w->s);
-    caldera_free(w->lg);
-    memset(w, 0, sizeof(*w));
-}
 
+// The activation buffers are kept in the instance between calls (fresh pages cost page faults on
+// every pass); they grow when a call needs more and are freed by release.
 static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T, int64_t n_keys, int batch_kv, int logits) {
     struct llm_priv * p = caldera_inst_priv(inst);
     int64_t           H = p->d.hidden;
+    if (p->wk.x && T <= p->wk_T && n_keys <= p->wk_keys && (!batch_kv || p->wk.k) && (!logits || p->wk.lg)) {
+        *w = p->wk;
+        return 0;
+    }
+    if (p->wk.x) {   // grow: never smaller than what was there
+        T      = T > p->wk_T ? T : p->wk_T;
+        n_keys = n_keys > p->wk_keys ? n_keys : p->wk_keys;
+        batch_kv |= p->wk.k != NULL;
+        logits |= p->wk.lg != NULL;
+        work_free(&p->wk);
+    }
     memset(w, 0, sizeof(*w));
     w->x = caldera_malloc((size_t) (T * H) * sizeof(float));
     w->h = caldera_malloc((size_t) (T * H) * sizeof(float));
@@ -680,8 +823,12 @@ static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T
     }
     if (!ok) {
         work_free(w);
+        p->wk_T = p->wk_keys = 0;
         return caldera_error(inst, CALDERA_ERR_NOMEM, "cannot allocate the activations of %" PRId64 " tokens", T);
     }
+    p->wk      = *w;
+    p->wk_T    = T;
+    p->wk_keys = n_keys;
     return 0;
 }
 
@@ -708,6 +855,26 @@ static int observe(struct caldera_inst * inst, const struct obs * ob, const stru
     return 0;
 }
 
+// lin_apply for k (≤ 3) linears that share the input x; few-token dense ones in one loop.
+static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, float ** y, const int64_t * ldy, int k,
+                           const float * x, int64_t ldx, int64_t n) {
+    int rc, fused = n <= LLM_SMALL_N;
+    for (int j = 0; j < k; j++) fused = fused && !l[j]->has_impl && !l[j]->bias && (l[j]->w || l[j]->w16);
+    if (!fused) {
+        for (int j = 0; j < k; j++) {
+            if ((rc = lin_apply(inst, l[j], x, ldx, y[j], ldy[j], n)) < 0) return rc;
+        }
+        return 0;
+    }
+    struct mvm_args a = { .n_job = k, .x = x, .cols = l[0]->cols, .n_x = n, .ld_x = ldx };
+    for (int j = 0; j < k; j++) {
+        a.job[j]       = (struct mv_job) { l[j]->w, l[j]->w16, y[j], ldy[j] };
+        a.start[j + 1] = a.start[j] + l[j]->rows;
+    }
+    caldera_parallel_for(caldera_inst_ctx(inst), a.start[k], 32, mvm_rows, &a);
+    return 0;
+}
+
 // One block over T = n_seq × n_tok rows of w->x. Cache mode (kc != NULL, n_seq == 1): K/V rows are
 // written at positions p0 .. p0+n_tok-1 of the layer's cache (kc, vc: kv_cap × kvd) and
 // attention reads positions 0 .. p0+n_tok-1; batch mode: every sequence attends to its own rows.
@@ -722,9 +889,12 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
     if ((rc = observe(inst, ob, &L->lin[LLM_Q], w->h, T)) < 0) return rc;
     float * kd = kc ? kc + p0 * p->kvd : w->k;
     float * vd = vc ? vc + p0 * p->kvd : w->v;
-    if ((rc = lin_apply(inst, &L->lin[LLM_Q], w->h, H, w->q, p->qd, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_K], w->h, H, kd, p->kvd, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_V], w->h, H, vd, p->kvd, T)) < 0) return rc;
+    {
+        struct llm_lin * ls[3] = { &L->lin[LLM_Q], &L->lin[LLM_K], &L->lin[LLM_V] };
+        float *          ys[3] = { w->q, kd, vd };
+        const int64_t    ld[3] = { p->qd, p->kvd, p->kvd };
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 3, w->h, H, T)) < 0) return rc;
+    }
     for (int64_t sq = 0; sq < n_seq; sq++) {
         struct rope_args rq = { p, w->q + sq * n_tok * p->qd, p->qd, p->d.n_heads, p0 };
         struct rope_args rk = { p, kd + sq * n_tok * p->kvd, p->kvd, p->d.n_kv_heads, p0 };
@@ -741,8 +911,12 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
     for (int64_t i = 0; i < T * H; i++) w->x[i] += w->h[i];
     rmsnorm(ctx, w->x, w->h, L->ffn_norm, T, H, p->d.norm_eps);
     if ((rc = observe(inst, ob, &L->lin[LLM_GATE], w->h, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_GATE], w->h, H, w->g, F, T)) < 0) return rc;
-    if ((rc = lin_apply(inst, &L->lin[LLM_UP], w->h, H, w->u, F, T)) < 0) return rc;
+    {
+        struct llm_lin * ls[2] = { &L->lin[LLM_GATE], &L->lin[LLM_UP] };
+        float *          ys[2] = { w->g, w->u };
+        const int64_t    ld[2] = { F, F };
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 2, w->h, H, T)) < 0) return rc;
+    }
     struct swiglu_args sa = { w->g, w->u, F };
     caldera_parallel_for(ctx, T, 4, swiglu_rows, &sa);
     if ((rc = observe(inst, ob, &L->lin[LLM_DOWN], w->g, T)) < 0) return rc;
@@ -762,7 +936,12 @@ static int head_rows(struct caldera_inst * inst, struct llm_work * w, const floa
         int64_t               nc = r1 - c0 < LLM_LOGIT_ROWS ? r1 - c0 : LLM_LOGIT_ROWS;
         struct caldera_tensor tx = caldera_tensor_view_f32((float *) h + c0 * p->d.hidden, nc, p->d.hidden);
         struct caldera_tensor tl = caldera_tensor_view_f32(w->lg, nc, p->d.vocab);
-        if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &th, 0.0f, &tl)) < 0) return rc;
+        if (nc <= LLM_SMALL_N) {
+            struct mv_args a = { p->head, NULL, tx.data, w->lg, p->d.hidden, nc, p->d.hidden, p->d.vocab };
+            caldera_parallel_for(ctx, p->d.vocab, 256, mv_rows, &a);
+        } else if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &th, 0.0f, &tl)) < 0) {
+            return rc;
+        }
         if (fn && (rc = fn(user, seq, pos_of_r0 + (c0 - r0), &tl)) < 0) {
             return caldera_error(inst, rc, "the logits receiver stopped the forward pass");
         }
@@ -824,7 +1003,6 @@ static int llm_forward(struct caldera_inst * inst, const struct caldera_model_fo
     }
     rc = 0;
 fail:
-    work_free(&w);
     return rc;
 }
 
@@ -900,7 +1078,6 @@ static int llm_decode(struct caldera_inst * inst, const int32_t * tokens, int64_
     }
     rc = 0;
 fail:
-    work_free(&w);
     return rc;
 }
 
