@@ -295,11 +295,12 @@ START_TEST(test_acc_brute_force) {
     tu_fill_normal(x, T * ld, 1.0f, 11);
     struct calib_acc acc;
     ck_assert_int_eq(calib_acc_init(ctx, n, &acc), 0);
+    float * scratch = caldera_malloc((size_t) (n * n) * sizeof(float));
     struct caldera_tensor a = { x, CALDERA_DTYPE_F32, CALDERA_DEVICE_CPU, 2, { 700, n }, ld };
-    ck_assert_int_eq(calib_acc_add(ctx, &acc, &a), 0);
+    ck_assert_int_eq(calib_acc_add(ctx, &acc, &a, scratch), 0);
     a.data = x + 700 * ld;
     a.ne[0] = T - 700;
-    ck_assert_int_eq(calib_acc_add(ctx, &acc, &a), 0);
+    ck_assert_int_eq(calib_acc_add(ctx, &acc, &a, scratch), 0);
     ck_assert_int_eq(acc.tokens, T);
     float * h = caldera_malloc((size_t) (n * n) * sizeof(float));
     ck_assert_int_eq(calib_acc_mean(&acc, h), 0);
@@ -318,12 +319,13 @@ START_TEST(test_acc_brute_force) {
         }
     }
     struct caldera_tensor bad = caldera_tensor_view_f32(x, 4, n + 1);
-    ck_assert_int_eq(calib_acc_add(ctx, &acc, &bad), CALDERA_ERR_INVAL);
+    ck_assert_int_eq(calib_acc_add(ctx, &acc, &bad, scratch), CALDERA_ERR_INVAL);
     struct calib_acc empty;
     ck_assert_int_eq(calib_acc_init(ctx, 3, &empty), 0);
     ck_assert_int_eq(calib_acc_mean(&empty, h), CALDERA_ERR_NUMERIC);
     calib_acc_free(&empty);
     calib_acc_free(&acc);
+    caldera_free(scratch);
     caldera_free(h);
     caldera_free(x);
     caldera_ctx_free(ctx);

@@ -12,39 +12,33 @@ int calib_acc_init(struct caldera_ctx * ctx, int64_t n, struct calib_acc * acc) 
     memset(acc, 0, sizeof(*acc));
     if (n <= 0) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "calibration: an input group of %lld columns", (long long) n);
     acc->n = n;
-    acc->h = caldera_calloc((size_t) (n * n), sizeof(double));
-    acc->scratch = caldera_malloc((size_t) (n * n) * sizeof(float));
-    if (!acc->h || !acc->scratch) {
-        calib_acc_free(acc);
-        return CALDERA_ERR_NOMEM;
-    }
+    if (!(acc->h = caldera_calloc((size_t) (n * (n + 1) / 2), sizeof(double)))) return CALDERA_ERR_NOMEM;
     return 0;
 }
 
 void calib_acc_free(struct calib_acc * acc) {
     if (!acc) return;
     caldera_free(acc->h);
-    caldera_free(acc->scratch);
     memset(acc, 0, sizeof(*acc));
 }
 
-int calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct caldera_tensor * x) {
+int calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct caldera_tensor * x, float * scratch) {
     int64_t n = acc->n;
     if (x->ndim != 2 || x->dtype != CALDERA_DTYPE_F32 || x->ne[1] != n) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "calibration: input block is %lld x %lld; allowed: tokens x %lld f32",
                                  (long long) x->ne[0], (long long) x->ne[1], (long long) n);
     }
-    struct caldera_tensor s = caldera_tensor_view_f32(acc->scratch, n, n);
+    struct caldera_tensor s = caldera_tensor_view_f32(scratch, n, n);   // (n, n) f32: one block's xᵀx
     for (int64_t t0 = 0; t0 < x->ne[0]; t0 += CALIB_BLOCK_TOKENS) {
         int64_t b = x->ne[0] - t0 < CALIB_BLOCK_TOKENS ? x->ne[0] - t0 : CALIB_BLOCK_TOKENS;
         struct caldera_tensor xb = *x;   // rows [t0, t0 + b): (b × n), ld kept
         xb.data = (float *) x->data + t0 * x->ld;
         xb.ne[0] = b;
-        int rc = caldera_linalg_syrk(ctx, CALDERA_TRANS, 1.0f, &xb, 0.0f, &s);   // s = xbᵀ xb
+        int rc = caldera_linalg_syrk(ctx, CALDERA_TRANS, 1.0f, &xb, 0.0f, &s);   // s = xbᵀ xb: 2·b·n(n+1)/2 flops
         if (rc < 0) return rc;
         for (int64_t i = 0; i < n; i++) {
-            double * hr = acc->h + i * n;
-            const float * sr = acc->scratch + i * n;
+            double * hr = acc->h + i * (i + 1) / 2;
+            const float * sr = scratch + i * n;
             for (int64_t j = 0; j <= i; j++) hr[j] += sr[j];
         }
         acc->tokens += b;
@@ -58,7 +52,7 @@ int calib_acc_mean(const struct calib_acc * acc, float * out) {
     double inv = 1.0 / (double) acc->tokens;
     for (int64_t i = 0; i < n; i++) {
         for (int64_t j = 0; j <= i; j++) {
-            float v = (float) (acc->h[i * n + j] * inv);
+            float v = (float) (acc->h[i * (i + 1) / 2 + j] * inv);
             out[i * n + j] = v;
             out[j * n + i] = v;
         }

@@ -29,18 +29,21 @@ struct calib_opts {
 // 3.1e-5 · sqrt(H_ii H_jj) (Cauchy–Schwarz) — far below the 1% ridge that the quantizers add.
 #define CALIB_BLOCK_TOKENS 512
 
-// H accumulator of one input group (n = the group's in_features).
+// H accumulator of one input group (n = the group's in_features). Only the lower triangle is
+// kept, packed row by row (n(n+1)/2 doubles): SmolLM2's 120 groups take 400 MB, not 800.
 struct calib_acc {
     int64_t  n;
     int64_t  tokens;
-    double * h;         // (n, n) row-major f64, lower triangle accumulated
-    float *  scratch;   // (n, n) f32, one block's xᵀx
+    double * h;         // lower triangle of Σ x xᵀ, packed: (i, j ≤ i) at i(i+1)/2 + j, f64
 };
 
 int  calib_acc_init(struct caldera_ctx * ctx, int64_t n, struct calib_acc * acc);
 void calib_acc_free(struct calib_acc * acc);
-/** Add the rows of x (tokens × n, f32, any ld): H += xᵀx in blocks of CALIB_BLOCK_TOKENS tokens. */
-int  calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct caldera_tensor * x);
+/**
+ * Add the rows of x (tokens × n, f32, any ld): H += xᵀx in blocks of CALIB_BLOCK_TOKENS tokens,
+ * each an f32 syrk into @p scratch (room for n × n floats, shared by all groups).
+ */
+int  calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct caldera_tensor * x, float * scratch);
 /** out (n × n f32, both triangles) = H / tokens; CALDERA_ERR_NUMERIC without tokens. */
 int  calib_acc_mean(const struct calib_acc * acc, float * out);
 

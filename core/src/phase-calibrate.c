@@ -363,8 +363,10 @@ static int windows_sample(struct caldera_pipeline * pl, struct pl_run * run, con
 
 struct observe_state {
     struct caldera_ctx * ctx;
-    struct calib_acc *   accs;    // one per group (initialised on first sight)
+    struct calib_acc *   accs;      // one per group (initialised on first sight)
     int64_t              n_groups;
+    float *              scratch;   // (n, n) f32 for the widest group seen
+    int64_t              scratch_n;
 };
 
 static int observe(void * user, int64_t group, int64_t linear, const struct caldera_tensor * x) {
@@ -377,7 +379,13 @@ static int observe(void * user, int64_t group, int64_t linear, const struct cald
     int rc;
     if (!a->h && (rc = calib_acc_init(st->ctx, x->ne[1], a)) < 0) return rc;
     if (caldera_ctx_cancelled(st->ctx)) return caldera_ctx_error(st->ctx, CALDERA_ERR_CANCELLED, "calibration cancelled");
-    return calib_acc_add(st->ctx, a, x);
+    if (a->n > st->scratch_n) {
+        caldera_free(st->scratch);
+        st->scratch_n = 0;
+        if (!(st->scratch = caldera_malloc((size_t) (a->n * a->n) * sizeof(float)))) return CALDERA_ERR_NOMEM;
+        st->scratch_n = a->n;
+    }
+    return calib_acc_add(st->ctx, a, x, st->scratch);
 }
 
 // Run the forward passes and write every group's H into a safetensors file at path (atomically).
@@ -442,6 +450,7 @@ done:
     caldera_inst_free(w);
     for (int64_t g = 0; g < st.n_groups; g++) calib_acc_free(&st.accs[g]);
     caldera_free(st.accs);
+    caldera_free(st.scratch);
     caldera_free(hbuf);
     return rc;
 }
