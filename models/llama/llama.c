@@ -113,29 +113,6 @@ static const struct caldera_option llm_options[] = {
     { NULL },
 };
 
-#ifdef LLM_NO_TOKENIZER  // built before tokenizer.c was merged (transitional)
-int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * meta, struct llm_tokenizer ** out) {
-    (void) meta;
-    *out = NULL;
-    return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "llama: this build has no tokenizer (tokenizer.c is missing)");
-}
-void    llm_tokenizer_free(struct llm_tokenizer * tok) { (void) tok; }
-int64_t llm_tokenizer_n_vocab(const struct llm_tokenizer * tok) { (void) tok; return 0; }
-int32_t llm_tokenizer_bos(const struct llm_tokenizer * tok) { (void) tok; return -1; }
-int32_t llm_tokenizer_eos(const struct llm_tokenizer * tok) { (void) tok; return -1; }
-int32_t llm_tokenizer_eot(const struct llm_tokenizer * tok) { (void) tok; return -1; }
-int     llm_tokenizer_add_bos(const struct llm_tokenizer * tok) { (void) tok; return 0; }
-int     llm_tokenizer_is_control(const struct llm_tokenizer * tok, int32_t id) { (void) tok; (void) id; return 0; }
-int     llm_tokenizer_encode(const struct llm_tokenizer * tok, const char * text, size_t len, int add_bos, int parse_special,
-                             int32_t ** ids, int64_t * n) {
-    (void) tok; (void) text; (void) len; (void) add_bos; (void) parse_special; (void) ids; (void) n;
-    return CALDERA_ERR_UNSUPPORTED;
-}
-int     llm_tokenizer_piece(const struct llm_tokenizer * tok, int32_t id, const char ** piece, size_t * len) {
-    (void) tok; (void) id; (void) piece; (void) len;
-    return CALDERA_ERR_UNSUPPORTED;
-}
-#endif
 
 static void pick_kernels(void);
 
@@ -370,9 +347,6 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     }
     // tokenizer (optional): from a private copy of the metadata
     const struct caldera_meta * m = f->meta ? f->meta(reader) : NULL;
-#ifdef LLM_NO_TOKENIZER
-    m = NULL;
-#endif
     if (m && caldera_meta_find(m, "tokenizer.ggml.model") >= 0) {
         if ((rc = caldera_meta_init(&p->meta)) < 0 || (rc = caldera_meta_copy(p->meta, m)) < 0) {
             caldera_error(inst, rc, "load: cannot copy the metadata");
@@ -382,7 +356,7 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
         if (caldera_meta_get_string(p->meta, "tokenizer.chat_template", &p->chat_template) < 0) p->chat_template = NULL;
     }
     p->loaded = 1;
-    caldera_inst_log(inst, CALDERA_LOG_INFO, "%s: %" PRId64 " layers, hidden %" PRId64 ", ffn %" PRId64 ", %" PRId64 "/%"
+    caldera_inst_log(inst, CALDERA_LOG_INFO, "arch %s, %" PRId64 " layers, hidden %" PRId64 ", ffn %" PRId64 ", %" PRId64 "/%"
                      PRId64 " heads of %" PRId64 ", vocab %" PRId64 ", %s head, rope theta %g%s, %s weights%s", d->arch,
                      d->n_layers, d->hidden, d->ffn, d->n_heads, d->n_kv_heads, p->hd, d->vocab,
                      p->head_owned ? "separate" : "tied", d->rope_theta, p->rope_scale != 1.0f ? " (linear scaling)" : "",

@@ -718,6 +718,34 @@ START_TEST(test_text_layouts) {
 }
 END_TEST
 
+START_TEST(test_model_open_errors) {
+    struct caldera_ctx *  ctx = tu_ctx();
+    struct caldera_inst * m = NULL;
+    const char *          path = tu_path(tu_tmpdir(), "notes.txt");
+    ck_assert_int_eq(tu_write_file(path, "not a model\n"), 0);
+    ck_assert_int_eq(caldera_model_open(ctx, path, NULL, &m), CALDERA_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "notes.txt"));
+    ck_assert_ptr_null(m);
+    struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .format = "nosuch" };
+    ck_assert_int_eq(caldera_model_open(ctx, path, &mp, &m), CALDERA_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "nosuch"));
+    mp = (struct caldera_model_open_params) { .struct_size = sizeof(mp), .format = "llama2c" };
+    ck_assert_int_lt(caldera_model_open(ctx, path, &mp, &m), 0);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "notes.txt"));
+    mp = (struct caldera_model_open_params) { .struct_size = sizeof(mp), .weights = "f8" };
+    ck_assert_int_lt(caldera_model_open(ctx, STORIES, &mp, &m), 0);
+    ck_assert_ptr_null(m);
+    // the model plugin is not a format: ops_of refuses other kinds by name
+    struct caldera_inst *            fr = NULL;
+    const struct caldera_model_ops * ops;
+    ck_assert_int_eq(caldera_inst_create(ctx, "llama2c", "src", &fr), 0);
+    ck_assert_int_eq(caldera_model_ops_of(fr, &ops), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "not a model"));
+    caldera_inst_free(fr);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * llama_suite(void) {
     Suite * s = suite_create("llama");
     TCase * tc = tcase_create("reference");
@@ -733,6 +761,7 @@ static Suite * llama_suite(void) {
     tcase_add_test(tc, test_stories_greedy);
     tcase_add_test(tc, test_stories_perplexity_protocols);
     tcase_add_test(tc, test_text_layouts);
+    tcase_add_test(tc, test_model_open_errors);
     suite_add_tcase(s, tc);
     return s;
 }
