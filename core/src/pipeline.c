@@ -441,7 +441,8 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
         if (s == pl->calib_sec || s == pl->eval_sec) continue;
         struct cfg_entry * pe = caldera_config_find(cfg, s->name, "plugin");
         if (!pe) {
-            caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them");
+            caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them (settings "
+                                 "sections have none: they are named by [caldera] calibration or eval)");
             continue;
         }
         pe->used = 1;
