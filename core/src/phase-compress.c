@@ -180,6 +180,57 @@ int pl_outputs_open(struct caldera_pipeline * pl, struct pl_run * run) {
     return 0;
 }
 
+// Copy a tensor that is not compressed to the writers, in the dtype copy_dtype asks for.
+static int copy_tensor(struct caldera_pipeline * pl, struct pl_run * run, int64_t t, const struct caldera_tensor_info * ti,
+                       const char * name) {
+    struct pipeline_opts * o = popts(pl);
+    const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
+    struct caldera_tensor w = { 0 };
+    int owned = 0, rc;
+    int plain = caldera_dtype_block_elems(ti->dtype) == 1;
+    int is_float = ti->dtype == CALDERA_DTYPE_F32 || ti->dtype == CALDERA_DTYPE_F64 || ti->dtype == CALDERA_DTYPE_F16 ||
+                   ti->dtype == CALDERA_DTYPE_BF16 || !plain;
+    enum caldera_dtype want = plain ? ti->dtype : CALDERA_DTYPE_F32;
+    if (o->copy_dtype == COPY_F32 && is_float) want = CALDERA_DTYPE_F32;
+    if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
+    if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
+    if ((rc = rops->read_tensor(o->reader, t, want, &w, &owned)) < 0) return rc;
+    if (run->writer_open) rc = write_tensor(o->writer, name, &w);
+    if (rc == 0 && run->dense_open) rc = write_tensor(o->dense_writer, name, &w);
+    if (owned) caldera_tensor_free(&w);
+    return rc;
+}
+
+// The Hessian (cols × cols, f32) of weight name from run->hsrc into h (h->data NULL: none, when
+// hessian_missing = identity allows it); a missing one is an error naming what was expected.
+static int read_hessian(struct caldera_pipeline * pl, struct pl_run * run, const char * name, int64_t cols, struct caldera_tensor * h,
+                        int * owned) {
+    struct caldera_ctx * ctx = pl->ctx;
+    struct pipeline_opts * o = popts(pl);
+    struct caldera_inst * hsrc = run->hsrc;   // the hessians section or the calibration cache
+    const struct caldera_format_ops * hops = caldera_inst_plugin(hsrc)->ops;
+    char hname[1024];
+    int64_t hi;
+    int rc, named = pl_hessian_name(pl, run, name, hname, sizeof(hname));
+    if (named == 0 && pl_find_tensor(hsrc, hname, &hi) == 0) {
+        if ((rc = hops->read_tensor(hsrc, hi, CALDERA_DTYPE_F32, h, owned)) < 0) return rc;
+        if (h->ndim != 2 || h->ne[0] != cols || h->ne[1] != cols) {
+            return caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
+                                     (long long) h->ne[0], (long long) h->ne[1], name, (long long) cols, (long long) cols);
+        }
+        if (caldera_tensor_check_finite(h, NULL) < 0) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
+        return 0;
+    }
+    if (o->hessian_missing != HMISS_ERROR) return 0;
+    if (named < 0) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian for weight %s: it is no linear layer of the %s model, so "
+                                 "calibration sees no input of it; allowed: include only the model's linear layers, or "
+                                 "hessian_missing = identity (H = I)", name, o->model);
+    }
+    return caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]; allowed: a Hessian for every "
+                             "compressed weight, or hessian_missing = identity (H = I)", hname, name, caldera_inst_name(hsrc));
+}
+
 int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
@@ -190,8 +241,6 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     const int writer_open = run->writer_open, dense_open = run->dense_open;
     struct caldera_ckpt * ckpt = run->ckpt;
     const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
-    struct caldera_inst * hsrc = run->hsrc;   // the hessians section or the calibration cache
-    const struct caldera_format_ops * hops = hsrc ? caldera_inst_plugin(hsrc)->ops : NULL;
     // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
     const int want_hat = dense_open || (pl->eval && run->model);
     double t_phase = pl_now();
@@ -214,19 +263,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
         const char * name = ti.hf_name ? ti.hf_name : ti.name;
         int sel = pl_selected(o, &ti) && (o->max_tensors == 0 || counted < o->max_tensors);
         if (!sel) {
-            if (!writer_open && !dense_open) continue;
-            int plain = caldera_dtype_block_elems(ti.dtype) == 1;
-            int is_float = ti.dtype == CALDERA_DTYPE_F32 || ti.dtype == CALDERA_DTYPE_F64 || ti.dtype == CALDERA_DTYPE_F16 ||
-                           ti.dtype == CALDERA_DTYPE_BF16 || !plain;
-            enum caldera_dtype want = plain ? ti.dtype : CALDERA_DTYPE_F32;
-            if (o->copy_dtype == COPY_F32 && is_float) want = CALDERA_DTYPE_F32;
-            if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
-            if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
-            if ((rc = rops->read_tensor(o->reader, t, want, &w, &w_owned)) < 0) goto done;
-            if (writer_open && (rc = write_tensor(o->writer, name, &w)) < 0) goto done;
-            if (dense_open && (rc = write_tensor(o->dense_writer, name, &w)) < 0) goto done;
-            if (w_owned) caldera_tensor_free(&w);
-            memset(&w, 0, sizeof(w));
+            if ((writer_open || dense_open) && (rc = copy_tensor(pl, run, t, &ti, name)) < 0) goto done;
             continue;
         }
         counted++;
@@ -260,34 +297,8 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                 goto done;
             }
             const struct caldera_tensor * hp = NULL;
-            if (hsrc) {
-                char hname[1024];
-                int64_t hi;
-                int named = pl_hessian_name(pl, run, name, hname, sizeof(hname));
-                if (named == 0 && pl_find_tensor(hsrc, hname, &hi) == 0) {
-                    if ((rc = hops->read_tensor(hsrc, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
-                    if (h.ndim != 2 || h.ne[0] != w.ne[1] || h.ne[1] != w.ne[1]) {
-                        rc = caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
-                                               (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
-                        goto done;
-                    }
-                    if (caldera_tensor_check_finite(&h, NULL) < 0) {
-                        rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
-                        goto done;
-                    }
-                    hp = &h;
-                } else if (o->hessian_missing == HMISS_ERROR && named < 0) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian for weight %s: it is no linear layer of the %s "
-                                           "model, so calibration sees no input of it; allowed: include only the model's linear "
-                                           "layers, or hessian_missing = identity (H = I)", name, o->model);
-                    goto done;
-                } else if (o->hessian_missing == HMISS_ERROR) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]; allowed: a Hessian "
-                                           "for every compressed weight, or hessian_missing = identity (H = I)", hname, name,
-                                           caldera_inst_name(hsrc));
-                    goto done;
-                }
-            }
+            if (run->hsrc && (rc = read_hessian(pl, run, name, w.ne[1], &h, &h_owned)) < 0) goto done;
+            if (h.data) hp = &h;
             rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
             if (rc < 0) {
                 char msg[CALDERA_ERRMSG_MAX];
