@@ -40,11 +40,13 @@ struct tm_priv {
     char                        names[TM_MAXLIN][96], keys[TM_MAXLIN][64];
     int64_t                     group_cols[TM_MAXLIN / 7 * 4 + 4];
     int64_t                     replaced;
+    int64_t                     repl_layer[16];   // replaced linears per layer
 };
 
-// x of group g at position p for token tok: a closed form in [-1, 1].
-static float tm_x(int64_t g, int64_t p, int32_t tok, int64_t j) {
-    return (float) sin(0.37 * (tok + 1) * (double) (j + 1) + 0.05 * (double) p + 0.7 * (double) g);
+// x of group g at position p for token tok: a closed form in [-1, 1]; shifted by 0.3 per linear
+// of an earlier layer that was replaced (so a Hessian shows which layers were compressed before it).
+static float tm_x(int64_t g, int64_t p, int32_t tok, int64_t j, int64_t replaced_before) {
+    return (float) sin(0.37 * (tok + 1) * (double) (j + 1) + 0.05 * (double) p + 0.7 * (double) g + 0.3 * (double) replaced_before);
 }
 
 static int tm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
@@ -103,6 +105,7 @@ static int tm_set_linear_weight(struct caldera_inst * inst, int64_t i, struct ca
     ck_assert_int_eq(w->ne[1], p->lin[i].cols);
     if (owned) caldera_tensor_free(w);
     p->replaced++;
+    p->repl_layer[p->lin[i].layer]++;
     return 0;
 }
 static int tm_forward(struct caldera_inst * inst, const struct caldera_model_forward_args * a) {
@@ -115,15 +118,17 @@ static int tm_forward(struct caldera_inst * inst, const struct caldera_model_for
             tm_seen_len = a->n_tok < 64 ? a->n_tok : 64;
             memcpy(tm_seen[tm_seen_n++], a->tokens + s * a->n_tok, (size_t) tm_seen_len * sizeof(int32_t));
         }
-        for (int64_t g = 0; g < 4 * p->n_layers; g++) {
-            int64_t first = -1;
+        int64_t upto = a->n_layers > 0 ? a->n_layers : p->n_layers;
+        for (int64_t g = 0; g < 4 * upto; g++) {
+            int64_t first = -1, before = 0;
+            for (int64_t l = 0; l < g / 4; l++) before += p->repl_layer[l];
             for (int64_t i = 0; i < p->n_lin && first < 0; i++) if (p->lin[i].group == g) first = i;
             if (first < 0) continue;   // every linear of the group dropped
             struct caldera_tensor x;
             int rc = caldera_tensor_alloc_f32(ctx, T, p->group_cols[g], &x);
             if (rc < 0) return rc;
             for (int64_t t = 0; t < T; t++) {
-                for (int64_t j = 0; j < x.ne[1]; j++) ((float *) x.data)[t * x.ne[1] + j] = tm_x(g, t % a->n_tok, a->tokens[t], j);
+                for (int64_t j = 0; j < x.ne[1]; j++) ((float *) x.data)[t * x.ne[1] + j] = tm_x(g, t % a->n_tok, a->tokens[t], j, before);
             }
             rc = a->observe(a->observe_user, g, first, &x);
             caldera_tensor_free(&x);
@@ -380,7 +385,7 @@ START_TEST(test_groups_and_windows) {
                 for (int64_t b = 0; b < n; b++) {
                     double s = 0;
                     for (int64_t w = 0; w < 8; w++) {
-                        for (int64_t p = 0; p < 40; p++) s += (double) tm_x(grp, p, tm_seen[w][p], a) * tm_x(grp, p, tm_seen[w][p], b);
+                        for (int64_t p = 0; p < 40; p++) s += (double) tm_x(grp, p, tm_seen[w][p], a, 0) * tm_x(grp, p, tm_seen[w][p], b, 0);
                     }
                     s /= 320.0;
                     ck_assert_msg(fabs(hr_h[which[gi]][a * n + b] - s) <= CALIB_ACC_ABS_TOL + CALIB_ACC_REL_TOL * fabs(s),
@@ -529,6 +534,51 @@ START_TEST(test_missing_and_config_errors) {
         ck_assert_msg(found, "no diagnostic '%s'", want[k]);
     }
     caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+// Sequential calibration: layer 1's Hessians are collected after layer 0's 7 linears were replaced
+// by their reconstructions (the test model shifts its inputs by 0.3 per replaced earlier linear),
+// layer 0's before anything was; one forward pass per layer, through that layer only.
+START_TEST(test_sequential) {
+    struct caldera_ctx * ctx = cctx();
+    make_texts();
+    json_t * rep;
+    const char * seq[] = { "calib.sequential=true", NULL };
+    ck_assert_msg(run_ini(ctx, seq, &rep) == 0, "%s", caldera_ctx_errmsg(ctx));
+    ck_assert_int_eq(tm_forward_calls, 2 * 3);   // 2 layers x 3 batches
+    ck_assert_int_eq(hr_calls, 14);
+    ck_assert_int_eq(count_files(tu_path(dir, "hcache")), 0);   // not cached
+    json_t * tensors = json_object_get(rep, "tensors");
+    size_t i;
+    json_t * t;
+    json_array_foreach(tensors, i, t) {
+        const char * name = json_string_value(json_object_get(t, "name"));
+        int l = name[13] - '0';
+        int64_t g = -1;
+        for (int k = 0; k < 7; k++) {
+            char want[96];
+            snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l, tm_kinds[k]);
+            if (!strcmp(name, want)) g = 4 * l + tm_group_of_kind[k];
+        }
+        ck_assert_int_ge(g, 0);
+        int64_t n = hr_n[i];
+        for (int64_t a = 0; a < n; a += 5) {
+            for (int64_t b = 0; b < n; b += 3) {
+                double s = 0;
+                for (int64_t w = 0; w < 8; w++) {
+                    for (int64_t p = 0; p < 40; p++) {
+                        s += (double) tm_x(g, p, tm_seen[w][p], a, 7 * l) * tm_x(g, p, tm_seen[w][p], b, 7 * l);
+                    }
+                }
+                s /= 320.0;
+                ck_assert_msg(fabs(hr_h[i][a * n + b] - s) <= CALIB_ACC_ABS_TOL + CALIB_ACC_REL_TOL * fabs(s),
+                              "%s H[%lld][%lld] = %.9g, exact %.9g", name, (long long) a, (long long) b, (double) hr_h[i][a * n + b], s);
+            }
+        }
+    }
+    json_decref(rep);
     caldera_ctx_free(ctx);
 }
 END_TEST
@@ -790,6 +840,7 @@ static Suite * calibrate_suite(void) {
     tcase_add_test(tc, test_cache_reuse_and_invalidation);
     tcase_add_test(tc, test_missing_and_config_errors);
     tcase_add_test(tc, test_eval);
+    tcase_add_test(tc, test_sequential);
     tcase_add_test(tc, test_stories260k);
     suite_add_tcase(s, tc);
     return s;

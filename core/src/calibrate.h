@@ -18,6 +18,7 @@ struct calib_opts {
     int                     bos;         // CALIB_BOS_*
     int64_t                 batch;       // windows per forward pass
     char *                  cache;       // folder of the Hessian cache ("" : no cache)
+    int                     sequential;  // layer l's Hessians with layers < l already compressed
 };
 
 

@@ -47,6 +47,8 @@ static const struct caldera_option calib_options[] = {
       CALDERA_OPT_EXPERT },
     { "cache", "folder of the Hessian cache, one file per model, data and settings (empty: not kept)", COFF(cache), CALDERA_OPT_PATH,
       { .str = "${CALDERA_CACHE:-${HOME}/.cache/caldera}/hessians" }, 0, -1, NULL, 0, 0 },
+    { "sequential", "layer l's Hessians collected with layers < l already compressed (GPTQ's order; (L+1)/2 forward passes; "
+      "not cached)", COFF(sequential), CALDERA_OPT_BOOL, { .i64 = 0 }, 0, -1, NULL, 0, 0 },
     { NULL },
 };
 static const struct caldera_format_ops calib_dummy_ops = { .struct_size = sizeof(struct caldera_format_ops) };
@@ -367,6 +369,7 @@ struct observe_state {
     int64_t              n_groups;
     float *              scratch;   // (n, n) f32 for the widest group seen
     int64_t              scratch_n;
+    const char *         only;      // NULL, or observe only the groups marked 1 here (sequential)
 };
 
 static int observe(void * user, int64_t group, int64_t linear, const struct caldera_tensor * x) {
@@ -375,6 +378,7 @@ static int observe(void * user, int64_t group, int64_t linear, const struct cald
         return caldera_ctx_error(st->ctx, CALDERA_ERR_BUG, "calibration: the model observed group %lld of %lld", (long long) group,
                                  (long long) st->n_groups);
     }
+    if (st->only && !st->only[group]) return 0;
     struct calib_acc * a = &st->accs[group];
     int rc;
     if (!a->h && (rc = calib_acc_init(st->ctx, x->ne[1], a)) < 0) return rc;
@@ -468,6 +472,82 @@ static int open_cache(struct caldera_pipeline * pl, struct pl_run * run, const c
     return 0;
 }
 
+// ---- sequential calibration ------------------------------------------------------------------
+
+struct calib_seq {
+    int32_t * tokens;     // sequences × length
+    int64_t   sequences, length, batch;
+    int64_t   n_groups;
+    int64_t * group_layer;   // layer of each group (-1: after the blocks, e.g. lm_head)
+    float **  h;             // per group: (n, n) f32 mean once computed, else NULL
+    int64_t * n;
+    char *    only;          // scratch: groups of the layer being collected
+};
+
+void pl_seq_free(struct pl_run * run) {
+    struct calib_seq * q = run->seq;
+    if (!q) return;
+    for (int64_t g = 0; q->h && g < q->n_groups; g++) caldera_free(q->h[g]);
+    caldera_free(q->h);
+    caldera_free(q->n);
+    caldera_free(q->group_layer);
+    caldera_free(q->only);
+    caldera_free(q->tokens);
+    caldera_free(q);
+    run->seq = NULL;
+}
+
+// Forward the windows through the blocks up to @p layer (the model as compressed so far) and keep
+// the Hessians of that layer's groups.
+static int seq_collect_layer(struct caldera_pipeline * pl, struct pl_run * run, int64_t layer) {
+    struct caldera_ctx * ctx = pl->ctx;
+    struct calib_seq * q = run->seq;
+    struct observe_state st = { .ctx = ctx, .n_groups = q->n_groups, .only = q->only };
+    int rc = 0;
+    double t0 = pl_now();
+    if (!(st.accs = caldera_calloc((size_t) q->n_groups, sizeof(*st.accs)))) return CALDERA_ERR_NOMEM;
+    for (int64_t g = 0; g < q->n_groups; g++) q->only[g] = q->group_layer[g] == layer;
+    struct caldera_model_desc d;
+    if ((rc = run->mops->desc(run->model, &d)) < 0) goto done;
+    for (int64_t b0 = 0; b0 < q->sequences; b0 += q->batch) {
+        int64_t nb = q->sequences - b0 < q->batch ? q->sequences - b0 : q->batch;
+        struct caldera_model_forward_args fa = { .struct_size = sizeof(fa), .tokens = q->tokens + b0 * q->length, .n_seq = nb,
+                                                 .n_tok = q->length, .observe = observe, .observe_user = &st,
+                                                 .n_layers = layer >= 0 && layer + 1 < d.n_layers ? layer + 1 : 0 };
+        if ((rc = run->mops->forward(run->model, &fa)) < 0) goto done;
+    }
+    for (int64_t g = 0; g < q->n_groups; g++) {
+        if (!q->only[g] || !st.accs[g].h) continue;
+        int64_t n = st.accs[g].n;
+        if (!(q->h[g] = caldera_malloc((size_t) (n * n) * sizeof(float)))) { rc = CALDERA_ERR_NOMEM; goto done; }
+        q->n[g] = n;
+        if ((rc = calib_acc_mean(&st.accs[g], q->h[g])) < 0) goto done;
+    }
+    caldera_log(ctx, CALDERA_LOG_INFO, "calibration: layer %lld's Hessians after the layers before it were compressed (%.1f s)",
+                (long long) layer, pl_now() - t0);
+done:
+    run->t_calibrate += pl_now() - t0;
+    for (int64_t g = 0; g < q->n_groups; g++) calib_acc_free(&st.accs[g]);
+    caldera_free(st.accs);
+    caldera_free(st.scratch);
+    return rc;
+}
+
+int pl_seq_hessian(struct caldera_pipeline * pl, struct pl_run * run, const char * name, int64_t cols, struct caldera_tensor * h) {
+    struct calib_seq * q = run->seq;
+    int64_t i = run->mops->linear_find(run->model, name);
+    struct caldera_model_linear li;
+    int rc;
+    if (i < 0 || run->mops->linear_info(run->model, i, &li) < 0) return CALDERA_ERR_NOT_FOUND;
+    if (!q->h[li.group] && (rc = seq_collect_layer(pl, run, li.layer)) < 0) return rc;
+    if (!q->h[li.group] || q->n[li.group] != cols) {
+        return caldera_ctx_error(pl->ctx, CALDERA_ERR_BUG, "calibration: no %lld x %lld Hessian for %s after its layer's forward pass",
+                                 (long long) cols, (long long) cols, name);
+    }
+    *h = caldera_tensor_view_f32(q->h[li.group], cols, cols);   // (cols, cols) f32, owned by run->seq
+    return 0;
+}
+
 int pl_phase_calibrate(struct caldera_pipeline * pl, struct pl_run * run) {
     struct caldera_ctx * ctx = pl->ctx;
     const struct calib_opts * co = caldera_inst_priv(pl->calib);
@@ -483,6 +563,44 @@ int pl_phase_calibrate(struct caldera_pipeline * pl, struct pl_run * run) {
     if ((rc = pl_model_load(pl, run)) < 0) goto done;
     if ((rc = sources_open(pl, co, &src, &n_src)) < 0) goto done;
     if ((rc = cache_key(pl, co, src, n_src, &key)) < 0) goto done;
+    if (co->sequential) {   // windows now, Hessians layer by layer during the compress phase (not cached)
+        struct caldera_model_vocab voc = { 0 };
+        if ((rc = run->mops->vocab(run->model, &voc)) < 0) goto done;
+        int bos_id = co->bos == CALIB_BOS_ON || (co->bos == CALIB_BOS_MODEL && voc.add_bos) ? voc.bos : -1;
+        if (co->bos == CALIB_BOS_ON && voc.bos < 0) {
+            rc = caldera_ctx_error(ctx, CALDERA_ERR_CONFIG, "[%s] bos = on, but the model's tokenizer has no BOS token; allowed: "
+                                   "bos = off or model", sec);
+            goto done;
+        }
+        struct calib_seq * q = caldera_calloc(1, sizeof(*q));
+        if (!(run->seq = q)) { rc = CALDERA_ERR_NOMEM; goto done; }
+        q->sequences = co->sequences;
+        q->length = co->length;
+        q->batch = co->batch;
+        q->n_groups = run->mops->n_groups(run->model);
+        q->tokens = caldera_malloc((size_t) (co->sequences * co->length) * sizeof(int32_t));
+        q->group_layer = caldera_malloc((size_t) (q->n_groups + 1) * sizeof(int64_t));
+        q->h = caldera_calloc((size_t) (q->n_groups + 1), sizeof(float *));
+        q->n = caldera_calloc((size_t) (q->n_groups + 1), sizeof(int64_t));
+        q->only = caldera_calloc((size_t) (q->n_groups + 1), 1);
+        if (!q->tokens || !q->group_layer || !q->h || !q->n || !q->only) { rc = CALDERA_ERR_NOMEM; goto done; }
+        for (int64_t i = 0; i < run->mops->n_linears(run->model); i++) {
+            struct caldera_model_linear li;
+            if ((rc = run->mops->linear_info(run->model, i, &li)) < 0) goto done;
+            q->group_layer[li.group] = li.layer;
+        }
+        if ((rc = windows_sample(pl, run, co, src, n_src, bos_id, q->tokens)) < 0) goto done;
+        json_t * sj = json_array();
+        for (int64_t i = 0; sj && i < n_src; i++) {
+            json_array_append_new(sj, json_pack("{s:s, s:I}", "text", src[i].spec, "windows", (json_int_t) src[i].windows));
+        }
+        run->calib_json = json_pack("{s:o, s:I, s:I, s:I, s:s, s:b}", "sources", sj ? sj : json_null(), "sequences",
+                                    (json_int_t) co->sequences, "length", (json_int_t) co->length, "seed", (json_int_t) co->seed,
+                                    "bos", co->bos == CALIB_BOS_ON ? "on" : co->bos == CALIB_BOS_OFF ? "off" : "model",
+                                    "sequential", 1);
+        if (!run->calib_json) rc = CALDERA_ERR_NOMEM;
+        goto done;
+    }
     {
         char err[300] = "out of memory";
         char * cdir = pl_expand_env(co->cache ? co->cache : "", err, sizeof(err));

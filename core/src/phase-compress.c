@@ -208,11 +208,20 @@ static int read_hessian(struct caldera_pipeline * pl, struct pl_run * run, const
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
     struct caldera_inst * hsrc = run->hsrc;   // the hessians section or the calibration cache
-    const struct caldera_format_ops * hops = caldera_inst_plugin(hsrc)->ops;
     char hname[1024];
     int64_t hi;
-    int rc, named = pl_hessian_name(pl, run, name, hname, sizeof(hname));
-    if (named == 0 && pl_find_tensor(hsrc, hname, &hi) == 0) {
+    int rc, named;
+    if (run->seq) {   // sequential calibration: computed for this weight's layer now
+        *owned = 0;
+        rc = pl_seq_hessian(pl, run, name, cols, h);
+        named = rc;
+        if (rc != CALDERA_ERR_NOT_FOUND) return rc;
+        memset(h, 0, sizeof(*h));
+    } else {
+        named = pl_hessian_name(pl, run, name, hname, sizeof(hname));
+    }
+    if (!run->seq && named == 0 && pl_find_tensor(hsrc, hname, &hi) == 0) {
+        const struct caldera_format_ops * hops = caldera_inst_plugin(hsrc)->ops;
         if ((rc = hops->read_tensor(hsrc, hi, CALDERA_DTYPE_F32, h, owned)) < 0) return rc;
         if (h->ndim != 2 || h->ne[0] != cols || h->ne[1] != cols) {
             return caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
@@ -242,8 +251,8 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     struct caldera_ckpt * ckpt = run->ckpt;
     const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
     // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
-    const int want_hat = dense_open || (pl->eval && run->model);
-    double t_phase = pl_now();
+    const int want_hat = dense_open || ((pl->eval || run->seq) && run->model);
+    double t_phase = pl_now(), t_cal0 = run->t_calibrate;   // sequential calibration inside is counted as calibration
     if (!(run->tensors = json_array())) return CALDERA_ERR_NOMEM;
     json_t * tensors = run->tensors;
     int64_t nt = rops->n_tensors(o->reader), nsel = 0, ndone = 0;
@@ -297,7 +306,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
                 goto done;
             }
             const struct caldera_tensor * hp = NULL;
-            if (run->hsrc && (rc = read_hessian(pl, run, name, w.ne[1], &h, &h_owned)) < 0) goto done;
+            if ((run->hsrc || run->seq) && (rc = read_hessian(pl, run, name, w.ne[1], &h, &h_owned)) < 0) goto done;
             if (h.data) hp = &h;
             rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
             if (rc < 0) {
@@ -322,7 +331,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
             if (rc < 0) goto done;
         }
         if (dense_open && (rc = write_tensor(o->dense_writer, name, &w_hat)) < 0) goto done;
-        if (pl->eval && run->model) {   // the model evaluated later runs with Ŵ in place of W
+        if ((pl->eval || run->seq) && run->model) {   // the model runs with Ŵ in place of W from now on
             int64_t li = run->mops->linear_find(run->model, name);
             if (li < 0) {
                 rc = caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "weight %s is no linear layer of the %s model, so the evaluation "
@@ -373,7 +382,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     run->sum_err_h = sum_err_h;
     run->worst_h = worst_h;
 done:
-    run->t_compress = pl_now() - t_phase;
+    run->t_compress = pl_now() - t_phase - (run->t_calibrate - t_cal0);
     caldera_pack_free(pack);
     caldera_tensor_free(&w_hat);
     if (w_owned) caldera_tensor_free(&w);
@@ -433,6 +442,7 @@ void pl_run_close(struct caldera_pipeline * pl, struct pl_run * run, int rc) {
     }
     if (run->hcache_tmp) unlink(run->hcache_tmp);
     caldera_free(run->hcache_tmp);
+    pl_seq_free(run);
     if (run->calib_json) json_decref(run->calib_json);
     if (run->eval_json) json_decref(run->eval_json);
     if (run->eval_original) json_decref(run->eval_original);

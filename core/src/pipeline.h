@@ -78,6 +78,7 @@ struct pl_run {
     struct caldera_inst *             hsrc;
     struct caldera_inst *             hcache;       // the cache reader this run opened (owned)
     char *                            hcache_tmp;   // a cache file to delete at the end (no cache folder)
+    struct calib_seq *                seq;          // sequential calibration (Hessians per layer on demand)
     json_t *                          calib_json;   // the calibration's report entry
     json_t *                          eval_json;    // the evaluation's report entry
     json_t *                          eval_original;// the original model's perplexity (until eval_json owns it)
@@ -104,6 +105,7 @@ char *       pl_resolve_path(const char * path, const char * file);
 int          pl_model_load(struct caldera_pipeline * pl, struct pl_run * run);
 
 // phase-calibrate.c
+struct calib_seq;
 /** Calibration Hessians: from the cache, or by a forward pass over sampled windows (then cached);
  *  sets run->hsrc to the cache reader. */
 int  pl_phase_calibrate(struct caldera_pipeline * pl, struct pl_run * run);
@@ -115,6 +117,11 @@ struct calib_hash;
 int  pl_model_hash(struct caldera_pipeline * pl, struct calib_hash * h);
 /** mkdir -p (CALDERA_ERR_IO naming the folder). */
 int  pl_mkdir_p(struct caldera_ctx * ctx, const char * dir);
+/** Sequential calibration: the Hessian of weight name (cols × cols) as a view into run-owned
+ *  memory, computed for its layer (with the layers before it as compressed so far) on first use.
+ *  CALDERA_ERR_NOT_FOUND (no message) when the weight is no linear layer of the model. */
+int  pl_seq_hessian(struct caldera_pipeline * pl, struct pl_run * run, const char * name, int64_t cols, struct caldera_tensor * h);
+void pl_seq_free(struct pl_run * run);
 int  pl_hessian_name(struct caldera_pipeline * pl, struct pl_run * run, const char * name, char * out, size_t n);
 
 // phase-compress.c
