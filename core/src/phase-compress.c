@@ -63,9 +63,11 @@ static int compress_one(struct caldera_pipeline * pl, const char * name, const s
         // Values must agree exactly (−0 and +0 are the same value; a NaN never agrees).
         for (int64_t k = 0; rc == 0 && k < cw->ne[0] * cw->ne[1]; k++) {
             if (((const float *) chk.data)[k] != ((const float *) cur_hat.data)[k]) {
+                // %.9g: enough digits to tell any two floats apart
                 rc = caldera_error(last, CALDERA_ERR_BUG, "verify: decoding the pack of %s does not reproduce the approximation "
-                                   "(element %lld: %g vs %g)", name, (long long) k, (double) ((const float *) chk.data)[k],
-                                   (double) ((const float *) cur_hat.data)[k]);
+                                   "(element %lld = row %lld, col %lld: decoded %.9g vs %.9g)", name, (long long) k,
+                                   (long long) (k / cw->ne[1]), (long long) (k % cw->ne[1]),
+                                   (double) ((const float *) chk.data)[k], (double) ((const float *) cur_hat.data)[k]);
             }
         }
         caldera_tensor_free(&chk);
