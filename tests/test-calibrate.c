@@ -739,8 +739,7 @@ END_TEST
 
 // SmolLM2-135M (label model): one Hessian per input group of every layer in the cache (120: 576 x 576
 // and, for down_proj's input, 1536 x 1536), symmetric with a positive diagonal; q/k/v and gate/up
-// share theirs; an unchanged model evaluates to the original's perplexity; a second run reuses the
-// cache.
+// share theirs; an unchanged model evaluates to the original's perplexity.
 START_TEST(test_smollm2) {
     const char * model = CALDERA_CACHE_DIR "/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     struct caldera_ctx * ctx = cctx();
@@ -760,7 +759,7 @@ START_TEST(test_smollm2) {
     wiki[20000] = 0;
     ck_assert_int_eq(tu_write_file(tu_path(dir, "eval.txt"), wiki), 0);
     caldera_free(wiki);
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 1; pass++) {   // (cache reuse: test_cache_reuse_and_invalidation)
         struct caldera_config * cfg;
         struct caldera_pipeline * pl = NULL;
         ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
@@ -772,7 +771,7 @@ START_TEST(test_smollm2) {
         ck_assert_msg(caldera_pipeline_run(pl) == 0, "%s", caldera_ctx_errmsg(ctx));
         json_error_t jerr;
         json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
-        ck_assert(json_is_true(json_object_get(json_object_get(rep, "calibration"), "cache_hit")) == (pass == 1));
+        ck_assert(json_is_false(json_object_get(json_object_get(rep, "calibration"), "cache_hit")));
         json_t * e = json_object_get(rep, "eval");
         double pc = json_real_value(json_object_get(json_object_get(e, "compressed"), "ppl"));
         double po = json_real_value(json_object_get(json_object_get(e, "original"), "ppl"));
