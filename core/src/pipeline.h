@@ -57,6 +57,7 @@ struct caldera_pipeline {
     struct cfg_section *    calib_sec;
     struct caldera_inst *   eval;        // the [eval] section's options, or NULL
     struct cfg_section *    eval_sec;
+    enum caldera_device     device;      // [caldera] device resolved at init (auto: what was found)
 };
 
 // State of one run, shared by its phases; pl_run_close releases it.
