@@ -16,8 +16,8 @@ if [ ! -s "$f32" ]; then
     [ -x "$bin/llama-quantize" ] || { echo "bench-runtime.sh: $bin/llama-quantize missing (tools/build-llama-cpp.sh)" >&2; exit 1; }
     "$bin/llama-quantize" --allow-requantize "$model" "$f32" F32 >"$work/quantize.log" 2>&1
 fi
-echo "## llama-bench (llama.cpp, f32 GGUF, 2 threads, 5 repetitions: mean ± sd)"
-"$bin/llama-bench" -m "$f32" -t 2 -p 512 -n 64 -r 5 -o md
+echo "## llama-bench (llama.cpp, f32 GGUF, 2 threads, 3 repetitions: mean ± sd)"
+"$bin/llama-bench" -m "$f32" -t 2 -p 512 -n 64 -r 3 -o md
 echo
-echo "## caldera bench-runtime (same file, 2 threads, best of 5)"
-"$build/bench/bench-runtime" "$f32" -t 2 -r 5 -w f32,f16
+echo "## caldera bench-runtime (same file, 2 threads, best of 3)"
+"$build/bench/bench-runtime" "$f32" -t 2 -r 3 -w f32,f16

@@ -156,7 +156,8 @@ fail:
 
 struct ppl_acc {
     struct caldera_ctx * ctx;
-    const int32_t *      targets;   // targets[j] is the token predicted at window position j
+    const int32_t *      targets;   // targets[seq * seq_stride + j]: the token predicted at position j of sequence seq
+    int64_t              seq_stride;
     int64_t              vocab;
     double               nll, nll2;
     int64_t              count;
@@ -182,7 +183,6 @@ static void lsm_rows(void * arg, int64_t r0, int64_t r1) {
 static int ppl_logits(void * user, int64_t seq, int64_t pos0, const struct caldera_tensor * logits) {
     struct ppl_acc * acc = user;
     int64_t          n = logits->ne[0];
-    (void) seq;
     if (logits->ne[1] != acc->vocab) {
         return caldera_ctx_error(acc->ctx, CALDERA_ERR_BUG, "perplexity: logits of width %" PRId64 ", vocabulary %" PRId64,
                                  logits->ne[1], acc->vocab);
@@ -195,7 +195,7 @@ static int ppl_logits(void * user, int64_t seq, int64_t pos0, const struct calde
         }
         acc->row_cap = n;
     }
-    struct lsm_args a = { logits->data, acc->vocab, acc->targets + pos0, acc->row_nll };
+    struct lsm_args a = { logits->data, acc->vocab, acc->targets + seq * acc->seq_stride + pos0, acc->row_nll };
     caldera_parallel_for(acc->ctx, n, 4, lsm_rows, &a);
     for (int64_t r = 0; r < n; r++) {
         acc->nll += acc->row_nll[r];
@@ -232,7 +232,9 @@ int caldera_model_perplexity(struct caldera_inst * model, const char * text, siz
     if ((rc = ops->desc(model, &d)) < 0) return rc;
     int add_bos = voc.add_bos && voc.bos >= 0;
     if ((rc = ops->tokenize(model, text, len, add_bos, 0, &ids, &n)) < 0) return rc;
-    if (!(win = caldera_malloc((size_t) c * sizeof(int32_t)))) {
+    int64_t batch = params->batch > 0 ? params->batch : 1;
+    if (params->protocol != CALDERA_PPL_LLAMACPP) batch = 1;   // strided windows differ in what they score
+    if (!(win = caldera_malloc((size_t) (batch * c) * sizeof(int32_t)))) {
         rc = caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "perplexity: out of memory");
         goto fail;
     }
@@ -251,15 +253,18 @@ int caldera_model_perplexity(struct caldera_inst * model, const char * text, siz
             goto fail;
         }
         if (params->windows > 0 && params->windows < total) total = params->windows;
-        for (int64_t w = 0; w < total; w++) {
-            memcpy(win, ids + w * c, (size_t) c * sizeof(int32_t));
-            if (add_bos) win[0] = voc.bos;
-            acc.targets    = ids + w * c + 1;   // target of position j: token j + 1 of the window
+        for (int64_t w = 0; w < total; w += batch) {
+            int64_t nb = total - w < batch ? total - w : batch;   // windows in this forward pass
+            memcpy(win, ids + w * c, (size_t) (nb * c) * sizeof(int32_t));
+            for (int64_t b = 0; add_bos && b < nb; b++) win[b * c] = voc.bos;
+            acc.targets    = ids + w * c + 1;   // target of position j of window b: token b·c + j + 1
+            acc.seq_stride = c;
+            fa.n_seq       = nb;
             fa.n_tok       = c;
             fa.logits_from = c / 2;
             fa.logits_to   = c - 1;
             if ((rc = ops->forward(model, &fa)) < 0) goto fail;
-            n_win++;
+            n_win += nb;
             if (params->progress) params->progress(params->progress_user, n_win, total, exp(acc.nll / (double) acc.count));
         }
     } else {

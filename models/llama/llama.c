@@ -74,6 +74,7 @@ enum llm_weights { LLM_W_F32 = 0, LLM_W_F16 = 1 };
 struct llm_priv {
     int                       weights;     // option: enum llm_weights
     int64_t                   kv_ctx;      // option: default KV cache length (0: the model's)
+    int                       simd;        // option: use the AVX2/FMA kernels where the CPU has them
     // the loaded model
     int                       loaded;
     struct caldera_model_desc d;
@@ -95,6 +96,7 @@ struct llm_priv {
     float *                   kc, * vc;    // n_layers × kv_cap × kvd each
     int64_t                   kv_cap, kv_n;
     float *                   f16_scratch; // rows × cols of the largest f16 linear (pp with f16)
+    const struct llm_kernels * k;          // dot products and softmax (pick_kernels)
     struct llm_work           wk;          // activation buffers kept between calls
     int64_t                   wk_T, wk_keys;
 };
@@ -110,11 +112,14 @@ static const struct caldera_option llm_options[] = {
       0, 0, llm_weight_choices },
     { "kv_ctx", "decode cache length when kv_reset is given 0; 0: the model's context length", OFF(kv_ctx),
       CALDERA_OPT_INT, { .i64 = 0 }, 0, 1 << 24 },
+    { "simd", "use the AVX2/FMA/F16C kernels when the CPU has them (false: the portable C ones, for tests)", OFF(simd),
+      CALDERA_OPT_BOOL, { .i64 = 1 }, 0, 0, NULL, 0, CALDERA_OPT_EXPERT },
     { NULL },
 };
 
 
-static void pick_kernels(void);
+struct llm_priv;
+static void pick_kernels(struct llm_priv * p);
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -230,10 +235,11 @@ static void llm_release(struct caldera_inst * inst) {
     work_free(&p->wk);
     llm_tokenizer_free(p->tok);
     caldera_meta_free(p->meta);
-    int     weights = p->weights;
+    int     weights = p->weights, simd = p->simd;
     int64_t kv_ctx  = p->kv_ctx;
     memset(p, 0, sizeof(*p));
     p->weights = weights;
+    p->simd    = simd;
     p->kv_ctx  = kv_ctx;
 }
 
@@ -288,7 +294,7 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     char                              name[LLM_NAME_MAX];
     int                               rc, f16 = p->weights == LLM_W_F16;
     if (!f) return caldera_error(inst, CALDERA_ERR_INVAL, "load: the reader is not a format instance");
-    pick_kernels();
+    pick_kernels(p);
     if (p->loaded) llm_release(inst);
     if (!f->model_desc) {
         return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "load: the format '%s' gives no model description",
@@ -547,31 +553,86 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_
     for (; i < n; i++) s += caldera_f16_to_f32(a[i]) * b[i];
     return s;
 }
+
+// exp by range reduction x = n ln2 + r and a degree-6 polynomial for e^r on |r| <= ln2/2 (the
+// Cephes single-precision coefficients; relative error about 1e-7); 8 lanes at a time.
+__attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// s[0, nv) <- softmax(s[0, nv)) in place
+__attribute__((target("avx2,fma"))) static void softmax_avx2(float * s, int64_t nv) {
+    __m256  vm = _mm256_set1_ps(-FLT_MAX);
+    int64_t j = 0;
+    for (; j + 8 <= nv; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float m = _mm_cvtss_f32(m4);
+    for (; j < nv; j++) m = s[j] > m ? s[j] : m;
+    __m256 vsum = _mm256_setzero_ps(), vmx = _mm256_set1_ps(m);
+    for (j = 0; j + 8 <= nv; j += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+        _mm256_storeu_ps(s + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum256(vsum);
+    for (; j < nv; j++) sum += (s[j] = expf(s[j] - m));
+    __m256 vinv = _mm256_set1_ps(1.0f / sum);
+    for (j = 0; j + 8 <= nv; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vinv));
+    for (; j < nv; j++) s[j] *= 1.0f / sum;
+}
 #endif
+
+static void softmax_c(float * s, int64_t nv) {
+    float m = -FLT_MAX, sum = 0;
+    for (int64_t j = 0; j < nv; j++) m = s[j] > m ? s[j] : m;
+    for (int64_t j = 0; j < nv; j++) sum += (s[j] = expf(s[j] - m));
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < nv; j++) s[j] *= inv;
+}
 
 typedef float (*dot_f32_fn)(const float *, const float *, int64_t);
 typedef float (*dot_f16_fn)(const uint16_t *, const float *, int64_t);
-static dot_f32_fn g_dot_f32 = dot_f32_c;
-static dot_f16_fn g_dot_f16 = dot_f16_c;
+// The kernels of the process: AVX2 ones when the CPU has them (chosen once), else plain C. The
+// option simd = false makes an instance use the C ones (a test covers both).
+struct llm_kernels { dot_f32_fn dot_f32; dot_f16_fn dot_f16; void (*softmax)(float *, int64_t); };
+static const struct llm_kernels llm_kernels_c = { dot_f32_c, dot_f16_c, softmax_c };
+#ifdef LLM_X86
+static const struct llm_kernels llm_kernels_avx2 = { dot_f32_avx2, dot_f16_avx2, softmax_avx2 };
+#endif
 
-static void pick_kernels(void) {
+static void pick_kernels(struct llm_priv * p) {
+    p->k = &llm_kernels_c;
 #ifdef LLM_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        g_dot_f32 = dot_f32_avx2;
-        g_dot_f16 = dot_f16_avx2;   // F16C comes with every AVX2 CPU
+    if (p->simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        p->k = &llm_kernels_avx2;
     }
 #endif
 }
 
-struct mv_args { const float * w; const uint16_t * w16; const float * x; float * y; int64_t cols, n_x, ld_x, ld_y; };
+struct mv_args { const struct llm_kernels * k; const float * w; const uint16_t * w16; const float * x; float * y;
+                 int64_t cols, n_x, ld_x, ld_y; };
 
 static void mv_rows(void * arg, int64_t r0, int64_t r1) {
     const struct mv_args * a = arg;
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t t = 0; t < a->n_x; t++) {
             const float * x = a->x + t * a->ld_x;
-            a->y[t * a->ld_y + r] = a->w ? g_dot_f32(a->w + r * a->cols, x, a->cols) : g_dot_f16(a->w16 + r * a->cols, x, a->cols);
+            a->y[t * a->ld_y + r] = a->w ? a->k->dot_f32(a->w + r * a->cols, x, a->cols) : a->k->dot_f16(a->w16 + r * a->cols, x, a->cols);
         }
     }
 }
@@ -587,14 +648,15 @@ static void f16_cv_rows(void * arg, int64_t r0, int64_t r1) {
 // Several linears with the same input x, few tokens: one parallel loop over all their rows (one
 // wake-up of the pool instead of one per layer). Rows of job k are [start[k], start[k+1]).
 struct mv_job { const float * w; const uint16_t * w16; float * y; int64_t ld_y; };
-struct mvm_args { struct mv_job job[3]; int64_t start[4]; int n_job; const float * x; int64_t cols, n_x, ld_x; };
+struct mvm_args { const struct llm_kernels * k; struct mv_job job[3]; int64_t start[4]; int n_job; const float * x;
+                  int64_t cols, n_x, ld_x; };
 
 static void mvm_rows(void * arg, int64_t r0, int64_t r1) {
     const struct mvm_args * a = arg;
     for (int k = 0; k < a->n_job; k++) {
         int64_t lo = r0 > a->start[k] ? r0 : a->start[k], hi = r1 < a->start[k + 1] ? r1 : a->start[k + 1];
         if (lo >= hi) continue;
-        struct mv_args m = { a->job[k].w, a->job[k].w16, a->x, a->job[k].y, a->cols, a->n_x, a->ld_x, a->job[k].ld_y };
+        struct mv_args m = { a->k, a->job[k].w, a->job[k].w16, a->x, a->job[k].y, a->cols, a->n_x, a->ld_x, a->job[k].ld_y };
         mv_rows(&m, lo - a->start[k], hi - a->start[k]);
     }
 }
@@ -612,7 +674,7 @@ static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float
             return caldera_error(inst, rc, "%s: the replaced layer's apply failed: %s", l->name, caldera_ctx_errmsg(ctx));
         }
     } else if ((l->w || l->w16) && n <= LLM_SMALL_N) {
-        struct mv_args a = { l->w, l->w16, x, y, l->cols, n, ldx, ldy };
+        struct mv_args a = { p->k, l->w, l->w16, x, y, l->cols, n, ldx, ldy };
         caldera_parallel_for(ctx, l->rows, 32, mv_rows, &a);
     } else if (l->w) {
         struct caldera_tensor tw = caldera_tensor_view_f32(l->w, l->rows, l->cols);
@@ -654,23 +716,15 @@ static void rope_rows(void * arg, int64_t t0, int64_t t1) {
 }
 
 // Row-wise causal softmax of s (rows × nk, ld nk): row r may see keys 0 .. first_vis + r.
-struct smax_args { float * s; int64_t nk, first_vis; };
+struct smax_args { const struct llm_kernels * k; float * s; int64_t nk, first_vis; };
 static void smax_rows(void * arg, int64_t r0, int64_t r1) {
     const struct smax_args * a = arg;
     for (int64_t r = r0; r < r1; r++) {
         float * s  = a->s + r * a->nk;
         int64_t nv = a->first_vis + r + 1;   // visible keys
         if (nv > a->nk) nv = a->nk;
-        float m = -FLT_MAX;
-        for (int64_t j = 0; j < nv; j++) m = s[j] > m ? s[j] : m;
-        float sum = 0;
-        for (int64_t j = 0; j < nv; j++) {
-            s[j] = expf(s[j] - m);
-            sum += s[j];
-        }
-        float inv = 1.0f / sum;
-        for (int64_t j = 0; j < nv; j++) s[j] *= inv;
-        for (int64_t j = nv; j < a->nk; j++) s[j] = 0;
+        a->k->softmax(s, nv);
+        if (nv < a->nk) memset(s + nv, 0, (size_t) (a->nk - nv) * sizeof(float));
     }
 }
 
@@ -698,17 +752,13 @@ static void sattn_heads(void * arg, int64_t h0, int64_t h1) {
             int64_t       nk = a->p0 + i + 1;
             const float * q = a->q + i * p->qd + h * hd;
             float *       s = a->s + h * (a->p0 + a->n);
-            float         m = -FLT_MAX, sum = 0;
-            for (int64_t j = 0; j < nk; j++) {
-                s[j] = g_dot_f32(q, a->k + j * a->ldkv + g * hd, hd) * scale;
-                m    = s[j] > m ? s[j] : m;
-            }
-            for (int64_t j = 0; j < nk; j++) sum += (s[j] = expf(s[j] - m));
+            for (int64_t j = 0; j < nk; j++) s[j] = p->k->dot_f32(q, a->k + j * a->ldkv + g * hd, hd) * scale;
+            p->k->softmax(s, nk);
             float * o = a->o + i * p->qd + h * hd;
             for (int64_t c = 0; c < hd; c++) o[c] = 0;
             for (int64_t j = 0; j < nk; j++) {
                 const float * vj = a->v + j * a->ldkv + g * hd;
-                float         pj = s[j] / sum;
+                float         pj = s[j];
                 for (int64_t c = 0; c < hd; c++) o[c] += pj * vj[c];
             }
         }
@@ -744,7 +794,7 @@ static int attention(struct caldera_inst * inst, const float * q, const float * 
             struct caldera_tensor to = { .data = o + i0 * p->qd + h * p->hd, .dtype = CALDERA_DTYPE_F32, .ndim = 2,
                                          .ne = { bn, p->hd }, .ld = p->qd };
             if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, scale, &tq, &tk, 0.0f, &ts)) < 0) return rc;
-            struct smax_args sa = { s, nk, p0 + i0 };
+            struct smax_args sa = { p->k, s, nk, p0 + i0 };
             if (bn * nk >= 8192) {
                 caldera_parallel_for(ctx, bn, 8, smax_rows, &sa);
             } else {
@@ -840,7 +890,8 @@ static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, floa
         }
         return 0;
     }
-    struct mvm_args a = { .n_job = k, .x = x, .cols = l[0]->cols, .n_x = n, .ld_x = ldx };
+    struct mvm_args a = { .k = ((struct llm_priv *) caldera_inst_priv(inst))->k, .n_job = k, .x = x, .cols = l[0]->cols,
+                          .n_x = n, .ld_x = ldx };
     for (int j = 0; j < k; j++) {
         a.job[j]       = (struct mv_job) { l[j]->w, l[j]->w16, y[j], ldy[j] };
         a.start[j + 1] = a.start[j] + l[j]->rows;
@@ -911,7 +962,7 @@ static int head_rows(struct caldera_inst * inst, struct llm_work * w, const floa
         struct caldera_tensor tx = caldera_tensor_view_f32((float *) h + c0 * p->d.hidden, nc, p->d.hidden);
         struct caldera_tensor tl = caldera_tensor_view_f32(w->lg, nc, p->d.vocab);
         if (nc <= LLM_SMALL_N) {
-            struct mv_args a = { p->head, NULL, tx.data, w->lg, p->d.hidden, nc, p->d.hidden, p->d.vocab };
+            struct mv_args a = { p->k, p->head, NULL, tx.data, w->lg, p->d.hidden, nc, p->d.hidden, p->d.vocab };
             caldera_parallel_for(ctx, p->d.vocab, 256, mv_rows, &a);
         } else if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &th, 0.0f, &tl)) < 0) {
             return rc;

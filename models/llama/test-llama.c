@@ -150,6 +150,8 @@ struct rig {
     const struct caldera_model_ops * ops;
 };
 
+static int g_plain_c;   // 1: rig_open sets simd = false (the portable kernels)
+
 static int rig_open(struct rig * r, const char * weights) {
     memset(r, 0, sizeof(*r));
     r->ctx = tu_ctx();
@@ -158,6 +160,7 @@ static int rig_open(struct rig * r, const char * weights) {
     ck_assert_int_eq(caldera_inst_start(r->reader), 0);
     ck_assert_int_eq(caldera_inst_create(r->ctx, "llama", "model", &r->model), 0);
     if (weights) ck_assert_int_eq(caldera_inst_set(r->model, "weights", weights), 0);
+    if (g_plain_c) ck_assert_int_eq(caldera_inst_set(r->model, "simd", "false"), 0);
     ck_assert_int_eq(caldera_inst_start(r->model), 0);
     ck_assert_int_eq(caldera_model_ops_of(r->model, &r->ops), 0);
     return r->ops->load(r->model, r->reader);
@@ -330,6 +333,20 @@ START_TEST(test_forward_mha_f16) {
     check_vs_reference(NULL, LOGIT_TOL);
     check_vs_reference("f16", F16_TOL);
     tiny_free(&g_tiny);
+}
+END_TEST
+
+static void check_decode(const char * weights);
+
+// The portable C kernels (simd = false): batch forward and decoding, f32 and f16.
+START_TEST(test_plain_c_kernels) {
+    g_plain_c = 1;
+    tiny_make(&g_tiny, 2, 32, 40, 4, 2, 29, 1, 0, "", 0, 9);
+    check_vs_reference(NULL, LOGIT_TOL);
+    check_decode(NULL);
+    check_decode("f16");
+    tiny_free(&g_tiny);
+    g_plain_c = 0;
 }
 END_TEST
 
@@ -664,6 +681,11 @@ START_TEST(test_stories_perplexity_protocols) {
     ck_assert_int_eq(res.text_tokens, n);
     ck_assert_msg(fabs(res.ppl - ppl) < 1e-5 * ppl, "llamacpp ppl %.8f, recomputed %.8f", res.ppl, ppl);
     ck_assert_msg(fabs(res.ppl_err - err) < 1e-4 * err, "llamacpp ± %.8f, recomputed %.8f", res.ppl_err, err);
+    pp.batch = 3;   // windows 0-2 and 3-4 in two passes: the same numbers
+    struct caldera_ppl_result res3;
+    ck_assert_int_eq(caldera_model_perplexity(m, text, len, &pp, &res3), 0);
+    ck_assert_int_eq(res3.tokens_scored, res.tokens_scored);
+    ck_assert_msg(fabs(res3.ppl - res.ppl) < 1e-6 * res.ppl, "batched ppl %.8f vs %.8f", res3.ppl, res.ppl);
     // strided, stride 40: windows at 0, 40, 80; the first scores tokens 1..95, then the new ones
     sum = 0, cnt = 0;
     int64_t prev_end = 0;
@@ -753,6 +775,7 @@ static Suite * llama_suite(void) {
     tcase_add_test(tc, test_forward_untied_bias_linear_rope);
     tcase_add_test(tc, test_forward_mha_f16);
     tcase_add_test(tc, test_decode_equals_forward);
+    tcase_add_test(tc, test_plain_c_kernels);
     tcase_add_test(tc, test_observer_and_groups);
     tcase_add_test(tc, test_replace_layers);
     tcase_add_test(tc, test_refusals);

@@ -203,7 +203,7 @@ struct caldera_ppl_params {
     int64_t                   ctx;       ///< window length in tokens (e.g. 2048)
     int64_t                   windows;   ///< 0: the whole text; else at most this many windows
     int64_t                   stride;    ///< strided: window step (0: ctx / 2); llamacpp: unused
-    int64_t                   batch;     ///< windows per forward pass (0: 1)
+    int64_t                   batch;     ///< llamacpp: windows per forward pass (0: 1; same result); strided: 1
     /** (optional) progress after each window: done of total windows, running ppl; NULL = none */
     void                    (*progress)(void * user, int64_t done, int64_t total, double ppl);
     void *                    progress_user;
