@@ -8,6 +8,7 @@
 
 #ifdef CALDERA_KW_X86
 #include <immintrin.h>
+#include <pthread.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
 
@@ -19,55 +20,58 @@ T_AVX2 static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Values of code c in nibble order, without the ±1/4 shift; *p = 1 when the shift is −1/4.
-T_AVX2 static inline __m256 e8p_vals(const float * grid, uint32_t c, uint32_t * p) {
-    const __m256i shl  = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);  // bit j -> bit 31
-    const __m256i sbit = _mm256_set1_epi32((int) 0x80000000u);
-    uint32_t s  = c & 0xFFu;
-    uint32_t pp = (uint32_t) __builtin_parity(s);
-    *p = pp;
-    __m256  g = _mm256_loadu_ps(grid + (c >> 8) * 8);
-    __m256i m = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32((int) (s ^ pp)), shl), sbit);
-    return _mm256_xor_ps(g, _mm256_castsi256_ps(m));
+// Per raw sign byte s (before the parity fix): the 8 lane masks of s ^ parity(s) (sign bit set
+// where a value is negated) and the shift ±1/4 of the parity: two loads per codeword instead of a
+// branch (parity is random: mispredictions cost more than all the rest) or shuffles.
+static uint32_t        kw_sm[256][8] __attribute__((aligned(32)));
+static float           kw_sh[256];
+static pthread_once_t  kw_tab_once = PTHREAD_ONCE_INIT;
+
+static void kw_tab_build(void) {
+    for (uint32_t s = 0; s < 256; s++) {
+        uint32_t neg;
+        uint32_t f = kw_e8p_signs((uint16_t) s, &neg);
+        for (int j = 0; j < 8; j++) {
+            kw_sm[s][j] = ((f >> j) & 1u) << 31;
+        }
+        kw_sh[s] = neg ? -0.25f : 0.25f;
+    }
 }
 
-// <codes of one row, xp> for nb blocks of E8P12 codes (shift included).
-T_AVX2 static inline float e8p_row_dot(const float * grid, const uint16_t * c, const float * xp, const float * xs,
-                                       float xtot, int64_t nb) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    float  sp0 = 0.0f, sp1 = 0.0f;  // sum of xs over blocks with the −1/4 shift
+// The 8 values of code c in nibble order, shift included: ±grid[a] ± 1/4.
+T_AVX2 static inline __m256 e8p_vals(const float * grid, uint32_t c) {
+    const uint32_t s = c & 0xFFu;
+    __m256 g = _mm256_loadu_ps(grid + (c >> 8) * 8);
+    __m256 v = _mm256_xor_ps(g, _mm256_load_ps((const float *) kw_sm[s]));
+    return _mm256_add_ps(v, _mm256_broadcast_ss(&kw_sh[s]));
+}
+
+// <codes of one row, xp> for nb blocks of E8P12 codes; four independent accumulators.
+T_AVX2 static inline float e8p_row_dot(const float * grid, const uint16_t * c, const float * xp, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        uint32_t p0, p1;
-        __m256 v0 = e8p_vals(grid, c[b], &p0);
-        __m256 v1 = e8p_vals(grid, c[b + 1], &p1);
-        a0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp + 8 * b), a0);
-        a1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xp + 8 * b + 8), a1);
-        sp0 += p0 ? xs[b] : 0.0f;
-        sp1 += p1 ? xs[b + 1] : 0.0f;
+    for (; b + 4 <= nb; b += 4) {
+        a0 = _mm256_fmadd_ps(e8p_vals(grid, c[b]), _mm256_loadu_ps(xp + 8 * b), a0);
+        a1 = _mm256_fmadd_ps(e8p_vals(grid, c[b + 1]), _mm256_loadu_ps(xp + 8 * b + 8), a1);
+        a2 = _mm256_fmadd_ps(e8p_vals(grid, c[b + 2]), _mm256_loadu_ps(xp + 8 * b + 16), a2);
+        a3 = _mm256_fmadd_ps(e8p_vals(grid, c[b + 3]), _mm256_loadu_ps(xp + 8 * b + 24), a3);
     }
-    if (b < nb) {
-        uint32_t p0;
-        __m256 v0 = e8p_vals(grid, c[b], &p0);
-        a0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp + 8 * b), a0);
-        sp0 += p0 ? xs[b] : 0.0f;
+    for (; b < nb; b++) {
+        a0 = _mm256_fmadd_ps(e8p_vals(grid, c[b]), _mm256_loadu_ps(xp + 8 * b), a0);
     }
-    // sum_b (±1/4) xs_b = 1/4 (xtot − 2 sum_{p=1} xs_b)
-    return hsum8(_mm256_add_ps(a0, a1)) + 0.25f * (xtot - 2.0f * (sp0 + sp1));
+    return hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
-T_AVX2 static void avx2_e8p_gemv(const struct caldera_kw * w, const float * xp, const float * xs, int64_t r0,
+T_AVX2 void caldera_kw_avx2_e8p_gemv(const struct caldera_kw * w, const float * xp, const float * xs, int64_t r0,
                                  int64_t r1, float * y, int acc) {
     const int64_t nb   = w->cols / 8;
     const float   irho = w->bits > 2 ? 1.0f / w->e8_rho : 0.0f;
-    float xtot = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        xtot += xs[b];
-    }
+    (void) xs;   // the shift is added per codeword here
+    pthread_once(&kw_tab_once, kw_tab_build);
     for (int64_t r = r0; r < r1; r++) {
-        float d = e8p_row_dot(w->e8_grid, w->codes + r * nb, xp, xs, xtot, nb);
+        float d = e8p_row_dot(w->e8_grid, w->codes + r * nb, xp, nb);
         if (w->bits == 4) {
-            d += irho * e8p_row_dot(w->e8_grid, (const uint16_t *) w->codes2 + r * nb, xp, xs, xtot, nb);
+            d += irho * e8p_row_dot(w->e8_grid, (const uint16_t *) w->codes2 + r * nb, xp, nb);
         } else if (w->bits == 3) {
             const uint8_t * c2 = (const uint8_t *) w->codes2 + r * nb;
             __m256 a = _mm256_setzero_ps();
@@ -85,18 +89,15 @@ T_AVX2 void caldera_kw_avx2_e8p_decode(const struct caldera_kw * w, int64_t r0, 
     const int64_t nb   = w->cols / 8;
     const __m256i idx  = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // out[i] = v[SH(i)]
     const __m256  irho = _mm256_set1_ps(w->bits > 2 ? 1.0f / w->e8_rho : 0.0f);
+    pthread_once(&kw_tab_once, kw_tab_build);
     for (int64_t r = r0; r < r1; r++) {
         const __m256 s = _mm256_set1_ps(kw_e8p_scale(w, r));
         float *      o = dst + (r - r0) * ld;
         for (int64_t b = 0; b < nb; b++) {
             const int64_t k = r * nb + b;
-            uint32_t p;
-            __m256 v = e8p_vals(w->e8_grid, w->codes[k], &p);
-            v = _mm256_add_ps(v, _mm256_set1_ps(p ? -0.25f : 0.25f));
+            __m256 v = e8p_vals(w->e8_grid, w->codes[k]);
             if (w->bits == 4) {
-                __m256 v2 = e8p_vals(w->e8_grid, ((const uint16_t *) w->codes2)[k], &p);
-                v2 = _mm256_add_ps(v2, _mm256_set1_ps(p ? -0.25f : 0.25f));
-                v  = _mm256_fmadd_ps(v2, irho, v);
+                v = _mm256_fmadd_ps(e8p_vals(w->e8_grid, ((const uint16_t *) w->codes2)[k]), irho, v);
             } else if (w->bits == 3) {
                 v = _mm256_fmadd_ps(_mm256_loadu_ps(w->e8_rvq1 + ((const uint8_t *) w->codes2)[k] * 8), irho, v);
             }
@@ -111,8 +112,8 @@ T_AVX2 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t 
                                            float * dst) {
     const int64_t n = w->cols;
     const int     bits = w->bits;
-    if ((bits != 2 && bits != 4 && bits != 8) || n % 8 != 0 || c0 % 8 != 0 || (c1 - c0) % 8 != 0 || w->gran == CALDERA_KW_GRAN_COLUMN ||
-        (w->gran == CALDERA_KW_GRAN_GROUP && w->group_size % 8 != 0)) {
+    if ((bits != 2 && bits != 4 && bits != 8) || n % 8 != 0 || c0 % 8 != 0 || (c1 - c0) % 8 != 0 ||
+        w->gran == CALDERA_KW_GRAN_COLUMN || (w->gran == CALDERA_KW_GRAN_GROUP && w->group_size % 8 != 0)) {
         caldera_kw_uni_decode_row_c(w, r, c0, c1, dst);
         return;
     }
@@ -122,27 +123,37 @@ T_AVX2 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t 
     const __m256i   shv  = bits == 2 ? _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)
                                      : _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     const __m256i   mask = _mm256_set1_epi32((1 << bits) - 1);
-    float d = 0.0f, z = 0.0f;
-    int64_t gcur = -1;
-    for (int64_t c = c0; c < c1; c += 8) {
-        int64_t g = w->gran == CALDERA_KW_GRAN_TENSOR ? 0 : w->gran == CALDERA_KW_GRAN_ROW ? r : r * ngr + c / w->group_size;
-        if (g != gcur) {
-            gcur = g;
-            d = kw_uni_param(w, w->scale, g);
-            z = w->zero ? kw_uni_param(w, w->zero, g) : 0.0f;
+    for (int64_t c = c0; c < c1;) {
+        // one scale group (or the whole row) at a time: its step and zero, then 8 codes per step
+        int64_t g, cend;
+        switch (w->gran) {
+        case CALDERA_KW_GRAN_TENSOR: g = 0; cend = c1; break;
+        case CALDERA_KW_GRAN_ROW:    g = r; cend = c1; break;
+        default:
+            g    = r * ngr + c / w->group_size;
+            cend = (c / w->group_size + 1) * w->group_size;
+            cend = cend < c1 ? cend : c1;
+            break;
         }
-        __m256i k;
-        const uint8_t * p = row + c * bits / 8;
-        if (bits == 8) {
-            k = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p));
-        } else {
-            uint32_t u = 0;
-            memcpy(&u, p, (size_t) bits);  // 8 codes = `bits` bytes
-            k = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) u), shv), mask);
+        const float  d  = kw_uni_param(w, w->scale, g);
+        const float  z  = w->zero ? kw_uni_param(w, w->zero, g) : 0.0f;
+        const __m256 vd = _mm256_set1_ps(d), vz = _mm256_set1_ps(z - half * d);  // value = k d + (z − half d)
+        for (; c < cend; c += 8) {
+            const uint8_t * p = row + c * bits / 8;
+            __m256i k;
+            if (bits == 8) {
+                k = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p));
+            } else {
+                uint32_t u = 0;
+                if (bits == 4) {   // 8 codes = `bits` bytes (constant sizes: no memcpy call)
+                    memcpy(&u, p, 4);
+                } else {
+                    memcpy(&u, p, 2);
+                }
+                k = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) u), shv), mask);
+            }
+            _mm256_storeu_ps(dst + (c - c0), _mm256_fmadd_ps(_mm256_cvtepi32_ps(k), vd, vz));
         }
-        // value = z + (k − half) d = k d + (z − half d)
-        __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(d), _mm256_set1_ps(z - half * d));
-        _mm256_storeu_ps(dst + (c - c0), v);
     }
 }
 
@@ -223,7 +234,7 @@ T_AVX2 void caldera_kw_avx2_fwht(float * x, int64_t n) {
 }
 
 const struct kw_variant caldera_kw_variant_avx2 = {
-    .e8p_gemv       = avx2_e8p_gemv,
+    .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
     .e8p_decode     = caldera_kw_avx2_e8p_decode,
     .uni_decode_row = caldera_kw_avx2_uni_decode_row,
     .f16_gemv       = avx2_f16_gemv,

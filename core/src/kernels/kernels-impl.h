@@ -52,6 +52,8 @@ extern const struct kw_variant caldera_kw_variant_avx512;
 // AVX-512 table reuses.
 void caldera_kw_uni_decode_row_c(const struct caldera_kw * w, int64_t r, int64_t c0, int64_t c1, float * dst);
 #ifdef CALDERA_KW_X86
+void caldera_kw_avx2_e8p_gemv(const struct caldera_kw * w, const float * xp, const float * xs, int64_t r0, int64_t r1,
+                              float * y, int acc);
 void caldera_kw_avx2_e8p_decode(const struct caldera_kw * w, int64_t r0, int64_t r1, float * dst, int64_t ld);
 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t r, int64_t c0, int64_t c1, float * dst);
 void caldera_kw_avx2_fwht(float * x, int64_t n);
