@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "caldera/caldera.h"
+#include "cli-model.h"
 
 static struct caldera_ctx * g_ctx;
 static int                  g_progress_pending;
@@ -19,6 +20,8 @@ static int                  g_tty;
 static void usage(FILE * out) {
     fprintf(out,
             "usage: caldera-pipe PIPELINE.ini [options]\n"
+            "       caldera-pipe eval --model PATH [--text FILE] [--ctx N] [--windows N] [--protocol llamacpp|strided]\n"
+            "       caldera-pipe generate --model PATH --prompt TEXT [--tokens N] [--temperature T] [--chat]\n"
             "       caldera-pipe --list-plugins | --help-plugin NAME | --help | --version\n"
             "\n"
             "Compress the weights of a model as the pipeline file describes.\n"
@@ -178,6 +181,8 @@ int main(int argc, char ** argv) {
     // (SmolLM2, RTN: 556 MB peak RSS; with a fixed 1 MiB threshold: 243 MB). A fixed threshold
     // keeps every tensor-sized block in its own mapping, returned to the system on free.
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    if (argc > 1 && !strcmp(argv[1], "eval")) return cli_eval(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "generate")) return cli_generate(argc - 1, argv + 1);
     const char * ini = NULL, * help_plugin = NULL;
     int dry_run = 0, print_config = 0, list = 0, threads = -1, verbosity = 0, rc = 0;
     const char ** sets = calloc((size_t) argc, sizeof(char *));
