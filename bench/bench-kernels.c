@@ -179,7 +179,7 @@ static int make_layer(struct caldera_ctx * ctx, const char * plugin, const char 
             size_t ns = (size_t) (m * ((n + k->group_size - 1) / k->group_size));   // group scales (as benched)
             d.stream = dup_bytes(l, k->stream, ((size_t) (m * n) * (size_t) k->bits + 7) / 8);
             d.scale  = dup_bytes(l, k->scale, ns * sb);
-            d.zero   = k->zero ? dup_bytes(l, k->zero, ns * sb) : NULL;
+            d.zero   = k->zero ? dup_bytes(l, k->zero, ns) : NULL;
         }
         l->copies[c] = d;
     }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // uniform.c: the "uniform" quantizer plugin: scalar round-to-nearest with 1..8 bits, scales per
 // tensor, row, column or group of g weights along a row, symmetric (absmax) or asymmetric
-// (min/max), an optional clip-ratio search per scale group, and a bit-packed code stream.
+// (min/max with GPTQ's integer zero point, so 0 is always a level), an optional clip-ratio search
+// per scale group, and a bit-packed code stream.
 // It is also a cb_dim = 1 codebook, so ldlq can wrap it (GPTQ-style: scales from the original W).
 #include <inttypes.h>
 #include <math.h>
@@ -32,7 +33,7 @@ struct caldera_cb_state {
     int64_t   ngr;         // groups per row (granularity=group), else 0
     int64_t   nscale;      // number of scale groups
     float *   scale;       // (nscale) step sizes, already rounded to scale_dtype
-    float *   zero;        // (nscale) value of code 0 (asymmetric), rounded; else NULL
+    float *   zero;        // (nscale) integer zero point z (asymmetric, 0..2^b-1, held as float); else NULL
     uint8_t * codes;       // (rows, cols) codes, one per byte
 };
 
@@ -76,7 +77,7 @@ static const struct caldera_option uniform_options[] = {
       .min = 1, .max = 1 << 30,
       .help = "weights per scale group along a row (granularity=group); the last group of a row may be shorter" },
     { .name = "symmetric", .offset = OFF(symmetric), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
-      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and zero point" },
+      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and GPTQ's integer zero point (0 is a level)" },
     { .name = "levels", .offset = OFF(levels), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_LEV_FULL,
       .choices = uniform_lev_choices, .help = "level set of the symmetric quantizer" },
     { .name = "clip_search", .offset = OFF(clip_search), .type = CALDERA_OPT_BOOL, .def.i64 = 0,
@@ -158,18 +159,18 @@ static inline int uniform_encode(const struct uniform_rule * r, float x, float d
         t = t < -r->half ? -r->half : t;
         t = t > r->half ? r->half : t;
         return (int) uniform_rint(t) + (int) r->half;
-    default:
-        t = d > 0.0f ? (x - z) / d : 0.0f;
+    default:  // GPTQ: code = clamp(rint(x/d) + z, 0, kmax), z an integer
+        t = d > 0.0f ? uniform_rint(x / d) + z : z;
         t = t < 0.0f ? 0.0f : t;
         t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) uniform_rint(t);
+        return (int) t;
     }
 }
 
 // The one decode rule: quantize's Ŵ and dequantize both come from here.
 static inline float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
     if (r->kind == 2) {
-        return z + (float) k * d;
+        return ((float) k - z) * d;
     }
     return ((float) k - r->half) * d;
 }
@@ -183,9 +184,12 @@ static inline float uniform_round_dtype(const struct uniform_priv * p, float v) 
 static void uniform_params(const struct uniform_priv * p, const struct uniform_rule * r,
                            float lo, float hi, double c, float * d, float * z) {
     if (r->kind == 2) {
-        double l = lo * c, h = hi * c;
-        *z = uniform_round_dtype(p, (float) l);
+        // GPTQ: the range is widened to contain 0, z = rint(-min / d) is an integer code, so the
+        // level of code z is exactly 0
+        double l = fmin(lo * c, 0.0), h = fmax(hi * c, 0.0);
         *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
+        double zz = *d > 0.0f ? rint(-l / (double) *d) : 0.0;
+        *z = (float) (zz < 0.0 ? 0.0 : zz > r->kmax ? r->kmax : zz);
     } else {
         double a = fmax(fabs((double) lo), fabs((double) hi)) * c;
         *z = 0.0f;
@@ -229,7 +233,7 @@ static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t col
     default:         nscale = (double) rows * (double) ((cols + p->group_size - 1) / p->group_size); break;
     }
     double code_bits = 8.0 * (double) (((uint64_t) rows * (uint64_t) cols * (uint64_t) p->bits + 7) / 8);
-    double per_scale = (p->scale_dtype == UNI_F16 ? 16.0 : 32.0) * (p->symmetric ? 1.0 : 2.0);
+    double per_scale = (p->scale_dtype == UNI_F16 ? 16.0 : 32.0) + (p->symmetric ? 0.0 : 8.0);  // + u8 zero point
     return code_bits + nscale * per_scale;
 }
 
@@ -538,8 +542,14 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     if ((rc = uniform_add_floats(inst, pack, "scale", p, nd, ne, st->scale, st->nscale)) < 0) {
         return rc;
     }
-    if (st->zero && (rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
-        return rc;
+    if (st->zero) {   // integer zero points, one byte each
+        if ((rc = caldera_pack_add(pack, "zero", CALDERA_DTYPE_U8, nd, ne, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'zero' to the pack (%s)", caldera_status_str(rc));
+        }
+        uint8_t * zb = data;
+        for (int64_t k = 0; k < st->nscale; k++) {
+            zb[k] = (uint8_t) st->zero[k];
+        }
     }
     return 0;
 }
@@ -675,7 +685,7 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
     const int64_t nbytes = (int64_t) (((uint64_t) (geo.rows * geo.cols) * (uint64_t) p->bits + 7) / 8);
     if ((rc = uniform_find(inst, "dequantize", pack, "codes", 0, nbytes, &codes)) < 0 ||
         (rc = uniform_find(inst, "dequantize", pack, "scale", 1, geo.nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, "dequantize", pack, "zero", 1, geo.nscale, &zero)) < 0)) {
+        (!p->symmetric && (rc = uniform_find(inst, "dequantize", pack, "zero", 0, geo.nscale, &zero)) < 0)) {
         return rc;
     }
     if (!(sc = caldera_malloc((size_t) geo.nscale * (p->symmetric ? 1 : 2) * sizeof(float)))) {
@@ -685,6 +695,14 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         (!p->symmetric && (rc = caldera_convert_to_f32(zero.dtype, zero.data, geo.nscale, sc + geo.nscale)) < 0)) {
         rc = caldera_error(inst, rc, "dequantize: cannot convert the scales to f32");
         goto fail;
+    }
+    for (int64_t k = 0; !p->symmetric && k < geo.nscale; k++) {
+        if (sc[geo.nscale + k] > (float) ((1 << p->bits) - 1)) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "dequantize: zero point %d of group %" PRId64 " is above the "
+                               "largest %" PRId64 "-bit code %d", (int) sc[geo.nscale + k], k, p->bits,
+                               (1 << p->bits) - 1);
+            goto fail;
+        }
     }
     struct uniform_dequant_job job = {
         .p = p, .rule = uniform_rule_of(p), .st = &geo, .codes = codes.data, .nbytes = nbytes,
@@ -719,12 +737,8 @@ static int uniform_linear_init(struct caldera_inst * inst, const struct caldera_
     const int64_t nbytes = (int64_t) (((uint64_t) (rows * cols) * (uint64_t) p->bits + 7) / 8);
     if ((rc = uniform_find(inst, "linear_init", pack, "codes", 0, nbytes, &codes)) < 0 ||
         (rc = uniform_find(inst, "linear_init", pack, "scale", 1, nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, "linear_init", pack, "zero", 1, nscale, &zero)) < 0)) {
+        (!p->symmetric && (rc = uniform_find(inst, "linear_init", pack, "zero", 0, nscale, &zero)) < 0)) {
         return rc;
-    }
-    if (!p->symmetric && zero.dtype != scale.dtype) {
-        return caldera_error(inst, CALDERA_ERR_FORMAT, "linear_init: 'scale' is %s but 'zero' is %s; the kernels "
-                             "need one dtype for both", caldera_dtype_name(scale.dtype), caldera_dtype_name(zero.dtype));
     }
     if (!(kw = caldera_calloc(1, sizeof(*kw)))) {
         return caldera_error(inst, CALDERA_ERR_NOMEM, "linear_init: out of memory");

@@ -51,11 +51,11 @@ enum caldera_kw_type {
     CALDERA_KW_UNIFORM = 3,  ///< bit-packed scalar codes (quantizers/uniform)
 };
 
-/** Level rule of uniform codes: value of code k with step d and zero z. */
+/** Level rule of uniform codes: value of code k with step d (and integer zero point z). */
 enum caldera_kw_uniform_rule {
     CALDERA_KW_UNI_MIDRISE   = 0,  ///< (k - (2^(b-1) - 1/2)) d       (symmetric, levels=full)
     CALDERA_KW_UNI_REFERENCE = 1,  ///< (k - (2^(b-1) - 1)) d         (symmetric, levels=reference)
-    CALDERA_KW_UNI_ASYM      = 2,  ///< z + k d                         (asymmetric)
+    CALDERA_KW_UNI_ASYM      = 2,  ///< (k - z) d, z a u8 zero point  (asymmetric, GPTQ's)
 };
 
 /** Which weights one scale covers (uniform). */
@@ -83,8 +83,8 @@ struct caldera_kw {
     float                e8_rho;     ///< residual divisor (3.45 at 4 bits, 2.04 at 3 bits)
     // Scales (E8P, UNIFORM): f16 or f32, count given by the granularity
     const void *         scale;      ///< E8P: (1) or (rows); UNIFORM: see gran
-    const void *         zero;       ///< UNIFORM ASYM: same shape as scale; else NULL
-    enum caldera_dtype   scale_dtype;///< F16 or F32 (scale and zero)
+    const uint8_t *      zero;       ///< UNIFORM ASYM: u8 zero points, one per scale; else NULL
+    enum caldera_dtype   scale_dtype;///< F16 or F32
     int                  scale_per_row; ///< E8P: 1 = (rows) scales, 0 = one
     // UNIFORM: code of element e = r·cols + c at stream bits [e·bits, e·bits + bits), LSB first
     const uint8_t *      stream;

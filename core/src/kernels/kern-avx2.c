@@ -135,9 +135,8 @@ T_AVX2 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t 
             cend = cend < c1 ? cend : c1;
             break;
         }
-        const float  d  = kw_uni_param(w, w->scale, g);
-        const float  z  = w->zero ? kw_uni_param(w, w->zero, g) : 0.0f;
-        const __m256 vd = _mm256_set1_ps(d), vz = _mm256_set1_ps(z - half * d);  // value = k d + (z − half d)
+        const __m256 vd = _mm256_set1_ps(kw_uni_param(w, w->scale, g));
+        const __m256 vh = _mm256_set1_ps(w->zero ? (float) w->zero[g] : half);   // value = (k − h) d
         for (; c < cend; c += 8) {
             const uint8_t * p = row + c * bits / 8;
             __m256i k;
@@ -152,7 +151,7 @@ T_AVX2 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t 
                 }
                 k = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) u), shv), mask);
             }
-            _mm256_storeu_ps(dst + (c - c0), _mm256_fmadd_ps(_mm256_cvtepi32_ps(k), vd, vz));
+            _mm256_storeu_ps(dst + (c - c0), _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(k), vh), vd));
         }
     }
 }

@@ -90,8 +90,8 @@ void caldera_kw_uni_decode_row_c(const struct caldera_kw * w, int64_t r, int64_t
         }
         uint32_t k = kw_uni_code(w->stream, nbytes, (uint64_t) (r * n + c), w->bits);
         float    d = kw_uni_param(w, w->scale, g);
-        float    z = w->zero ? kw_uni_param(w, w->zero, g) : 0.0f;
-        dst[c - c0] = kw_uni_value(k, half, d, z);
+        float    h = w->zero ? (float) w->zero[g] : half;
+        dst[c - c0] = kw_uni_value(k, h, d);
     }
 }
 

@@ -58,15 +58,18 @@ KW_FN uint32_t kw_uni_code(const uint8_t * stream, uint64_t nbytes, uint64_t e, 
     return (v >> (bit & 7)) & ((1u << bits) - 1u);
 }
 
-/** Offset of code 0 in units of the step: 2^(b-1) − 1/2 (midrise), 2^(b-1) − 1 (reference), 0 (asym). */
+/**
+ * The code whose level is 0, in units of the step, of the symmetric rules: 2^(b-1) − 1/2
+ * (midrise), 2^(b-1) − 1 (reference); 0 for the asymmetric rule (its zero point is per group).
+ */
 KW_FN float kw_uni_half(int rule, int bits) {
     float l = (float) (1 << (bits - 1));
     return rule == 0 ? l - 0.5f : rule == 1 ? l - 1.0f : 0.0f;
 }
 
-/** Value of code k: (k − half) d (symmetric rules) or z + k d (asymmetric, half = 0). */
-KW_FN float kw_uni_value(uint32_t k, float half, float d, float z) {
-    return z + ((float) k - half) * d;
+/** Value of code k with step d and offset h (the half above, or the integer zero point): (k − h) d. */
+KW_FN float kw_uni_value(uint32_t k, float h, float d) {
+    return ((float) k - h) * d;
 }
 
 /** IEEE half to single, exact (subnormals, Inf and NaN included). */

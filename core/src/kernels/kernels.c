@@ -125,7 +125,7 @@ uint64_t caldera_kw_bytes(const struct caldera_kw * w) {
     case CALDERA_KW_E8P:
         return rc / 8 * (2 + (w->bits == 4 ? 2 : w->bits == 3 ? 1 : 0)) + (uint64_t) kw_nscale(w) * sb;
     case CALDERA_KW_UNIFORM:
-        return kw_stream_bytes(w) + (uint64_t) kw_nscale(w) * sb * (w->zero ? 2 : 1);
+        return kw_stream_bytes(w) + (uint64_t) kw_nscale(w) * (sb + (w->zero ? 1 : 0));
     }
     return 0;
 }
