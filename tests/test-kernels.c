@@ -356,6 +356,105 @@ START_TEST(test_rht_activations) {
 }
 END_TEST
 
+// A started instance of plugin with options and the named quantizer references.
+static struct caldera_inst * make_inst(struct caldera_ctx * ctx, const char * plugin, const char * name, const char * opts,
+                                       const char * const * ref_keys, struct caldera_inst * const * refs, int nref) {
+    struct caldera_inst * d = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, plugin, name, &d), 0);
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", opts);
+    for (char * kv = strtok(buf, ","); kv; kv = strtok(NULL, ",")) {
+        char * eq = strchr(kv, '=');
+        *eq = 0;
+        ck_assert_msg(caldera_inst_set(d, kv, eq + 1) == 0, "option %s=%s", kv, eq + 1);
+    }
+    for (int i = 0; i < nref; i++) {
+        ck_assert_int_eq(caldera_inst_set_ref(d, ref_keys[i], refs[i]), 0);
+    }
+    ck_assert_msg(caldera_inst_start(d) == 0, "%s", caldera_ctx_errmsg(ctx));
+    return d;
+}
+
+// Low-rank decomposers (caldera: Q by ldlq over e8 2-bit, Lᵀ and R by uniform 4-bit or stored
+// f16; svd; lplr): the fused y = g (Q x + L (R x)) equals the reconstructed Ŵ times x.
+START_TEST(test_decomposers) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * e8 = make_q(ctx, "e8", "bits=2");
+    struct caldera_inst * u4 = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, "uniform", "u4", &u4), 0);
+    ck_assert_int_eq(caldera_inst_set(u4, "group_size", "32"), 0);
+    ck_assert_int_eq(caldera_inst_start(u4), 0);
+    const char * cbk[1] = { "codebook" };
+    struct caldera_inst * ldlq = make_inst(ctx, "ldlq", "ldlq", "", cbk, &e8, 1);
+    const char * keys[3] = { "q", "l_quant", "r_quant" };
+    struct caldera_inst * quant[3] = { ldlq, u4, u4 };
+    struct {
+        const char * plugin, * opts;
+        int          nref;
+    } cases[] = {
+        { "caldera", "rank=8,outer_iters=2,inner_iters=2", 3 },                 // Q + quantized Lᵀ, R
+        { "caldera", "rank=6,outer_iters=2,inner_iters=2,global_scale=0", 1 },  // Q + f16 factors
+        { "svd",     "rank=5", 3 },
+        { "lplr",    "rank=7,factor_dtype=f32", 0 },
+    };
+    const int64_t m = 96, n = 128;
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        const char * const * kk = strcmp(cases[c].plugin, "lplr") == 0 ? keys + 1 : keys;
+        struct caldera_inst * const * rr = strcmp(cases[c].plugin, "lplr") == 0 ? quant + 1 : quant;
+        struct caldera_inst * d = make_inst(ctx, cases[c].plugin, "d", cases[c].opts, kk, rr, cases[c].nref);
+        const struct caldera_decomposer_ops * ops = caldera_inst_plugin(d)->ops;
+        ck_assert(CALDERA_OPS_HAS(ops, struct caldera_decomposer_ops, linear_init));
+        struct caldera_tensor w = tu_randn(ctx, m, n, 800 + c), h = tu_hessian(ctx, n, 32, 0.01, 900 + c);
+        struct caldera_tensor w_hat = { 0 }, w_rec = { 0 };
+        struct caldera_pack * pack = NULL;
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, n, &w_hat), 0);
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, n, &w_rec), 0);
+        ck_assert_int_eq(caldera_pack_init(&pack), 0);
+        ck_assert_msg(ops->decompose(d, &w, &h, &w_hat, pack) == 0, "%s", caldera_ctx_errmsg(ctx));
+        ck_assert_int_eq(ops->reconstruct(d, pack, &w_rec), 0);
+        void * st = NULL;
+        ck_assert_msg(ops->linear_init(d, pack, m, n, &st) == 0, "%s", caldera_ctx_errmsg(ctx));
+        const int64_t bt = 3;
+        float *  x = malloc((size_t) (bt * n) * sizeof(float)), * y = malloc((size_t) (bt * m) * sizeof(float));
+        double * yref = malloc((size_t) (bt * m) * sizeof(double)), * sc = malloc((size_t) (bt * m) * sizeof(double));
+        tu_fill_normal(x, bt * n, 1.0f, 1000 + c);
+        for (int isa = 0; isa < CALDERA_ISA_COUNT; isa++) {
+            if (!caldera_kernel_isa_supported(isa)) {
+                continue;
+            }
+            ck_assert_int_eq(caldera_kernel_set_isa(isa), 0);
+            for (int64_t b = 1; b <= bt; b += bt - 1) {
+                struct caldera_tensor xv = caldera_tensor_view_f32(x, b, n), yv = caldera_tensor_view_f32(y, b, m);
+                ck_assert_int_eq(ops->linear_apply(d, st, &xv, &yv, 0), 0);
+                ref_product(w_rec.data, m, n, x, b, 0, yref, sc);
+                char msg[160];
+                snprintf(msg, sizeof(msg), "%s %s %s batch %lld", cases[c].plugin, cases[c].opts,
+                         caldera_kernel_isa_name(isa), (long long) b);
+                // Q x and L (R x) are summed in another order than Ŵ = Q + L R: the error scale is
+                // that of the two terms, which Σ|Ŵ x| can underestimate by cancellation; use 4x.
+                check_close(y, yref, sc, b * m, 4 * KW_TOL, msg);
+            }
+        }
+        caldera_kernel_set_isa(-1);
+        ops->linear_free(d, st);
+        free(x);
+        free(y);
+        free(yref);
+        free(sc);
+        caldera_pack_free(pack);
+        caldera_tensor_free(&w);
+        caldera_tensor_free(&h);
+        caldera_tensor_free(&w_hat);
+        caldera_tensor_free(&w_rec);
+        caldera_inst_free(d);
+    }
+    caldera_inst_free(ldlq);
+    caldera_inst_free(u4);
+    caldera_inst_free(e8);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // Packs made of views (as a runtime builds them over an mmapped file) work without copies.
 START_TEST(test_pack_views) {
     struct caldera_ctx * ctx = tu_ctx();
@@ -449,6 +548,7 @@ static Suite * kernels_suite(void) {
     tcase_add_test(tc, test_uniform_smollm_shapes);
     tcase_add_test(tc, test_dense_types);
     tcase_add_test(tc, test_rht_activations);
+    tcase_add_test(tc, test_decomposers);
     tcase_add_test(tc, test_pack_views);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_report_tolerance);

@@ -146,6 +146,21 @@ int caldera_kw_rht_in(struct caldera_ctx * ctx, const struct caldera_kw_rht * t,
 int caldera_kw_rht_out(struct caldera_ctx * ctx, const struct caldera_kw_rht * t, float * yt, int64_t batch,
                        int64_t ldy, float * out, int64_t ldo, int accumulate);
 
+// ---------------------------------------------------------------------------------------------
+// Fused layers through instances (what a wrapping plugin or a runtime calls).
+
+/**
+ * Quantizer @p q's linear_init (caldera-plugin.h) for Ŵ (rows × cols) from pack;
+ * CALDERA_ERR_UNSUPPORTED with a message when q declares no fused form.
+ */
+int  caldera_quantizer_linear_init(struct caldera_inst * q, const struct caldera_pack * pack, int64_t rows,
+                                   int64_t cols, void ** state);
+/** q's linear_apply (flags: CALDERA_LINEAR_*). */
+int  caldera_quantizer_linear_apply(struct caldera_inst * q, void * state, const struct caldera_tensor * x,
+                                    struct caldera_tensor * y, unsigned flags);
+/** q's linear_free; NULL state is a no-op. */
+void caldera_quantizer_linear_free(struct caldera_inst * q, void * state);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
