@@ -161,6 +161,41 @@ int  caldera_quantizer_linear_apply(struct caldera_inst * q, void * state, const
 /** q's linear_free; NULL state is a no-op. */
 void caldera_quantizer_linear_free(struct caldera_inst * q, void * state);
 
+// ---------------------------------------------------------------------------------------------
+// Running a compressed file (caldera-pipe output) in a loaded model.
+
+/** Stage instances, packs and the mapped file behind a model's compressed layers. */
+struct caldera_compressed;
+
+/** How caldera_model_load_compressed reads a file (ABI-like: grows at the end). */
+struct caldera_compressed_params {
+    uint32_t     struct_size;  ///< sizeof(struct caldera_compressed_params)
+    const char * format;       ///< format plugin of the file, or NULL for "safetensors"
+    int          dense;        ///< 1: reconstruct every layer to a dense f32 Ŵ (the reference path)
+};
+
+/** What was replaced. */
+struct caldera_compressed_report {
+    int64_t  n_fused;   ///< layers running fused kernels
+    int64_t  n_dense;   ///< layers decoded to dense f32 (requested, or no fused form)
+    uint64_t bytes;     ///< resident bytes of the replaced layers' weights (compressed tensors, dense copies)
+    uint64_t params;    ///< their parameter count (rows × cols summed)
+};
+
+/**
+ * Replace every linear layer of the loaded @p model whose weight N is stored compressed in the
+ * caldera-pipe output @p path (tensors "N.<section>.<suffix>") by its compressed form: the stages
+ * the file records (caldera.config) are instantiated; each layer keeps views of the mapped file
+ * (no dense copy) and runs the fused kernels, or is decoded to dense f32 when params->dense (or,
+ * logged once, when its last stage declares no fused form). Free the model first, then *out with
+ * caldera_compressed_free. On failure *out may still be set (some layers were replaced): free the
+ * model, then *out.
+ */
+int  caldera_model_load_compressed(struct caldera_ctx * ctx, struct caldera_inst * model, const char * path,
+                                   const struct caldera_compressed_params * params, struct caldera_compressed ** out,
+                                   struct caldera_compressed_report * report);
+void caldera_compressed_free(struct caldera_compressed * h);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
