@@ -308,7 +308,18 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
 // ---------------------------------------------------------------------------------------------
 // Batched: row tiles of Ŵ decoded once (threads over rows), then one sgemm over every position.
 
-#define KW_TILE_FLOATS 65536  // 256 KiB of decoded weights per tile (L2-resident)
+#define KW_TILE_FLOATS 65536  // 256 KiB of decoded weights per tile (L2-resident) for small batches
+// From this batch on, the whole matrix (up to KW_FULL_FLOATS) is decoded once and multiplied in
+// one sgemm: every extra call would make OpenBLAS pack all of X again.
+#define KW_FULL_BATCH  32
+#define KW_FULL_FLOATS (1 << 22)
+
+// Rows per decoded tile for a batch.
+static int64_t kw_tile_rows(const struct caldera_kw * w, int64_t batch) {
+    int64_t rt = (batch >= KW_FULL_BATCH ? KW_FULL_FLOATS : KW_TILE_FLOATS) / w->cols;
+    rt = rt < 16 ? 16 : rt;
+    return rt > w->rows ? w->rows : rt;
+}
 
 // Y (batch × cols) (+)= X (batch × rows) Ŵ: row tiles of Ŵ decoded, then sgemv / sgemm.
 static int kw_matmul_t(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
@@ -323,9 +334,7 @@ static int kw_matmul_t(struct caldera_ctx * ctx, const struct caldera_kw * w, co
         }
         return 0;
     }
-    int64_t rt = KW_TILE_FLOATS / w->cols;
-    rt = rt < 16 ? 16 : rt;
-    rt = rt > w->rows ? w->rows : rt;
+    const int64_t rt = kw_tile_rows(w, batch);
     float * tile = caldera_malloc((size_t) rt * (size_t) w->cols * sizeof(float));
     if (!tile) {
         return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "x%" PRId64 " tile",
@@ -377,9 +386,7 @@ int caldera_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, con
                     x, (blasint) ldx, w->data, (blasint) w->ld, beta, y, (blasint) ldy);
         return 0;
     }
-    int64_t rt = KW_TILE_FLOATS / w->cols;
-    rt = rt < 16 ? 16 : rt;
-    rt = rt > w->rows ? w->rows : rt;
+    const int64_t rt = kw_tile_rows(w, batch);
     float * tile = caldera_malloc((size_t) rt * (size_t) w->cols * sizeof(float));
     if (!tile) {
         return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "x%" PRId64 " tile",
