@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: MIT
 # One command for the whole default test suite: install what is missing, fetch the real model
 # (its tests skip if it cannot be had), build, and run every CTest test except those labelled
-# `slow` — first in a Release build, then in a Debug build under AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# `slow` — first in a Release build of the default configuration (each first-party plugin a
+# loadable module), then in a Debug build of the built-in configuration (-DCALDERA_BUILTIN_PLUGINS=ON:
+# one library, no dlopen) under AddressSanitizer and UndefinedBehaviorSanitizer, so both
+# configurations are built and tested.
 #   usage: scripts/test.sh [--quick] [--slow] [-R REGEX]
 #     --quick  Release build only (no sanitizer pass)
 #     --slow   also run the tests labelled `slow`
@@ -29,7 +31,7 @@ run() {
     cmake --build "$dir" -j "$JOBS"
     (cd "$dir" && ctest --output-on-failure -j "$JOBS" "${LABEL_ARGS[@]}" "${EXTRA[@]}")
 }
-run build -DCMAKE_BUILD_TYPE=Release
+run build -DCMAKE_BUILD_TYPE=Release -DCALDERA_BUILTIN_PLUGINS=OFF
 if [ "$QUICK" = 0 ]; then
-    ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON
+    ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON -DCALDERA_BUILTIN_PLUGINS=ON
 fi
