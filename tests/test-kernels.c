@@ -314,7 +314,7 @@ START_TEST(test_rht_activations) {
         ck_assert_int_eq(ops->act_init(t, pack, m, n, &ast, &mp, &np), 0);
         ck_assert_int_eq(mp, wt.ne[0]);
         ck_assert_int_eq(np, wt.ne[1]);
-        const int64_t bt = 4;
+        const int64_t bt = 9;   // 9 >= KW_RHT_BATCHED: the K×K core as one sgemm over the batch
         float *  x  = malloc((size_t) (bt * n) * sizeof(float)), * xt = malloc((size_t) (bt * np) * sizeof(float));
         float *  yt = malloc((size_t) (bt * mp) * sizeof(float)), * y = malloc((size_t) (bt * m) * sizeof(float));
         double * yref = malloc((size_t) (bt * m) * sizeof(double)), * sc = malloc((size_t) (bt * m) * sizeof(double));

@@ -443,6 +443,7 @@ struct kw_rht_job {
     float *                      o;     // in: (batch, n') stride ldo; out: (batch, n) stride ldo
     int64_t                      ldo;
     int                          out_side, acc;
+    int                          phase; // 0: whole rows; 1: up to the K×K core; 2: after it (outputs)
     atomic_int                   nomem;
 };
 
@@ -473,8 +474,9 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
     const struct caldera_kw_rht * t = j->t;
     const int64_t n = t->n, np = t->np;
     const float   scale = (float) (1.0 / sqrt((double) np));
+    const int     core  = j->phase == 0 && t->k > 1;   // the K×K core per row (else batched, or none)
     float * tmp = NULL;
-    if (t->k > 1 && !(tmp = caldera_malloc((size_t) np * sizeof(float)))) {
+    if (core && !(tmp = caldera_malloc((size_t) np * sizeof(float)))) {
         atomic_store(&j->nomem, 1);
         return;
     }
@@ -492,10 +494,10 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             for (int64_t a = 0; a < t->k; a++) {
                 j->v->fwht(o + a * t->p2, t->p2);
             }
-            if (t->k > 1) {
+            if (core) {
                 memcpy(tmp, o, (size_t) np * sizeof(float));
                 kw_core(t, tmp, o, 1, scale);
-            } else {
+            } else if (t->k == 1) {
                 for (int64_t c = 0; c < np; c++) {
                     o[c] *= scale;
                 }
@@ -504,12 +506,17 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             // y = crop(S U ỹ): S_p2 on the fast index, H_K on the slow one, signs, crop
             float * yt = (float *) j->x + i * j->ldx;
             float * o  = j->o + i * j->ldo;
-            for (int64_t a = 0; a < t->k; a++) {
-                j->v->fwht(yt + a * t->p2, t->p2);
+            if (j->phase < 2) {
+                for (int64_t a = 0; a < t->k; a++) {
+                    j->v->fwht(yt + a * t->p2, t->p2);
+                }
+                if (j->phase == 1) {
+                    continue;   // the core runs batched, then phase 2
+                }
             }
             const float * src = yt;
-            float         sc  = scale;
-            if (t->k > 1) {
+            float         sc  = j->phase == 2 ? 1.0f : scale;   // phase 2: the batched core scaled
+            if (core) {
                 kw_core(t, yt, tmp, 0, scale);
                 src = tmp;
                 sc  = 1.0f;
@@ -523,12 +530,56 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
     caldera_free(tmp);
 }
 
+// The K×K core for many rows at once: X (batch × n', stride ld) viewed (batch, K, p2) becomes
+// (K, batch·p2), one sgemm with H_K (trans: H_Kᵀ) times scale, and back in place.
+static int kw_core_batched(struct caldera_ctx * ctx, const struct caldera_kw_rht * t, float * x, int64_t batch,
+                           int64_t ld, int trans) {
+    const int64_t k = t->k, p2 = t->p2, w = batch * p2;
+    float * a = caldera_malloc((size_t) (k * w) * sizeof(float)), * b = caldera_malloc((size_t) (k * w) * sizeof(float));
+    if (!a || !b) {
+        caldera_free(a);
+        caldera_free(b);
+        return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: rht: out of memory for %" PRId64 " rows", batch);
+    }
+    for (int64_t r = 0; r < batch; r++) {
+        for (int64_t j = 0; j < k; j++) {
+            memcpy(a + j * w + r * p2, x + r * ld + j * p2, (size_t) p2 * sizeof(float));
+        }
+    }
+    cblas_sgemm(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, CblasNoTrans, (blasint) k, (blasint) w, (blasint) k,
+                (float) (1.0 / sqrt((double) t->np)), t->hk, (blasint) k, a, (blasint) w, 0.0f, b, (blasint) w);
+    for (int64_t r = 0; r < batch; r++) {
+        for (int64_t j = 0; j < k; j++) {
+            memcpy(x + r * ld + j * p2, b + j * w + r * p2, (size_t) p2 * sizeof(float));
+        }
+    }
+    caldera_free(a);
+    caldera_free(b);
+    return 0;
+}
+
+// Rows from which the K×K core runs as one sgemm over the batch.
+#define KW_RHT_BATCHED 8
+
 static int kw_rht(struct caldera_ctx * ctx, struct kw_rht_job * job, int64_t batch) {
+    const int64_t grain = 1 + 65536 / job->t->np;
+    int rc;
     atomic_init(&job->nomem, 0);
-    caldera_parallel_for(ctx, batch, 1 + 65536 / job->t->np, kw_rht_run, job);
+    job->phase = batch >= KW_RHT_BATCHED && job->t->k > 1;
+    caldera_parallel_for(ctx, batch, grain, kw_rht_run, job);
     if (atomic_load(&job->nomem)) {
         return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: rht: out of memory for a %" PRId64 "-vector",
                                  job->t->np);
+    }
+    if (job->phase == 1) {
+        if (!job->out_side) {
+            return kw_core_batched(ctx, job->t, job->o, batch, job->ldo, 1);
+        }
+        if ((rc = kw_core_batched(ctx, job->t, (float *) job->x, batch, job->ldx, 0)) < 0) {
+            return rc;
+        }
+        job->phase = 2;
+        caldera_parallel_for(ctx, batch, grain, kw_rht_run, job);
     }
     return 0;
 }
