@@ -134,7 +134,8 @@ struct caldera_kw_rht {
 };
 
 /**
- * Input side: X̃ (batch × n', stride ldo) = (Uᵀ S pad(X)) row by row, X (batch × n, stride ldx).
+ * Input side: X̃ (batch × n', stride ldo) = (Uᵀ S pad(X)) row by row, X (batch × n, stride ldx);
+ * out must not overlap x.
  * With the weight transformed as W̃ = U_mᵀ S_V W S_U U_n, W x = S_V U_m W̃ (U_nᵀ S_U x).
  */
 int caldera_kw_rht_in(struct caldera_ctx * ctx, const struct caldera_kw_rht * t, const float * x, int64_t batch,
