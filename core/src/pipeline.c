@@ -14,6 +14,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
+#include "linalg_cuda.h"
 
 enum { HMISS_IDENTITY = 0, HMISS_ERROR = 1 };
 
@@ -40,9 +41,11 @@ struct pipeline_opts {
 enum { COPY_AUTO = 0, COPY_F32, COPY_F16, COPY_BF16 };
 
 #define POFF(x) offsetof(struct pipeline_opts, x)
+enum { DEVICE_AUTO = 2 };   // after the public enum caldera_device values
 static const struct caldera_opt_choice device_choices[] = {
     { "cpu", CALDERA_DEVICE_CPU, "OpenBLAS/LAPACKE on the CPU" },
-    { "cuda", CALDERA_DEVICE_CUDA, "cuBLAS/cuSOLVER (a CUDA build with a GPU)" },
+    { "cuda", CALDERA_DEVICE_CUDA, "cuBLAS/cuSOLVER (a CUDA build with a GPU); an error without one" },
+    { "auto", DEVICE_AUTO, "cuda when a GPU is usable and every stage's plugin accepts it, else cpu" },
     { NULL, 0, NULL },
 };
 static const struct caldera_opt_choice hmiss_choices[] = {
@@ -121,6 +124,7 @@ struct caldera_pipeline {
     int                     reader_open, hess_open;
     char *                  report_json;
     json_t *                report;
+    enum caldera_device     device;      // [caldera] device resolved at init (auto: what was found)
 };
 
 static struct pipeline_opts * popts(const struct caldera_pipeline * pl) { return caldera_inst_priv(pl->self); }
@@ -378,6 +382,46 @@ static void diag_from_ctx(struct caldera_pipeline * pl, struct cfg_section * sec
                          plugin[0] ? plugin : NULL, "%s%s", what ? what : "", rest);
 }
 
+// device = cuda needs a usable GPU; auto takes it when there is one and every stage's plugin
+// probe (asked with the context's device set to cuda) accepts it. Plugins without a probe accept.
+static void resolve_device(struct caldera_pipeline * pl, struct cfg_section * main_sec) {
+    struct caldera_ctx * ctx = pl->ctx;
+    const int want = popts(pl)->device;
+    struct cfg_entry * de = caldera_config_find(pl->cfg, "caldera", "device");
+    const char * file = de ? de->file : main_sec->file;
+    int line = de ? de->line : main_sec->line;
+    pl->device = CALDERA_DEVICE_CPU;
+    if (want == CALDERA_DEVICE_CPU) return;
+    char why[1024] = "";
+    if (caldera_cuda_probe(why, sizeof(why)) <= 0) {
+        if (want == CALDERA_DEVICE_CUDA) {
+            caldera_config_diagf(pl->cfg, file, line, "caldera", NULL,
+                                 "device = cuda, but no CUDA device can be used: %s; allowed: cpu, or auto (the CPU when "
+                                 "there is no GPU)", why);
+        } else {
+            caldera_log(ctx, CALDERA_LOG_INFO, "device = auto: using the CPU (%s)", why);
+        }
+        return;
+    }
+    const enum caldera_device saved = ctx->device;
+    const char * refuser = NULL;
+    ctx->device = CALDERA_DEVICE_CUDA;
+    for (int64_t i = 0; i < pl->n_stages && !refuser; i++) {
+        const struct caldera_plugin * p = caldera_inst_plugin(pl->stages[i]);
+        if (p->probe && p->probe(ctx) <= 0) refuser = caldera_inst_name(pl->stages[i]);
+    }
+    ctx->device = saved;
+    if (!refuser) {
+        pl->device = CALDERA_DEVICE_CUDA;
+    } else if (want == CALDERA_DEVICE_CUDA) {
+        caldera_config_diagf(pl->cfg, file, line, "caldera", NULL,
+                             "device = cuda, but stage [%s] (plugin %s) cannot run with it (its probe); allowed: cpu, auto",
+                             refuser, plugin_of(pl_find(pl, refuser)->inst));
+    } else {
+        caldera_log(ctx, CALDERA_LOG_INFO, "device = auto: using the CPU (stage [%s] cannot run with cuda)", refuser);
+    }
+}
+
 int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg, struct caldera_pipeline ** out) {
     *out = NULL;
     struct caldera_pipeline * pl = caldera_calloc(1, sizeof(*pl));
@@ -530,6 +574,8 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
             if (caldera_inst_start(inst) < 0) diag_from_ctx(pl, pl->secs[i].sec, NULL);
         }
     }
+    // 5b. The device, so that --dry-run reports a missing GPU.
+    if (main_sec) resolve_device(pl, main_sec);
     // 6. Shapes: read the model's headers and ask every stage about every selected weight.
     if (caldera_config_ndiag(cfg) == 0 && o->reader) {
         struct pl_section * rs = pl_find(pl, caldera_inst_name(o->reader));
@@ -839,7 +885,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     int64_t resumed = 0;
     json_t * tensors = json_array();
     if (!tensors) return CALDERA_ERR_NOMEM;
-    if ((rc = caldera_ctx_set_device(ctx, (enum caldera_device) o->device)) < 0) goto done;
+    if ((rc = caldera_ctx_set_device(ctx, pl->device)) < 0) goto done;
     if (o->threads > 0 && (rc = caldera_ctx_set_threads(ctx, (int) o->threads)) < 0) goto done;
     if (!pl->reader_open && (rc = open_reader(pl, o->reader, &pl->reader_open)) < 0) goto done;
     if (o->hessians && o->hessians != o->reader && !pl->hess_open && (rc = open_reader(pl, o->hessians, &pl->hess_open)) < 0) goto done;

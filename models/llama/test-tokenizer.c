@@ -365,6 +365,16 @@ START_TEST(test_bpe_toy) {
     ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
     expect_ids(t, "gpt-2 digits", "a12", 3, 0, 1, IDS('a', 256 + 9));
     llm_tokenizer_free(t);
+    // add_bos_token (a GGUF bool) overrides the family default; llama-bpe defaults to a BOS.
+    caldera_meta_set_int(meta, "tokenizer.ggml.add_bos_token", CALDERA_META_BOOL, 1);
+    ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
+    ck_assert_int_eq(llm_tokenizer_add_bos(t), 1);
+    llm_tokenizer_free(t);
+    caldera_meta_set_int(meta, "tokenizer.ggml.add_bos_token", CALDERA_META_BOOL, 0);
+    caldera_meta_set_string(meta, "tokenizer.ggml.pre", "llama-bpe");
+    ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
+    ck_assert_int_eq(llm_tokenizer_add_bos(t), 0);
+    llm_tokenizer_free(t);
     caldera_meta_free(meta);
     caldera_ctx_free(ctx);
 }
@@ -499,6 +509,192 @@ START_TEST(test_oom_sweep) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------
+// llama-tokenize fixtures (fixtures/make_tokenizer_fixtures.sh).
+
+static int32_t * read_u16(const char * path, int64_t * n) {
+    size_t len;
+    char * b = tu_read_file(path, &len);
+    ck_assert_msg(b != NULL, "%s: cannot read the fixture", path);
+    *n = (int64_t) (len / 2);
+    int32_t * ids = malloc((size_t) (*n ? *n : 1) * sizeof(int32_t));
+    for (int64_t i = 0; i < *n; i++) ids[i] = (uint8_t) b[2 * i] | (int32_t) ((uint8_t) b[2 * i + 1]) << 8;
+    caldera_free(b);
+    return ids;
+}
+
+// FNV-1a 64 of ids as u32 LE bytes (as the fixture script computes it).
+static uint64_t ids_hash(const int32_t * ids, int64_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int64_t i = 0; i < n; i++) {
+        for (int k = 0; k < 4; k++) {
+            h ^= ((uint32_t) ids[i] >> (8 * k)) & 0xff;
+            h *= 0x100000001b3ULL;
+        }
+    }
+    return h;
+}
+
+// "count hash" of @p key's line (key "" = the first non-comment line) in a fixture .txt.
+static void read_count_hash(const char * path, const char * key, int64_t * count, uint64_t * hash) {
+    char * b = tu_read_file(path, NULL);
+    ck_assert_msg(b != NULL, "%s: cannot read the fixture", path);
+    size_t kl = strlen(key);
+    for (char * line = strtok(b, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#') continue;
+        if (kl && (strncmp(line, key, kl) != 0 || line[kl] != ' ')) continue;
+        ck_assert_int_eq(sscanf(line + (kl ? kl + 1 : 0), "%" SCNd64 " %" SCNx64, count, hash), 2);
+        caldera_free(b);
+        return;
+    }
+    caldera_free(b);
+    ck_abort_msg("%s: no line for '%s'", path, key);
+}
+
+// Run every case of a strings TSV (blocks "pre NAME" select the pre-tokenizer through
+// @p set_pre, NULL: one block) and return the number of cases.
+static int run_strings(const char * path, struct llm_tokenizer ** tok, struct caldera_ctx * ctx,
+                       struct caldera_meta * meta, int64_t * n_tokens) {
+    char * b = tu_read_file(path, NULL);
+    ck_assert_msg(b != NULL, "%s: cannot read the fixture", path);
+    int cases = 0;
+    char * save = NULL;
+    for (char * line = strtok_r(b, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#') continue;
+        if (strncmp(line, "pre ", 4) == 0) {
+            ck_assert_ptr_nonnull(meta);
+            llm_tokenizer_free(*tok);
+            *tok = NULL;
+            ck_assert_int_eq(caldera_meta_set_string(meta, "tokenizer.ggml.pre", line + 4), 0);
+            ck_assert_msg(llm_tokenizer_init(ctx, meta, tok) == 0, "%s", caldera_ctx_errmsg(ctx));
+            continue;
+        }
+        char * f[4];
+        char * p = line;
+        for (int k = 0; k < 4; k++) {
+            f[k] = p;
+            p = k < 3 ? strchr(p, '\t') : NULL;
+            if (k < 3) {
+                ck_assert_msg(p != NULL, "%s: malformed line '%s'", path, line);
+                *p++ = 0;
+            }
+        }
+        size_t hl = strcmp(f[2], "-") == 0 ? 0 : strlen(f[2]);
+        char * in = malloc(hl / 2 + 1);
+        for (size_t i = 0; i < hl / 2; i++) {
+            unsigned v;
+            sscanf(f[2] + 2 * i, "%2x", &v);
+            in[i] = (char) v;
+        }
+        int32_t want[1024];
+        int64_t nw = 0;
+        if (strcmp(f[3], "-") != 0) {
+            for (char * q = f[3]; *q && nw < 1024;) {
+                want[nw++] = (int32_t) strtol(q, &q, 10);
+                while (*q == ' ') q++;
+            }
+        }
+        char what[160];
+        snprintf(what, sizeof(what), "%s: '%s' (parse_special %s)", path, f[0], f[1]);
+        expect_ids(*tok, what, in, hl / 2, llm_tokenizer_add_bos(*tok), atoi(f[1]), want, nw);
+        *n_tokens += nw;
+        free(in);
+        cases++;
+    }
+    caldera_free(b);
+    return cases;
+}
+
+START_TEST(test_tok512_fixtures) {
+    struct model m = { 0 };
+    open_model(&m, "llama2c", STORIES);
+    int64_t tokens = 0;
+    int cases = run_strings(FIXTURES "tok512-strings.tsv", &m.tok, m.ctx, NULL, &tokens);
+    ck_assert_int_eq(cases, 70);
+    // The first 200 lines of WikiText-2, BOS first.
+    size_t wl;
+    char * wiki = tu_read_file(WIKI_TEST, &wl);
+    ck_assert_ptr_nonnull(wiki);
+    size_t head = 0;
+    for (int lines = 0; head < wl && lines < 200; head++) lines += wiki[head] == '\n';
+    int64_t nw;
+    int32_t * want = read_u16(FIXTURES "tok512-wiki-head.u16", &nw);
+    expect_ids(m.tok, "tok512: first 200 lines of wiki.test.raw", wiki, head, 1, 0, want, nw);
+    free(want);
+    // The whole file: count and hash.
+    int64_t count;
+    uint64_t hash;
+    read_count_hash(FIXTURES "tok512-wiki-test.txt", "", &count, &hash);
+    int32_t * ids = NULL;
+    int64_t n;
+    ck_assert_int_eq(llm_tokenizer_encode(m.tok, wiki, wl, 1, 0, &ids, &n), 0);
+    ck_assert_int_eq(n, count);
+    ck_assert_msg(ids_hash(ids, n) == hash, "tok512 wiki.test.raw: %" PRId64 " tokens as expected, but their hash differs", n);
+    caldera_free(ids);
+    caldera_free(wiki);
+    close_model(&m);
+}
+END_TEST
+
+static char smollm2_path[4096];
+
+// SmolLM2 (label model): WikiText-2 token for token, hard strings, and the same vocabulary
+// under the other pre-tokenizers (count and hash of the wiki ids, and the strings).
+START_TEST(test_smollm2_fixtures) {
+    struct model m = { 0 };
+    const struct caldera_meta * gm = open_meta(&m, "gguf", smollm2_path);
+    struct caldera_meta * meta;
+    ck_assert_int_eq(caldera_meta_init(&meta), 0);
+    ck_assert_int_eq(caldera_meta_copy(meta, gm), 0);
+    ck_assert_msg(llm_tokenizer_init(m.ctx, meta, &m.tok) == 0, "%s", caldera_ctx_errmsg(m.ctx));
+    ck_assert_int_eq(llm_tokenizer_n_vocab(m.tok), 49152);
+    ck_assert_int_eq(llm_tokenizer_add_bos(m.tok), 0);
+    ck_assert_int_eq(llm_tokenizer_bos(m.tok), 1);
+    ck_assert_int_eq(llm_tokenizer_eos(m.tok), 2);
+    ck_assert_int_eq(llm_tokenizer_eot(m.tok), 2);  // <|im_end|>
+    ck_assert(llm_tokenizer_is_control(m.tok, 1) && !llm_tokenizer_is_control(m.tok, 100));
+    size_t wl;
+    char * wiki = tu_read_file(WIKI_TEST, &wl);
+    ck_assert_ptr_nonnull(wiki);
+    int64_t nw;
+    int32_t * want = read_u16(FIXTURES "smollm2-wiki-test.u16", &nw);
+    ck_assert_int_eq(nw, 304830);
+    expect_ids(m.tok, "SmolLM2: wiki.test.raw", wiki, wl, 0, 0, want, nw);
+    expect_ids(m.tok, "SmolLM2: wiki.test.raw (parse_special)", wiki, wl, 0, 1, want, nw);
+    free(want);
+    static const char * const pres[] = { "smollm", "llama-bpe", "qwen2", "gpt-2" };
+    for (size_t k = 0; k < sizeof(pres) / sizeof(pres[0]); k++) {
+        int64_t count, n;
+        uint64_t hash;
+        int32_t * ids = NULL;
+        read_count_hash(FIXTURES "smollm2-wiki-test.txt", pres[k], &count, &hash);
+        llm_tokenizer_free(m.tok);
+        m.tok = NULL;
+        ck_assert_int_eq(caldera_meta_set_string(meta, "tokenizer.ggml.pre", pres[k]), 0);
+        ck_assert_int_eq(llm_tokenizer_init(m.ctx, meta, &m.tok), 0);
+        ck_assert_int_eq(llm_tokenizer_encode(m.tok, wiki, wl, 0, 0, &ids, &n), 0);
+        ck_assert_msg(n == count && ids_hash(ids, n) == hash, "pre %s: wiki.test.raw gives %" PRId64 " tokens (want %" PRId64 ") hash %016" PRIx64 " (want %016" PRIx64 ")",
+                      pres[k], n, count, ids_hash(ids, n), hash);
+        caldera_free(ids);
+    }
+    int64_t tokens = 0;
+    int cases = run_strings(FIXTURES "smollm2-strings.tsv", &m.tok, m.ctx, meta, &tokens);
+    ck_assert_int_eq(cases, 4 * 70);
+    caldera_free(wiki);
+    caldera_meta_free(meta);
+    close_model(&m);
+}
+END_TEST
+
+static Suite * smollm2_suite(void) {
+    Suite * s = suite_create("tokenizer-smollm2");
+    TCase * tc = tcase_create("smollm2");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_smollm2_fixtures);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
 static Suite * unit_suite(void) {
     Suite * s = suite_create("tokenizer");
     TCase * tc = tcase_create("tokenizer");
@@ -509,12 +705,27 @@ static Suite * unit_suite(void) {
     tcase_add_test(tc, test_bpe_roundtrip_random);
     tcase_add_test(tc, test_init_errors);
     tcase_add_test(tc, test_oom_sweep);
+    tcase_add_test(tc, test_tok512_fixtures);
     suite_add_tcase(s, tc);
     return s;
 }
 
+// `test-tokenizer`: the unit suite; `test-tokenizer smollm2`: the SmolLM2 fixtures (skipped,
+// exit 77, when the GGUF is in neither $CALDERA_SMOLLM2_GGUF nor $CALDERA_CACHE_DIR/smollm2).
 int main(int argc, char ** argv) {
-    (void) argc;
-    (void) argv;
-    return tu_run(unit_suite());
+    if (argc < 2) return tu_run(unit_suite());
+    if (strcmp(argv[1], "smollm2") != 0) {
+        fprintf(stderr, "usage: test-tokenizer [smollm2]\n");
+        return 2;
+    }
+    const char * env = getenv("CALDERA_SMOLLM2_GGUF"), * cache = getenv("CALDERA_CACHE_DIR");
+    if (env && env[0]) snprintf(smollm2_path, sizeof(smollm2_path), "%s", env);
+    else snprintf(smollm2_path, sizeof(smollm2_path), "%s/smollm2/" SMOLLM2, cache && cache[0] ? cache : ".");
+    FILE * f = fopen(smollm2_path, "rb");
+    if (!f) {
+        fprintf(stderr, "test-tokenizer: %s not found (scripts/fetch-model.sh; or set CALDERA_SMOLLM2_GGUF); skipped\n", smollm2_path);
+        return 77;
+    }
+    fclose(f);
+    return tu_run(smollm2_suite());
 }

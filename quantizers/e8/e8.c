@@ -229,23 +229,14 @@ static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
     const int64_t nbt = st->cols / E8P_DIM;
     for (int64_t i = i0; i < i1; i++) {
         const float   s   = st->scale[st->nscale == 1 ? 0 : i];
-        const float   inv = s > 0.0f ? 1.0f / s : 0.0f;  // a zero row: every x is 0
         const float * xr  = (const float *) job->x->data + i * job->x->ld;
         float *       yr  = (float *) job->x_hat->data + i * job->x_hat->ld;
         uint16_t *    c1  = st->codes + i * nbt + job->b0;
         uint16_t *    c2  = st->codes2 ? st->codes2 + i * nbt + job->b0 : NULL;
         for (int64_t b = 0; b < job->nb; b++) {
-            float    xs[E8P_DIM], v[E8P_DIM];
             uint16_t k1, k2;
-            for (int k = 0; k < E8P_DIM; k++) {
-                xs[k] = xr[b * E8P_DIM + k] * inv;
-            }
-            e8p_encode_bits(job->tab, job->bits, xs, &k1, &k2);
             // Ŵ from the codes with the one decode rule, so dequantize reproduces it exactly
-            e8p_decode_bits(job->tab, job->bits, k1, k2, v);
-            for (int k = 0; k < E8P_DIM; k++) {
-                yr[b * E8P_DIM + k] = s * v[k];
-            }
+            e8p_round_scaled(job->tab, job->bits, s, xr + b * E8P_DIM, yr + b * E8P_DIM, &k1, &k2);
             c1[b] = k1;
             if (c2) {
                 c2[b] = k2;

@@ -9,6 +9,7 @@
 
 #include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
+#include "ldlq-step.h"
 
 struct ldlq_priv {
     struct caldera_inst * codebook;    // REF: a quantizer with the cb_* ops
@@ -200,9 +201,8 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
             for (int64_t j0 = i1 - b; j0 >= i0; j0 -= b) {
                 const int64_t jl = j0 - c0;
                 for (int64_t k = 0; k < b; k++) {
-                    const float * xr = xt + (j0 + k) * m;
                     for (int64_t r = 0; r < m; r++) {
-                        xj[r * b + k] = xr[r];
+                        ldlq_gather(k, r, xt, m, j0, b, xj);
                     }
                 }
                 struct caldera_tensor xq = sub(xj, b, 0, 0, m, b), qt = sub(qj, b, 0, 0, m, b);
@@ -210,26 +210,14 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
                     goto fail;
                 }
                 for (int64_t k = 0; k < b; k++) {
-                    float * hr = hbt + (jl + k) * m, * dr = dbt + (jl + k) * m;
-                    const float * wr = wt + (j0 + k) * m;
                     for (int64_t r = 0; r < m; r++) {
-                        hr[r] = qj[r * b + k];
-                        dr[r] = wr[r] - qj[r * b + k];
+                        ldlq_scatter(k, r, qj, wt, m, j0, jl, b, hbt, dbt);
                     }
                 }
                 // loss of block j: Σ_rows (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
                 const float * dj = dblk + (j0 / b) * b * b;
                 for (int64_t r = 0; r < m; r++) {
-                    const float * xr = xj + r * b, * qr = qj + r * b;
-                    double s = 0.0;
-                    for (int64_t k = 0; k < b; k++) {
-                        double t = 0.0;
-                        for (int64_t l = 0; l < b; l++) {
-                            t += (double) dj[k * b + l] * ((double) xr[l] - qr[l]);
-                        }
-                        s += t * ((double) xr[k] - qr[k]);
-                    }
-                    loss += s;
+                    loss += ldlq_row_loss(r, xj, qj, dj, b);
                 }
                 if (j0 > i0) {   // Xᵀ[i0:j0] += L[j, i0:j0]ᵀ Δ_jᵀ  (rank b, inside the inner block)
                     struct caldera_tensor lj = sub((float *) lmat, n, j0, i0, b, j0 - i0);

@@ -10,8 +10,8 @@
 
 #include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
+#include "uniform-rule.h"
 
-enum uniform_gran  { UNI_TENSOR = 0, UNI_ROW = 1, UNI_COLUMN = 2, UNI_GROUP = 3 };
 enum uniform_lev   { UNI_LEV_FULL = 0, UNI_LEV_REFERENCE = 1 };
 enum uniform_dtype { UNI_F16 = 0, UNI_F32 = 1 };
 
@@ -37,12 +37,6 @@ struct caldera_cb_state {
     uint8_t * codes;       // (rows, cols) codes, one per byte
 };
 
-// The quantization rule of one group (shared by encode, decode and the clip search).
-struct uniform_rule {
-    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric
-    int   kmax;    // largest code: 2^b - 1 (full, asym) or 2^b - 2 (reference)
-    float half;    // full: 2^(b-1) - 1/2; reference: 2^(b-1) - 1
-};
 
 #define OFF(x) offsetof(struct uniform_priv, x)
 
@@ -135,45 +129,8 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     return r;
 }
 
-// Round to nearest, ties to even (as rintf and torch.round) for |t| <= 2^22, without a libm
-// call: adding and subtracting 1.5 * 2^23 leaves t rounded in the default rounding mode.
-// (IEEE arithmetic does not allow folding this to t; -ffast-math would, so do not use it.)
-static inline float uniform_rint(float t) {
-    const float big = 12582912.0f;
-    return (t + big) - big;
-}
 
-// Code of x with step d and zero z. d == 0 means a group that was all zero (symmetric) or
-// constant (asymmetric): every x gets the level at 0 / at z. t is clamped to the code range
-// before rounding, so the conversions below are exact (floor of t >= 0 is truncation).
-static inline int uniform_encode(const struct uniform_rule * r, float x, float d, float z) {
-    float t;
-    switch (r->kind) {
-    case 0:  // midrise: level k is (k - half) d; k = floor(x/d + half + 1/2)
-        t = d > 0.0f ? x / d + (r->half + 0.5f) : r->half + 0.5f;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) t;
-    case 1:  // mid-tread with a zero level, round half to even (as torch.round)
-        t = d > 0.0f ? x / d : 0.0f;
-        t = t < -r->half ? -r->half : t;
-        t = t > r->half ? r->half : t;
-        return (int) uniform_rint(t) + (int) r->half;
-    default:  // GPTQ: code = clamp(rint(x/d) + z, 0, kmax), z an integer
-        t = d > 0.0f ? uniform_rint(x / d) + z : z;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) t;
-    }
-}
 
-// The one decode rule: quantize's Ŵ and dequantize both come from here.
-static inline float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
-    if (r->kind == 2) {
-        return ((float) k - z) * d;
-    }
-    return ((float) k - r->half) * d;
-}
 
 // Round v to the storage dtype.
 static inline float uniform_round_dtype(const struct uniform_priv * p, float v) {
@@ -215,12 +172,7 @@ static void uniform_group_rect(const struct uniform_priv * p, const struct calde
 
 static inline int64_t uniform_gid(const struct uniform_priv * p, const struct caldera_cb_state * st,
                                   int64_t i, int64_t j) {
-    switch (p->granularity) {
-    case UNI_TENSOR: return 0;
-    case UNI_ROW:    return i;
-    case UNI_COLUMN: return j;
-    default:         return i * st->ngr + j / p->group_size;
-    }
+    return uniform_gid_of(p->granularity, st->ngr, p->group_size, i, j);
 }
 
 static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) {
@@ -439,9 +391,7 @@ static void uniform_round_rows(void * arg, int64_t i0, int64_t i1) {
         for (int64_t j = 0; j < c; j++) {
             int64_t g = uniform_gid(job->p, st, i, job->col0 + j);
             float   d = st->scale[g], z = st->zero ? st->zero[g] : 0.0f;
-            int     k = uniform_encode(&job->rule, xr[j], d, z);
-            cr[j] = (uint8_t) k;
-            yr[j] = uniform_decode(&job->rule, k, d, z);
+            yr[j] = uniform_round(&job->rule, xr[j], d, z, &cr[j]);
         }
     }
 }

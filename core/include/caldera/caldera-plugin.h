@@ -185,11 +185,19 @@ struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_
 /** Number of elements (product of ne[0..ndim-1]). */
 int64_t caldera_tensor_nelements(const struct caldera_tensor * t);
 /**
- * Allocate an owning tensor (zero-filled, 64-byte aligned, CPU or CUDA): the result's data is
- * freed with caldera_tensor_free. ne has ndim entries.
+ * Allocate an owning CPU tensor (zero-filled, 64-byte aligned): the result's data is freed with
+ * caldera_tensor_free. ne has ndim entries.
  */
 int  caldera_tensor_alloc(struct caldera_ctx * ctx, enum caldera_dtype dtype, int32_t ndim,
                           const int64_t * ne, struct caldera_tensor * out);
+/**
+ * The same on a device: CALDERA_DEVICE_CUDA allocates device memory (zero-filled, plain dtypes
+ * only) on the context's GPU, CALDERA_ERR_DEVICE without one, CALDERA_ERR_UNSUPPORTED in a build
+ * without CUDA. caldera_tensor_copy moves data between host and device tensors (same dtype);
+ * caldera_linalg_* take device tensors and then run on the GPU.
+ */
+int  caldera_tensor_alloc_device(struct caldera_ctx * ctx, enum caldera_device device, enum caldera_dtype dtype,
+                                 int32_t ndim, const int64_t * ne, struct caldera_tensor * out);
 /** Convenience: a (rows, cols) f32 CPU tensor. */
 int  caldera_tensor_alloc_f32(struct caldera_ctx * ctx, int64_t rows, int64_t cols,
                               struct caldera_tensor * out);
