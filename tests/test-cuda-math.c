@@ -221,7 +221,7 @@ START_TEST(test_uniform_items) {
                 tu_fill_normal(x, rows * ldx, 1.0f, 1000 + (uint64_t) (kind * 100 + bits * 10 + gran));
                 for (int64_t g = 0; g < nscale; g++) {
                     scale[g] = g == 1 ? 0.0f : 2.5f / (float) L * (1.0f + 0.1f * (float) g);   // group 1: all-zero group (d = 0)
-                    zero[g] = -1.25f - 0.05f * (float) g;
+                    zero[g] = (float) (L - 1 + (int) (g % 2));   // GPTQ's integer zero point (0 is a level)
                 }
                 for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
                 int64_t * perm = shuffled(rows * cols);
@@ -236,11 +236,11 @@ START_TEST(test_uniform_items) {
                         int k = codes[i * cols + j];
                         ck_assert_int_le(k, r.kmax);
                         // the value of the code, in f32 as stored
-                        float want_v = kind == 2 ? zero[g] + (float) k * scale[g] : ((float) k - r.half) * scale[g];
+                        float want_v = kind == 2 ? ((float) k - zero[g]) * scale[g] : ((float) k - r.half) * scale[g];
                         ck_assert_float_eq(y[i * ldy + j], want_v);
                         if (d == 0.0) continue;   // every code decodes to the same value
                         double lev[256];
-                        for (int l = 0; l <= r.kmax; l++) lev[l] = kind == 2 ? z + l * d : (l - (double) r.half) * d;
+                        for (int l = 0; l <= r.kmax; l++) lev[l] = kind == 2 ? (l - z) * d : (l - (double) r.half) * d;
                         int tie, best = nearest_level(lev, r.kmax + 1, x[i * ldx + j], &tie);
                         ck_assert_msg(k == best || tie, "kind %d bits %d gran %d (%lld, %lld): x %.9g code %d, nearest %d",
                                       kind, bits, gran, (long long) i, (long long) j, x[i * ldx + j], k, best);

@@ -45,18 +45,18 @@ UNIFORM_FN int uniform_encode(const struct uniform_rule * r, float x, float d, f
         t = t < -r->half ? -r->half : t;
         t = t > r->half ? r->half : t;
         return (int) uniform_rint(t) + (int) r->half;
-    default:
-        t = d > 0.0f ? (x - z) / d : 0.0f;
+    default:  // GPTQ: code = clamp(rint(x/d) + z, 0, kmax), z an integer zero point
+        t = d > 0.0f ? uniform_rint(x / d) + z : z;
         t = t < 0.0f ? 0.0f : t;
         t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) uniform_rint(t);
+        return (int) t;
     }
 }
 
 // The one decode rule: quantize's Ŵ and dequantize both come from here.
 UNIFORM_FN float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
     if (r->kind == 2) {
-        return z + (float) k * d;
+        return ((float) k - z) * d;
     }
     return ((float) k - r->half) * d;
 }
