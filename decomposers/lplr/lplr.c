@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "caldera/caldera-plugin.h"
+#include "../common/lowrank-fused.h"
 #include "../common/lowrank.h"
 
 enum lplr_variant { LPLR_SKETCH = 0, LPLR_SVD = 1 };
@@ -214,10 +215,20 @@ fail:
     return rc;
 }
 
+// Fused layer (caldera-kernels.h): y = g (Q x + L (R x)) from the pack, Ŵ never formed.
+static int lplr_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                      void ** state) {
+    const struct lplr_priv * p = caldera_inst_priv(inst);
+    return lr_linear_init(inst, NULL, p->l_quant, p->r_quant, 0, pack, rows, cols, state);
+}
+
 static const struct caldera_decomposer_ops lplr_ops = {
     .struct_size = sizeof(struct caldera_decomposer_ops),
     .decompose   = lplr_decompose,
     .reconstruct = lplr_reconstruct,
+    .linear_init  = lplr_linear_init,
+    .linear_apply = lr_linear_apply,
+    .linear_free  = lr_linear_free,
 };
 
 static const struct caldera_plugin lplr_plugin = {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "caldera/caldera-plugin.h"
+#include "../common/lowrank-fused.h"
 #include "../common/lowrank.h"
 
 struct svd_priv {
@@ -194,10 +195,20 @@ fail:
     return rc;
 }
 
+// Fused layer (caldera-kernels.h): y = g (Q x + L (R x)) from the pack, Ŵ never formed.
+static int svd_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                     void ** state) {
+    const struct svd_priv * p = caldera_inst_priv(inst);
+    return lr_linear_init(inst, p->q, p->l_quant, p->r_quant, 0, pack, rows, cols, state);
+}
+
 static const struct caldera_decomposer_ops svd_ops = {
     .struct_size = sizeof(struct caldera_decomposer_ops),
     .decompose   = svd_decompose,
     .reconstruct = svd_reconstruct,
+    .linear_init  = svd_linear_init,
+    .linear_apply = lr_linear_apply,
+    .linear_free  = lr_linear_free,
 };
 
 static const struct caldera_plugin svd_plugin = {

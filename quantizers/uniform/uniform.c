@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
 #include "uniform-rule.h"
 
@@ -608,22 +609,22 @@ static void uniform_dequant_rows(void * arg, int64_t i0, int64_t i1) {
     }
 }
 
-static int uniform_find(struct caldera_inst * inst, const struct caldera_pack * pack, const char * suffix,
-                        int floats, int64_t nelem, struct caldera_tensor * out) {
+static int uniform_find(struct caldera_inst * inst, const char * where, const struct caldera_pack * pack,
+                        const char * suffix, int floats, int64_t nelem, struct caldera_tensor * out) {
     int rc = caldera_pack_find(pack, suffix, out);
     if (rc == CALDERA_ERR_NOT_FOUND) {
-        return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s'", suffix);
+        return caldera_error(inst, rc, "%s: the pack has no tensor '%s'", where, suffix);
     }
     if (rc < 0) {
-        return caldera_error(inst, rc, "dequantize: cannot look up tensor '%s' (%s)", suffix,
+        return caldera_error(inst, rc, "%s: cannot look up tensor '%s' (%s)", where, suffix,
                              rc == CALDERA_ERR_NOMEM ? "out of memory" : caldera_status_str(rc));
     }
     int dt_ok = floats ? (out->dtype == CALDERA_DTYPE_F16 || out->dtype == CALDERA_DTYPE_F32)
                        : out->dtype == CALDERA_DTYPE_U8;
     if (!dt_ok || caldera_tensor_nelements(out) != nelem) {
         return caldera_error(inst, CALDERA_ERR_FORMAT,
-                             "dequantize: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
-                             suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
+                             "%s: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
+                             where, suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
                              floats ? "f16 or f32" : "u8", nelem);
     }
     return 0;
@@ -653,9 +654,9 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         break;
     }
     const int64_t nbytes = (int64_t) (((uint64_t) (geo.rows * geo.cols) * (uint64_t) p->bits + 7) / 8);
-    if ((rc = uniform_find(inst, pack, "codes", 0, nbytes, &codes)) < 0 ||
-        (rc = uniform_find(inst, pack, "scale", 1, geo.nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", p->zero_point == UNI_ZERO_FLOAT, geo.nscale, &zero)) < 0)) {
+    if ((rc = uniform_find(inst, "dequantize", pack, "codes", 0, nbytes, &codes)) < 0 ||
+        (rc = uniform_find(inst, "dequantize", pack, "scale", 1, geo.nscale, &scale)) < 0 ||
+        (!p->symmetric && (rc = uniform_find(inst, "dequantize", pack, "zero", p->zero_point == UNI_ZERO_FLOAT, geo.nscale, &zero)) < 0)) {
         return rc;
     }
     if (!(sc = caldera_malloc((size_t) geo.nscale * (p->symmetric ? 1 : 2) * sizeof(float)))) {
@@ -684,6 +685,67 @@ fail:
     return rc;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused layer: the bit stream is multiplied in place by the kernels (caldera-kernels.h).
+
+static int uniform_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                               int64_t cols, void ** state) {
+    const struct uniform_priv * p = caldera_inst_priv(inst);
+    struct caldera_tensor codes, scale, zero = { 0 };
+    struct caldera_kw * kw = NULL;
+    int rc;
+    *state = NULL;
+    if ((rc = uniform_check_shape(inst, rows, cols)) < 0 || (rc = uniform_check(inst)) < 0) {
+        return rc;
+    }
+    if (!p->symmetric && p->zero_point == UNI_ZERO_FLOAT) {
+        // the kernels take GPTQ's integer zero points (value (k - z) d); a float zero (z + k d) is decoded densely
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "linear_init: no fused layer for zero_point = float");
+    }
+    int64_t nscale;
+    switch (p->granularity) {
+    case UNI_TENSOR: nscale = 1; break;
+    case UNI_ROW:    nscale = rows; break;
+    case UNI_COLUMN: nscale = cols; break;
+    default:         nscale = rows * ((cols + p->group_size - 1) / p->group_size); break;
+    }
+    const int64_t nbytes = (int64_t) (((uint64_t) (rows * cols) * (uint64_t) p->bits + 7) / 8);
+    if ((rc = uniform_find(inst, "linear_init", pack, "codes", 0, nbytes, &codes)) < 0 ||
+        (rc = uniform_find(inst, "linear_init", pack, "scale", 1, nscale, &scale)) < 0 ||
+        (!p->symmetric && (rc = uniform_find(inst, "linear_init", pack, "zero", 0, nscale, &zero)) < 0)) {
+        return rc;
+    }
+    if (!(kw = caldera_calloc(1, sizeof(*kw)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "linear_init: out of memory");
+    }
+    const struct uniform_rule rule = uniform_rule_of(p);
+    *kw = (struct caldera_kw) {
+        .type = CALDERA_KW_UNIFORM, .rows = rows, .cols = cols, .bits = (int) p->bits,
+        .stream = codes.data, .scale = scale.data, .zero = p->symmetric ? NULL : zero.data,
+        .scale_dtype = scale.dtype,
+        .rule = rule.kind == 0 ? CALDERA_KW_UNI_MIDRISE : rule.kind == 1 ? CALDERA_KW_UNI_REFERENCE : CALDERA_KW_UNI_ASYM,
+        .gran = p->granularity == UNI_TENSOR ? CALDERA_KW_GRAN_TENSOR : p->granularity == UNI_ROW ? CALDERA_KW_GRAN_ROW
+              : p->granularity == UNI_COLUMN ? CALDERA_KW_GRAN_COLUMN : CALDERA_KW_GRAN_GROUP,
+        .group_size = p->group_size,
+    };
+    if ((rc = caldera_kw_check(caldera_inst_ctx(inst), kw)) < 0) {
+        caldera_free(kw);
+        return caldera_error(inst, rc, "linear_init: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+    }
+    *state = kw;
+    return 0;
+}
+
+static int uniform_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                                  struct caldera_tensor * y, unsigned flags) {
+    return caldera_kw_apply(inst, state, x, y, flags);
+}
+
+static void uniform_linear_free(struct caldera_inst * inst, void * state) {
+    (void) inst;
+    caldera_free(state);
+}
+
 static const struct caldera_quantizer_ops uniform_ops = {
     .struct_size = sizeof(struct caldera_quantizer_ops),
     .quantize    = uniform_quantize,
@@ -695,6 +757,9 @@ static const struct caldera_quantizer_ops uniform_ops = {
     .cb_end      = uniform_cb_end,
     .cb_free     = uniform_cb_free,
     .cb_begin_h  = uniform_cb_begin_h,
+    .linear_init  = uniform_linear_init,
+    .linear_apply = uniform_linear_apply,
+    .linear_free  = uniform_linear_free,
 };
 
 static const struct caldera_plugin uniform_plugin = {
