@@ -3,13 +3,15 @@
 // forward of 512 tokens, logits of the last position only) and tg64 (64 single-token decode steps
 // from an empty cache, logits of every step), in tokens/s, for f32 and f16 weights. Random tokens
 // (speed does not depend on them). Not a test: prints a Markdown table.
-//   usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16]
+//   usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16] [-c COMPRESSED [-d]]
+//   -c: the linear layers come from a caldera-pipe output run through the fused kernels (-d: rebuilt dense)
 //          (best of reps runs; bench/bench-runtime.sh runs llama-bench beside it)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera.h"
 
 static double now(void) {
@@ -23,6 +25,10 @@ static int last_logits(void * user, int64_t seq, int64_t pos0, const struct cald
     return 0;
 }
 
+// -c FILE: the linear layers come from a caldera-pipe output (fused kernels; -d: dense f32 rebuild)
+static const char * compressed_path;
+static int          compressed_dense;
+
 static int run(struct caldera_ctx * ctx, const char * path, const char * weights, int reps, int64_t np, int64_t ng, int threads) {
     struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .weights = weights };
     struct caldera_inst *            m = NULL;
@@ -34,6 +40,21 @@ static int run(struct caldera_ctx * ctx, const char * path, const char * weights
         fprintf(stderr, "bench-runtime: %s: %s\n", path, caldera_ctx_errmsg(ctx));
         caldera_inst_free(m);
         return 1;
+    }
+    struct caldera_compressed * cmp = NULL;
+    char label[96];
+    snprintf(label, sizeof(label), "%s", weights);
+    if (compressed_path) {
+        struct caldera_compressed_params cp = { .struct_size = sizeof(cp), .dense = compressed_dense };
+        struct caldera_compressed_report rep;
+        if ((rc = caldera_model_load_compressed(ctx, m, compressed_path, &cp, &cmp, &rep)) < 0) {
+            fprintf(stderr, "bench-runtime: %s: %s\n", compressed_path, caldera_ctx_errmsg(ctx));
+            caldera_inst_free(m);
+            caldera_compressed_free(cmp);
+            return 1;
+        }
+        snprintf(label, sizeof(label), "%s + %s %.2f bits (%s)", weights, compressed_dense ? "dense rebuild of" : "fused",
+                 8.0 * (double) rep.bytes / (double) rep.params, caldera_kernel_isa_name(caldera_kernel_isa()));
     }
     int32_t * tok = malloc((size_t) (np > ng ? np : ng) * sizeof(int32_t));
     float *   lg = malloc((size_t) d.vocab * sizeof(float));
@@ -57,12 +78,13 @@ static int run(struct caldera_ctx * ctx, const char * path, const char * weights
     }
     if (rc < 0) fprintf(stderr, "bench-runtime: %s\n", caldera_ctx_errmsg(ctx));
     else {
-        printf("| caldera llama | %s | %d | pp%lld | %.1f |\n", weights, threads, (long long) np, (double) np / best_pp);
-        printf("| caldera llama | %s | %d | tg%lld | %.1f |\n", weights, threads, (long long) ng, (double) ng / best_tg);
+        printf("| caldera llama | %s | %d | pp%lld | %.1f |\n", label, threads, (long long) np, (double) np / best_pp);
+        printf("| caldera llama | %s | %d | tg%lld | %.1f |\n", label, threads, (long long) ng, (double) ng / best_tg);
     }
     free(tok);
     free(lg);
     caldera_inst_free(m);
+    caldera_compressed_free(cmp);   // after the model: its layers used it
     return rc < 0;
 }
 
@@ -76,14 +98,16 @@ int main(int argc, char ** argv) {
         else if (!strcmp(argv[i], "-p") && i + 1 < argc) np = atol(argv[++i]);
         else if (!strcmp(argv[i], "-n") && i + 1 < argc) ng = atol(argv[++i]);
         else if (!strcmp(argv[i], "-w") && i + 1 < argc) wlist = argv[++i];
+        else if (!strcmp(argv[i], "-c") && i + 1 < argc) compressed_path = argv[++i];
+        else if (!strcmp(argv[i], "-d")) compressed_dense = 1;
         else if (argv[i][0] != '-' && !path) path = argv[i];
         else {
-            fprintf(stderr, "usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16]\n");
+            fprintf(stderr, "usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16] [-c COMPRESSED [-d]]\n");
             return 2;
         }
     }
     if (!path || threads < 1 || reps < 1 || np < 1 || ng < 1) {
-        fprintf(stderr, "usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16]\n");
+        fprintf(stderr, "usage: bench-runtime MODEL [-t threads] [-r reps] [-p n_prompt] [-n n_gen] [-w f32,f16] [-c COMPRESSED [-d]]\n");
         return 2;
     }
     struct caldera_ctx * ctx = NULL;

@@ -206,7 +206,8 @@ static int nearest_level(const double * lev, int nlev, double x, int * tie) {
 
 START_TEST(test_uniform_items) {
     const int64_t rows = 4, cols = 13, ldx = 16, ldy = 15;
-    for (int kind = 0; kind < 3; kind++) {
+    // kinds: 0 symmetric midrise, 1 symmetric reference, 2 asymmetric with GPTQ's integer zero, 3 float zero
+    for (int kind = 0; kind < 4; kind++) {
         for (int bits = 2; bits <= 8; bits += 2) {
             struct uniform_rule r;
             const int L = 1 << (bits - 1);
@@ -221,26 +222,28 @@ START_TEST(test_uniform_items) {
                 tu_fill_normal(x, rows * ldx, 1.0f, 1000 + (uint64_t) (kind * 100 + bits * 10 + gran));
                 for (int64_t g = 0; g < nscale; g++) {
                     scale[g] = g == 1 ? 0.0f : 2.5f / (float) L * (1.0f + 0.1f * (float) g);   // group 1: all-zero group (d = 0)
-                    zero[g] = -1.25f - 0.05f * (float) g;
+                    zero[g] = kind == 2 ? (float) ((L - 1 + g) % (2 * L)) : -1.25f - 0.05f * (float) g;   // GPTQ: an integer code
                 }
                 for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
                 int64_t * perm = shuffled(rows * cols);
                 for (int64_t q = 0; q < rows * cols; q++) {
-                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, x, ldx, cols, scale, kind == 2 ? zero : NULL, codes, y, ldy);
+                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, x, ldx, cols, scale, kind >= 2 ? zero : NULL, codes, y, ldy);
                 }
                 caldera_free(perm);
                 for (int64_t i = 0; i < rows; i++) {
                     for (int64_t j = 0; j < cols; j++) {
                         int64_t g = gran == UNI_TENSOR ? 0 : gran == UNI_ROW ? i : gran == UNI_COLUMN ? j : i * ngr + j / gs;
-                        double d = scale[g], z = kind == 2 ? zero[g] : 0.0;
+                        double d = scale[g], z = kind >= 2 ? zero[g] : 0.0;
                         int k = codes[i * cols + j];
                         ck_assert_int_le(k, r.kmax);
                         // the value of the code, in f32 as stored
-                        float want_v = kind == 2 ? zero[g] + (float) k * scale[g] : ((float) k - r.half) * scale[g];
+                        float want_v = kind == 2   ? ((float) k - zero[g]) * scale[g]
+                                       : kind == 3 ? zero[g] + (float) k * scale[g]
+                                                   : ((float) k - r.half) * scale[g];
                         ck_assert_float_eq(y[i * ldy + j], want_v);
                         if (d == 0.0) continue;   // every code decodes to the same value
                         double lev[256];
-                        for (int l = 0; l <= r.kmax; l++) lev[l] = kind == 2 ? z + l * d : (l - (double) r.half) * d;
+                        for (int l = 0; l <= r.kmax; l++) lev[l] = kind == 2 ? (l - z) * d : kind == 3 ? z + l * d : (l - (double) r.half) * d;
                         int tie, best = nearest_level(lev, r.kmax + 1, x[i * ldx + j], &tie);
                         ck_assert_msg(k == best || tie, "kind %d bits %d gran %d (%lld, %lld): x %.9g code %d, nearest %d",
                                       kind, bits, gran, (long long) i, (long long) j, x[i * ldx + j], k, best);

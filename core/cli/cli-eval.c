@@ -26,6 +26,7 @@ static void eval_usage(FILE * f) {
             "  --format NAME         format plugin that reads the model (default: guessed)\n"
             "  --weights f32|f16     weight storage of the runtime (default f32)\n"
             "  --threads N           threads (0: all cores)\n"
+            CLI_COMPRESSED_USAGE
             "  --plugin-path PATH    load plugins from a .so or a directory (repeatable)\n"
             "  -q, --quiet           no progress\n"
             "Prints perplexity ± (as llama-perplexity computes it), tokens scored, windows and time.\n");

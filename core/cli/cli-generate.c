@@ -24,6 +24,7 @@ static void gen_usage(FILE * f) {
             "                        (<|im_start|>user ... <|im_end|> <|im_start|>assistant), when it declares one\n"
             "  --tokenizer FILE      tokenizer for formats that keep it apart (llama2.c tok512.bin)\n"
             "  --format NAME, --weights f32|f16, --threads N, --plugin-path PATH, -q  as for eval\n"
+            CLI_COMPRESSED_USAGE
             "Speed of prompt processing and generation is reported on stderr.\n");
 }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "caldera/caldera-kernels.h"
 #include "cli-model.h"
 
 double cli_now(void) {
@@ -43,11 +44,16 @@ int cli_parse_double(const char * cmd, const char * opt, const char * s, double 
 int cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** argv, int * i) {
     const char * a    = argv[*i];
     const char * next = *i + 1 < argc ? argv[*i + 1] : NULL;
-    static const char * const with_value[] = { "--model", "--tokenizer", "--format", "--weights", "--threads", "--plugin-path" };
+    static const char * const with_value[] = { "--model", "--tokenizer", "--format", "--weights", "--threads", "--plugin-path",
+                                               "--compressed" };
     int takes = 0;
     for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++) takes |= strcmp(a, with_value[k]) == 0;
     if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
         m->quiet = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--dense")) {
+        m->dense = 1;
         return 1;
     }
     if (!takes) return 0;
@@ -60,6 +66,7 @@ int cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** a
     else if (!strcmp(a, "--tokenizer")) m->tokenizer = next;
     else if (!strcmp(a, "--format")) m->format = next;
     else if (!strcmp(a, "--plugin-path")) m->paths[m->npaths++] = next;
+    else if (!strcmp(a, "--compressed")) m->compressed = next;
     else if (!strcmp(a, "--weights")) {
         if (strcmp(next, "f32") != 0 && strcmp(next, "f16") != 0) {
             fprintf(stderr, "caldera-pipe %s: --weights '%s'; allowed: f32, f16\n", cmd, next);
@@ -113,11 +120,36 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
         return CLI_EXIT_RUNTIME;
     }
     caldera_model_ops_of(m->inst, &m->ops);
+    if (m->dense && !m->compressed) {
+        fprintf(stderr, "caldera-pipe %s: --dense needs --compressed FILE\n", cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (m->compressed) {
+        struct caldera_compressed_params cp = { .struct_size = sizeof(cp), .dense = m->dense };
+        struct caldera_compressed_report rep;
+        double t0 = cli_now();
+        if ((rc = caldera_model_load_compressed(m->ctx, m->inst, m->compressed, &cp, &m->cmp, &rep)) < 0) {
+            fprintf(stderr, "caldera-pipe %s: %s: %s\n", cmd, m->compressed, caldera_ctx_errmsg(m->ctx));
+            return CLI_EXIT_RUNTIME;
+        }
+        if (rep.n_fused + rep.n_dense == 0) {
+            fprintf(stderr, "caldera-pipe %s: %s: no linear layer of the model is stored compressed there\n", cmd,
+                    m->compressed);
+            return CLI_EXIT_RUNTIME;
+        }
+        fprintf(stderr, "%s: %lld linear layers from %s (%lld fused, %lld dense f32; kernels: %s), %.1f s; "
+                "resident weights of those layers: %.2f MiB = %.3f bits/param over %.1f M params\n", cmd,
+                (long long) (rep.n_fused + rep.n_dense), m->compressed, (long long) rep.n_fused, (long long) rep.n_dense,
+                caldera_kernel_isa_name(caldera_kernel_isa()), cli_now() - t0, (double) rep.bytes / 1048576.0,
+                8.0 * (double) rep.bytes / (double) rep.params, (double) rep.params / 1e6);
+    }
     return 0;
 }
 
 void cli_model_close(struct cli_model * m) {
     caldera_inst_free(m->inst);
+    caldera_compressed_free(m->cmp);   // after the model: its layers used it
+    m->cmp = NULL;
     caldera_ctx_free(m->ctx);
     m->inst = NULL;
     m->ctx  = NULL;

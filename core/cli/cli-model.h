@@ -22,6 +22,9 @@ struct cli_model {
     struct caldera_ctx *  ctx;
     struct caldera_inst * inst;
     const struct caldera_model_ops * ops;
+    const char *          compressed;  // --compressed FILE: caldera-pipe output whose layers replace the model's
+    int                   dense;       // --dense: reconstruct those layers to dense f32 (no fused kernels)
+    struct caldera_compressed * cmp;   // what the replaced layers use (freed after the model)
 };
 
 /**
@@ -29,6 +32,11 @@ struct cli_model {
  * was one, 0 when not, -1 (message printed) when its value is missing or invalid.
  */
 int  cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** argv, int * i);
+/** Usage lines of the options cli_model_option takes for compressed files. */
+#define CLI_COMPRESSED_USAGE \
+    "  --compressed FILE     run the linear layers of a caldera-pipe output FILE (its compressed weights, mapped,\n" \
+    "                        through the fused CPU kernels); --model gives the rest (tokenizer, norms, embeddings)\n" \
+    "  --dense               with --compressed: reconstruct those layers to dense f32 instead (reference path)\n"
 /** Context, plugins, model: 0, or an exit code (message printed). */
 int  cli_model_open(struct cli_model * m, const char * cmd);
 void cli_model_close(struct cli_model * m);

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
 #include "ldlq-step.h"
 
@@ -549,6 +550,26 @@ static int ldlq_dequantize(struct caldera_inst * inst, const struct caldera_pack
     return caldera_quantizer_dequantize(p->codebook, pack, w_hat);
 }
 
+// Fused layer: the codes are the codebook's, so its fused form is ldlq's.
+static int ldlq_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                            void ** state) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    *state = NULL;
+    if (!p->codebook) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "linear_init: option 'codebook' is not set");
+    }
+    return caldera_quantizer_linear_init(p->codebook, pack, rows, cols, state);
+}
+
+static int ldlq_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                             struct caldera_tensor * y, unsigned flags) {
+    return caldera_quantizer_linear_apply(((struct ldlq_priv *) caldera_inst_priv(inst))->codebook, state, x, y, flags);
+}
+
+static void ldlq_linear_free(struct caldera_inst * inst, void * state) {
+    caldera_quantizer_linear_free(((struct ldlq_priv *) caldera_inst_priv(inst))->codebook, state);
+}
+
 static const struct caldera_quantizer_ops ldlq_ops = {
     .struct_size = sizeof(struct caldera_quantizer_ops),
     .quantize    = ldlq_quantize,
@@ -559,6 +580,10 @@ static const struct caldera_quantizer_ops ldlq_ops = {
     .cb_round    = NULL,
     .cb_end      = NULL,
     .cb_free     = NULL,
+    .cb_begin_h  = NULL,
+    .linear_init  = ldlq_linear_init,
+    .linear_apply = ldlq_linear_apply,
+    .linear_free  = ldlq_linear_free,
 };
 
 static const struct caldera_plugin ldlq_plugin = {

@@ -16,7 +16,8 @@ enum uniform_gran  { UNI_TENSOR = 0, UNI_ROW = 1, UNI_COLUMN = 2, UNI_GROUP = 3 
 
 // The quantization rule of one group (shared by encode, decode and the clip search).
 struct uniform_rule {
-    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric
+    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric (integer zero),
+                   // 3 = asymmetric with a float zero
     int   kmax;    // largest code: 2^b - 1 (full, asym) or 2^b - 2 (reference)
     float half;    // full: 2^(b-1) - 1/2; reference: 2^(b-1) - 1
 };
@@ -45,17 +46,25 @@ UNIFORM_FN int uniform_encode(const struct uniform_rule * r, float x, float d, f
         t = t < -r->half ? -r->half : t;
         t = t > r->half ? r->half : t;
         return (int) uniform_rint(t) + (int) r->half;
-    default:
+    case 3:   // float zero: code = clamp(rint((x - z)/d), 0, kmax)
         t = d > 0.0f ? (x - z) / d : 0.0f;
         t = t < 0.0f ? 0.0f : t;
         t = t > (float) r->kmax ? (float) r->kmax : t;
         return (int) uniform_rint(t);
+    default:  // GPTQ: code = clamp(rint(x/d) + z, 0, kmax), z an integer
+        t = d > 0.0f ? uniform_rint(x / d) + z : z;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > (float) r->kmax ? (float) r->kmax : t;
+        return (int) t;
     }
 }
 
 // The one decode rule: quantize's Ŵ and dequantize both come from here.
 UNIFORM_FN float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
     if (r->kind == 2) {
+        return ((float) k - z) * d;
+    }
+    if (r->kind == 3) {
         return z + (float) k * d;
     }
     return ((float) k - r->half) * d;

@@ -453,6 +453,12 @@ void caldera_pack_free(struct caldera_pack * pack);
  */
 int  caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum caldera_dtype dtype,
                       int32_t ndim, const int64_t * ne, void ** data);
+/**
+ * Add a view of t under "<prefix><suffix>": no copy, the pack does not own t's data (e.g. a
+ * tensor mmapped by a format reader), which must outlive the pack. CALDERA_ERR_INVAL on a
+ * duplicate name.
+ */
+int  caldera_pack_add_view(struct caldera_pack * pack, const char * suffix, const struct caldera_tensor * t);
 /** Add a copy of tensor t under "<prefix><suffix>" (converted to @p dtype). */
 int  caldera_pack_add_tensor(struct caldera_pack * pack, const char * suffix,
                              enum caldera_dtype dtype, const struct caldera_tensor * t);
@@ -544,6 +550,26 @@ struct caldera_transform_ops {
                     struct caldera_tensor * w_out);
     // release state from forward; NULL state is a no-op
     void (*free_state)(struct caldera_inst * inst, void * state);
+    // ---- (optional, appended) the transform on activations, for fused layers (caldera-kernels.h):
+    // W x = out(W̃ in(x)) with W̃ the transformed weight as stored, never touching W̃ itself ----
+    // from the tensors forward wrote to pack (same prefix) for a weight of rows × cols: state, and
+    // the transformed weight's shape *rows_t × *cols_t (padding included); NULL = no activation form
+    int  (*act_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                     void ** state, int64_t * rows_t, int64_t * cols_t);
+    // x (B × cols, f32) → x_t (B × cols_t, f32, preallocated): what W̃ multiplies
+    int  (*act_in)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                   struct caldera_tensor * x_t);
+    // y_t (B × rows_t, f32; overwritten as scratch) → y (B × rows), or y += when accumulate
+    int  (*act_out)(struct caldera_inst * inst, void * state, struct caldera_tensor * y_t,
+                    struct caldera_tensor * y, int accumulate);
+    // release state from act_init; NULL state is a no-op
+    void (*act_free)(struct caldera_inst * inst, void * state);
+};
+
+/** Flags of linear_apply (fused layers). */
+enum caldera_linear_flags {
+    CALDERA_LINEAR_ACCUMULATE = 1u << 0,  ///< y += x Ŵᵀ instead of y = x Ŵᵀ
+    CALDERA_LINEAR_TRANSPOSE  = 1u << 1,  ///< y = x Ŵ: x is B × rows, y is B × cols
 };
 
 /** Codebook state for column-wise rounding (scales computed from the full matrix). */
@@ -580,12 +606,24 @@ struct caldera_quantizer_ops {
     // scales can be chosen H-aware (e.g. a diag(H)-weighted clip search); NULL = cb_begin is used
     int     (*cb_begin_h)(struct caldera_inst * inst, const struct caldera_tensor * w,
                           const struct caldera_tensor * h, struct caldera_cb_state ** state);
+    // ---- (optional, appended) fused layer: Y = X Ŵᵀ straight from the pack, Ŵ never expanded ----
+    // state for Ŵ (rows × cols) as dequantize would read it from pack (same prefix); the pack's
+    // tensors are used in place (views into a mapped file are fine) and must outlive the state.
+    // NULL = no fused form: the runtime dequantizes to a dense matrix instead
+    int     (*linear_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                           int64_t cols, void ** state);
+    // y (B × rows, f32) = x (B × cols, f32) Ŵᵀ (2-d views with ld); flags (CALDERA_LINEAR_*):
+    // ACCUMULATE: y += instead of =; TRANSPOSE: y (B × cols) = x (B × rows) Ŵ instead
+    int     (*linear_apply)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                            struct caldera_tensor * y, unsigned flags);
+    // release state; NULL state is a no-op
+    void    (*linear_free)(struct caldera_inst * inst, void * state);
 };
 
 /**
  * True when an ops struct (of any kind) has the member, i.e. the plugin was built with a header
  * that already had it (struct_size covers it) and set it. Check before calling a member that was
- * appended after the ABI's first version: update_meta, cb_begin_h.
+ * appended after the ABI's first version: update_meta, cb_begin_h, linear_*, act_*.
  */
 #define CALDERA_OPS_HAS(ops, type, member) \
     ((ops)->struct_size >= offsetof(type, member) + sizeof((ops)->member) && (ops)->member != NULL)
@@ -599,6 +637,15 @@ struct caldera_decomposer_ops {
     // pack → w_hat (m×n, preallocated)
     int (*reconstruct)(struct caldera_inst * inst, const struct caldera_pack * pack,
                        struct caldera_tensor * w_hat);
+    // (optional, appended) fused layer, as in caldera_quantizer_ops: state for Ŵ (rows × cols)
+    // from pack, tensors used in place; NULL = the runtime reconstructs a dense matrix instead
+    int  (*linear_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                        int64_t cols, void ** state);
+    // y (B × rows) = x (B × cols) Ŵᵀ; flags as in caldera_quantizer_ops
+    int  (*linear_apply)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                         struct caldera_tensor * y, unsigned flags);
+    // release state; NULL state is a no-op
+    void (*linear_free)(struct caldera_inst * inst, void * state);
 };
 
 /**

@@ -156,6 +156,9 @@ int  caldera_pipeline_print_config(const struct caldera_pipeline * pl, FILE * ou
 int  caldera_pipeline_run(struct caldera_pipeline * pl);
 /** Descriptor of the [caldera] section's options (for help text and the config reference). */
 const struct caldera_plugin * caldera_pipeline_descriptor(void);
+/** Descriptors of the core's [calibration] and [eval] sections (named by [caldera] calibration / eval). */
+const struct caldera_plugin * caldera_calibration_descriptor(void);
+const struct caldera_plugin * caldera_eval_descriptor(void);
 /** The report of the last run as JSON text (owned by the pipeline), or NULL. */
 const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl);
 
