@@ -3,7 +3,8 @@
 # Install the Debian packages caldera needs that are missing (sudo only when not root).
 # The CUDA toolkit is optional: when nvcc is on PATH (or /usr/local/cuda/bin) the CUDA parts build.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev libpcre2-dev check python3)
+PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev libpcre2-dev check python3
+      gnuplot-nox)   # gnuplot-nox: caldera-pipe compare --plot (optional; the plot is skipped without it)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,7 @@ static void usage(FILE * out) {
             "usage: caldera-pipe PIPELINE.ini [options]\n"
             "       caldera-pipe eval --model PATH [--text FILE] [--ctx N] [--windows N] [--protocol llamacpp|strided]\n"
             "       caldera-pipe generate --model PATH --prompt TEXT [--tokens N] [--temperature T] [--chat]\n"
+            "       caldera-pipe compare A.ini B.ini ... [--set S.K=V] [--md F] [--csv F] [--json F] [--plot F.png]\n"
             "       caldera-pipe --list-plugins | --help-plugin NAME | --help | --version\n"
             "\n"
             "Compress the weights of a model as the pipeline file describes.\n"
@@ -239,6 +240,7 @@ int main(int argc, char ** argv) {
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
     if (argc > 1 && !strcmp(argv[1], "eval")) return cli_eval(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "generate")) return cli_generate(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "compare")) return cli_compare(argc - 1, argv + 1);
     const char * ini = NULL, * help_plugin = NULL;
     int dry_run = 0, print_config = 0, list = 0, threads = -1, verbosity = 0, rc = 0;
     const char ** sets = calloc((size_t) argc, sizeof(char *));

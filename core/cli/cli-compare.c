@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: MIT
+// caldera-pipe compare: run several pipelines on one model (one calibration cache: each [calib]
+// cache is keyed by its content, so pipelines with the same settings share the Hessians) and print
+// one table, also written as Markdown, CSV and JSON, and optionally a gnuplot plot of perplexity
+// against bits per parameter.
+//
+// Every pipeline is first resolved in-process (caldera_config_* + caldera_pipeline_init: a dry
+// run) so that configuration errors and differing evaluation settings are refused before anything
+// runs; then each runs as a child process (this executable, re-executed) so that its peak memory
+// (getrusage of the child, wait4) and its wall time are its own. Writers go to a temporary folder.
+#include <errno.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "caldera/caldera.h"
+#include "cli-model.h"
+
+#define CMP_EVAL_KEYS 6   // the [eval] options that define the protocol (the rest: batch, cache, original)
+static const char * const eval_keys[CMP_EVAL_KEYS] = { "text", "layout", "ctx", "windows", "protocol", "stride" };
+
+struct cmp_pipe {
+    const char * ini;
+    char *       name;                    // basename without .ini
+    char *       writer[2], * wpath[2];   // [caldera] writer / dense_writer section names and their outputs (tmp)
+    char *       eval[CMP_EVAL_KEYS];     // protocol settings (NULL: the pipeline does not evaluate)
+    json_t *     rep;                     // its report
+    double       wall;                    // seconds of the child
+    long         maxrss_kib;              // peak resident memory of the child
+    double       file_bytes;              // size of the writer's output (-1: none)
+};
+
+static void compare_usage(FILE * out) {
+    fprintf(out,
+            "usage: caldera-pipe compare A.ini B.ini ... [options]\n"
+            "Run every pipeline (each in its own process, writers redirected to a temporary folder) and print\n"
+            "one Markdown table: method, bits per parameter (over the compressed layers; over the whole output\n"
+            "file), mean and worst relative and data-aware error, perplexity ± (the pipelines' [eval] settings\n"
+            "must agree; the original model is its own row), calibration (computed or from the cache),\n"
+            "compression and wall time, peak memory of the process.\n"
+            "options:\n"
+            "  --set SECTION.KEY=VALUE  override one option in every pipeline (repeatable)\n"
+            "  --md FILE                also write the table as Markdown\n"
+            "  --csv FILE               ... as CSV\n"
+            "  --json FILE              ... as JSON\n"
+            "  --plot FILE.png          perplexity against bits per parameter (gnuplot; skipped with a message\n"
+            "                           when gnuplot is not installed)\n"
+            "  --threads N              threads of each pipeline (0: all cores)\n"
+            "  --plugin-path PATH       load plugins from a .so or a directory (repeatable)\n"
+            "Exit: 0 success, 1 a pipeline failed, 2 usage or configuration error (nothing written).\n");
+}
+
+// Value of KEY in [SECTION] of caldera_pipeline_print_config's output (malloc'd, NULL when absent).
+static char * cfg_value(const char * text, const char * section, const char * key) {
+    char   head[256];
+    size_t kl = strlen(key);
+    snprintf(head, sizeof(head), "[%s]\n", section);
+    const char * p = strstr(text, head);
+    if (p != text && p && p[-1] != '\n') p = NULL;
+    if (!p) return NULL;
+    for (p += strlen(head); *p && *p != '['; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : p + strlen(p)) {
+        if (!strncmp(p, key, kl) && !strncmp(p + kl, " = ", 3)) {
+            const char * v = p + kl + 3;
+            return strndup(v, strcspn(v, "\n"));
+        }
+    }
+    return NULL;
+}
+
+// Resolve one pipeline in-process (parse, --set, init: a dry run) and read what compare needs.
+// Returns 0, or an exit code with the message printed.
+static int resolve(struct caldera_ctx * ctx, struct cmp_pipe * cp, const char ** sets, int nsets) {
+    struct caldera_config *   cfg = NULL;
+    struct caldera_pipeline * pl = NULL;
+    char *                    text = NULL;
+    size_t                    tlen = 0;
+    int                       code = 0, rc;
+    if (access(cp->ini, R_OK) != 0) {
+        fprintf(stderr, "caldera-pipe compare: %s: cannot read: %s\n", cp->ini, strerror(errno));
+        return CLI_EXIT_USAGE;
+    }
+    if (caldera_config_init(ctx, &cfg) < 0) return CLI_EXIT_RUNTIME;
+    rc = caldera_config_parse_file(cfg, cp->ini);
+    for (int i = 0; i < nsets; i++) caldera_config_set(cfg, sets[i]);
+    if (rc != CALDERA_ERR_NOT_FOUND && rc != CALDERA_ERR_IO && caldera_config_ndiag(cfg) == 0) rc = caldera_pipeline_init(ctx, cfg, &pl);
+    if (caldera_config_ndiag(cfg) > 0 || rc < 0) {
+        for (int64_t i = 0; i < caldera_config_ndiag(cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(cfg, i));
+        if (caldera_config_ndiag(cfg) == 0) fprintf(stderr, "%s: %s\n", cp->ini, caldera_ctx_errmsg(ctx));
+        fprintf(stderr, "caldera-pipe compare: %s: configuration error\n", cp->ini);
+        code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    FILE * ms = open_memstream(&text, &tlen);
+    if (!ms) { code = CLI_EXIT_RUNTIME; goto out; }
+    caldera_pipeline_print_config(pl, ms);
+    fclose(ms);
+    static const char * const wkeys[2] = { "writer", "dense_writer" };
+    for (int w = 0; w < 2; w++) {
+        char * sec = cfg_value(text, "caldera", wkeys[w]);
+        if (sec && *sec) {
+            char * path = cfg_value(text, sec, "path");
+            if (path && *path) cp->writer[w] = sec, sec = NULL;
+            free(path);
+        }
+        free(sec);
+    }
+    char * ev = cfg_value(text, "caldera", "eval");
+    if (ev && *ev) {
+        for (int k = 0; k < CMP_EVAL_KEYS; k++) cp->eval[k] = cfg_value(text, ev, eval_keys[k]);
+        // A relative text is relative to the pipeline file's folder: make the comparison see that.
+        char * t = cp->eval[0];
+        if (t && *t && t[0] != '/' && t[0] != '$') {
+            const char * slash = strrchr(cp->ini, '/');
+            char *       abs = NULL;
+            if (slash && asprintf(&abs, "%.*s/%s", (int) (slash - cp->ini), cp->ini, t) >= 0) free(t), cp->eval[0] = abs;
+        }
+    }
+    free(ev);
+out:
+    free(text);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    return code;
+}
+
+static int rm_entry(const char * path, const struct stat * st, int flag, struct FTW * ftw) {
+    (void) st, (void) flag, (void) ftw;
+    return remove(path);
+}
+
+// Run one pipeline as a child process; 0 or an exit code (message printed).
+static int run_child(struct cmp_pipe * cp, int idx, const char * tmp, const char ** sets, int nsets, const char * threads,
+                     const char ** paths, int npaths) {
+    char *  report = NULL, * wset[2] = { NULL, NULL }, * rset = NULL;
+    char ** av = calloc((size_t) (2 * nsets + 2 * npaths + 16), sizeof(char *));
+    int     n = 0, code = 0;
+    if (!av || asprintf(&report, "%s/%d-%s.json", tmp, idx, cp->name) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    if (asprintf(&rset, "caldera.report=%s", report) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    av[n++] = "caldera-pipe";
+    av[n++] = (char *) cp->ini;
+    av[n++] = "-q";
+    for (int i = 0; i < nsets; i++) av[n++] = "--set", av[n++] = (char *) sets[i];
+    for (int i = 0; i < npaths; i++) av[n++] = "--plugin-path", av[n++] = (char *) paths[i];
+    if (threads) av[n++] = "--threads", av[n++] = (char *) threads;
+    for (int w = 0; w < 2; w++) {
+        if (!cp->writer[w]) continue;
+        if (asprintf(&cp->wpath[w], "%s/%d-%s.%s.out", tmp, idx, cp->name, cp->writer[w]) < 0 ||
+            asprintf(&wset[w], "%s.path=%s", cp->writer[w], cp->wpath[w]) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+        av[n++] = "--set", av[n++] = wset[w];
+    }
+    av[n++] = "--set", av[n++] = rset;
+    fflush(NULL);
+    double t0 = cli_now();
+    pid_t  pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
+        code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout)) _exit(127);   // the child's own summary: the table replaces it
+        execv("/proc/self/exe", av);
+        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
+        _exit(127);
+    }
+    int           status;
+    struct rusage ru;
+    while (wait4(pid, &status, 0, &ru) < 0) {
+        if (errno != EINTR) { code = CLI_EXIT_RUNTIME; goto out; }
+    }
+    cp->wall = cli_now() - t0;
+    cp->maxrss_kib = ru.ru_maxrss;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "caldera-pipe compare: %s failed (%s %d)\n", cp->ini, WIFEXITED(status) ? "exit" : "signal",
+                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        code = WIFEXITED(status) && WEXITSTATUS(status) == CLI_EXIT_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    json_error_t jerr;
+    if (!(cp->rep = json_load_file(report, 0, &jerr)) || !json_is_object(json_object_get(cp->rep, "summary"))) {
+        fprintf(stderr, "caldera-pipe compare: %s: its report %s: %s\n", cp->ini, report, cp->rep ? "no summary" : jerr.text);
+        code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    cp->file_bytes = -1;
+    struct stat st;
+    if (cp->wpath[0] && stat(cp->wpath[0], &st) == 0 && S_ISREG(st.st_mode)) cp->file_bytes = (double) st.st_size;
+    for (int w = 0; w < 2; w++) {
+        if (cp->wpath[w]) nftw(cp->wpath[w], rm_entry, 8, FTW_DEPTH | FTW_PHYS);   // one output at a time on disk
+    }
+out:
+    free(report);
+    free(rset);
+    free(wset[0]);
+    free(wset[1]);
+    free(av);
+    return code;
+}
+
+// One row of the table; NAN prints as "-" (Markdown), empty (CSV), null (JSON).
+struct cmp_row {
+    const char * method, * calib;
+    double       v[11];
+};
+enum { C_BITS, C_FBITS, C_REL, C_RELW, C_RELH, C_RELHW, C_PPL, C_PPLE, C_COMP, C_WALL, C_MEM };
+static const char * const col_md[11] = { "bits/param (layers)", "bits/param (file)", "rel. err mean", "rel. err worst",
+                                         "data-aware mean", "data-aware worst", "perplexity", "±", "compress (s)", "wall (s)",
+                                         "peak MiB" };
+static const char * const col_key[11] = { "bits_per_param", "file_bits_per_param", "mean_rel_err", "worst_rel_err",
+                                          "mean_rel_err_h", "worst_rel_err_h", "ppl", "ppl_err", "compress_seconds",
+                                          "wall_seconds", "peak_rss_mib" };
+static const int col_prec[11] = { 4, 4, 5, 5, 5, 5, 4, 4, 2, 2, 1 };
+
+static double jnum(json_t * o, const char * k) {
+    json_t * v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+static void put_md(FILE * f, const struct cmp_row * rows, int n) {
+    fprintf(f, "| method |");
+    for (int c = 0; c < 11; c++) fprintf(f, " %s |", col_md[c]);
+    fprintf(f, " calibration |\n|---|");
+    for (int c = 0; c < 11; c++) fprintf(f, "---:|");
+    fprintf(f, "---|\n");
+    for (int r = 0; r < n; r++) {
+        fprintf(f, "| %s |", rows[r].method);
+        for (int c = 0; c < 11; c++) {
+            if (isnan(rows[r].v[c])) fprintf(f, " - |");
+            else fprintf(f, " %.*f |", col_prec[c], rows[r].v[c]);
+        }
+        fprintf(f, " %s |\n", rows[r].calib);
+    }
+}
+
+static void put_csv(FILE * f, const struct cmp_row * rows, int n) {
+    fprintf(f, "method");
+    for (int c = 0; c < 11; c++) fprintf(f, ",%s", col_key[c]);
+    fprintf(f, ",calibration\n");
+    for (int r = 0; r < n; r++) {
+        fprintf(f, "%s", rows[r].method);
+        for (int c = 0; c < 11; c++) {
+            if (isnan(rows[r].v[c])) fprintf(f, ",");
+            else fprintf(f, ",%.*f", col_prec[c] + 2, rows[r].v[c]);
+        }
+        fprintf(f, ",%s\n", rows[r].calib);
+    }
+}
+
+static json_t * rows_json(const struct cmp_row * rows, int n, json_t * eval) {
+    json_t * arr = json_array();
+    for (int r = 0; r < n; r++) {
+        json_t * o = json_pack("{s:s, s:s}", "method", rows[r].method, "calibration", rows[r].calib);
+        for (int c = 0; c < 11; c++) json_object_set_new(o, col_key[c], isnan(rows[r].v[c]) ? json_null() : json_real(rows[r].v[c]));
+        json_array_append_new(arr, o);
+    }
+    return json_pack("{s:o, s:O}", "rows", arr, "eval", eval ? eval : json_null());
+}
+
+static int write_file(const char * path, const char * what, const char * text) {
+    FILE * f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "caldera-pipe compare: %s %s: cannot write: %s\n", what, path, strerror(errno));
+        if (f) fclose(f);
+        return CLI_EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+static int has_gnuplot(void) {
+    const char * path = getenv("PATH");
+    if (!path) return 0;
+    char * dup = strdup(path), * save = NULL;
+    int    found = 0;
+    for (char * d = strtok_r(dup, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+        char exe[4096];
+        snprintf(exe, sizeof(exe), "%s/gnuplot", d);
+        found = access(exe, X_OK) == 0;
+    }
+    free(dup);
+    return found;
+}
+
+// Perplexity against bits per parameter (over the compressed layers), the original as a line.
+static int plot(const char * png, const char * tmp, const struct cmp_row * rows, int n) {
+    char * dat = NULL, * gp = NULL;
+    int    code = 0, points = 0;
+    double orig = NAN;
+    if (asprintf(&dat, "%s/plot.dat", tmp) < 0 || asprintf(&gp, "%s/plot.gp", tmp) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    FILE * f = fopen(dat, "w");
+    if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
+    for (int r = 0; r < n; r++) {
+        if (!strcmp(rows[r].method, "original")) orig = rows[r].v[C_PPL];
+        else if (!isnan(rows[r].v[C_PPL]) && !isnan(rows[r].v[C_BITS])) {
+            fprintf(f, "%.6f %.6f %.6f \"%s\"\n", rows[r].v[C_BITS], rows[r].v[C_PPL], rows[r].v[C_PPLE], rows[r].method);
+            points++;
+        }
+    }
+    fclose(f);
+    if (points == 0) {
+        fprintf(stderr, "caldera-pipe compare: --plot: no pipeline evaluates perplexity; no plot written\n");
+        goto out;
+    }
+    if (!(f = fopen(gp, "w"))) { code = CLI_EXIT_RUNTIME; goto out; }
+    fprintf(f, "set terminal pngcairo noenhanced size 900,600\nset output '%s'\nset xlabel 'bits per parameter (compressed layers)'\n"
+               "set ylabel 'perplexity'\nset logscale y\nset grid\nset key top right\nset offsets graph 0.1, graph 0.1, 0, 0\n", png);
+    if (!isnan(orig)) fprintf(f, "plot '%s' using 1:2:3 with yerrorbars title 'compressed', '' using 1:2:4 with labels offset 0,1 notitle, "
+                                 "%.6f title 'original' with lines dt 2\n", dat, orig);
+    else fprintf(f, "plot '%s' using 1:2:3 with yerrorbars title 'compressed', '' using 1:2:4 with labels offset 0,1 notitle\n", dat);
+    fclose(f);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("gnuplot", "gnuplot", gp, (char *) NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "caldera-pipe compare: --plot: gnuplot failed; no plot written\n");
+        remove(png);
+        code = CLI_EXIT_RUNTIME;
+    }
+out:
+    free(dat);
+    free(gp);
+    return code;
+}
+
+static const char * eval_desc(const struct cmp_pipe * cp, char * buf, size_t n) {
+    size_t l = 0;
+    buf[0] = 0;
+    for (int k = 0; k < CMP_EVAL_KEYS && l < n; k++) l += (size_t) snprintf(buf + l, n - l, "%s%s = %s", k ? ", " : "", eval_keys[k],
+                                                                            cp->eval[k] ? cp->eval[k] : "");
+    return buf;
+}
+
+int cli_compare(int argc, char ** argv) {
+    const char ** sets = calloc((size_t) argc, sizeof(char *)), ** paths = calloc((size_t) argc, sizeof(char *));
+    const char *  md = NULL, * csv = NULL, * js = NULL, * png = NULL, * threads = NULL;
+    struct cmp_pipe * cps = calloc((size_t) argc, sizeof(struct cmp_pipe));
+    struct cmp_row *  rows = calloc((size_t) argc + 1, sizeof(struct cmp_row));
+    struct caldera_ctx * ctx = NULL;
+    json_t *          eval = NULL, * out_json = NULL;
+    char              tmp[] = "/tmp/caldera-compare-XXXXXX", * mdtext = NULL, * csvtext = NULL, * jstext = NULL;
+    size_t            mdlen = 0, csvlen = 0;
+    int               nsets = 0, npaths = 0, np = 0, nrows = 0, code = 0, have_tmp = 0, ref = -1;
+    if (!sets || !paths || !cps || !rows) { code = CLI_EXIT_RUNTIME; goto out; }
+    for (int i = 1; i < argc; i++) {
+        const char * a = argv[i], * next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { compare_usage(stdout); goto out; }
+        int valued = !strcmp(a, "--set") || !strcmp(a, "--md") || !strcmp(a, "--csv") || !strcmp(a, "--json") || !strcmp(a, "--plot") ||
+                     !strcmp(a, "--threads") || !strcmp(a, "--plugin-path");
+        if (a[0] == '-' && !valued) {
+            fprintf(stderr, "caldera-pipe compare: unknown option '%s' (see compare --help)\n", a);
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        if (!valued) { cps[np++].ini = a; continue; }
+        if (!next) {
+            fprintf(stderr, "caldera-pipe compare: %s needs a value\n", a);
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        i++;
+        if (!strcmp(a, "--set")) sets[nsets++] = next;
+        else if (!strcmp(a, "--plugin-path")) paths[npaths++] = next;
+        else if (!strcmp(a, "--md")) md = next;
+        else if (!strcmp(a, "--csv")) csv = next;
+        else if (!strcmp(a, "--json")) js = next;
+        else if (!strcmp(a, "--plot")) png = next;
+        else {
+            long long t;
+            if (cli_parse_int("compare", a, next, 0, 4096, &t) < 0) { code = CLI_EXIT_USAGE; goto out; }
+            threads = next;
+        }
+    }
+    if (np == 0) {
+        compare_usage(stderr);
+        code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    // Resolve every pipeline before running any: configuration errors and differing protocols refused.
+    if (caldera_ctx_init(&ctx) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    caldera_ctx_set_log_level(ctx, CALDERA_LOG_WARN);
+    for (int i = 0; i < npaths; i++) {
+        struct stat st;
+        int r = (stat(paths[i], &st) == 0 && S_ISDIR(st.st_mode)) ? caldera_registry_load_dir(ctx, paths[i]) : caldera_registry_load(ctx, paths[i]);
+        if (r < 0) { fprintf(stderr, "caldera-pipe compare: --plugin-path: %s\n", caldera_ctx_errmsg(ctx)); code = CLI_EXIT_USAGE; goto out; }
+    }
+    if (caldera_registry_load_default(ctx) < 0) {
+        fprintf(stderr, "caldera-pipe compare: %s\n", caldera_ctx_errmsg(ctx));
+        code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    for (int p = 0; p < np; p++) {
+        const char * base = strrchr(cps[p].ini, '/');
+        base = base ? base + 1 : cps[p].ini;
+        size_t bl = strlen(base);
+        cps[p].name = strndup(base, bl > 4 && !strcmp(base + bl - 4, ".ini") ? bl - 4 : bl);
+        if ((code = resolve(ctx, &cps[p], sets, nsets)) != 0) goto out;
+        if (!cps[p].eval[0]) continue;
+        if (ref < 0) { ref = p; continue; }
+        for (int k = 0; k < CMP_EVAL_KEYS; k++) {
+            if (strcmp(cps[p].eval[k] ? cps[p].eval[k] : "", cps[ref].eval[k] ? cps[ref].eval[k] : "") != 0) {
+                char a[1024], b[1024];
+                fprintf(stderr, "caldera-pipe compare: %s and %s evaluate differently (%s: '%s' against '%s'); one protocol for all:\n"
+                                "  %s: %s\n  %s: %s\n  give them the same [eval] settings (or --set SECTION.%s=VALUE)\n",
+                        cps[ref].ini, cps[p].ini, eval_keys[k], cps[ref].eval[k] ? cps[ref].eval[k] : "",
+                        cps[p].eval[k] ? cps[p].eval[k] : "", cps[ref].ini, eval_desc(&cps[ref], a, sizeof(a)), cps[p].ini,
+                        eval_desc(&cps[p], b, sizeof(b)), eval_keys[k]);
+                code = CLI_EXIT_USAGE;
+                goto out;
+            }
+        }
+    }
+    caldera_ctx_free(ctx);
+    ctx = NULL;
+    if (png && !has_gnuplot()) {
+        fprintf(stderr, "caldera-pipe compare: --plot %s: gnuplot is not installed (Debian: apt-get install gnuplot-nox); "
+                        "the plot will be skipped\n", png);
+        png = NULL;
+    }
+    if (!mkdtemp(tmp)) {
+        fprintf(stderr, "caldera-pipe compare: cannot create a temporary folder: %s\n", strerror(errno));
+        code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    have_tmp = 1;
+    for (int p = 0; p < np; p++) {
+        fprintf(stderr, "compare: [%d/%d] %s\n", p + 1, np, cps[p].ini);
+        if ((code = run_child(&cps[p], p, tmp, sets, nsets, threads, paths, npaths)) != 0) goto out;
+    }
+    // Rows: the original model first (one protocol, one model: every report must agree on it).
+    for (int p = 0; p < np; p++) {
+        json_t * ev = json_object_get(cps[p].rep, "eval"), * o = json_object_get(ev, "original");
+        if (!json_is_object(ev)) continue;
+        if (!eval) {
+            eval = json_deep_copy(ev);
+            json_object_del(eval, "compressed");
+            json_object_del(eval, "original");
+            if (json_is_object(o)) {
+                struct cmp_row * r = &rows[nrows++];
+                for (int c = 0; c < 11; c++) r->v[c] = NAN;
+                r->method = "original";
+                r->calib = "-";
+                r->v[C_PPL] = jnum(o, "ppl");
+                r->v[C_PPLE] = jnum(o, "ppl_err");
+            }
+            ref = p;
+        } else if (strcmp(json_string_value(json_object_get(ev, "text")), json_string_value(json_object_get(eval, "text"))) ||
+                   (json_is_object(o) && nrows > 0 && jnum(o, "ppl") != rows[0].v[C_PPL])) {
+            fprintf(stderr, "caldera-pipe compare: %s and %s evaluate different texts or models (the original's perplexity %.4f "
+                            "against %.4f); compare pipelines of one model\n", cps[ref].ini, cps[p].ini, nrows ? rows[0].v[C_PPL] : NAN,
+                    jnum(o, "ppl"));
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+    }
+    for (int p = 0; p < np; p++) {
+        struct cmp_row * r = &rows[nrows++];
+        json_t * s = json_object_get(cps[p].rep, "summary"), * cal = json_object_get(cps[p].rep, "calibration");
+        json_t * c = json_object_get(json_object_get(cps[p].rep, "eval"), "compressed");
+        r->method = cps[p].name;
+        r->calib = !json_is_object(cal) ? "-" : json_is_true(json_object_get(cal, "cache_hit")) ? "cached" : "computed";
+        r->v[C_BITS] = jnum(s, "bits_per_param");
+        double params = jnum(s, "params");
+        r->v[C_FBITS] = cps[p].file_bytes >= 0 && params > 0 ? cps[p].file_bytes * 8.0 / params : NAN;
+        r->v[C_REL] = jnum(s, "mean_rel_err");
+        r->v[C_RELW] = jnum(s, "worst_rel_err");
+        int with_h = json_integer_value(json_object_get(s, "weights_with_hessian")) > 0;
+        r->v[C_RELH] = with_h ? jnum(s, "mean_rel_err_h") : NAN;
+        r->v[C_RELHW] = with_h ? jnum(s, "worst_rel_err_h") : NAN;
+        r->v[C_PPL] = json_is_object(c) ? jnum(c, "ppl") : NAN;
+        r->v[C_PPLE] = json_is_object(c) ? jnum(c, "ppl_err") : NAN;
+        r->v[C_COMP] = jnum(s, "seconds");
+        r->v[C_WALL] = cps[p].wall;
+        r->v[C_MEM] = (double) cps[p].maxrss_kib / 1024.0;
+    }
+    FILE * f = open_memstream(&mdtext, &mdlen);
+    if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
+    put_md(f, rows, nrows);
+    fclose(f);
+    if (!(f = open_memstream(&csvtext, &csvlen))) { code = CLI_EXIT_RUNTIME; goto out; }
+    put_csv(f, rows, nrows);
+    fclose(f);
+    out_json = rows_json(rows, nrows, eval);
+    if (!out_json || !(jstext = json_dumps(out_json, JSON_INDENT(2) | JSON_REAL_PRECISION(10)))) { code = CLI_EXIT_RUNTIME; goto out; }
+    fputs(mdtext, stdout);
+    if (eval) {
+        printf("\nperplexity: %s protocol, ctx %lld, %lld windows (0: all) of %s\n", json_string_value(json_object_get(eval, "protocol")),
+               (long long) json_integer_value(json_object_get(eval, "ctx")), (long long) json_integer_value(json_object_get(eval, "windows")),
+               json_string_value(json_object_get(eval, "text")));
+    }
+    printf("bits/param (file): the whole output file's size in bits over the compressed parameters; peak MiB: the "
+           "pipeline process's maximum resident set\n");
+    if (md && (code = write_file(md, "--md", mdtext)) != 0) goto out;
+    if (csv && (code = write_file(csv, "--csv", csvtext)) != 0) goto out;
+    if (js) {
+        size_t l = strlen(jstext);
+        jstext = realloc(jstext, l + 2);
+        if (!jstext) { code = CLI_EXIT_RUNTIME; goto out; }
+        memcpy(jstext + l, "\n", 2);
+        if ((code = write_file(js, "--json", jstext)) != 0) goto out;
+    }
+    if (png) code = plot(png, tmp, rows, nrows);
+out:
+    if (have_tmp) nftw(tmp, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    for (int p = 0; cps && p < np; p++) {
+        free(cps[p].name);
+        for (int w = 0; w < 2; w++) free(cps[p].writer[w]), free(cps[p].wpath[w]);
+        for (int k = 0; k < CMP_EVAL_KEYS; k++) free(cps[p].eval[k]);
+        json_decref(cps[p].rep);
+    }
+    json_decref(eval);
+    json_decref(out_json);
+    caldera_ctx_free(ctx);
+    free(mdtext);
+    free(csvtext);
+    free(jstext);
+    free(cps);
+    free(rows);
+    free(sets);
+    free(paths);
+    return code;
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# caldera-pipe compare: the table's rows and columns; the Markdown, CSV and JSON outputs parse and
+# agree with each other and with each pipeline's own report (run alone); on stories260K, one
+# calibration cache (the second pipeline reads the Hessians the first computed), the original
+# model's row and one evaluation protocol; errors (missing file, differing [eval] settings, unknown
+# option) exit 2 with a message and write nothing.
+#   usage: test-compare.sh CALDERA_PIPE SOURCE_DIR SHARED_DATA_DIR
+set -uo pipefail
+pipe=$1 src=$2 data=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export CALDERA_CACHE=$tmp/cache CALDERA_SHARED_DATA=$data
+fails=0 passes=0
+expect() {   # expect CODE DESCRIPTION -- command...
+    local want=$1 what=$2; shift 3
+    "$@" > "$tmp/out" 2> "$tmp/err"
+    local got=$?
+    if [ "$got" = "$want" ]; then passes=$((passes + 1)); else
+        echo "FAIL: $what: exit $got, expected $want"; cat "$tmp/out" "$tmp/err"; fails=$((fails + 1)); fi
+}
+contains() {  # contains FILE TEXT
+    if grep -qF -- "$2" "$tmp/$1"; then passes=$((passes + 1)); else
+        echo "FAIL: $1 lacks: $2"; echo "--- $1:"; cat "$tmp/$1"; fails=$((fails + 1)); fi
+}
+check() {    # check DESCRIPTION -- python3 checker args... (exit 0: pass)
+    local what=$1; shift 2
+    if "$@"; then passes=$((passes + 1)); else echo "FAIL: $what"; fails=$((fails + 1)); fi
+}
+ex=$src/pipelines/examples
+
+# The three outputs against each other and against the pipelines' own reports. Independent of
+# compare: each pipeline run alone by caldera-pipe, its JSON report read here.
+cat > "$tmp/check.py" <<'PY'
+import csv, json, math, sys
+md, csvf, jsf, want_rows, *reports = sys.argv[1:]
+want_rows = want_rows.split(",")
+cols = ["bits_per_param", "file_bits_per_param", "mean_rel_err", "worst_rel_err", "mean_rel_err_h", "worst_rel_err_h",
+        "ppl", "ppl_err", "compress_seconds", "wall_seconds", "peak_rss_mib"]
+TOL_MD = {"bits_per_param": 5e-5, "mean_rel_err": 5e-6, "worst_rel_err": 5e-6, "mean_rel_err_h": 5e-6, "worst_rel_err_h": 5e-6,
+          "ppl": 5e-5, "ppl_err": 5e-5}   # half a unit of the printed last digit
+TOL_REP = 1e-6                            # relative: the JSON's 10 significant digits against the report's
+ok = True
+def fail(msg):
+    global ok
+    ok = False
+    print("check:", msg)
+rows = json.load(open(jsf))["rows"]
+if [r["method"] for r in rows] != want_rows: fail(f"JSON rows {[r['method'] for r in rows]} != {want_rows}")
+for r in rows:
+    if set(r) != set(cols) | {"method", "calibration"}: fail(f"JSON columns {sorted(r)}")
+c = list(csv.DictReader(open(csvf)))
+if [r["method"] for r in c] != want_rows: fail("CSV rows")
+lines = [l for l in open(md).read().splitlines() if l.startswith("|")]
+head = [x.strip() for x in lines[0].strip("|").split("|")]
+if len(head) != len(cols) + 2 or head[0] != "method" or head[-1] != "calibration": fail(f"Markdown header {head}")
+body = [[x.strip() for x in l.strip("|").split("|")] for l in lines[2:]]
+if [b[0] for b in body] != want_rows: fail("Markdown rows")
+for j, m, b in zip(rows, c, body):
+    for i, k in enumerate(cols):
+        v = j[k]
+        if v is None:
+            if m[k] != "" or b[i + 1] != "-": fail(f"{j['method']} {k}: null in JSON, '{m[k]}' in CSV, '{b[i + 1]}' in Markdown")
+            continue
+        if abs(float(m[k]) - v) > 1e-4 * max(1, abs(v)): fail(f"{j['method']} {k}: CSV {m[k]} against JSON {v}")
+        if k in TOL_MD and abs(float(b[i + 1]) - v) > TOL_MD[k] * max(1, abs(v)): fail(f"{j['method']} {k}: Markdown {b[i + 1]} against {v}")
+for rep in reports:
+    name, path = rep.split("=", 1)
+    r = json.load(open(path)); s = r["summary"]
+    row = next((x for x in rows if x["method"] == name), None)
+    if row is None: fail(f"no row {name}"); continue
+    for k in ["bits_per_param", "mean_rel_err", "worst_rel_err", "mean_rel_err_h", "worst_rel_err_h"]:
+        if not math.isclose(row[k], s[k], rel_tol=TOL_REP): fail(f"{name} {k}: {row[k]} against its own run's {s[k]}")
+    if "eval" in r:
+        for k, src in (("ppl", r["eval"]["compressed"]), ):
+            if not math.isclose(row["ppl"], src["ppl"], rel_tol=TOL_REP): fail(f"{name} ppl {row['ppl']} against {src['ppl']}")
+        orig = next(x for x in rows if x["method"] == "original")
+        if not math.isclose(orig["ppl"], r["eval"]["original"]["ppl"], rel_tol=TOL_REP): fail("original ppl")
+    if not (row["peak_rss_mib"] > 1 and row["wall_seconds"] >= row["compress_seconds"] > 0): fail(f"{name}: memory or times {row}")
+sys.exit(0 if ok else 1)
+PY
+
+# Synthetic: two single-matrix pipelines (no model file, no evaluation: perplexity '-').
+for p in rtn gptq; do
+    expect 0 "single_matrix_$p alone" -- "$pipe" "$ex/single_matrix_$p.ini" -q --set caldera.report="$tmp/alone-$p.json"
+done
+plot=()
+command -v gnuplot > /dev/null && plot=(--plot "$tmp/s.png")
+expect 0 "compare synthetic" -- "$pipe" compare "$ex/single_matrix_rtn.ini" "$ex/single_matrix_gptq.ini" \
+    --md "$tmp/s.md" --csv "$tmp/s.csv" --json "$tmp/s.json" "${plot[@]}"
+contains out "| method | bits/param (layers) | bits/param (file) | rel. err mean |"
+contains out "| single_matrix_rtn | 2.0156 |"
+cmp -s "$tmp/out" "$tmp/s.md" && { echo "FAIL: stdout is not only the Markdown table (it has notes)"; fails=$((fails + 1)); }
+check "synthetic outputs" -- python3 "$tmp/check.py" "$tmp/s.md" "$tmp/s.csv" "$tmp/s.json" single_matrix_rtn,single_matrix_gptq \
+    "single_matrix_rtn=$tmp/alone-rtn.json" "single_matrix_gptq=$tmp/alone-gptq.json"
+# no eval anywhere: --plot has nothing to draw, says so, writes nothing
+if [ ${#plot[@]} -gt 0 ]; then contains err "no pipeline evaluates perplexity"; [ ! -e "$tmp/s.png" ] || { echo "FAIL: empty plot written"; fails=$((fails + 1)); }; fi
+
+# stories260K: one calibration cache, the original's row, one protocol.
+if [ -r "$data/stories260K/stories260K.bin" ]; then
+    expect 0 "compare stories260K" -- "$pipe" compare "$ex/stories260k_quip_sharp.ini" "$ex/stories260k_gptq.ini" \
+        --md "$tmp/t.md" --csv "$tmp/t.csv" --json "$tmp/t.json" "${plot[@]/s.png/t.png}"
+    contains out "ctx 128, 4 windows"
+    check "one Hessian file in the cache" -- test "$(ls "$CALDERA_CACHE/hessians" | wc -l)" = 1
+    check "calibration computed, then cached" -- python3 -c "
+import json, sys; r = json.load(open(sys.argv[1]))['rows']
+sys.exit(0 if [x['calibration'] for x in r] == ['-', 'computed', 'cached'] else 1)" "$tmp/t.json"
+    # each alone (the cache now warm: same Hessians), for the independent figures
+    expect 0 "stories260k_quip_sharp alone" -- "$pipe" "$ex/stories260k_quip_sharp.ini" -q \
+        --set caldera.report="$tmp/alone-q.json" --set out.path="$tmp/q.safetensors"
+    check "stories260K outputs" -- python3 "$tmp/check.py" "$tmp/t.md" "$tmp/t.csv" "$tmp/t.json" \
+        original,stories260k_quip_sharp,stories260k_gptq "stories260k_quip_sharp=$tmp/alone-q.json"
+    check "file bits/param = output size / compressed params" -- python3 -c "
+import json, os, sys
+row = json.load(open(sys.argv[1]))['rows'][1]; s = json.load(open(sys.argv[2]))['summary']
+want = os.path.getsize(sys.argv[3]) * 8 / s['params']
+TOL = 1e-3   # the file's metadata holds paths (the tokenizer's), so its size depends on the output folder by a few bytes
+sys.exit(0 if abs(row['file_bits_per_param'] - want) < TOL * want else 1)" "$tmp/t.json" "$tmp/alone-q.json" "$tmp/q.safetensors"
+    if [ ${#plot[@]} -gt 0 ]; then
+        check "plot is a PNG" -- python3 -c "import sys; sys.exit(0 if open(sys.argv[1], 'rb').read(8) == b'\x89PNG\r\n\x1a\n' else 1)" "$tmp/t.png"
+    fi
+    # differing evaluation settings: refused before anything runs, nothing written
+    sed 's/^ctx *= *128/ctx = 64/' "$ex/stories260k_gptq.ini" > "$tmp/gptq_ctx64.ini"
+    sed -i "s|\${CALDERA_SHARED_DATA:-../shared/data}|$data|" "$tmp/gptq_ctx64.ini"
+    expect 2 "differing eval settings" -- "$pipe" compare "$ex/stories260k_quip_sharp.ini" "$tmp/gptq_ctx64.ini" --md "$tmp/bad.md"
+    contains err "evaluate differently (ctx: '128' against '64'); one protocol for all"
+    check "nothing written" -- test ! -e "$tmp/bad.md"
+    check "nothing run" -- test "$(grep -c 'compare: \[' "$tmp/err")" = 0
+else
+    echo "stories260K absent from $data: its part skipped"
+fi
+
+# usage and configuration errors
+expect 2 "missing pipeline file" -- "$pipe" compare "$ex/single_matrix_rtn.ini" "$tmp/nope.ini" --md "$tmp/bad.md"
+contains err "$tmp/nope.ini: cannot read"
+check "nothing written" -- test ! -e "$tmp/bad.md"
+expect 2 "no pipelines" -- "$pipe" compare
+contains err "usage: caldera-pipe compare"
+expect 2 "unknown option" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --frobnicate
+contains err "unknown option '--frobnicate'"
+expect 2 "bad --set" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --set q.bits=99
+contains err "configuration error"
+expect 0 "help" -- "$pipe" compare --help
+contains out "--plot FILE.png"
+
+echo "compare: $passes passed, $fails failed"
+[ "$fails" = 0 ]
