@@ -461,6 +461,27 @@ fail:
     return rc;
 }
 
+// A JSON file beside the model (index, config.json, tokenizer.json): at most ST_MAX_HEADER bytes,
+// like a header, since the whole document is parsed into memory (jansson's tree takes several
+// times the text).
+static int st_load_json(struct caldera_inst * inst, const char * path, json_t ** out) {
+    struct stat st;
+    json_error_t jerr;
+    *out = NULL;
+    if (stat(path, &st) != 0) {
+        return caldera_error(inst, errno == ENOENT ? CALDERA_ERR_NOT_FOUND : CALDERA_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    if ((uint64_t) st.st_size > ST_MAX_HEADER) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %lld bytes of JSON exceed the limit of %" PRIu64 " bytes", path,
+                             (long long) st.st_size, ST_MAX_HEADER);
+    }
+    if (!(*out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr))) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                             jerr.line, jerr.column);
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // config.json -> model description and GGUF-style metadata
 
@@ -523,13 +544,9 @@ static int st_check_hparams(struct caldera_inst * inst, const char * where, cons
 static int st_read_config(struct caldera_inst * inst, const char * path) {
     struct st_priv * p = caldera_inst_priv(inst);
     struct caldera_model_desc * d = &p->desc;
-    json_error_t jerr;
-    int rc = 0;
-    json_t * cfg = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!cfg) {
-        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
-                             jerr.line, jerr.column);
-    }
+    json_t * cfg = NULL;
+    int rc = st_load_json(inst, path, &cfg);
+    if (rc < 0) return rc;
     if (!json_is_object(cfg)) {
         rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not a JSON object", path);
         goto fail;
@@ -658,17 +675,13 @@ static int st_desc_from_meta(struct caldera_inst * inst, const char * path) {
 // defined) for other added tokens, 1 otherwise. Other tokenizer models are left out (logged).
 static int st_read_tokenizer_json(struct caldera_inst * inst, const char * path) {
     struct st_priv * p = caldera_inst_priv(inst);
-    json_error_t jerr;
     json_t * tj = NULL;
     const char ** toks = NULL, ** merges = NULL;
     char ** owned = NULL;
     int32_t * types = NULL;
     int64_t n_tok = 0, n_merges = 0, n_owned = 0;
     int rc = 0;
-    if (!(tj = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr))) {
-        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
-                             jerr.line, jerr.column);
-    }
+    if ((rc = st_load_json(inst, path, &tj)) < 0) return rc;
     json_t * model = json_object_get(tj, "model");
     json_t * vocab = json_object_get(model, "vocab"), * jm = json_object_get(model, "merges");
     json_t * added = json_object_get(tj, "added_tokens");
@@ -782,18 +795,12 @@ static int st_cmp_str(const void * a, const void * b) {
 // A sharded model: the index names the shard of every tensor.
 static int st_open_index(struct caldera_inst * inst, const char * index_path, const char * dir) {
     struct st_priv * p = caldera_inst_priv(inst);
-    json_error_t jerr;
     json_t * idx = NULL;
     const char ** shards = NULL;
     char * sp = NULL;
     int rc = 0;
     size_t n_shards = 0;
-    idx = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!idx) {
-        rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", index_path,
-                           jerr.text, jerr.line, jerr.column);
-        goto fail;
-    }
+    if ((rc = st_load_json(inst, index_path, &idx)) < 0) goto fail;
     json_t * wm = json_object_get(idx, "weight_map");
     if (!json_is_object(wm)) {
         rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: \"weight_map\" missing or not an object", index_path);

@@ -1107,6 +1107,15 @@ START_TEST(test_regress_hparams_int64_min) {
 }
 END_TEST
 
+// A JSON file beside the model is parsed whole: above the header limit it is refused unread.
+START_TEST(test_sidecar_json_limit) {
+    const char * dir = tok_dir("big-config", "{}");
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "config.json"), "{}"), 0);
+    ck_assert_int_eq(truncate(tu_path(dir, "config.json"), ((off_t) 100 << 20) + 1), 0);  // sparse
+    expect_open_fail(dir, CALDERA_ERR_FORMAT, "config.json: 104857601 bytes of JSON exceed the limit of 104857600 bytes");
+}
+END_TEST
+
 // "{}" and no data: qsort was called with a NULL base (UB, fatal under UBSan). Now: 0 tensors.
 START_TEST(test_regress_empty_header) {
     struct caldera_ctx * ctx = tu_ctx();
@@ -1148,6 +1157,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_corruption_never_crashes);
     tcase_add_test(tc, test_regress_hparams_int64_min);
     tcase_add_test(tc, test_regress_empty_header);
+    tcase_add_test(tc, test_sidecar_json_limit);
     suite_add_tcase(s, tc);
     return s;
 }
