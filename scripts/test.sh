@@ -3,9 +3,10 @@
 # One command for the whole default test suite: install what is missing, fetch the real model
 # (its tests skip if it cannot be had), build, and run every CTest test except those labelled
 # `slow` — first in a Release build, then in a Debug build under AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# UndefinedBehaviorSanitizer; then every libFuzzer harness for a short time budget (with clang;
+# the seed corpora and regression inputs also run in both passes above, as fuzz-replay:* tests).
 #   usage: scripts/test.sh [--quick] [--slow] [-R REGEX]
-#     --quick  Release build only (no sanitizer pass)
+#     --quick  Release build only (no sanitizer pass, no fuzzing)
 #     --slow   also run the tests labelled `slow`
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +33,7 @@ run() {
 run build -DCMAKE_BUILD_TYPE=Release
 if [ "$QUICK" = 0 ]; then
     ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON
+    # CALDERA_FUZZ_SECONDS per harness (6 harnesses; 30 s: about 3 minutes plus the clang build);
+    # without clang, fuzz.sh says so and skips
+    scripts/fuzz.sh "${CALDERA_FUZZ_SECONDS:-30}"
 fi

@@ -128,9 +128,9 @@ void fz_drive_format(const char * plugin, const char * path, const char * const 
         if (ops->tensor_info(inst, i, &ti) < 0) fz_die("tensor_info failed for an index in range");
         if (!ti.name || !ti.hf_name || ti.ndim < 1 || ti.ndim > CALDERA_MAX_DIMS) fz_die("tensor_info: bad entry");
         int64_t nel = info_elems(&ti);
-        if (nel > FZ_READ_CAP / 4) continue;
+        if (nel > FZ_READ_CAP) continue;
         const enum caldera_dtype want[3] = { ti.dtype, CALDERA_DTYPE_F32, CALDERA_DTYPE_F16 };
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < (nel <= FZ_F16_CAP ? 3 : 2); k++) {
             struct caldera_tensor t;
             int owned = 0;
             if (ops->read_tensor(inst, i, want[k], &t, &owned) < 0) {
