@@ -660,6 +660,19 @@ struct tensor_result {
     int    has_h;
 };
 
+// CALDERA_ERR_NUMERIC naming the tensor and the first non-finite element of t (f32/f64/f16/bf16),
+// or 0 when t is finite: a NaN or Inf is never passed on to a stage or into an output.
+static int check_finite_named(struct caldera_ctx * ctx, const char * what, const char * name,
+                              const struct caldera_tensor * t) {
+    int64_t bad = 0;
+    if (caldera_tensor_check_finite(t, &bad) == 0) return 0;
+    if (t->ndim == 2 && t->ne[1] > 0) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at row %lld, column %lld", what, name,
+                                 (long long) (bad / t->ne[1]), (long long) (bad % t->ne[1]));
+    }
+    return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at element %lld", what, name, (long long) bad);
+}
+
 static int compress_one(struct caldera_pipeline * pl, const char * name, const struct caldera_tensor * w,
                         const struct caldera_tensor * h, struct caldera_pack * pack, struct caldera_tensor * w_hat,
                         struct tensor_result * res) {
@@ -744,6 +757,14 @@ static int compress_one(struct caldera_pipeline * pl, const char * name, const s
             num += d * d;
             den += (double) wr[j] * wr[j];
         }
+    }
+    if (!isfinite(num)) {  // finite input, yet the stages produced a NaN or Inf (e.g. a scale overflowed)
+        rc = check_finite_named(ctx, "the approximation of weight", name, w_hat);
+        if (rc == 0) {
+            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s: the squared error overflows a double", name);
+        }
+        caldera_tensor_free(w_hat);
+        goto done;
     }
     res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
     res->has_h = h != NULL;
@@ -874,6 +895,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
             if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
             if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
             if ((rc = rops->read_tensor(o->reader, t, want, &w, &w_owned)) < 0) goto done;
+            if ((rc = check_finite_named(ctx, "tensor", name, &w)) < 0) goto done;
             if (writer_open && (rc = write_tensor(o->writer, name, &w)) < 0) goto done;
             if (dense_open && (rc = write_tensor(o->dense_writer, name, &w)) < 0) goto done;
             if (w_owned) caldera_tensor_free(&w);
@@ -904,12 +926,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
         }
         if (!from_ckpt) {
             if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
-            int64_t bad = 0;
-            if (caldera_tensor_check_finite(&w, &bad) < 0) {
-                rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s has a NaN or Inf at row %lld, column %lld", name,
-                                       (long long) (bad / w.ne[1]), (long long) (bad % w.ne[1]));
-                goto done;
-            }
+            if ((rc = check_finite_named(ctx, "weight", name, &w)) < 0) goto done;
             const struct caldera_tensor * hp = NULL;
             if (o->hessians) {
                 char hname[1024];
@@ -922,10 +939,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
                                                (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
                         goto done;
                     }
-                    if (caldera_tensor_check_finite(&h, NULL) < 0) {
-                        rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
-                        goto done;
-                    }
+                    if ((rc = check_finite_named(ctx, "Hessian", hname, &h)) < 0) goto done;
                     hp = &h;
                 } else if (o->hessian_missing == HMISS_ERROR) {
                     rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]", hname, name,
