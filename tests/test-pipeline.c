@@ -604,6 +604,29 @@ START_TEST(test_nonfinite_named) {
 }
 END_TEST
 
+// A pipeline file of many bad lines reports the first 100 and one line saying so; text over 1 MiB is
+// refused unparsed (issue 11: memory bounded by what a configuration can need).
+START_TEST(test_config_limits) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_config * cfg;
+    size_t n = 150 * 8;
+    char * text = calloc(1, (1 << 20) + 2);
+    for (size_t i = 0; i < n; i += 8) memcpy(text + i, "garbage\n", 8);
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "bad.ini", text), CALDERA_ERR_CONFIG);
+    ck_assert_int_eq(caldera_config_ndiag(cfg), 101);
+    ck_assert_str_eq(caldera_config_diag(cfg, 100), "bad.ini: too many errors; only the first 100 are reported");
+    caldera_config_free(cfg);
+    memset(text, ';', (1 << 20) + 1);   // a comment, one byte too long
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "big.ini", text), CALDERA_ERR_CONFIG);
+    ck_assert_str_eq(caldera_config_diag(cfg, 0), "big.ini: pipeline text of 1048577 bytes; at most 1048576 are read");
+    caldera_config_free(cfg);
+    free(text);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -617,6 +640,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_appended_ops_checked);
     tcase_add_test(tc, test_resume_same_bytes);
     tcase_add_test(tc, test_nonfinite_named);
+    tcase_add_test(tc, test_config_limits);
     suite_add_tcase(s, tc);
     return s;
 }
