@@ -24,8 +24,8 @@ stages     = rht, q
 [src]
 plugin = synthetic
 layers = 2
-hidden = 256
-ffn    = 512
+hidden = 128
+ffn    = 256
 seed   = 3
 [rht]
 plugin = rht

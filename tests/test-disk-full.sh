@@ -19,7 +19,7 @@ mount -t tmpfs -o size=16m tmpfs "$W/ro" || skip "mount -t tmpfs failed"
 fail() { echo "test-disk-full: FAIL: $*" >&2; exit 1; }
 
 cat >"$W/p.ini" <<INI
-; 14 weights (about 6 MB of output): does not fit in 1 MiB
+; 14 weights (about 1.5 MB of output): does not fit in 1 MiB
 [caldera]
 reader    = src
 hessians  = src
@@ -28,8 +28,8 @@ stages    = rht, q
 [src]
 plugin = synthetic
 layers = 2
-hidden = 256
-ffn    = 512
+hidden = 128
+ffn    = 256
 seed   = 3
 [rht]
 plugin = rht
@@ -72,7 +72,7 @@ mount -o remount,size=16m "$W/full"
 reference "$W/full"
 mount -o remount,size=1m "$W/full"
 expect_clean_failure "$W/full" "disk full" "No space left on device"
-n=$(find "$W/full.ckpt" -name '*.ckpt' | wc -l)
+n=$(find "$W/full.ckpt" -type f -name '*.ckpt' | wc -l)
 [ "$n" -gt 0 ] || fail "disk full: no weight was checkpointed before the failure"
 mount -o remount,size=16m "$W/full"
 resume "$W/full" "disk full"
