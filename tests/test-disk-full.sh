@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# A checkpointed run whose output folder fills up (a 1 MiB tmpfs) or is read-only (a read-only
+# A checkpointed run whose output folder fills up (a 256 KiB tmpfs) or is read-only (a read-only
 # tmpfs) must fail with a clear error naming the file and the cause, leave no file (final or
 # temporary) in that folder, and keep its checkpoint usable: once the folder has room (remounted
 # larger) or is writable, the same command resumes and writes the bytes of an uninterrupted run. Needs root and mount (CI runs
@@ -14,12 +14,12 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/caldera-disk-full.XXXXXX")
 mkdir -p "$W/full" "$W/ro"
 cleanup() { umount "$W/full" 2>/dev/null || true; umount "$W/ro" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-mount -t tmpfs -o size=1m tmpfs "$W/full" 2>/dev/null || skip "mount -t tmpfs failed (no CAP_SYS_ADMIN?)"
+mount -t tmpfs -o size=256k tmpfs "$W/full" 2>/dev/null || skip "mount -t tmpfs failed (no CAP_SYS_ADMIN?)"
 mount -t tmpfs -o size=16m tmpfs "$W/ro" || skip "mount -t tmpfs failed"
 fail() { echo "test-disk-full: FAIL: $*" >&2; exit 1; }
 
 cat >"$W/p.ini" <<INI
-; 14 weights (about 1.5 MB of output): does not fit in 1 MiB
+; 14 weights (about 1.5 MB of output): does not fit in 256 KiB
 [caldera]
 reader    = src
 hessians  = src
@@ -70,7 +70,7 @@ reference() {  # DIR: an uninterrupted run of the same command (paths are part o
 
 mount -o remount,size=16m "$W/full"
 reference "$W/full"
-mount -o remount,size=1m "$W/full"
+mount -o remount,size=256k "$W/full"
 expect_clean_failure "$W/full" "disk full" "No space left on device"
 n=$(find "$W/full.ckpt" -type f -name '*.ckpt' | wc -l)
 [ "$n" -gt 0 ] || fail "disk full: no weight was checkpointed before the failure"
