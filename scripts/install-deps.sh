@@ -3,7 +3,7 @@
 # Install the Debian packages caldera needs that are missing (sudo only when not root).
 # The CUDA toolkit is optional: when nvcc is on PATH (or /usr/local/cuda/bin) the CUDA parts build.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev check python3
+PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev libpcre2-dev check python3
       clang libclang-rt-14-dev)   # clang + its libFuzzer runtime: the fuzz harnesses (scripts/fuzz.sh) only
 missing=()
 for p in "${PKGS[@]}"; do

@@ -89,6 +89,7 @@ static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int
     size_t * lens = NULL;
     float * scores = NULL;
     int32_t * types = NULL;
+    char * conv = NULL;
     int fd = -1, rc = 0;
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -170,6 +171,31 @@ static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int
                            path, size - pos, vocab);
         goto fail;
     }
+    // llama2.c's export wrote SentencePiece's U+2581 ("▁") as a space; GGUF's "llama" model keeps
+    // "▁" (llama.cpp escapes spaces to it before the lookup), so normal tokens get it back.
+    size_t conv_size = 0;
+    for (int64_t i = 0; i < vocab; i++) {
+        if (types[i] != 1) continue;
+        for (size_t j = 0; j < lens[i]; j++) conv_size += strs[i][j] == ' ' ? 3 : 0;
+        conv_size += lens[i];
+    }
+    if (!(conv = caldera_malloc(conv_size + 1))) goto nomem;
+    for (int64_t i = 0, at = 0; i < vocab; i++) {
+        if (types[i] != 1 || !memchr(strs[i], ' ', lens[i])) continue;
+        char * d = conv + at;
+        size_t o = 0;
+        for (size_t j = 0; j < lens[i]; j++) {
+            if (strs[i][j] == ' ') {
+                memcpy(d + o, "\xe2\x96\x81", 3);
+                o += 3;
+            } else {
+                d[o++] = strs[i][j];
+            }
+        }
+        strs[i] = d;
+        lens[i] = o;
+        at += (int64_t) o;
+    }
     int r = 0;
     r |= caldera_meta_set_string(p->meta, "tokenizer.ggml.model", "llama");
     r |= caldera_meta_set_string_array_n(p->meta, "tokenizer.ggml.tokens", vocab, strs, lens);
@@ -183,6 +209,7 @@ static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int
 nomem:
     rc = caldera_error(inst, CALDERA_ERR_NOMEM, "out of memory");
 fail:
+    caldera_free(conv);
     caldera_free(types);
     caldera_free(scores);
     caldera_free(lens);

@@ -188,6 +188,9 @@ START_TEST(test_stories_tokenizer) {
     ck_assert_str_eq(toks[1], "\n<s>\n");
     ck_assert_str_eq(toks[3], "<0x00>");
     ck_assert_str_eq(toks[260], "he");
+    ck_assert_str_eq(toks[259], "\xe2\x96\x81t");     // " t" in tok512.bin: SentencePiece's U+2581 restored
+    ck_assert_str_eq(toks[265], "\xe2\x96\x81the");
+    ck_assert_str_eq(toks[2], "\n</s>\n");             // control tokens keep their text
     ck_assert_str_eq(toks[511], "\xe2\x80\x8a");
     ck_assert_int_eq(caldera_meta_get_array(m, "tokenizer.ggml.scores", &et, &n, &data), 0);
     ck_assert_int_eq(et, CALDERA_META_F32);
