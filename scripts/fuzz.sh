@@ -7,7 +7,7 @@
 #   usage: scripts/fuzz.sh [SECONDS] [-j JOBS] [HARNESS...]
 #     SECONDS  time budget per harness (0: replay the seeds and regression inputs only)
 #     -j JOBS  run JOBS harnesses at once (default 1; each harness is one process)
-#     HARNESS  gguf safetensors safetensors-dir llama2c llama2c-tok ini (default: all)
+#     HARNESS  gguf safetensors safetensors-dir llama2c llama2c-tok ini tokenizer (default: all)
 # Without clang (or its libFuzzer runtime) it prints why and exits 0, so CI without clang skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +18,11 @@ while [ $# -gt 0 ]; do
     case $1 in
     -j) JOBS=$2; shift 2 ;;
     [0-9]*) SECONDS_EACH=$1; shift ;;
-    gguf|safetensors|safetensors-dir|llama2c|llama2c-tok|ini) HARNESSES+=("$1"); shift ;;
+    gguf|safetensors|safetensors-dir|llama2c|llama2c-tok|ini|tokenizer) HARNESSES+=("$1"); shift ;;
     *) echo "fuzz.sh: unknown argument '$1'; allowed: SECONDS, -j JOBS, harness names" >&2; exit 2 ;;
     esac
 done
-[ ${#HARNESSES[@]} -gt 0 ] || HARNESSES=(gguf safetensors safetensors-dir llama2c llama2c-tok ini)
+[ ${#HARNESSES[@]} -gt 0 ] || HARNESSES=(gguf safetensors safetensors-dir llama2c llama2c-tok ini tokenizer)
 
 CC_FUZZ=${CC_FUZZ:-$(command -v clang || command -v clang-14 || true)}
 if [ -z "$CC_FUZZ" ]; then
@@ -43,7 +43,7 @@ cmake --build $B -j "$(nproc)" --target "${HARNESSES[@]/#/fuzz-}" >/dev/null
 # Per harness: the largest input tried, and the largest single allocation allowed (MB). A reader
 # must not allocate much more than its input (tensors are read only up to the harnesses' cap of
 # 16 MB of f32), so anything above the limit is reported as a bug ("malloc limit").
-declare -A MAXLEN=([gguf]=65536 [safetensors]=65536 [safetensors-dir]=65536 [llama2c]=65536 [llama2c-tok]=16384 [ini]=8192)
+declare -A MAXLEN=([gguf]=65536 [safetensors]=65536 [safetensors-dir]=65536 [llama2c]=65536 [llama2c-tok]=16384 [ini]=8192 [tokenizer]=32768)
 MALLOC_MB=64
 F=tests/fuzz
 run_one() {

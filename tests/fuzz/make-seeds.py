@@ -162,3 +162,45 @@ for name in ("single_matrix_rtn.ini", "single_matrix_gptq.ini", "single_matrix_q
         put("ini", name, f.read())
 put("ini", "minimal.ini", b"[caldera]\nreader = src\nwriter = out\nstages = q\n\n[src]\nplugin = synthetic\nlayers = 1\n"
     b"hidden = 64\nffn = 128\n\n[q]\nplugin = uniform\nbits = 4\n\n[out]\nplugin = safetensors\npath = out/x.safetensors\n")
+
+# --- tokenizer: FLAGS TEXT "\n--\n" vocabulary-only GGUF -----------------------------------------
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+b2u = bytes_to_unicode()
+merges = ["Ġ t", "h e", "Ġt he", "l l", "he ll", "Ġ w", "o r"]
+toks = [b2u[b] for b in range(256)] + [m.replace(" ", "") for m in merges] + ["<|endoftext|>", "<u>"]
+types = [1] * (len(toks) - 2) + [3, 4]
+texts = [b"\x02Hello world! the <|endoftext|> 123  \xc3\xbcn\xc3\xafc\xc3\xb6d\xc3\xa9\n\t<u>",
+         b"\x01 hell the world's 2024-01-01 \xf0\x9f\x98\x80 \xff\xfe", b"\x03<|endoftext|><|endoftext|>", b"\x00"]
+for i, pre in enumerate(["smollm", "gpt-2", "llama-bpe", "qwen2"]):
+    kv = [("tokenizer.ggml.model", 8, "gpt2"), ("tokenizer.ggml.pre", 8, pre), ("tokenizer.ggml.tokens", 9, (8, toks)),
+          ("tokenizer.ggml.token_type", 9, (5, types)), ("tokenizer.ggml.merges", 9, (8, merges)),
+          ("tokenizer.ggml.bos_token_id", 4, len(toks) - 2), ("tokenizer.ggml.eos_token_id", 4, len(toks) - 2)]
+    put("tokenizer", "gpt2-%s" % pre, texts[i] + SEP + gguf(kv, []))
+# SentencePiece ("llama"): stories260K's tok512 (scores, byte fallback)
+tok512 = os.path.join(ROOT, "..", "shared", "data", "stories260K", "tok512.bin")
+if os.path.exists(tok512):
+    raw = open(tok512, "rb").read()
+    pos, strs, scores, ttypes = 4, [], [], []
+    for i in range(512):
+        sc, ln = struct.unpack_from("<fi", raw, pos)
+        pos += 8
+        s = raw[pos:pos + ln]
+        pos += ln
+        strs.append(s.decode("utf-8", "replace"))
+        scores.append(sc)
+        ttypes.append(2 if i == 0 else 3 if i in (1, 2) else 6 if len(s) == 6 and s.startswith(b"<0x") else 1)
+    kv = [("tokenizer.ggml.model", 8, "llama"), ("tokenizer.ggml.tokens", 9, (8, strs)),
+          ("tokenizer.ggml.scores", 9, (6, scores)), ("tokenizer.ggml.token_type", 9, (5, ttypes)),
+          ("tokenizer.ggml.bos_token_id", 4, 1), ("tokenizer.ggml.eos_token_id", 4, 2),
+          ("tokenizer.ggml.unknown_token_id", 4, 0)]
+    put("tokenizer", "llama-tok512", b"\x01Once upon a time, there was a little girl named Lily. \xe2\x96\x81\x00\xff" + SEP + gguf(kv, []))
