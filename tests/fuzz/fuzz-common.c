@@ -10,6 +10,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef CALDERA_LIBFUZZER
+#include <sanitizer/allocator_interface.h>
+#endif
 
 static void fz_die(const char * what) {
     fprintf(stderr, "fuzz harness: %s\n", what);
@@ -99,7 +102,7 @@ static int64_t info_elems(const struct caldera_tensor_info * ti) {
     return n;
 }
 
-void fz_drive_format(const char * plugin, const char * path, const char * const * options) {
+void fz_drive_format(const char * plugin, const char * path, const char * const * options, size_t input_bytes) {
     struct caldera_ctx *  ctx  = fz_ctx();
     struct caldera_inst * inst = NULL;
     if (caldera_inst_create(ctx, plugin, "fuzz", &inst) < 0) fz_die("caldera_inst_create failed");
@@ -108,7 +111,18 @@ void fz_drive_format(const char * plugin, const char * path, const char * const 
     }
     if (caldera_inst_start(inst) < 0) fz_die("caldera_inst_start failed");
     const struct caldera_format_ops * ops = caldera_inst_plugin(inst)->ops;
+#ifdef CALDERA_LIBFUZZER
+    size_t held0 = __sanitizer_get_current_allocated_bytes();
+#endif
     int rc = ops->open(inst, path);
+#ifdef CALDERA_LIBFUZZER
+    size_t held = __sanitizer_get_current_allocated_bytes();
+    held = held > held0 ? held - held0 : 0;
+    if (getenv("CALDERA_FUZZ_VERBOSE")) fprintf(stderr, "open holds %zu bytes for %zu input bytes\n", held, input_bytes);
+    if (held > FZ_OPEN_FACTOR * input_bytes + FZ_OPEN_SLACK) fz_die("open holds more memory than its input justifies");
+#else
+    (void) input_bytes;
+#endif
     if (rc < 0 && getenv("CALDERA_FUZZ_VERBOSE")) fprintf(stderr, "open: %s\n", caldera_ctx_errmsg(ctx));
     if (rc < 0) {
         if (!caldera_ctx_errmsg(ctx)[0]) fz_die("open failed without a message");

@@ -34,9 +34,16 @@ void fz_memfile_set(struct fz_memfile * f, const uint8_t * data, size_t size);
  * NULL) are set before start; then open, n_tensors, tensor_info of each, every metadata value,
  * model_desc, read_tensor of each (stored dtype, f32, and f16 up to FZ_F16_CAP) when it has at most
  * FZ_READ_CAP elements, close. Invariants of the ABI are checked (a failure is abort(), which libFuzzer
- * reports): info and views agree, errors come with a message.
+ * reports): info and views agree, errors come with a message, the memory held after open is
+ * bounded by @p input_bytes (FZ_OPEN_FACTOR).
  */
-void fz_drive_format(const char * plugin, const char * path, const char * const * options);
+void fz_drive_format(const char * plugin, const char * path, const char * const * options, size_t input_bytes);
+
+// In libFuzzer builds (ASan's allocator statistics), the memory a reader still holds after open
+// (metadata, tensor table; data stays mmapped) may be at most FZ_OPEN_FACTOR times the bytes of
+// its input plus FZ_OPEN_SLACK: a header must not make it allocate for what the file does not hold.
+#define FZ_OPEN_FACTOR 32
+#define FZ_OPEN_SLACK  ((size_t) 1 << 20)
 
 /** Write size bytes to dir/name (a regular file); size 0 with data NULL removes it. */
 void fz_write_file(const char * dir, const char * name, const uint8_t * data, size_t size);

@@ -9,6 +9,6 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     if (size < 1) return 0;
     static const char * const raw[] = { "hf_layout", "0", NULL };
     fz_memfile_set(&f, data + 1, size - 1);
-    fz_drive_format("gguf", f.path, (data[0] & 1) ? NULL : raw);
+    fz_drive_format("gguf", f.path, (data[0] & 1) ? NULL : raw, size);
     return 0;
 }

@@ -31,6 +31,6 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     fz_memfile_set(&ck, buf, n);
     fz_memfile_set(&tok, data + 1, size - 1);
     const char * const opts[] = { "tokenizer", tok.path, NULL };
-    fz_drive_format("llama2c", ck.path, opts);
+    fz_drive_format("llama2c", ck.path, opts, n + size);
     return 0;
 }

@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     static struct fz_memfile f;
     if (!f.path[0]) fz_memfile_open(&f, "fuzz-ckpt.bin");
     fz_memfile_set(&f, data, size);
-    fz_drive_format("llama2c", f.path, NULL);
+    fz_drive_format("llama2c", f.path, NULL, size);
     return 0;
 }
 

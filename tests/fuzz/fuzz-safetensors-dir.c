@@ -28,6 +28,6 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     fz_write_file(dir, sharded ? "model.safetensors" : "shard.safetensors", NULL, 0);
     fz_write_file(dir, sharded ? "shard.safetensors" : "model.safetensors", part[3] ? part[3] : (const uint8_t *) "",
                   len[3]);
-    fz_drive_format("safetensors", dir, NULL);
+    fz_drive_format("safetensors", dir, NULL, size);
     return 0;
 }
