@@ -168,6 +168,14 @@ START_TEST(test_opt_range) {
 }
 END_TEST
 
+START_TEST(test_cb_partial) {
+    expect_load_fail(FX("cb_partial"), CALDERA_ERR_INVAL,
+                     ": plugin 'cb_partial': the codebook ops cb_dim, cb_begin, cb_round, cb_end and cb_free are all five or "
+                     "none; cb_end is missing");
+    ck_assert(!is_loaded(FX("cb_partial")));
+}
+END_TEST
+
 START_TEST(test_probe_zero) {
     expect_load_fail(FX("probe_zero"), CALDERA_ERR_UNSUPPORTED,
                      ": plugin 'probe_zero' reports that it cannot run on this machine (probe)");
@@ -439,6 +447,44 @@ START_TEST(test_load_dir_missing) {
 }
 END_TEST
 
+START_TEST(test_precedence) {
+    // A name found in CALDERA_PLUGIN_PATH and given explicitly (--plugin-path) is taken from the
+    // explicit file, with a notice, in either order; the other copy is not kept loaded.
+    const char * env_dir = new_dir("prec");
+    link_into(env_dir, "dup.so", FX("dup_a"));
+    ck_assert_int_eq(setenv("CALDERA_PLUGIN_PATH", env_dir, 1), 0);
+    char env_so[1100];
+    snprintf(env_so, sizeof(env_so), "%s/dup.so", env_dir);
+
+    struct caldera_ctx * ctx = tu_ctx();   // explicit first: the path's copy is skipped
+    ck_assert_int_eq(caldera_registry_load(ctx, FX("dup_b")), 0);
+    int64_t n = caldera_registry_count(ctx);
+    ck_assert_int_eq(caldera_registry_load_default(ctx), 0);
+    ck_assert_int_eq(caldera_registry_count(ctx), n);
+    ck_assert_str_eq(caldera_registry_origin(ctx, n - 1), FX("dup_b"));
+    char want[2400];
+    snprintf(want, sizeof(want), "plugin 'dup' from %s overrides the one from %s", FX("dup_b"), env_so);
+    ck_assert_msg(strstr(tu_log(), want) != NULL, "no notice '%s' in: %s", want, tu_log());
+    ck_assert_int_eq(caldera_registry_load_default(ctx), 0);   // once per context
+    caldera_ctx_free(ctx);
+
+    ctx = tu_ctx();   // the path first: the explicit file replaces it
+    ck_assert_int_eq(caldera_registry_load_default(ctx), 0);
+    n = caldera_registry_count(ctx);
+    ck_assert_str_eq(caldera_registry_origin(ctx, n - 1), env_so);
+    ck_assert_int_eq(caldera_registry_load(ctx, FX("dup_b")), 0);
+    ck_assert_int_eq(caldera_registry_count(ctx), n);
+    ck_assert_str_eq(caldera_registry_origin(ctx, n - 1), FX("dup_b"));
+    ck_assert_msg(strstr(tu_log(), want) != NULL, "no notice '%s' in: %s", want, tu_log());
+    // The same place twice stays an error.
+    ck_assert_int_eq(caldera_registry_load(ctx, FX("dup_a")), CALDERA_ERR_PLUGIN_DUP);
+    caldera_ctx_free(ctx);
+    ck_assert(!is_loaded(FX("dup_a")));
+    ck_assert(!is_loaded(FX("dup_b")));
+    ck_assert_int_eq(setenv("CALDERA_PLUGIN_PATH", "", 1), 0);
+}
+END_TEST
+
 START_TEST(test_plugin_path_env) {
     // CALDERA_PLUGIN_PATH: absolute directories are loaded in order; relative entries (and so
     // the current directory) are skipped with a warning; missing directories are skipped.
@@ -562,6 +608,7 @@ static Suite * loader_suite(void) {
     tcase_add_test(tc, test_bad_name);
     tcase_add_test(tc, test_bad_kind);
     tcase_add_test(tc, test_ops_missing);
+    tcase_add_test(tc, test_cb_partial);
     tcase_add_test(tc, test_ops_short);
     tcase_add_test(tc, test_opt_dup);
     tcase_add_test(tc, test_opt_enum_default);
@@ -583,6 +630,7 @@ static Suite * loader_suite(void) {
     tcase_add_test(tc, test_load_dir_skips_probe_zero);
     tcase_add_test(tc, test_load_dir_missing);
     tcase_add_test(tc, test_plugin_path_env);
+    tcase_add_test(tc, test_precedence);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("oom");

@@ -15,6 +15,7 @@
 // ---- tq: rounds every weight to a multiple of `step` ------------------------------------------
 struct tq_priv { double step; int64_t max_cols; char * fail_on; double scale_out; };
 static int tq_calls, tq_cancel_at;   // count quantize calls; cancel the run at call tq_cancel_at
+static int64_t tq_ulp_at = -1;       // dequantize is one ulp off at this element (verify must see it)
 static const struct caldera_option tq_options[] = {
     { "step", "rounding step", offsetof(struct tq_priv, step), CALDERA_OPT_DOUBLE, { .dbl = 0.25 }, 0.001, 1 },
     { "max_cols", "largest accepted in_features", offsetof(struct tq_priv, max_cols), CALDERA_OPT_INT, { .i64 = 1 << 20 }, 1, 1 << 20 },
@@ -53,6 +54,7 @@ static int tq_dequantize(struct caldera_inst * inst, const struct caldera_pack *
     struct caldera_tensor c, s;
     if (caldera_pack_find(pack, "codes", &c) < 0 || caldera_pack_find(pack, "step", &s) < 0) return CALDERA_ERR_FORMAT;
     for (int64_t i = 0; i < c.ne[0] * c.ne[1]; i++) ((float *) w_hat->data)[i] = ((int8_t *) c.data)[i] * ((float *) s.data)[0];
+    if (tq_ulp_at >= 0) ((float *) w_hat->data)[tq_ulp_at] = nextafterf(((float *) w_hat->data)[tq_ulp_at], INFINITY);
     return 0;
 }
 static const struct caldera_quantizer_ops tq_ops = { .struct_size = sizeof(struct caldera_quantizer_ops), .quantize = tq_quantize, .dequantize = tq_dequantize };
@@ -87,6 +89,27 @@ static const struct caldera_transform_ops tneg_ops = { sizeof(struct caldera_tra
 static const struct caldera_plugin tneg_plugin = {
     CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_TRANSFORM, "tneg", "test sign flip",
     CALDERA_VERSION_INT(1, 0, 0), 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, &tneg_ops,
+};
+
+// twrap: a quantizer that hands the work to another one named by its REF option `inner`
+// (as ldlq wraps a codebook); the report must name the inner plugin too.
+struct twrap_priv { struct caldera_inst * inner; };
+static const struct caldera_option twrap_options[] = {
+    { "inner", "the quantizer doing the work", offsetof(struct twrap_priv, inner), CALDERA_OPT_REF, .ref_kind = CALDERA_PLUGIN_KIND_QUANTIZER },
+    { NULL },
+};
+static int twrap_quantize(struct caldera_inst * inst, const struct caldera_tensor * w, const struct caldera_tensor * h,
+                          struct caldera_tensor * w_hat, struct caldera_pack * pack) {
+    return caldera_quantizer_quantize(((struct twrap_priv *) caldera_inst_priv(inst))->inner, w, h, w_hat, pack);
+}
+static int twrap_dequantize(struct caldera_inst * inst, const struct caldera_pack * pack, struct caldera_tensor * w_hat) {
+    return caldera_quantizer_dequantize(((struct twrap_priv *) caldera_inst_priv(inst))->inner, pack, w_hat);
+}
+static const struct caldera_quantizer_ops twrap_ops = { .struct_size = sizeof(struct caldera_quantizer_ops), .quantize = twrap_quantize,
+                                                        .dequantize = twrap_dequantize };
+static const struct caldera_plugin twrap_plugin = {
+    CALDERA_PLUGIN_ABI_VERSION, sizeof(struct caldera_plugin), CALDERA_PLUGIN_KIND_QUANTIZER, "twrap", "test wrapper",
+    CALDERA_VERSION_INT(2, 3, 4), 7, sizeof(struct twrap_priv), twrap_options, NULL, NULL, NULL, NULL, NULL, &twrap_ops,
 };
 
 // ---- memsink: a writer that records what it is given --------------------------------------------
@@ -129,6 +152,7 @@ static struct caldera_ctx * pctx(void) {
     ck_assert_int_eq(caldera_registry_add(ctx, &tq_plugin, "test"), 0);
     ck_assert_int_eq(caldera_registry_add(ctx, &tneg_plugin, "test"), 0);
     ck_assert_int_eq(caldera_registry_add(ctx, &sink_plugin, "test"), 0);
+    ck_assert_int_eq(caldera_registry_add(ctx, &twrap_plugin, "test"), 0);
     return ctx;
 }
 
@@ -343,6 +367,59 @@ START_TEST(test_failure_leaves_no_output) {
 }
 END_TEST
 
+// The stage list (report and file metadata) names every plugin that produced data: a quantizer
+// reached through a stage's REF option is listed under it with its version and format version.
+START_TEST(test_stage_list_nested) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "more.ini", "[w]\nplugin = twrap\ninner = q\n"), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "caldera.stages=neg, w"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    ck_assert_int_eq(caldera_pipeline_run(pl), 0);
+    json_error_t jerr;
+    json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
+    ck_assert_ptr_nonnull(rep);
+    char * got = json_dumps(json_object_get(rep, "stages"), JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(got, "[{\"format_version\":1,\"kind\":\"transform\",\"plugin\":\"tneg\",\"section\":\"neg\",\"version\":\"1.0.0\"},"
+                          "{\"format_version\":7,\"kind\":\"quantizer\",\"plugin\":\"twrap\",\"section\":\"w\",\"uses\":"
+                          "[{\"format_version\":1,\"kind\":\"quantizer\",\"option\":\"inner\",\"plugin\":\"tq\",\"section\":\"q\","
+                          "\"version\":\"1.0.0\"}],\"version\":\"2.3.4\"}]");
+    free(got);
+    json_decref(rep);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+// verify names the element (index, row, col) and prints both values with enough digits to differ.
+START_TEST(test_verify_mismatch_message) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+    ck_assert_int_eq(caldera_config_set(cfg, "q.step=0.0397675"), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    tq_ulp_at = 37;   // every weight here has 32 columns: row 1, col 5
+    int rc = caldera_pipeline_run(pl);
+    tq_ulp_at = -1;
+    ck_assert_int_eq(rc, CALDERA_ERR_BUG);
+    const char * msg = caldera_ctx_errmsg(ctx);
+    const char * at = strstr(msg, "(element 37 = row 1, col 5: decoded ");
+    ck_assert_msg(at != NULL, "%s", msg);
+    float dec, want;
+    ck_assert_msg(sscanf(at, "(element 37 = row 1, col 5: decoded %g vs %g)", &dec, &want) == 2, "%s", msg);
+    ck_assert_msg(dec != want && dec == nextafterf(want, INFINITY), "%s: the printed values do not tell the floats apart", msg);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_print_config) {
     struct caldera_ctx * ctx = pctx();
     struct caldera_config * cfg;
@@ -357,7 +434,7 @@ START_TEST(test_print_config) {
     fclose(f);
     ck_assert_ptr_nonnull(strstr(buf, "[caldera]\nreader = src\nwriter = out\n"));
     ck_assert_ptr_nonnull(strstr(buf, "include = *.self_attn.*_proj.weight, *.mlp.*_proj.weight\n"));
-    ck_assert_ptr_nonnull(strstr(buf, "[q]\nplugin = tq\nstep = 0.050000000000000003\nmax_cols = 1048576\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "[q]\nplugin = tq\nstep = 0.05\nmax_cols = 1048576\n"));
     ck_assert_ptr_nonnull(strstr(buf, "[src]\nplugin = synthetic\nlayers = 1\nhidden = 32\nffn = 48\n"));
     free(buf);
     caldera_pipeline_free(pl);
@@ -635,6 +712,8 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_override_and_shape_check);
     tcase_add_test(tc, test_failure_leaves_no_output);
     tcase_add_test(tc, test_print_config);
+    tcase_add_test(tc, test_verify_mismatch_message);
+    tcase_add_test(tc, test_stage_list_nested);
     tcase_add_test(tc, test_path_expansion);
     tcase_add_test(tc, test_copy_dtype);
     tcase_add_test(tc, test_appended_ops_checked);

@@ -5,4 +5,7 @@
 struct caldera_plugin;
 typedef const struct caldera_plugin * (*caldera_builtin_fn)(void);
 extern const caldera_builtin_fn caldera_builtin_list[]; // ends with NULL
+// 1 when the first-party plugins of this build are shared objects (CALDERA_BUILTIN_PLUGINS=OFF):
+// a context then loads the default plugin places on its first registry lookup.
+extern const int caldera_builtin_autoload;
 #endif

@@ -10,10 +10,20 @@
 
 #define CALDERA_ERRMSG_MAX 2048
 
+// Where a registered plugin came from, in increasing precedence: a later place overrides an
+// earlier one of the same name (with a notice); the same place twice is a duplicate-name error.
+enum caldera_plugin_rank {
+    CALDERA_RANK_BUILTIN  = 0,  // compiled into this binary
+    CALDERA_RANK_DEFAULT  = 1,  // the default directory (next to libcaldera, or installed)
+    CALDERA_RANK_ENV      = 2,  // a directory of CALDERA_PLUGIN_PATH
+    CALDERA_RANK_EXPLICIT = 3,  // caldera_registry_load / _load_dir / _add (--plugin-path, plugin_path)
+};
+
 struct caldera_registry_entry {
     const struct caldera_plugin * plugin;
     char *                        origin;  // "built-in" or the .so path
     void *                        handle;  // dlopen handle or NULL
+    enum caldera_plugin_rank      rank;
 };
 
 struct caldera_pool;
@@ -31,6 +41,10 @@ struct caldera_ctx {
     int64_t                         n_plugins;
     int64_t                         cap_plugins;
     struct caldera_pool *           pool;   // worker threads of caldera_parallel_for (lazy)
+    void **                         retired;     // handles of overridden plugins, closed at free
+    int64_t                         n_retired;
+    int                             defaults_pending; // load the default places at first lookup
+    int                             defaults_loaded;  // caldera_registry_load_default ran
 };
 
 struct caldera_inst {

@@ -298,11 +298,22 @@ int caldera_option_parse(const struct caldera_option * o, void * priv, const cha
     return CALDERA_ERR_INVAL;
 }
 
+// The shortest of %.15g, %.16g, %.17g that reads back as the same double (0.7, not
+// 0.69999999999999996); %.17g always does.
+static char * format_double(double v) {
+    char buf[40];
+    for (int digits = 15; digits < 17; digits++) {
+        snprintf(buf, sizeof(buf), "%.*g", digits, v);
+        if (strtod(buf, NULL) == v) return caldera_strdup(buf);
+    }
+    return caldera_asprintf("%.17g", v);
+}
+
 char * caldera_option_format(const struct caldera_option * o, const void * priv) {
     switch (o->type) {
     case CALDERA_OPT_BOOL: return caldera_strdup(*FIELD(priv, o, int) ? "true" : "false");
     case CALDERA_OPT_INT: return caldera_asprintf("%lld", (long long) *FIELD(priv, o, int64_t));
-    case CALDERA_OPT_DOUBLE: return caldera_asprintf("%.17g", *FIELD(priv, o, double));
+    case CALDERA_OPT_DOUBLE: return format_double(*FIELD(priv, o, double));
     case CALDERA_OPT_STRING:
     case CALDERA_OPT_PATH: {
         const char * s = *FIELD(priv, o, char *);

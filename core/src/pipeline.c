@@ -720,9 +720,11 @@ static int compress_one(struct caldera_pipeline * pl, const char * name, const s
         // Values must agree exactly (−0 and +0 are the same value; a NaN never agrees).
         for (int64_t k = 0; rc == 0 && k < cw->ne[0] * cw->ne[1]; k++) {
             if (((const float *) chk.data)[k] != ((const float *) cur_hat.data)[k]) {
+                // %.9g: enough digits to tell any two floats apart
                 rc = caldera_error(last, CALDERA_ERR_BUG, "verify: decoding the pack of %s does not reproduce the approximation "
-                                   "(element %lld: %g vs %g)", name, (long long) k, (double) ((const float *) chk.data)[k],
-                                   (double) ((const float *) cur_hat.data)[k]);
+                                   "(element %lld = row %lld, col %lld: decoded %.9g vs %.9g)", name, (long long) k,
+                                   (long long) (k / cw->ne[1]), (long long) (k % cw->ne[1]),
+                                   (double) ((const float *) chk.data)[k], (double) ((const float *) cur_hat.data)[k]);
             }
         }
         caldera_tensor_free(&chk);
@@ -805,15 +807,42 @@ static int write_tensor(struct caldera_inst * wr, const char * name, const struc
     return ((const struct caldera_format_ops *) caldera_inst_plugin(wr)->ops)->write_tensor(wr, name, t);
 }
 
+// One instance with what it reaches through its REF options (a codebook wrapped by ldlq, the
+// factors' quantizer of a decomposer), recursively, so every plugin that produced data is named
+// with its version and format version; the core walks the option tables, no plugin code.
+static json_t * inst_json(const struct caldera_inst * inst, const char * via, int depth) {
+    const struct caldera_plugin * p = caldera_inst_plugin(inst);
+    char ver[32];
+    snprintf(ver, sizeof(ver), "%u.%u.%u", p->version >> 16, (p->version >> 8) & 0xff, p->version & 0xff);
+    json_t * o = json_pack("{s:s, s:s, s:s, s:s, s:i}", "section", caldera_inst_name(inst), "plugin", p->name, "kind",
+                           caldera_plugin_kind_name(p->kind), "version", ver, "format_version", (json_int_t) p->format_version);
+    if (o && via && json_object_set_new(o, "option", json_string(via)) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    json_t * uses = NULL;
+    for (const struct caldera_option * opt = p->options; o && depth < 8 && opt && opt->name; opt++) {
+        if (opt->type != CALDERA_OPT_REF) continue;
+        const struct caldera_inst * r = *(struct caldera_inst * const *) ((const char *) caldera_inst_priv(inst) + opt->offset);
+        if (!r) continue;
+        if (!uses && (!(uses = json_array()) || json_object_set_new(o, "uses", uses) < 0)) goto fail;
+        json_t * child = inst_json(r, opt->name, depth + 1);
+        if (!child || json_array_append_new(uses, child) < 0) goto fail;
+    }
+    return o;
+fail:
+    json_decref(o);
+    return NULL;
+}
+
 static json_t * stages_json(const struct caldera_pipeline * pl) {
     json_t * a = json_array();
     for (int64_t s = 0; a && s < pl->n_stages; s++) {
-        const struct caldera_plugin * p = caldera_inst_plugin(pl->stages[s]);
-        char ver[32];
-        snprintf(ver, sizeof(ver), "%u.%u.%u", p->version >> 16, (p->version >> 8) & 0xff, p->version & 0xff);
-        json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:s, s:i}", "section", caldera_inst_name(pl->stages[s]), "plugin",
-                                           p->name, "kind", caldera_plugin_kind_name(p->kind), "version", ver,
-                                           "format_version", (json_int_t) p->format_version));
+        json_t * st = inst_json(pl->stages[s], NULL, 0);
+        if (!st || json_array_append_new(a, st) < 0) {
+            json_decref(a);
+            return NULL;
+        }
     }
     return a;
 }

@@ -29,7 +29,12 @@ const char * caldera_version(void);
 
 typedef void (*caldera_log_fn)(enum caldera_log_level level, const char * msg, void * user);
 
-/** New context with the built-in plugins registered; threads default to all cores. */
+/**
+ * New context with the built-in plugins registered; threads default to all cores. When the
+ * first-party plugins are shared objects (the default build), the context loads the default
+ * places (caldera_registry_load_default) at its first registry lookup, so a program sees the
+ * same plugins in both build configurations.
+ */
 int  caldera_ctx_init(struct caldera_ctx ** out);
 /** Free a context; NULL is a no-op. Shared objects it loaded are closed last. */
 void caldera_ctx_free(struct caldera_ctx * ctx);
@@ -66,9 +71,21 @@ int caldera_registry_load(struct caldera_ctx * ctx, const char * path);
 int caldera_registry_load_dir(struct caldera_ctx * ctx, const char * dir);
 /**
  * Load from the default places: every directory of CALDERA_PLUGIN_PATH (':'-separated), then
- * the install directory. Missing directories are skipped; never the current directory.
+ * the default directory (caldera_plugin_dir_default). Missing directories are skipped; never the
+ * current directory. Runs once per context (later calls return 0). A name found in two places is
+ * taken from the one of higher precedence (explicit loads > CALDERA_PLUGIN_PATH > default
+ * directory > built-in) with an info notice; twice in places of the same precedence it is a
+ * duplicate (PLUGIN_DUP). With first-party plugins built as shared objects, the first registry
+ * lookup of a context runs this by itself.
  */
 int caldera_registry_load_default(struct caldera_ctx * ctx);
+/**
+ * The default plugin directory, derived at run time from where libcaldera is
+ * (<dir of libcaldera.so>/caldera/plugins: <libdir>/caldera/plugins of an install wherever it is
+ * moved, <build>/caldera/plugins in a build tree); the configured install directory when the core
+ * is not a libcaldera shared object. Free with caldera_free; NULL when out of memory.
+ */
+char * caldera_plugin_dir_default(void);
 int64_t                       caldera_registry_count(const struct caldera_ctx * ctx);
 const struct caldera_plugin * caldera_registry_get(const struct caldera_ctx * ctx, int64_t i);
 /** Where plugin i came from: "built-in" or the shared object's path. */
