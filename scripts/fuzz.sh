@@ -36,7 +36,7 @@ if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { return 0; }' |
 fi
 
 B=build-fuzz
-CC="$CC_FUZZ" cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DCALDERA_FUZZ=ON -DCALDERA_TESTS=OFF \
+CC="$CC_FUZZ" cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DCALDERA_FUZZ=ON -DCALDERA_TESTS=OFF -DCALDERA_BUILTIN_PLUGINS=ON \
     -DCALDERA_CUDA=OFF >/dev/null
 cmake --build $B -j "$(nproc)" --target "${HARNESSES[@]/#/fuzz-}" >/dev/null
 
