@@ -19,6 +19,11 @@ sets=(--set "caldera.report=$tmp/report.json")
 for sec in $(awk -F'[][]' '/^\[/{s=$2} /^plugin *= *(safetensors|gguf)/{print s}' "$ini"); do
     if grep -qE "^(writer|dense_writer) *= *$sec\b" "$ini"; then sets+=(--set "$sec.path=$tmp/$sec.out"); fi
 done
+# Calibration and evaluation caches into the temporary folder too (the user's cache stays untouched).
+for key in calibration eval; do
+    sec=$(awk -v k="$key" -F' *= *' '/^\[/{s=$0} s=="[caldera]" && $1==k {sub(/ *;.*/, "", $2); print $2}' "$ini")
+    if [ -n "$sec" ]; then sets+=(--set "$sec.cache=$tmp/cache-$key"); fi
+done
 case $mode in
 dry)
     "$pipe" "$ini" "${sets[@]}" --dry-run

@@ -704,6 +704,52 @@ START_TEST(test_config_limits) {
 }
 END_TEST
 
+// A hessians section that lacks some weight's Hessian stops the run with the tensor name it
+// expected (it used to fall back to H = I silently, which hid a misnamed or partial file);
+// hessian_missing = identity keeps the data-free fallback on request.
+START_TEST(test_hessian_missing_is_an_error) {
+    struct caldera_ctx * ctx = pctx();
+    for (int k = 0; k < 2; k++) {
+        struct caldera_config * cfg;
+        struct caldera_pipeline * pl;
+        ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+        ck_assert_int_eq(caldera_config_parse_string(cfg, "good.ini", GOOD_INI), 0);
+        // the model has two layers, the Hessian file only the first one's
+        ck_assert_int_eq(caldera_config_set(cfg, "src.layers=2"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "caldera.hessians=hs"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "hs.plugin=synthetic"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "hs.layers=1"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "hs.hidden=32"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "hs.ffn=48"), 0);
+        ck_assert_int_eq(caldera_config_set(cfg, "hs.seed=5"), 0);
+        if (k == 1) ck_assert_int_eq(caldera_config_set(cfg, "caldera.hessian_missing=identity"), 0);
+        int rc = caldera_pipeline_init(ctx, cfg, &pl);
+        for (int64_t i = 0; i < caldera_config_ndiag(cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(cfg, i));
+        ck_assert_int_eq(rc, 0);
+        sink_commit = -1;
+        rc = caldera_pipeline_run(pl);
+        if (k == 0) {
+            ck_assert_int_eq(rc, CALDERA_ERR_NOT_FOUND);
+            ck_assert_str_eq(caldera_ctx_errmsg(ctx), "no Hessian 'model.layers.1.self_attn.q_proj.hessian' for weight "
+                                                      "model.layers.1.self_attn.q_proj.weight in [hs]; allowed: a Hessian "
+                                                      "for every compressed weight, or hessian_missing = identity (H = I)");
+            ck_assert_int_eq(sink_commit, 0);   // nothing committed
+        } else {
+            ck_assert_msg(rc == 0, "%s", caldera_ctx_errmsg(ctx));
+            ck_assert_int_eq(sink_commit, 1);
+            json_error_t jerr;
+            json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
+            ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(rep, "summary"), "weights_with_hessian")), 7);
+            ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(rep, "summary"), "weights")), 14);
+            json_decref(rep);
+        }
+        caldera_pipeline_free(pl);
+        caldera_config_free(cfg);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -720,6 +766,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_resume_same_bytes);
     tcase_add_test(tc, test_nonfinite_named);
     tcase_add_test(tc, test_config_limits);
+    tcase_add_test(tc, test_hessian_missing_is_an_error);
     suite_add_tcase(s, tc);
     return s;
 }

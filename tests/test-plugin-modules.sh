@@ -8,7 +8,7 @@
 #   - each module loads alone (dlopen RTLD_NOW in a process holding only libc), exports only
 #     caldera_plugin_entry, needs no other plugin, and every symbol it leaves undefined is defined
 #     by libcaldera or by libc/libm/libpthread/libdl/libgcc_s/ld.so/BLAS/LAPACKE/jansson (or the
-#     CUDA runtime, cuBLAS/cuSOLVER and libgomp, for plugins that declare them in LIBS).
+#     CUDA runtime, cuBLAS/cuSOLVER, libgomp and PCRE2, for plugins that declare them in LIBS).
 # In both configurations: a patched e8 (fixture) given with --plugin-path or CALDERA_PLUGIN_PATH
 # overrides the first-party one with a notice, and a pipeline then runs it.
 set -eu
@@ -46,6 +46,7 @@ if [ -n "$modules" ]; then
             case $lib in
             libcaldera.so.*|libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|libgcc_s.so.*|ld-linux*|libopenblas*|libblas*|liblapack*|libjansson.so.*) ;;
             libcudart.so.*|libcublas*.so.*|libcusolver.so.*|libgomp.so.*) ;;   # the CUDA runtime and its BLAS/solver; OpenMP
+            libpcre2-8.so.*) ;;   # PCRE2: the llama plugin's tokenizer (pre-tokenizer regular expressions)
             *) fail "$so needs $lib; allowed: libcaldera, libc, libm, BLAS/LAPACKE (CUDA's too), jansson (plugins reach each other through the core)" ;;
             esac
         done

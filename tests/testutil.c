@@ -177,3 +177,40 @@ int tu_run(Suite * s) {
     srunner_free(sr);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+
+// Cyclic Jacobi eigen-decomposition of a symmetric s×s matrix a (destroyed): eigenvalues in w,
+// eigenvectors in the columns of v.
+void tu_jacobi(double * a, int64_t s, double * w, double * v) {
+    for (int64_t i = 0; i < s * s; i++) v[i] = 0.0;
+    for (int64_t i = 0; i < s; i++) v[i * s + i] = 1.0;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0.0;
+        for (int64_t p = 0; p < s; p++) for (int64_t q = p + 1; q < s; q++) off += a[p * s + q] * a[p * s + q];
+        if (off < 1e-30) break;
+        for (int64_t p = 0; p < s; p++) {
+            for (int64_t q = p + 1; q < s; q++) {
+                double apq = a[p * s + q];
+                if (fabs(apq) < 1e-300) continue;
+                double theta = (a[q * s + q] - a[p * s + p]) / (2.0 * apq);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+                double c = 1.0 / sqrt(t * t + 1.0), sn = t * c;
+                for (int64_t k = 0; k < s; k++) {   // columns p, q
+                    double akp = a[k * s + p], akq = a[k * s + q];
+                    a[k * s + p] = c * akp - sn * akq;
+                    a[k * s + q] = sn * akp + c * akq;
+                }
+                for (int64_t k = 0; k < s; k++) {   // rows p, q
+                    double apk = a[p * s + k], aqk = a[q * s + k];
+                    a[p * s + k] = c * apk - sn * aqk;
+                    a[q * s + k] = sn * apk + c * aqk;
+                }
+                for (int64_t k = 0; k < s; k++) {
+                    double vkp = v[k * s + p], vkq = v[k * s + q];
+                    v[k * s + p] = c * vkp - sn * vkq;
+                    v[k * s + q] = sn * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < s; i++) w[i] = a[i * s + i];
+}

@@ -40,6 +40,12 @@ double tu_fro(const struct caldera_tensor * a);
 int tu_quantizer_oom_sweep(struct caldera_ctx * ctx, struct caldera_inst * q, const struct caldera_tensor * w,
                            struct caldera_tensor * w_hat, const char * msg_prefix, int * dequant_fails);
 
+/**
+ * Cyclic Jacobi eigen-decomposition of a symmetric s×s double matrix a (destroyed): eigenvalues in
+ * w (unsorted), eigenvectors in the columns of v (s×s). An independent reference for LAPACK results.
+ */
+void tu_jacobi(double * a, int64_t s, double * w, double * v);
+
 /** A fresh temporary directory under the build tree (removed by the OS/CI, not by us). */
 const char * tu_tmpdir(void);
 /** Path join into a static buffer ring (valid for a few calls). */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "caldera/caldera.h"
+#include "cli-model.h"
 
 static struct caldera_ctx * g_ctx;
 static int                  g_progress_pending;
@@ -19,6 +20,8 @@ static int                  g_tty;
 static void usage(FILE * out) {
     fprintf(out,
             "usage: caldera-pipe PIPELINE.ini [options]\n"
+            "       caldera-pipe eval --model PATH [--text FILE] [--ctx N] [--windows N] [--protocol llamacpp|strided]\n"
+            "       caldera-pipe generate --model PATH --prompt TEXT [--tokens N] [--temperature T] [--chat]\n"
             "       caldera-pipe --list-plugins | --help-plugin NAME | --help | --version\n"
             "\n"
             "Compress the weights of a model as the pipeline file describes.\n"
@@ -33,7 +36,8 @@ static void usage(FILE * out) {
             "  -q, --quiet              warnings and errors only\n"
             "  --list-plugins           list the plugins that are available\n"
             "  --config-reference       print the Markdown reference of every option (docs/config-reference.md)\n"
-            "  --help-plugin NAME       describe a plugin and its options ('caldera' for the [caldera] section;\n"
+            "  --help-plugin NAME       describe a plugin and its options ('caldera' for the [caldera] section,\n"
+            "                           'calibration' and 'eval' for the sections they name;\n"
             "                           with -v also its expert options)\n"
             "  --help                   this text\n"
             "  --version                print the version\n"
@@ -154,6 +158,8 @@ static int config_reference(struct caldera_ctx * ctx) {
            "Reference options name another section. Path options expand `${VAR}` and `${VAR:-default}`.\n\n",
            caldera_version());
     md_plugin(caldera_pipeline_descriptor(), "[caldera]: the pipeline");
+    md_plugin(caldera_calibration_descriptor(), "calibration: the section named by [caldera] calibration");
+    md_plugin(caldera_eval_descriptor(), "eval: the section named by [caldera] eval");
     for (int64_t i = 0; i < n; i++) {
         char title[96];
         snprintf(title, sizeof(title), "%s (%s)", list[i]->name, caldera_plugin_kind_name(list[i]->kind));
@@ -193,6 +199,35 @@ static void print_report(const char * json_text) {
                json_real_value(json_object_get(s, "mean_rel_err_h")), json_real_value(json_object_get(s, "worst_rel_err_h")));
     }
     printf(", %.1f s\n", json_real_value(json_object_get(s, "seconds")));
+    json_t * cal = json_object_get(rep, "calibration");
+    if (cal) {
+        printf("calibration: %lld windows x %lld tokens, seed %lld, bos %s, Hessians %s%s\n",
+               (long long) json_integer_value(json_object_get(cal, "sequences")), (long long) json_integer_value(json_object_get(cal, "length")),
+               (long long) json_integer_value(json_object_get(cal, "seed")), json_string_value(json_object_get(cal, "bos")),
+               json_is_true(json_object_get(cal, "cache_hit")) ? "from the cache " : "computed",
+               json_is_true(json_object_get(cal, "cache_hit")) ? json_string_value(json_object_get(cal, "cache")) : "");
+    }
+    json_t * ev = json_object_get(rep, "eval");
+    if (ev) {
+        json_t * c = json_object_get(ev, "compressed"), * o = json_object_get(ev, "original");
+        printf("%-20s %12s %10s %14s %8s\n", "perplexity", "ppl", "±", "tokens scored", "time/s");
+        printf("%-20s %12.4f %10.4f %14lld %8.1f\n", "compressed", json_real_value(json_object_get(c, "ppl")),
+               json_real_value(json_object_get(c, "ppl_err")), (long long) json_integer_value(json_object_get(c, "tokens_scored")),
+               json_real_value(json_object_get(c, "seconds")));
+        if (json_is_object(o)) {
+            printf("%-20s %12.4f %10.4f %14lld %8s\n", json_is_true(json_object_get(o, "cached")) ? "original (cached)" : "original",
+                   json_real_value(json_object_get(o, "ppl")), json_real_value(json_object_get(o, "ppl_err")),
+                   (long long) json_integer_value(json_object_get(o, "tokens_scored")), "");
+        }
+        printf("eval: %s protocol, ctx %lld, %lld windows (0: all) of %s\n", json_string_value(json_object_get(ev, "protocol")),
+               (long long) json_integer_value(json_object_get(ev, "ctx")), (long long) json_integer_value(json_object_get(ev, "windows")),
+               json_string_value(json_object_get(ev, "text")));
+    }
+    json_t * ph = json_object_get(rep, "phase_seconds");
+    if (ph) {
+        printf("phases: calibrate %.1f s, compress %.1f s, evaluate %.1f s\n", json_real_value(json_object_get(ph, "calibrate")),
+               json_real_value(json_object_get(ph, "compress")), json_real_value(json_object_get(ph, "evaluate")));
+    }
     json_decref(rep);
 }
 
@@ -202,6 +237,8 @@ int main(int argc, char ** argv) {
     // (SmolLM2, RTN: 556 MB peak RSS; with a fixed 1 MiB threshold: 243 MB). A fixed threshold
     // keeps every tensor-sized block in its own mapping, returned to the system on free.
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    if (argc > 1 && !strcmp(argv[1], "eval")) return cli_eval(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "generate")) return cli_generate(argc - 1, argv + 1);
     const char * ini = NULL, * help_plugin = NULL;
     int dry_run = 0, print_config = 0, list = 0, threads = -1, verbosity = 0, rc = 0;
     const char ** sets = calloc((size_t) argc, sizeof(char *));
@@ -289,8 +326,10 @@ int main(int argc, char ** argv) {
         goto out;
     }
     if (help_plugin) {
-        const struct caldera_plugin * p = strcmp(help_plugin, "caldera") == 0 ? caldera_pipeline_descriptor()
-                                                                              : caldera_registry_find(ctx, help_plugin);
+        const struct caldera_plugin * p = strcmp(help_plugin, "caldera") == 0       ? caldera_pipeline_descriptor()
+                                          : strcmp(help_plugin, "calibration") == 0 ? caldera_calibration_descriptor()
+                                          : strcmp(help_plugin, "eval") == 0        ? caldera_eval_descriptor()
+                                                                                    : caldera_registry_find(ctx, help_plugin);
         if (!p) {
             fprintf(stderr, "caldera-pipe: no plugin named '%s' (see --list-plugins)\n", help_plugin);
             exit_code = 2;

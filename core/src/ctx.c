@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "linalg_cuda.h"
 
 static void log_stderr(enum caldera_log_level level, const char * msg, void * user) {
     (void) user;
@@ -57,6 +58,7 @@ int caldera_ctx_init(struct caldera_ctx ** out) {
 void caldera_ctx_free(struct caldera_ctx * ctx) {
     if (!ctx) return;
     caldera_pool_free(ctx->pool);
+    caldera_cuda_ctx_free(ctx);
     caldera_registry_free(ctx);
     caldera_free(ctx);
 }
@@ -83,8 +85,18 @@ int caldera_ctx_set_threads(struct caldera_ctx * ctx, int threads) {
 int caldera_ctx_threads(const struct caldera_ctx * ctx) { return ctx->threads; }
 
 int caldera_ctx_set_device(struct caldera_ctx * ctx, enum caldera_device device) {
-    if (device != CALDERA_DEVICE_CPU) {
-        return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "device 'cuda' is not available in this build; allowed: cpu");
+    if (device != CALDERA_DEVICE_CPU && device != CALDERA_DEVICE_CUDA) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "device %d; allowed: cpu (0), cuda (1)", (int) device);
+    }
+    if (device == CALDERA_DEVICE_CUDA) {
+        char why[1024];
+        if (caldera_cuda_probe(why, sizeof(why)) <= 0) {
+#ifdef CALDERA_CUDA_MODULE
+            return caldera_ctx_error(ctx, CALDERA_ERR_DEVICE, "device 'cuda': no usable CUDA device (%s); allowed: cpu", why);
+#else
+            return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "device 'cuda': %s; allowed: cpu", why);
+#endif
+        }
     }
     ctx->device = device;
     return 0;

@@ -27,6 +27,7 @@ struct caldera_registry_entry {
 };
 
 struct caldera_pool;
+struct ccu_dev;
 void caldera_pool_free(struct caldera_pool * pool);
 
 struct caldera_ctx {
@@ -45,6 +46,7 @@ struct caldera_ctx {
     int64_t                         n_retired;
     int                             defaults_pending; // load the default places at first lookup
     int                             defaults_loaded;  // caldera_registry_load_default ran
+    struct ccu_dev *                cuda_dev;   // the CUDA device: stream and handles (lazy; linalg_cuda.c)
 };
 
 struct caldera_inst {

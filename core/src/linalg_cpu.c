@@ -6,11 +6,16 @@
 #include <math.h>
 #include <string.h>
 
+#include "cuda/hd.h"
 #include "internal.h"
+#include "linalg_cuda.h"
 
 void caldera_blas_set_threads(int n) { openblas_set_num_threads(n); }
 
 #define LDA(t) ((t)->ld ? (t)->ld : (t)->ne[1])
+// Whether an op of about `flops` floating-point operations on these tensors runs on the GPU
+// (linalg_cuda.c): a device tensor among them, or device = cuda and the op is big enough.
+#define ON_CUDA(flops, ...) caldera_cuda_route(ctx, (double) (flops), (const struct caldera_tensor * const[]) { __VA_ARGS__, NULL })
 
 static int check_mat(struct caldera_ctx * ctx, const char * fn, const char * what, const struct caldera_tensor * t) {
     if (!t || !t->data) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: %s is NULL", fn, what);
@@ -18,7 +23,9 @@ static int check_mat(struct caldera_ctx * ctx, const char * fn, const char * wha
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: %s must be a 2-d f32 tensor (got %d-d %s)", fn, what,
                                  t->ndim, caldera_dtype_name(t->dtype));
     }
-    if (t->device != CALDERA_DEVICE_CPU) return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "%s: %s is not on the CPU", fn, what);
+    if (t->device != CALDERA_DEVICE_CPU && t->device != CALDERA_DEVICE_CUDA) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: %s has device %d; allowed: cpu, cuda", fn, what, (int) t->device);
+    }
     if (t->ne[0] < 0 || t->ne[1] < 0 || LDA(t) < t->ne[1]) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "%s: %s has an invalid shape or leading dimension", fn, what);
     }
@@ -63,6 +70,7 @@ int caldera_linalg_gemm(struct caldera_ctx * ctx, enum caldera_trans ta, enum ca
     int64_t m = ta ? a->ne[1] : a->ne[0], k = ta ? a->ne[0] : a->ne[1];
     int64_t kb = tb ? b->ne[1] : b->ne[0], n = tb ? b->ne[0] : b->ne[1];
     if (k != kb || c->ne[0] != m || c->ne[1] != n) return dims_error(ctx, "gemm");
+    if (ON_CUDA(2.0 * (double) m * (double) n * (double) k, a, b, c)) return caldera_cuda_gemm(ctx, ta, tb, alpha, a, b, beta, c);
     if (m == 0 || n == 0) return 0;
     if (k == 0) {
         for (int64_t i = 0; i < m; i++) {
@@ -90,6 +98,7 @@ int caldera_linalg_syrk(struct caldera_ctx * ctx, enum caldera_trans trans, floa
     if ((rc = check_mat(ctx, "syrk", "A", a)) || (rc = check_square(ctx, "syrk", "C", c))) return rc;
     int64_t n = trans ? a->ne[1] : a->ne[0], k = trans ? a->ne[0] : a->ne[1];
     if (c->ne[0] != n) return dims_error(ctx, "syrk");
+    if (ON_CUDA((double) n * (double) n * (double) k, a, c)) return caldera_cuda_syrk(ctx, trans, alpha, a, beta, c);
     if (n == 0) return 0;
     if (k == 0) {
         for (int64_t i = 0; i < n; i++) {
@@ -110,6 +119,7 @@ int caldera_linalg_cholesky(struct caldera_ctx * ctx, struct caldera_tensor * a)
     int rc = check_square(ctx, "cholesky", "A", a);
     if (rc) return rc;
     int64_t n = a->ne[0];
+    if (ON_CUDA((double) n * (double) n * (double) n / 3.0, a)) return caldera_cuda_cholesky(ctx, a);
     if (n == 0) return 0;
     if (has_nonfinite(a)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "cholesky: matrix has NaN or Inf entries");
     // The row-major lower triangle is the column-major upper one: factor in place, no transposes.
@@ -133,6 +143,9 @@ int caldera_linalg_trsm(struct caldera_ctx * ctx, int right, int lower, enum cal
     if ((rc = check_square(ctx, "trsm", "T", t)) || (rc = check_mat(ctx, "trsm", "B", b))) return rc;
     int64_t need = right ? b->ne[1] : b->ne[0];
     if (t->ne[0] != need) return dims_error(ctx, "trsm");
+    if (ON_CUDA((double) b->ne[0] * (double) b->ne[1] * (double) need, t, b)) {
+        return caldera_cuda_trsm(ctx, right, lower, trans, unit_diag, alpha, t, b);
+    }
     if (b->ne[0] == 0 || b->ne[1] == 0) return 0;
     cblas_strsm(CblasRowMajor, right ? CblasRight : CblasLeft, lower ? CblasLower : CblasUpper,
                 trans ? CblasTrans : CblasNoTrans, unit_diag ? CblasUnit : CblasNonUnit, (blasint) b->ne[0],
@@ -141,7 +154,10 @@ int caldera_linalg_trsm(struct caldera_ctx * ctx, int right, int lower, enum cal
 }
 
 int caldera_linalg_spd_inverse(struct caldera_ctx * ctx, struct caldera_tensor * a) {
-    int rc = caldera_linalg_cholesky(ctx, a);
+    int rc = check_square(ctx, "spd_inverse", "A", a);
+    if (rc) return rc;
+    if (ON_CUDA((double) a->ne[0] * (double) a->ne[0] * (double) a->ne[0], a)) return caldera_cuda_spd_inverse(ctx, a);
+    rc = caldera_linalg_cholesky(ctx, a);
     if (rc) return rc;
     int64_t n = a->ne[0];
     if (n == 0) return 0;
@@ -156,6 +172,7 @@ int caldera_linalg_spd_solve(struct caldera_ctx * ctx, const struct caldera_tens
     if ((rc = check_square(ctx, "spd_solve", "A", a)) || (rc = check_mat(ctx, "spd_solve", "B", b))) return rc;
     if (b->ne[0] != a->ne[0]) return dims_error(ctx, "spd_solve");
     int64_t n = a->ne[0];
+    if (ON_CUDA((double) n * (double) n * ((double) n / 3.0 + 2.0 * (double) b->ne[1]), a, b)) return caldera_cuda_spd_solve(ctx, a, b);
     if (n == 0 || b->ne[1] == 0) return 0;
     if (has_nonfinite(b)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "spd_solve: right-hand side has NaN or Inf entries");
     float * f = dense_copy(a);
@@ -212,6 +229,7 @@ int caldera_linalg_block_ldl(struct caldera_ctx * ctx, const struct caldera_tens
     }
     if (b > 64) return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "block_ldl: block size %lld; allowed: 1..64", (long long) b);
     if (l->ne[0] != n || d->ne[0] != n) return dims_error(ctx, "block_ldl");
+    if (ON_CUDA((double) n * (double) n * (double) n / 3.0, h, l, d)) return caldera_cuda_block_ldl(ctx, h, b, l, d);
     // L ← chol(H) (M); then D_j = M_jj M_jjᵀ and L = M · blockdiag(M_jj)⁻¹ (algorithms.md §2).
     copy_into(l, h->data, LDA(h), n, n);
     if ((rc = caldera_linalg_cholesky(ctx, l))) return rc;
@@ -253,6 +271,7 @@ int caldera_linalg_eigh(struct caldera_ctx * ctx, const struct caldera_tensor * 
     if ((rc = check_square(ctx, "eigh", "A", a)) || (rc = check_square(ctx, "eigh", "V", v))) return rc;
     int64_t n = a->ne[0];
     if (v->ne[0] != n) return dims_error(ctx, "eigh");
+    if (ON_CUDA(9.0 * (double) n * (double) n * (double) n, a, v)) return caldera_cuda_eigh(ctx, a, w, v);
     if (n == 0) return 0;
     if (has_nonfinite(a)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "eigh: matrix has NaN or Inf entries");
     copy_into(v, a->data, LDA(a), n, n);
@@ -269,6 +288,7 @@ int caldera_linalg_svd(struct caldera_ctx * ctx, const struct caldera_tensor * a
     if (u && ((rc = check_mat(ctx, "svd", "U", u)) || u->ne[0] != m || u->ne[1] != k)) return rc ? rc : dims_error(ctx, "svd");
     if (vt && ((rc = check_mat(ctx, "svd", "Vt", vt)) || vt->ne[0] != k || vt->ne[1] != n)) return rc ? rc : dims_error(ctx, "svd");
     if (k == 0) return 0;
+    if (ON_CUDA(8.0 * (double) m * (double) n * (double) k, a, u ? u : a, vt ? vt : a)) return caldera_cuda_svd(ctx, a, u, s, vt);
     if (has_nonfinite(a)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "svd: matrix has NaN or Inf entries");
     float * ac = dense_copy(a);
     float * uu = caldera_malloc((size_t) (m * k) * sizeof(float));
@@ -331,6 +351,18 @@ int caldera_linalg_svd_trunc(struct caldera_ctx * ctx, const struct caldera_tens
     if (k == 0) return 0;
     float * uu = NULL, * ss = NULL, * vv = NULL, * om = NULL, * y = NULL, * z = NULL, * bm = NULL;
     int64_t l = oversample < 0 ? kmax : (k + oversample < kmax ? k + oversample : kmax);
+    if (ON_CUDA(4.0 * (double) m * (double) n * (double) l * (power_iters + 1), a, u ? u : a, vt ? vt : a)) {
+        if (oversample < 0 || l == kmax) return caldera_cuda_svd_trunc(ctx, a, k, l, power_iters, NULL, u, s, vt);
+        // the CPU's Gaussian test matrix, so both devices sketch the same range
+        om = caldera_malloc((size_t) (n * l) * sizeof(float));
+        if (!om) return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "svd_trunc: out of memory");
+        struct caldera_rng rng;
+        caldera_rng_seed(&rng, seed);
+        for (int64_t i = 0; i < n * l; i++) om[i] = (float) caldera_rng_normal(&rng);
+        rc = caldera_cuda_svd_trunc(ctx, a, k, l, power_iters, om, u, s, vt);
+        caldera_free(om);
+        return rc;
+    }
     if (oversample < 0 || l == kmax) {
         // exact: thin SVD of A
         uu = caldera_malloc((size_t) (m * kmax) * sizeof(float));
@@ -389,6 +421,7 @@ int caldera_linalg_lstsq(struct caldera_ctx * ctx, const struct caldera_tensor *
     if ((rc = check_mat(ctx, "lstsq", "A", a)) || (rc = check_mat(ctx, "lstsq", "B", b)) || (rc = check_mat(ctx, "lstsq", "X", x))) return rc;
     int64_t m = a->ne[0], n = a->ne[1], p = b->ne[1];
     if (b->ne[0] != m || x->ne[0] != n || x->ne[1] != p) return dims_error(ctx, "lstsq");
+    if (ON_CUDA(8.0 * (double) m * (double) n * (double) (m < n ? m : n), a, b, x)) return caldera_cuda_lstsq(ctx, a, b, x);
     if (n == 0 || p == 0) return 0;
     if (has_nonfinite(a) || has_nonfinite(b)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "lstsq: NaN or Inf in input");
     int64_t mx = m > n ? m : n;
@@ -418,13 +451,7 @@ static void fwht_rows(void * arg, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         float * x = fa->d + r * fa->ld;
         for (int64_t h = 1; h < fa->n; h <<= 1) {
-            for (int64_t i = 0; i < fa->n; i += h << 1) {
-                for (int64_t j = i; j < i + h; j++) {
-                    float u = x[j], v = x[j + h];
-                    x[j] = u + v;
-                    x[j + h] = u - v;
-                }
-            }
+            for (int64_t t = 0; t < fa->n / 2; t++) caldera_hd_fwht_pair(x, h, t);   // as the CUDA kernel
         }
     }
 }
@@ -436,6 +463,7 @@ int caldera_linalg_fwht(struct caldera_ctx * ctx, struct caldera_tensor * a) {
     if (n <= 0 || (n & (n - 1)) != 0) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "fwht: row length %lld is not a power of two", (long long) n);
     }
+    if (ON_CUDA(0, a)) return caldera_cuda_fwht(ctx, a);   // memory-bound: host rows stay on the CPU
     struct fwht_arg fa = { a->data, n, LDA(a) };
     caldera_parallel_for(ctx, a->ne[0], n >= 65536 ? 1 : 65536 / n, fwht_rows, &fa);   // >= 64 Ki elements a chunk
     return 0;
@@ -447,6 +475,7 @@ int caldera_linalg_trace_quad(struct caldera_ctx * ctx, const struct caldera_ten
     if ((rc = check_mat(ctx, "trace_quad", "A", a)) || (rc = check_square(ctx, "trace_quad", "H", h))) return rc;
     int64_t m = a->ne[0], n = a->ne[1];
     if (h->ne[0] != n) return dims_error(ctx, "trace_quad");
+    if (ON_CUDA(2.0 * (double) m * (double) n * (double) n, a, h)) return caldera_cuda_trace_quad(ctx, a, h, out);
     *out = 0;
     if (m == 0 || n == 0) return 0;
     float * ah = caldera_malloc((size_t) (m * n) * sizeof(float));

@@ -8,7 +8,8 @@
 
 struct pack_item {
     char *                name;
-    struct caldera_tensor t;   // owning
+    struct caldera_tensor t;      // owning, unless view
+    int                   view;   // 1: t's data belongs to someone else (caldera_pack_add_view)
 };
 
 struct caldera_pack {
@@ -34,7 +35,7 @@ void caldera_pack_free(struct caldera_pack * pack) {
     if (!pack) return;
     for (int64_t i = 0; i < pack->n; i++) {
         caldera_free(pack->items[i].name);
-        caldera_tensor_free(&pack->items[i].t);
+        if (!pack->items[i].view) caldera_tensor_free(&pack->items[i].t);
     }
     for (int i = 0; i < pack->depth; i++) caldera_free(pack->prefix[i]);
     caldera_free_unaligned(pack->items);
@@ -61,8 +62,8 @@ static int64_t find_full(const struct caldera_pack * pack, const char * name) {
     return -1;
 }
 
-int caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum caldera_dtype dtype, int32_t ndim,
-                     const int64_t * ne, void ** data) {
+// A new slot named "<prefix><suffix>" at pack->items[pack->n] (not yet counted).
+static int pack_slot(struct caldera_pack * pack, const char * suffix, struct pack_item ** out) {
     char * name = full_name(pack, suffix);
     if (!name) return CALDERA_ERR_NOMEM;
     if (find_full(pack, name) >= 0) {
@@ -80,14 +81,34 @@ int caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum calde
         pack->cap = cap;
     }
     struct pack_item * it = &pack->items[pack->n];
-    int rc = caldera_tensor_alloc(NULL, dtype, ndim, ne, &it->t);
-    if (rc < 0) {
-        caldera_free(name);
+    memset(it, 0, sizeof(*it));
+    it->name = name;
+    *out = it;
+    return 0;
+}
+
+int caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum caldera_dtype dtype, int32_t ndim,
+                     const int64_t * ne, void ** data) {
+    struct pack_item * it;
+    int rc = pack_slot(pack, suffix, &it);
+    if (rc < 0) return rc;
+    if ((rc = caldera_tensor_alloc(NULL, dtype, ndim, ne, &it->t)) < 0) {
+        caldera_free(it->name);
         return rc;
     }
-    it->name = name;
     pack->n++;
     if (data) *data = it->t.data;
+    return 0;
+}
+
+int caldera_pack_add_view(struct caldera_pack * pack, const char * suffix, const struct caldera_tensor * t) {
+    if (!t || !t->data || t->ndim < 1 || t->ndim > CALDERA_MAX_DIMS) return CALDERA_ERR_INVAL;
+    struct pack_item * it;
+    int rc = pack_slot(pack, suffix, &it);
+    if (rc < 0) return rc;
+    it->t    = *t;
+    it->view = 1;
+    pack->n++;
     return 0;
 }
 

@@ -12,42 +12,21 @@
 #include <string.h>
 #include <time.h>
 
-#include "checkpoint.h"
-#include "config.h"
-
-enum { HMISS_IDENTITY = 0, HMISS_ERROR = 1 };
-
-// Options of the [caldera] section (bound like a plugin's, so help and --print-config are generated).
-struct pipeline_opts {
-    struct caldera_inst * reader;
-    struct caldera_inst * writer;
-    struct caldera_inst * dense_writer;
-    struct caldera_inst * hessians;
-    char *                stages;
-    char *                include;
-    char *                exclude;
-    int                   device;
-    int64_t               threads;
-    int                   hessian_missing;
-    char *                report;
-    int64_t               max_tensors;
-    int                   verify;
-    int                   copy_dtype;
-    char *                plugin_path;
-    char *                checkpoint;
-};
-
-enum { COPY_AUTO = 0, COPY_F32, COPY_F16, COPY_BF16 };
+#include "calibrate.h"
+#include "linalg_cuda.h"
+#include "pipeline.h"
 
 #define POFF(x) offsetof(struct pipeline_opts, x)
+enum { DEVICE_AUTO = 2 };   // after the public enum caldera_device values
 static const struct caldera_opt_choice device_choices[] = {
     { "cpu", CALDERA_DEVICE_CPU, "OpenBLAS/LAPACKE on the CPU" },
-    { "cuda", CALDERA_DEVICE_CUDA, "cuBLAS/cuSOLVER (a CUDA build with a GPU)" },
+    { "cuda", CALDERA_DEVICE_CUDA, "cuBLAS/cuSOLVER (a CUDA build with a GPU); an error without one" },
+    { "auto", DEVICE_AUTO, "cuda when a GPU is usable and every stage's plugin accepts it, else cpu" },
     { NULL, 0, NULL },
 };
 static const struct caldera_opt_choice hmiss_choices[] = {
     { "identity", HMISS_IDENTITY, "use H = I (data-free) for weights without a Hessian" },
-    { "error", HMISS_ERROR, "stop with an error" },
+    { "error", HMISS_ERROR, "stop with an error naming the expected tensor (a misnamed or partial file shows)" },
     { NULL, 0, NULL },
 };
 static const struct caldera_opt_choice copy_choices[] = {
@@ -76,8 +55,8 @@ static const struct caldera_option pipeline_options[] = {
       device_choices, 0, 0 },
     { "threads", "threads for BLAS and the core's loops (0: all cores)", POFF(threads), CALDERA_OPT_INT, { .i64 = 0 }, 0, 4096,
       NULL, 0, 0 },
-    { "hessian_missing", "what to do for a weight without a Hessian", POFF(hessian_missing), CALDERA_OPT_ENUM,
-      { .i64 = HMISS_IDENTITY }, 0, -1, hmiss_choices, 0, 0 },
+    { "hessian_missing", "what to do for a compressed weight whose Hessian the hessians section lacks", POFF(hessian_missing),
+      CALDERA_OPT_ENUM, { .i64 = HMISS_ERROR }, 0, -1, hmiss_choices, 0, 0 },
     { "report", "write the per-tensor report as JSON to this path (empty: none)", POFF(report), CALDERA_OPT_PATH, { .str = "" },
       0, -1, NULL, 0, 0 },
     { "max_tensors", "compress at most this many weights (0: all), for quick runs", POFF(max_tensors), CALDERA_OPT_INT,
@@ -90,6 +69,12 @@ static const struct caldera_option pipeline_options[] = {
       POFF(checkpoint), CALDERA_OPT_PATH, { .str = "" }, 0, -1, NULL, 0, 0 },
     { "verify", "re-decode every pack and check it reproduces the approximation bit for bit", POFF(verify), CALDERA_OPT_BOOL,
       { .i64 = 0 }, 0, -1, NULL, 0, 0 },
+    { "calibration", "section of calibration settings: Hessians from the model's forward pass on text (empty: none)",
+      POFF(calibration), CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
+    { "eval", "section of evaluation settings: perplexity of what was written next to the original's (empty: none)", POFF(eval),
+      CALDERA_OPT_STRING, { .str = "" }, 0, -1, NULL, 0, 0 },
+    { "model", "model plugin that runs the forward pass for calibration and evaluation", POFF(model), CALDERA_OPT_STRING,
+      { .str = "llama" }, 0, -1, NULL, 0, 0 },
     { NULL },
 };
 
@@ -105,26 +90,6 @@ static const struct caldera_plugin pipeline_desc = {
 
 const struct caldera_plugin * caldera_pipeline_descriptor(void) { return &pipeline_desc; }
 
-struct pl_section {
-    struct caldera_inst * inst;
-    struct cfg_section *  sec;
-};
-
-struct caldera_pipeline {
-    struct caldera_ctx *    ctx;
-    struct caldera_config * cfg;
-    struct caldera_inst *   self;        // the [caldera] options
-    struct pl_section *     secs;
-    int64_t                 n_secs;
-    struct caldera_inst **  stages;
-    int64_t                 n_stages;
-    int                     reader_open, hess_open;
-    char *                  report_json;
-    json_t *                report;
-};
-
-static struct pipeline_opts * popts(const struct caldera_pipeline * pl) { return caldera_inst_priv(pl->self); }
-
 void caldera_pipeline_free(struct caldera_pipeline * pl) {
     if (!pl) return;
     struct pipeline_opts * o = pl->self ? popts(pl) : NULL;
@@ -138,6 +103,8 @@ void caldera_pipeline_free(struct caldera_pipeline * pl) {
     }
     // Instances may reference each other: uninit all before freeing any memory they share.
     for (int64_t i = pl->n_secs - 1; i >= 0; i--) caldera_inst_free(pl->secs[i].inst);
+    caldera_inst_free(pl->eval);
+    caldera_inst_free(pl->calib);
     caldera_inst_free(pl->self);
     caldera_free_unaligned(pl->secs);
     caldera_free(pl->stages);
@@ -248,6 +215,14 @@ static char * expand_env(const char * v, char * err, size_t errlen, int depth) {
     return out;
 }
 
+char * pl_expand_env(const char * v, char * err, size_t errlen) { return expand_env(v, err, errlen, 0); }
+
+char * pl_resolve_path(const char * path, const char * file) {
+    const char * slash = file ? strrchr(file, '/') : NULL;
+    if (path[0] == '/' || !file || strcmp(file, "--set") == 0 || !slash) return caldera_strdup(path);
+    return caldera_asprintf("%.*s/%s", (int) (slash - file), file, path);
+}
+
 // Bind every key of a section to inst's options; REFs are resolved later.
 static void bind_section(struct caldera_pipeline * pl, struct caldera_inst * inst, const char * section) {
     struct caldera_config * cfg = pl->cfg;
@@ -326,7 +301,7 @@ static void resolve_refs(struct caldera_pipeline * pl, struct caldera_inst * ins
     }
 }
 
-static const char * format_path(struct caldera_inst * inst, char ** owned) {
+const char * pl_format_path(struct caldera_inst * inst, char ** owned) {
     *owned = caldera_inst_get_text(inst, "path");
     return (*owned && **owned) ? *owned : NULL;
 }
@@ -345,16 +320,16 @@ static int match_any(const char * patterns, const char * name) {
     return 0;
 }
 
-static int selected(const struct pipeline_opts * o, const struct caldera_tensor_info * ti) {
+int pl_selected(const struct pipeline_opts * o, const struct caldera_tensor_info * ti) {
     const char * name = ti->hf_name ? ti->hf_name : ti->name;
     return ti->ndim == 2 && match_any(o->include, name) && !match_any(o->exclude, name);
 }
 
-static int open_reader(struct caldera_pipeline * pl, struct caldera_inst * inst, int * flag) {
+int pl_open_reader(struct caldera_pipeline * pl, struct caldera_inst * inst, int * flag) {
     const struct caldera_format_ops * ops = caldera_inst_plugin(inst)->ops;
     if (!ops->open) return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "this format plugin cannot read models");
     char * owned = NULL;
-    const char * path = format_path(inst, &owned);
+    const char * path = pl_format_path(inst, &owned);
     int rc = ops->open(inst, path);
     caldera_free(owned);
     if (rc == 0) *flag = 1;
@@ -378,6 +353,64 @@ static void diag_from_ctx(struct caldera_pipeline * pl, struct cfg_section * sec
                          plugin[0] ? plugin : NULL, "%s%s", what ? what : "", rest);
 }
 
+// An instance of one of the core's own section descriptors ([caldera], calibration, eval).
+static int core_inst_create(struct caldera_ctx * ctx, const struct caldera_plugin * desc, const char * name, struct caldera_inst ** out) {
+    struct caldera_inst * inst = caldera_calloc(1, sizeof(*inst));
+    *out = inst;
+    if (!inst) return CALDERA_ERR_NOMEM;
+    inst->ctx = ctx;
+    inst->plugin = desc;
+    inst->name = caldera_strdup(name);
+    inst->priv = caldera_calloc(1, desc->priv_size);
+    inst->n_options = caldera_options_count(desc->options);
+    inst->is_set = caldera_calloc((size_t) inst->n_options + 1, sizeof(bool));
+    if (!inst->name || !inst->priv || !inst->is_set) return CALDERA_ERR_NOMEM;
+    for (int64_t i = 0; i < inst->n_options; i++) {
+        if (caldera_option_set_default(&desc->options[i], inst->priv) < 0) return CALDERA_ERR_NOMEM;
+    }
+    return 0;
+}
+
+// device = cuda needs a usable GPU; auto takes it when there is one and every stage's plugin
+// probe (asked with the context's device set to cuda) accepts it. Plugins without a probe accept.
+static void resolve_device(struct caldera_pipeline * pl, struct cfg_section * main_sec) {
+    struct caldera_ctx * ctx = pl->ctx;
+    const int want = popts(pl)->device;
+    struct cfg_entry * de = caldera_config_find(pl->cfg, "caldera", "device");
+    const char * file = de ? de->file : main_sec->file;
+    int line = de ? de->line : main_sec->line;
+    pl->device = CALDERA_DEVICE_CPU;
+    if (want == CALDERA_DEVICE_CPU) return;
+    char why[1024] = "";
+    if (caldera_cuda_probe(why, sizeof(why)) <= 0) {
+        if (want == CALDERA_DEVICE_CUDA) {
+            caldera_config_diagf(pl->cfg, file, line, "caldera", NULL,
+                                 "device = cuda, but no CUDA device can be used: %s; allowed: cpu, or auto (the CPU when "
+                                 "there is no GPU)", why);
+        } else {
+            caldera_log(ctx, CALDERA_LOG_INFO, "device = auto: using the CPU (%s)", why);
+        }
+        return;
+    }
+    const enum caldera_device saved = ctx->device;
+    const char * refuser = NULL;
+    ctx->device = CALDERA_DEVICE_CUDA;
+    for (int64_t i = 0; i < pl->n_stages && !refuser; i++) {
+        const struct caldera_plugin * p = caldera_inst_plugin(pl->stages[i]);
+        if (p->probe && p->probe(ctx) <= 0) refuser = caldera_inst_name(pl->stages[i]);
+    }
+    ctx->device = saved;
+    if (!refuser) {
+        pl->device = CALDERA_DEVICE_CUDA;
+    } else if (want == CALDERA_DEVICE_CUDA) {
+        caldera_config_diagf(pl->cfg, file, line, "caldera", NULL,
+                             "device = cuda, but stage [%s] (plugin %s) cannot run with it (its probe); allowed: cpu, auto",
+                             refuser, plugin_of(pl_find(pl, refuser)->inst));
+    } else {
+        caldera_log(ctx, CALDERA_LOG_INFO, "device = auto: using the CPU (stage [%s] cannot run with cuda)", refuser);
+    }
+}
+
 int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg, struct caldera_pipeline ** out) {
     *out = NULL;
     struct caldera_pipeline * pl = caldera_calloc(1, sizeof(*pl));
@@ -386,17 +419,10 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     pl->cfg = cfg;
     int rc = 0;
     // The [caldera] section.
-    struct caldera_inst * self = caldera_calloc(1, sizeof(*self));
-    if (!self) { rc = CALDERA_ERR_NOMEM; goto fail; }
-    self->ctx = ctx;
-    self->plugin = &pipeline_desc;
-    self->name = caldera_strdup("caldera");
-    self->priv = caldera_calloc(1, sizeof(struct pipeline_opts));
-    self->n_options = caldera_options_count(pipeline_options);
-    self->is_set = caldera_calloc((size_t) self->n_options + 1, sizeof(bool));
+    struct caldera_inst * self = NULL;
+    rc = core_inst_create(ctx, &pipeline_desc, "caldera", &self);
     pl->self = self;
-    if (!self->name || !self->priv || !self->is_set) { rc = CALDERA_ERR_NOMEM; goto fail; }
-    for (int64_t i = 0; i < self->n_options; i++) caldera_option_set_default(&pipeline_options[i], self->priv);
+    if (rc < 0) goto fail;
 
     struct cfg_section * main_sec = caldera_config_find_section(cfg, "caldera");
     if (!main_sec) {
@@ -433,12 +459,33 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     // 1. Resolve every other section to a plugin instance.
     pl->secs = caldera_realloc(NULL, (size_t) (cfg->n_sections + 1) * sizeof(*pl->secs));
     if (!pl->secs) { rc = CALDERA_ERR_NOMEM; goto fail; }
+    // The sections named by [caldera] calibration / eval are bound to the core's descriptors (no plugin key).
+    struct cfg_entry * cal_e = caldera_config_find(cfg, "caldera", "calibration");
+    struct cfg_entry * ev_e = caldera_config_find(cfg, "caldera", "eval");
+    struct { struct cfg_entry * e; const struct caldera_plugin * desc; struct caldera_inst ** inst; struct cfg_section ** sec; } cores[2] = {
+        { cal_e, caldera_calibration_descriptor(), &pl->calib, &pl->calib_sec },
+        { ev_e, caldera_eval_descriptor(), &pl->eval, &pl->eval_sec },
+    };
+    for (int k = 0; k < 2; k++) {
+        if (!cores[k].e || !*cores[k].e->value) continue;
+        struct cfg_section * s = caldera_config_find_section(cfg, cores[k].e->value);
+        if (!s || !strcmp(s->name, "caldera") || (k == 1 && cal_e && !strcmp(cal_e->value, ev_e->value))) {
+            caldera_config_diagf(cfg, cores[k].e->file, cores[k].e->line, "caldera", NULL, "option '%s' = '%s' names no section%s",
+                                 cores[k].e->key, cores[k].e->value, s ? " of its own" : "; allowed: a section of its settings");
+            continue;
+        }
+        s->referenced = 1;
+        if ((rc = core_inst_create(ctx, cores[k].desc, s->name, cores[k].inst)) < 0) goto fail;
+        *cores[k].sec = s;
+    }
     for (int64_t i = 0; i < cfg->n_sections; i++) {
         struct cfg_section * s = &cfg->sections[i];
         if (strcmp(s->name, "caldera") == 0) continue;
+        if (s == pl->calib_sec || s == pl->eval_sec) continue;
         struct cfg_entry * pe = caldera_config_find(cfg, s->name, "plugin");
         if (!pe) {
-            caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them");
+            caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them (settings "
+                                 "sections have none: they are named by [caldera] calibration or eval)");
             continue;
         }
         pe->used = 1;
@@ -454,6 +501,8 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
     }
     // 2. Bind values; 3. resolve references.
     if (main_sec) bind_section(pl, self, "caldera");
+    if (pl->calib) bind_section(pl, pl->calib, caldera_inst_name(pl->calib));
+    if (pl->eval) bind_section(pl, pl->eval, caldera_inst_name(pl->eval));
     for (int64_t i = 0; i < pl->n_secs; i++) bind_section(pl, pl->secs[i].inst, caldera_inst_name(pl->secs[i].inst));
     if (main_sec) resolve_refs(pl, self, "caldera");
     for (int64_t i = 0; i < pl->n_secs; i++) resolve_refs(pl, pl->secs[i].inst, caldera_inst_name(pl->secs[i].inst));
@@ -520,6 +569,19 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
                 caldera_config_diagf(cfg, main_sec->file, main_sec->line, "caldera", NULL, "required option '%s' is not set", op->name);
             }
         }
+        if (o->hessians && pl->calib) {
+            caldera_config_diagf(cfg, cal_e->file, cal_e->line, "caldera", NULL,
+                                 "both 'hessians' and 'calibration' are set; allowed: one source of Hessians");
+        }
+        if ((pl->calib || pl->eval)) {
+            const struct caldera_plugin * mp = caldera_registry_find(ctx, o->model);
+            if (!mp || mp->kind != CALDERA_PLUGIN_KIND_MODEL) {
+                struct cfg_entry * me = caldera_config_find(cfg, "caldera", "model");
+                caldera_config_diagf(cfg, me ? me->file : main_sec->file, me ? me->line : main_sec->line, "caldera", NULL,
+                                     "model = '%s' is no model plugin%s; allowed: a plugin of kind model (caldera-pipe --list-plugins)",
+                                     o->model, mp ? "" : " that is loaded");
+            }
+        }
         if (!o->reader && !caldera_config_find(cfg, "caldera", "reader")) {
             caldera_config_diagf(cfg, main_sec->file, main_sec->line, "caldera", NULL, "required option 'reader' is not set");
         }
@@ -530,10 +592,12 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
             if (caldera_inst_start(inst) < 0) diag_from_ctx(pl, pl->secs[i].sec, NULL);
         }
     }
+    // 5b. The device, so that --dry-run reports a missing GPU.
+    if (main_sec) resolve_device(pl, main_sec);
     // 6. Shapes: read the model's headers and ask every stage about every selected weight.
     if (caldera_config_ndiag(cfg) == 0 && o->reader) {
         struct pl_section * rs = pl_find(pl, caldera_inst_name(o->reader));
-        if (open_reader(pl, o->reader, &pl->reader_open) < 0) {
+        if (pl_open_reader(pl, o->reader, &pl->reader_open) < 0) {
             diag_from_ctx(pl, rs->sec, NULL);
         } else {
             const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
@@ -544,7 +608,7 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
                     diag_from_ctx(pl, rs->sec, NULL);
                     break;
                 }
-                if (!selected(o, &ti)) continue;
+                if (!pl_selected(o, &ti)) continue;
                 nsel++;
                 for (int64_t s = 0; s < pl->n_stages; s++) {
                     const struct caldera_plugin * sp = caldera_inst_plugin(pl->stages[s]);
@@ -567,7 +631,7 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
         }
         if (o->hessians && o->hessians != o->reader) {
             struct pl_section * hs = pl_find(pl, caldera_inst_name(o->hessians));
-            if (open_reader(pl, o->hessians, &pl->hess_open) < 0) diag_from_ctx(pl, hs->sec, NULL);
+            if (pl_open_reader(pl, o->hessians, &pl->hess_open) < 0) diag_from_ctx(pl, hs->sec, NULL);
         }
         if (o->writer && !((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->create) {
             struct pl_section * ws = pl_find(pl, caldera_inst_name(o->writer));
@@ -609,11 +673,13 @@ static int print_section(FILE * out, struct caldera_inst * inst, int with_plugin
 int caldera_pipeline_print_config(const struct caldera_pipeline * pl, FILE * out) {
     fprintf(out, "; effective configuration (caldera %s): every option, defaults filled in\n", CALDERA_VERSION_STRING);
     int rc = print_section(out, pl->self, 0);
+    if (rc == 0 && pl->calib) rc = print_section(out, pl->calib, 0);
+    if (rc == 0 && pl->eval) rc = print_section(out, pl->eval, 0);
     for (int64_t i = 0; rc == 0 && i < pl->n_secs; i++) rc = print_section(out, pl->secs[i].inst, 1);
     return rc;
 }
 
-static char * config_text(const struct caldera_pipeline * pl) {
+char * pl_config_text(const struct caldera_pipeline * pl) {
     char * buf = NULL;
     size_t len = 0;
     FILE * f = open_memstream(&buf, &len);
@@ -626,15 +692,15 @@ static char * config_text(const struct caldera_pipeline * pl) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Run
+// Run: the phases in order (each in its own file, see pipeline.h).
 
-static double now_s(void) {
+double pl_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
-static int find_tensor(struct caldera_inst * fmt, const char * name, int64_t * index) {
+int pl_find_tensor(struct caldera_inst * fmt, const char * name, int64_t * index) {
     const struct caldera_format_ops * ops = caldera_inst_plugin(fmt)->ops;
     int64_t n = ops->n_tensors(fmt);
     for (int64_t i = 0; i < n; i++) {
@@ -646,165 +712,6 @@ static int find_tensor(struct caldera_inst * fmt, const char * name, int64_t * i
         }
     }
     return CALDERA_ERR_NOT_FOUND;
-}
-
-// Hessian name of a weight: "<x>.weight" -> "<x>.hessian".
-static void hessian_name(const char * wname, char * out, size_t n) {
-    size_t l = strlen(wname);
-    if (l > 7 && strcmp(wname + l - 7, ".weight") == 0) snprintf(out, n, "%.*s.hessian", (int) (l - 7), wname);
-    else snprintf(out, n, "%s.hessian", wname);
-}
-
-struct tensor_result {
-    double bits, rel_fro, rel_h, seconds;
-    int    has_h;
-};
-
-// CALDERA_ERR_NUMERIC naming the tensor and the first non-finite element of t (f32/f64/f16/bf16),
-// or 0 when t is finite: a NaN or Inf is never passed on to a stage or into an output.
-static int check_finite_named(struct caldera_ctx * ctx, const char * what, const char * name,
-                              const struct caldera_tensor * t) {
-    int64_t bad = 0;
-    if (caldera_tensor_check_finite(t, &bad) == 0) return 0;
-    if (t->ndim == 2 && t->ne[1] > 0) {
-        return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at row %lld, column %lld", what, name,
-                                 (long long) (bad / t->ne[1]), (long long) (bad % t->ne[1]));
-    }
-    return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at element %lld", what, name, (long long) bad);
-}
-
-static int compress_one(struct caldera_pipeline * pl, const char * name, const struct caldera_tensor * w,
-                        const struct caldera_tensor * h, struct caldera_pack * pack, struct caldera_tensor * w_hat,
-                        struct tensor_result * res) {
-    struct caldera_ctx * ctx = pl->ctx;
-    struct pipeline_opts * o = popts(pl);
-    int rc = 0;
-    int64_t nt = pl->n_stages - 1;
-    struct caldera_tensor * ws = caldera_calloc((size_t) (nt + 1), sizeof(*ws));   // transformed W per level
-    struct caldera_tensor * hs = caldera_calloc((size_t) (nt + 1), sizeof(*hs));
-    void ** states = caldera_calloc((size_t) (nt + 1), sizeof(void *));
-    struct caldera_tensor cur_hat = { 0 }, back = { 0 };
-    if (!ws || !hs || !states) { rc = CALDERA_ERR_NOMEM; goto done; }
-    const struct caldera_tensor * cw = w, * ch = h;
-    for (int64_t s = 0; s < nt; s++) {
-        struct caldera_inst * st = pl->stages[s];
-        const struct caldera_transform_ops * to = caldera_inst_plugin(st)->ops;
-        if ((rc = caldera_pack_push_prefix(pack, caldera_inst_name(st))) < 0) goto done;
-        caldera_pack_push_prefix(pack, ".");
-        rc = to->forward(st, name, cw, ch, &ws[s], ch ? &hs[s] : NULL, pack, &states[s]);
-        caldera_pack_pop_prefix(pack);
-        caldera_pack_pop_prefix(pack);
-        if (rc < 0) goto done;
-        cw = &ws[s];
-        ch = ch ? &hs[s] : NULL;
-    }
-    struct caldera_inst * last = pl->stages[nt];
-    const struct caldera_plugin * lp = caldera_inst_plugin(last);
-    if (lp->check_shape && (rc = lp->check_shape(last, cw->ne[0], cw->ne[1])) < 0) goto done;
-    if ((rc = caldera_tensor_alloc_f32(ctx, cw->ne[0], cw->ne[1], &cur_hat)) < 0) goto done;
-    if ((rc = caldera_pack_push_prefix(pack, caldera_inst_name(last))) < 0) goto done;
-    caldera_pack_push_prefix(pack, ".");
-    if (lp->kind == CALDERA_PLUGIN_KIND_QUANTIZER) {
-        rc = ((const struct caldera_quantizer_ops *) lp->ops)->quantize(last, cw, ch, &cur_hat, pack);
-    } else {
-        rc = ((const struct caldera_decomposer_ops *) lp->ops)->decompose(last, cw, ch, &cur_hat, pack);
-    }
-    if (rc == 0 && o->verify) {
-        struct caldera_tensor chk = { 0 };
-        rc = caldera_tensor_alloc_f32(ctx, cw->ne[0], cw->ne[1], &chk);
-        if (rc == 0) {
-            rc = lp->kind == CALDERA_PLUGIN_KIND_QUANTIZER
-                     ? ((const struct caldera_quantizer_ops *) lp->ops)->dequantize(last, pack, &chk)
-                     : ((const struct caldera_decomposer_ops *) lp->ops)->reconstruct(last, pack, &chk);
-        }
-        // Values must agree exactly (−0 and +0 are the same value; a NaN never agrees).
-        for (int64_t k = 0; rc == 0 && k < cw->ne[0] * cw->ne[1]; k++) {
-            if (((const float *) chk.data)[k] != ((const float *) cur_hat.data)[k]) {
-                // %.9g: enough digits to tell any two floats apart
-                rc = caldera_error(last, CALDERA_ERR_BUG, "verify: decoding the pack of %s does not reproduce the approximation "
-                                   "(element %lld = row %lld, col %lld: decoded %.9g vs %.9g)", name, (long long) k,
-                                   (long long) (k / cw->ne[1]), (long long) (k % cw->ne[1]),
-                                   (double) ((const float *) chk.data)[k], (double) ((const float *) cur_hat.data)[k]);
-            }
-        }
-        caldera_tensor_free(&chk);
-    }
-    caldera_pack_pop_prefix(pack);
-    caldera_pack_pop_prefix(pack);
-    if (rc < 0) goto done;
-    // Back through the transforms, last first.
-    for (int64_t s = nt - 1; s >= 0; s--) {
-        struct caldera_inst * st = pl->stages[s];
-        const struct caldera_transform_ops * to = caldera_inst_plugin(st)->ops;
-        if ((rc = to->inverse(st, states[s], &cur_hat, &back)) < 0) goto done;
-        caldera_tensor_free(&cur_hat);
-        cur_hat = back;
-        memset(&back, 0, sizeof(back));
-    }
-    if (cur_hat.ne[0] != w->ne[0] || cur_hat.ne[1] != w->ne[1]) {
-        rc = caldera_ctx_error(ctx, CALDERA_ERR_BUG, "%s: the stages returned a %lld x %lld approximation of a %lld x %lld weight",
-                               name, (long long) cur_hat.ne[0], (long long) cur_hat.ne[1], (long long) w->ne[0], (long long) w->ne[1]);
-        goto done;
-    }
-    *w_hat = cur_hat;
-    memset(&cur_hat, 0, sizeof(cur_hat));
-    // Metrics in the original domain (the RHT leaves both invariant).
-    int64_t m = w->ne[0], n = w->ne[1];
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < m; i++) {
-        const float * wr = (const float *) w->data + i * w->ld;
-        const float * hr = (const float *) w_hat->data + i * w_hat->ld;
-        for (int64_t j = 0; j < n; j++) {
-            double d = (double) wr[j] - hr[j];
-            num += d * d;
-            den += (double) wr[j] * wr[j];
-        }
-    }
-    if (!isfinite(num)) {  // finite input, yet the stages produced a NaN or Inf (e.g. a scale overflowed)
-        rc = check_finite_named(ctx, "the approximation of weight", name, w_hat);
-        if (rc == 0) {
-            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s: the squared error overflows a double", name);
-        }
-        caldera_tensor_free(w_hat);
-        goto done;
-    }
-    res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
-    res->has_h = h != NULL;
-    res->rel_h = res->rel_fro;
-    if (h) {
-        struct caldera_tensor e = { 0 };
-        if ((rc = caldera_tensor_alloc_f32(ctx, m, n, &e)) < 0) goto done;
-        float * ed = e.data;
-        for (int64_t i = 0; i < m; i++) {
-            for (int64_t j = 0; j < n; j++) {
-                ed[i * n + j] = ((const float *) w->data)[i * w->ld + j] - ((const float *) w_hat->data)[i * w_hat->ld + j];
-            }
-        }
-        double te = 0, tw = 0;
-        rc = caldera_linalg_trace_quad(ctx, &e, h, &te);
-        if (rc == 0) rc = caldera_linalg_trace_quad(ctx, w, h, &tw);
-        caldera_tensor_free(&e);
-        if (rc < 0) goto done;
-        res->rel_h = tw > 0 ? sqrt(fmax(te, 0) / tw) : sqrt(fmax(te, 0));
-    }
-    res->bits = (double) caldera_pack_bits(pack) / (double) (m * n);
-done:
-    for (int64_t s = 0; states && s < nt; s++) {
-        if (states[s]) ((const struct caldera_transform_ops *) caldera_inst_plugin(pl->stages[s])->ops)->free_state(pl->stages[s], states[s]);
-        caldera_tensor_free(&ws[s]);
-        caldera_tensor_free(&hs[s]);
-    }
-    caldera_free(ws);
-    caldera_free(hs);
-    caldera_free(states);
-    caldera_tensor_free(&cur_hat);
-    caldera_tensor_free(&back);
-    return rc;
-}
-
-static int write_tensor(struct caldera_inst * wr, const char * name, const struct caldera_tensor * t) {
-    if (!wr) return 0;
-    return ((const struct caldera_format_ops *) caldera_inst_plugin(wr)->ops)->write_tensor(wr, name, t);
 }
 
 // One instance with what it reaches through its REF options (a codebook wrapped by ldlq, the
@@ -835,7 +742,7 @@ fail:
     return NULL;
 }
 
-static json_t * stages_json(const struct caldera_pipeline * pl) {
+json_t * pl_stages_json(const struct caldera_pipeline * pl) {
     json_t * a = json_array();
     for (int64_t s = 0; a && s < pl->n_stages; s++) {
         json_t * st = inst_json(pl->stages[s], NULL, 0);
@@ -847,233 +754,79 @@ static json_t * stages_json(const struct caldera_pipeline * pl) {
     return a;
 }
 
+// The run's report (pl->report and its JSON text) from the compress phase's results.
+static int report_build(struct caldera_pipeline * pl, struct pl_run * run) {
+    json_t * rep = json_pack("{s:s, s:o, s:o, s:{s:I, s:f, s:f, s:f, s:f, s:I, s:o, s:o, s:f}}", "caldera_version",
+                             CALDERA_VERSION_STRING, "stages", pl_stages_json(pl), "tensors", run->tensors, "summary", "weights",
+                             (json_int_t) run->ndone, "params", run->sum_params, "bits_per_param",
+                             run->sum_params > 0 ? run->sum_bits_params / run->sum_params : 0.0, "mean_rel_err",
+                             run->ndone ? run->sum_err / (double) run->ndone : 0.0, "worst_rel_err", run->worst,
+                             "weights_with_hessian", (json_int_t) run->n_h, "mean_rel_err_h",
+                             run->n_h ? json_real(run->sum_err_h / (double) run->n_h) : json_null(), "worst_rel_err_h",
+                             run->n_h ? json_real(run->worst_h) : json_null(), "seconds", pl_now() - run->t_start);
+    run->tensors = NULL;   // owned by rep now
+    if (!rep) return CALDERA_ERR_NOMEM;
+    if (pl->report) json_decref(pl->report);
+    pl->report = rep;
+    return 0;
+}
+
+static int report_text(struct caldera_pipeline * pl);
+
+// Calibration, evaluation and the time of each phase join the report after the files are written
+// (the files' own copy of the report stays free of timings).
+static int report_phases(struct caldera_pipeline * pl, struct pl_run * run) {
+    if (run->calib_json) json_object_set_new(pl->report, "calibration", run->calib_json);
+    run->calib_json = NULL;
+    if (run->eval_json) json_object_set_new(pl->report, "eval", run->eval_json);
+    run->eval_json = NULL;
+    json_t * ph = json_pack("{s:f, s:f, s:f}", "calibrate", run->t_calibrate, "compress", run->t_compress, "evaluate", run->t_evaluate);
+    if (!ph || json_object_set_new(pl->report, "phase_seconds", ph) < 0) return CALDERA_ERR_NOMEM;
+    return report_text(pl);
+}
+
+static int report_text(struct caldera_pipeline * pl) {
+    caldera_free(pl->report_json);
+    char * js = json_dumps(pl->report, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    pl->report_json = js ? caldera_strdup(js) : NULL;
+    free(js);
+    return pl->report_json ? 0 : CALDERA_ERR_NOMEM;
+}
+
+int pl_model_load(struct caldera_pipeline * pl, struct pl_run * run) {
+    if (run->model) return 0;
+    struct pipeline_opts * o = popts(pl);
+    int rc = caldera_inst_create(pl->ctx, o->model, o->model, &run->model);
+    if (rc == 0) rc = caldera_inst_start(run->model);
+    if (rc == 0) rc = caldera_model_ops_of(run->model, &run->mops);
+    if (rc == 0) rc = run->mops->load(run->model, o->reader);
+    if (rc < 0) {
+        caldera_inst_free(run->model);
+        run->model = NULL;
+        run->mops = NULL;
+    }
+    return rc;
+}
+
 int caldera_pipeline_run(struct caldera_pipeline * pl) {
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
+    struct pl_run run = { 0 };
     int rc = 0;
-    struct caldera_meta * fmeta = NULL;
-    struct caldera_pack * pack = NULL;
-    struct caldera_tensor w = { 0 }, h = { 0 }, w_hat = { 0 };
-    int w_owned = 0, h_owned = 0, writer_open = 0, dense_open = 0;
-    char * cfgtext = NULL;
-    struct caldera_ckpt * ckpt = NULL;
-    int64_t resumed = 0;
-    json_t * tensors = json_array();
-    if (!tensors) return CALDERA_ERR_NOMEM;
-    if ((rc = caldera_ctx_set_device(ctx, (enum caldera_device) o->device)) < 0) goto done;
+    if ((rc = caldera_ctx_set_device(ctx, pl->device)) < 0) goto done;
     if (o->threads > 0 && (rc = caldera_ctx_set_threads(ctx, (int) o->threads)) < 0) goto done;
-    if (!pl->reader_open && (rc = open_reader(pl, o->reader, &pl->reader_open)) < 0) goto done;
-    if (o->hessians && o->hessians != o->reader && !pl->hess_open && (rc = open_reader(pl, o->hessians, &pl->hess_open)) < 0) goto done;
-    const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
-    const struct caldera_format_ops * hops = o->hessians ? caldera_inst_plugin(o->hessians)->ops : NULL;
-
-    if ((rc = caldera_meta_init(&fmeta)) < 0) goto done;
-    if (!(cfgtext = config_text(pl))) { rc = CALDERA_ERR_NOMEM; goto done; }
-    if (rops->meta && rops->meta(o->reader)) {
-        // carry the source's architecture and tokenizer metadata through
-        if ((rc = caldera_meta_copy(fmeta, rops->meta(o->reader))) < 0) goto done;
-    }
-    {
-        json_t * st = stages_json(pl);
-        char * sj = st ? json_dumps(st, JSON_COMPACT) : NULL;
-        if (st) json_decref(st);
-        rc = caldera_meta_set_string(fmeta, "caldera.version", CALDERA_VERSION_STRING);
-        if (rc == 0) rc = caldera_meta_set_string(fmeta, "caldera.config", cfgtext);
-        if (rc == 0) rc = sj ? caldera_meta_set_string(fmeta, "caldera.stages", sj) : CALDERA_ERR_NOMEM;
-        free(sj);
-        if (rc < 0) goto done;
-    }
-    if (o->checkpoint && *o->checkpoint && (rc = caldera_ckpt_open(ctx, o->checkpoint, cfgtext, &ckpt)) < 0) goto done;
-    char * wpath = NULL;
-    if (o->writer) {
-        const char * p = format_path(o->writer, &wpath);
-        rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->create(o->writer, p, fmeta);
-        caldera_free(wpath);
-        if (rc < 0) goto done;
-        writer_open = 1;
-    }
-    if (o->dense_writer) {
-        const char * p = format_path(o->dense_writer, &wpath);
-        rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->create(o->dense_writer, p, fmeta);
-        caldera_free(wpath);
-        if (rc < 0) goto done;
-        dense_open = 1;
-    }
-    int64_t nt = rops->n_tensors(o->reader), nsel = 0, ndone = 0;
-    for (int64_t t = 0; t < nt; t++) {
-        struct caldera_tensor_info ti;
-        if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
-        if (selected(o, &ti) && (o->max_tensors == 0 || nsel < o->max_tensors)) nsel++;
-    }
-    // Frobenius errors over every weight; H-weighted ones only over weights that had a Hessian.
-    double t_start = now_s(), sum_bits_params = 0, sum_params = 0, worst = 0, sum_err = 0, worst_h = 0, sum_err_h = 0;
-    int64_t counted = 0, n_h = 0;
-    for (int64_t t = 0; t < nt; t++) {
-        if (caldera_ctx_cancelled(ctx)) { rc = caldera_ctx_error(ctx, CALDERA_ERR_CANCELLED, "cancelled after %lld weights", (long long) ndone); goto done; }
-        struct caldera_tensor_info ti;
-        if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
-        const char * name = ti.hf_name ? ti.hf_name : ti.name;
-        int sel = selected(o, &ti) && (o->max_tensors == 0 || counted < o->max_tensors);
-        if (!sel) {
-            if (!writer_open && !dense_open) continue;
-            int plain = caldera_dtype_block_elems(ti.dtype) == 1;
-            int is_float = ti.dtype == CALDERA_DTYPE_F32 || ti.dtype == CALDERA_DTYPE_F64 || ti.dtype == CALDERA_DTYPE_F16 ||
-                           ti.dtype == CALDERA_DTYPE_BF16 || !plain;
-            enum caldera_dtype want = plain ? ti.dtype : CALDERA_DTYPE_F32;
-            if (o->copy_dtype == COPY_F32 && is_float) want = CALDERA_DTYPE_F32;
-            if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
-            if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
-            if ((rc = rops->read_tensor(o->reader, t, want, &w, &w_owned)) < 0) goto done;
-            if ((rc = check_finite_named(ctx, "tensor", name, &w)) < 0) goto done;
-            if (writer_open && (rc = write_tensor(o->writer, name, &w)) < 0) goto done;
-            if (dense_open && (rc = write_tensor(o->dense_writer, name, &w)) < 0) goto done;
-            if (w_owned) caldera_tensor_free(&w);
-            memset(&w, 0, sizeof(w));
-            continue;
-        }
-        counted++;
-        double t0 = now_s();
-        struct tensor_result res = { 0 };
-        if ((rc = caldera_pack_init(&pack)) < 0) goto done;
-        int from_ckpt = 0;
-        if (ckpt) {
-            struct caldera_ckpt_result cr;
-            if (dense_open && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &w_hat)) < 0) goto done;
-            rc = caldera_ckpt_load(ckpt, t, name, pack, &cr, dense_open ? &w_hat : NULL);
-            if (rc == 0) {
-                res = (struct tensor_result) { cr.bits, cr.rel_fro, cr.rel_h, cr.seconds, cr.has_h };
-                w.ne[0] = ti.ne[0];
-                w.ne[1] = ti.ne[1];
-                from_ckpt = 1;
-                resumed++;
-            } else if (rc != CALDERA_ERR_NOT_FOUND) {
-                goto done;
-            } else {
-                caldera_tensor_free(&w_hat);
-            }
-            rc = 0;
-        }
-        if (!from_ckpt) {
-            if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
-            if ((rc = check_finite_named(ctx, "weight", name, &w)) < 0) goto done;
-            const struct caldera_tensor * hp = NULL;
-            if (o->hessians) {
-                char hname[1024];
-                int64_t hi;
-                hessian_name(name, hname, sizeof(hname));
-                if (find_tensor(o->hessians, hname, &hi) == 0) {
-                    if ((rc = hops->read_tensor(o->hessians, hi, CALDERA_DTYPE_F32, &h, &h_owned)) < 0) goto done;
-                    if (h.ndim != 2 || h.ne[0] != w.ne[1] || h.ne[1] != w.ne[1]) {
-                        rc = caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
-                                               (long long) h.ne[0], (long long) h.ne[1], name, (long long) w.ne[1], (long long) w.ne[1]);
-                        goto done;
-                    }
-                    if ((rc = check_finite_named(ctx, "Hessian", hname, &h)) < 0) goto done;
-                    hp = &h;
-                } else if (o->hessian_missing == HMISS_ERROR) {
-                    rc = caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "no Hessian '%s' for weight %s in [%s]", hname, name,
-                                           caldera_inst_name(o->hessians));
-                    goto done;
-                }
-            }
-            rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
-            if (rc < 0) {
-                char msg[CALDERA_ERRMSG_MAX];
-                caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
-                caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) w.ne[0], (long long) w.ne[1], msg);
-                goto done;
-            }
-            if (ckpt && (rc = caldera_ckpt_save(ckpt, t, name, pack, &(struct caldera_ckpt_result) { res.bits, res.rel_fro,
-                                                  res.rel_h, now_s() - t0, res.has_h }, dense_open ? &w_hat : NULL)) < 0) {
-                goto done;
-            }
-        }
-        if (!from_ckpt) res.seconds = now_s() - t0;
-        for (int64_t k = 0; writer_open && k < caldera_pack_count(pack); k++) {
-            struct caldera_tensor pt;
-            caldera_pack_get(pack, k, &pt);
-            char * full = caldera_asprintf("%s.%s", name, caldera_pack_name(pack, k));
-            if (!full) { rc = CALDERA_ERR_NOMEM; goto done; }
-            rc = write_tensor(o->writer, full, &pt);
-            caldera_free(full);
-            if (rc < 0) goto done;
-        }
-        if (dense_open && (rc = write_tensor(o->dense_writer, name, &w_hat)) < 0) goto done;
-        double params = (double) (w.ne[0] * w.ne[1]);
-        sum_bits_params += res.bits * params;
-        sum_params += params;
-        sum_err += res.rel_fro;
-        if (res.rel_fro > worst) worst = res.rel_fro;
-        if (res.has_h) {
-            n_h++;
-            sum_err_h += res.rel_h;
-            if (res.rel_h > worst_h) worst_h = res.rel_h;
-        }
-        ndone++;
-        json_t * tj = json_pack("{s:s, s:[I,I], s:f, s:f, s:f, s:b, s:f}", "name", name, "shape", (json_int_t) w.ne[0],
-                                (json_int_t) w.ne[1], "bits_per_param", res.bits, "rel_err", res.rel_fro, "rel_err_h", res.rel_h,
-                                "data_aware", res.has_h, "seconds", res.seconds);
-        if (tj) json_array_append_new(tensors, tj);
-        double el = now_s() - t_start, eta = ndone ? el / (double) ndone * (double) (nsel - ndone) : 0;
-        char herr[48] = "";
-        if (res.has_h) snprintf(herr, sizeof(herr), ", data-aware %.4f", res.rel_h);
-        caldera_log(ctx, CALDERA_LOG_INFO, "[%lld/%lld] %s (%lld x %lld): %.3f bits/param, rel. error %.4f%s (%.2f s; %.2f weights/s, ETA %.0f s)",
-                    (long long) ndone, (long long) nsel, name, (long long) w.ne[0], (long long) w.ne[1], res.bits, res.rel_fro,
-                    herr, res.seconds, el > 0 ? (double) ndone / el : 0.0, eta);
-        caldera_pack_free(pack);
-        pack = NULL;
-        caldera_tensor_free(&w_hat);
-        if (w_owned) caldera_tensor_free(&w);
-        if (h_owned) caldera_tensor_free(&h);
-        memset(&w, 0, sizeof(w));
-        memset(&h, 0, sizeof(h));
-        w_owned = h_owned = 0;
-    }
-    {
-        json_t * rep = json_pack("{s:s, s:o, s:o, s:{s:I, s:f, s:f, s:f, s:f, s:I, s:o, s:o, s:f}}", "caldera_version",
-                                 CALDERA_VERSION_STRING, "stages", stages_json(pl), "tensors", tensors, "summary", "weights",
-                                 (json_int_t) ndone, "params", sum_params, "bits_per_param",
-                                 sum_params > 0 ? sum_bits_params / sum_params : 0.0, "mean_rel_err",
-                                 ndone ? sum_err / (double) ndone : 0.0, "worst_rel_err", worst, "weights_with_hessian",
-                                 (json_int_t) n_h, "mean_rel_err_h", n_h ? json_real(sum_err_h / (double) n_h) : json_null(),
-                                 "worst_rel_err_h", n_h ? json_real(worst_h) : json_null(), "seconds", now_s() - t_start);
-        tensors = NULL;   // owned by rep now
-        if (!rep) { rc = CALDERA_ERR_NOMEM; goto done; }
-        if (pl->report) json_decref(pl->report);
-        pl->report = rep;
-        caldera_free(pl->report_json);
-        char * js = json_dumps(rep, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
-        pl->report_json = js ? caldera_strdup(js) : NULL;
-        free(js);
-    }
-    // The report goes into the file metadata too, so a compressed file says how it was made; without
-    // the timings, so that a resumed run writes the same bytes as an uninterrupted one.
-    if (pl->report) {
-        json_t * frep = json_deep_copy(pl->report);
-        size_t ti_;
-        json_t * tj;
-        json_array_foreach(json_object_get(frep, "tensors"), ti_, tj) json_object_del(tj, "seconds");
-        json_object_del(json_object_get(frep, "summary"), "seconds");
-        char * fj = frep ? json_dumps(frep, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) : NULL;
-        json_decref(frep);
-        rc = fj ? caldera_meta_set_string(fmeta, "caldera.report", fj) : CALDERA_ERR_NOMEM;
-        free(fj);
-        if (rc < 0) goto done;
-        struct caldera_inst * ws[2] = { writer_open ? o->writer : NULL, dense_open ? o->dense_writer : NULL };
-        for (int k = 0; k < 2; k++) {
-            if (!ws[k]) continue;
-            const struct caldera_format_ops * wo = caldera_inst_plugin(ws[k])->ops;
-            if (CALDERA_OPS_HAS(wo, struct caldera_format_ops, update_meta) && (rc = wo->update_meta(ws[k], fmeta)) < 0) goto done;
-        }
-    }
-    if (writer_open) {
-        writer_open = 0;
-        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 1)) < 0) goto done;
-    }
-    if (dense_open) {
-        dense_open = 0;
-        if ((rc = ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 1)) < 0) goto done;
-    }
+    if (!pl->reader_open && (rc = pl_open_reader(pl, o->reader, &pl->reader_open)) < 0) goto done;
+    if (o->hessians && o->hessians != o->reader && !pl->hess_open && (rc = pl_open_reader(pl, o->hessians, &pl->hess_open)) < 0) goto done;
+    run.hsrc = o->hessians;
+    if (pl->calib && (rc = pl_phase_calibrate(pl, &run)) < 0) goto done;
+    if (pl->eval && (rc = pl_phase_evaluate_original(pl, &run)) < 0) goto done;
+    if ((rc = pl_outputs_open(pl, &run)) < 0) goto done;
+    if ((rc = pl_phase_compress(pl, &run)) < 0) goto done;
+    if ((rc = report_build(pl, &run)) < 0) goto done;
+    if ((rc = report_text(pl)) < 0) goto done;
+    if ((rc = pl_outputs_finish(pl, &run)) < 0) goto done;
+    if (pl->eval && (rc = pl_phase_evaluate(pl, &run)) < 0) goto done;
+    if ((pl->calib || pl->eval) && (rc = report_phases(pl, &run)) < 0) goto done;
     // The report file last: it exists only when the model files it describes do.
     if (o->report && *o->report && pl->report_json) {
         struct caldera_atomic_file af;
@@ -1084,25 +837,15 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     }
     {
         char herr[96] = "";
-        if (n_h) snprintf(herr, sizeof(herr), "; data-aware (%lld with H) mean %.4f, worst %.4f", (long long) n_h,
-                          sum_err_h / (double) n_h, worst_h);
+        if (run.n_h) snprintf(herr, sizeof(herr), "; data-aware (%lld with H) mean %.4f, worst %.4f", (long long) run.n_h,
+                              run.sum_err_h / (double) run.n_h, run.worst_h);
         caldera_log(ctx, CALDERA_LOG_INFO, "compressed %lld weights (%.0f parameters): %.4f bits/param, rel. error mean %.4f, worst %.4f%s, %.1f s",
-                    (long long) ndone, sum_params, sum_params > 0 ? sum_bits_params / sum_params : 0.0,
-                    ndone ? sum_err / (double) ndone : 0.0, worst, herr, now_s() - t_start);
+                    (long long) run.ndone, run.sum_params, run.sum_params > 0 ? run.sum_bits_params / run.sum_params : 0.0,
+                    run.ndone ? run.sum_err / (double) run.ndone : 0.0, run.worst, herr, pl_now() - run.t_start);
     }
-    if (resumed) caldera_log(ctx, CALDERA_LOG_INFO, "%lld of them resumed from the checkpoint %s", (long long) resumed, o->checkpoint);
+    if (run.resumed) caldera_log(ctx, CALDERA_LOG_INFO, "%lld of them resumed from the checkpoint %s", (long long) run.resumed, o->checkpoint);
 done:
-    // A finished run removes its checkpoint; a failed or cancelled one keeps it to continue from.
-    caldera_ckpt_close(ckpt, rc == 0);
-    if (writer_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->writer)->ops)->finish(o->writer, 0);
-    if (dense_open) ((const struct caldera_format_ops *) caldera_inst_plugin(o->dense_writer)->ops)->finish(o->dense_writer, 0);
-    caldera_pack_free(pack);
-    caldera_tensor_free(&w_hat);
-    if (w_owned) caldera_tensor_free(&w);
-    if (h_owned) caldera_tensor_free(&h);
-    caldera_meta_free(fmeta);
-    caldera_free(cfgtext);
-    if (tensors) json_decref(tensors);
+    pl_run_close(pl, &run, rc);
     return rc;
 }
 

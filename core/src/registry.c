@@ -64,6 +64,11 @@ static int ops_complete(const struct caldera_plugin * p, const char ** missing) 
         *missing = "decompose and reconstruct";
         return o->decompose && o->reconstruct;
     }
+    case CALDERA_PLUGIN_KIND_MODEL: {
+        const struct caldera_model_ops * o = p->ops;
+        *missing = "load, release, desc, n_linears, n_groups, linear_info and forward";
+        return o->load && o->release && o->desc && o->n_linears && o->n_groups && o->linear_info && o->forward;
+    }
     default:
         return 1;
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "linalg_cuda.h"
 
 struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_t cols) {
     struct caldera_tensor t = { 0 };
@@ -26,6 +27,11 @@ int64_t caldera_tensor_nelements(const struct caldera_tensor * t) {
 
 int caldera_tensor_alloc(struct caldera_ctx * ctx, enum caldera_dtype dtype, int32_t ndim,
                          const int64_t * ne, struct caldera_tensor * out) {
+    return caldera_tensor_alloc_device(ctx, CALDERA_DEVICE_CPU, dtype, ndim, ne, out);
+}
+
+int caldera_tensor_alloc_device(struct caldera_ctx * ctx, enum caldera_device device, enum caldera_dtype dtype,
+                                int32_t ndim, const int64_t * ne, struct caldera_tensor * out) {
     memset(out, 0, sizeof(*out));
     if (ndim < 1 || ndim > CALDERA_MAX_DIMS) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "tensor rank %d; allowed: 1..%d", ndim, CALDERA_MAX_DIMS);
@@ -40,14 +46,22 @@ int caldera_tensor_alloc(struct caldera_ctx * ctx, enum caldera_dtype dtype, int
     size_t bytes;
     int rc = caldera_dtype_nbytes(dtype, n, &bytes);
     if (rc < 0) return caldera_ctx_error(ctx, rc, "tensor of %lld %s elements: invalid size", (long long) n, caldera_dtype_name(dtype));
-    if (ctx && ctx->device != CALDERA_DEVICE_CPU) {
-        return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "device tensors are not available in this build");
+    void * data = NULL;
+    if (device == CALDERA_DEVICE_CUDA) {
+        if (caldera_dtype_block_elems(dtype) != 1) {
+            return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "device tensor of block type %s; allowed: plain types",
+                                     caldera_dtype_name(dtype));
+        }
+        if ((rc = caldera_cuda_alloc(ctx, bytes, &data)) < 0) return rc;   // zero-filled, as on the host
+    } else if (device == CALDERA_DEVICE_CPU) {
+        data = caldera_calloc(1, bytes ? bytes : 1);
+        if (!data) return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+    } else {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "tensor device %d; allowed: cpu (0), cuda (1)", (int) device);
     }
-    void * data = caldera_calloc(1, bytes ? bytes : 1);
-    if (!data) return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
     out->data   = data;
     out->dtype  = dtype;
-    out->device = CALDERA_DEVICE_CPU;
+    out->device = device;
     out->ndim   = ndim;
     for (int i = 0; i < ndim; i++) out->ne[i] = ne[i];
     out->ld = ndim == 2 ? ne[1] : 0;
@@ -61,7 +75,8 @@ int caldera_tensor_alloc_f32(struct caldera_ctx * ctx, int64_t rows, int64_t col
 
 void caldera_tensor_free(struct caldera_tensor * t) {
     if (!t) return;
-    caldera_free(t->data);
+    if (t->device == CALDERA_DEVICE_CUDA) caldera_cuda_free(t->data);
+    else caldera_free(t->data);
     memset(t, 0, sizeof(*t));
 }
 
@@ -74,6 +89,7 @@ int caldera_tensor_copy(struct caldera_ctx * ctx, struct caldera_tensor * dst, c
     for (int i = 0; i < src->ndim; i++) {
         if (dst->ne[i] != src->ne[i]) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "tensor copy: shapes differ in dimension %d", i);
     }
+    if (src->device != CALDERA_DEVICE_CPU || dst->device != CALDERA_DEVICE_CPU) return caldera_cuda_copy(ctx, dst, src);
     int64_t cols = src->ndim ? src->ne[src->ndim - 1] : 1;
     int64_t rows = cols ? caldera_tensor_nelements(src) / (cols ? cols : 1) : 0;
     int64_t sld = row_stride(src), dld = row_stride(dst);

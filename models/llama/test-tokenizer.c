@@ -365,6 +365,16 @@ START_TEST(test_bpe_toy) {
     ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
     expect_ids(t, "gpt-2 digits", "a12", 3, 0, 1, IDS('a', 256 + 9));
     llm_tokenizer_free(t);
+    // add_bos_token (a GGUF bool) overrides the family default; llama-bpe defaults to a BOS.
+    caldera_meta_set_int(meta, "tokenizer.ggml.add_bos_token", CALDERA_META_BOOL, 1);
+    ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
+    ck_assert_int_eq(llm_tokenizer_add_bos(t), 1);
+    llm_tokenizer_free(t);
+    caldera_meta_set_int(meta, "tokenizer.ggml.add_bos_token", CALDERA_META_BOOL, 0);
+    caldera_meta_set_string(meta, "tokenizer.ggml.pre", "llama-bpe");
+    ck_assert_int_eq(llm_tokenizer_init(ctx, meta, &t), 0);
+    ck_assert_int_eq(llm_tokenizer_add_bos(t), 0);
+    llm_tokenizer_free(t);
     caldera_meta_free(meta);
     caldera_ctx_free(ctx);
 }

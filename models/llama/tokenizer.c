@@ -39,6 +39,14 @@ struct strmap {
     uint64_t   mask;   // cap - 1, cap a power of two
 };
 
+// Open-addressing hash table (id, id) -> (rank, merged id) for the merges of two tokens.
+struct pairmap {
+    uint64_t * key;    // (cap) (first + 1) << 32 | (second + 1); 0 = empty slot
+    int32_t  * rank;   // (cap)
+    int32_t  * id;     // (cap) token id of the merged text, -1 if it is not a token
+    uint64_t   mask;
+};
+
 struct llm_tokenizer {
     struct caldera_ctx * ctx;
     enum tok_family      fam;
@@ -59,6 +67,7 @@ struct llm_tokenizer {
     const char **        m_second;
     size_t *             m_second_len;
     struct strmap        merges;
+    struct pairmap       pairs;      // (id first, id second) -> rank and merged id, where both are tokens
     // Special tokens (CONTROL, USER_DEFINED, UNKNOWN), longest text first.
     int32_t *            special;
     int64_t              n_special;
@@ -75,6 +84,7 @@ struct llm_tokenizer {
     char                 byte_sym[256][2];
     uint8_t              byte_sym_len[256];
     int16_t              sym_byte[324];     // code point (< 324) -> byte, -1 if none
+    int32_t              byte_id[256];      // byte -> token id of its symbol, -1 if none
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +195,59 @@ static void merge_insert(struct llm_tokenizer * t, int32_t k) {
                 return;  // duplicate merge: the first (lower) rank stays
             }
         }
+    }
+}
+
+static uint64_t pair_key(int32_t a, int32_t b) {
+    return ((uint64_t) (uint32_t) (a + 1) << 32) | (uint32_t) (b + 1);
+}
+
+static uint64_t pair_slot(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static int pairmap_init(struct pairmap * m, int64_t n) {
+    uint64_t cap = 16;
+    while (cap < (uint64_t) n * 2) cap <<= 1;
+    m->mask = cap - 1;
+    m->key  = caldera_calloc(cap, sizeof(*m->key));
+    m->rank = caldera_malloc(cap * sizeof(*m->rank));
+    m->id   = caldera_malloc(cap * sizeof(*m->id));
+    return (m->key && m->rank && m->id) ? 0 : CALDERA_ERR_NOMEM;
+}
+
+static void pairmap_free(struct pairmap * m) {
+    caldera_freep(&m->key);
+    caldera_freep(&m->rank);
+    caldera_freep(&m->id);
+}
+
+// Insert unless present (the first, lower rank stays).
+static void pair_insert(struct pairmap * m, int32_t a, int32_t b, int32_t rank, int32_t id) {
+    uint64_t k = pair_key(a, b);
+    for (uint64_t i = pair_slot(k) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->key[i] == k) return;
+        if (m->key[i] == 0) {
+            m->key[i] = k;
+            m->rank[i] = rank;
+            m->id[i] = id;
+            return;
+        }
+    }
+}
+
+static bool pair_find(const struct pairmap * m, int32_t a, int32_t b, int32_t * rank, int32_t * id) {
+    uint64_t k = pair_key(a, b);
+    for (uint64_t i = pair_slot(k) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->key[i] == k) {
+            *rank = m->rank[i];
+            *id = m->id[i];
+            return true;
+        }
+        if (m->key[i] == 0) return false;
     }
 }
 
@@ -302,10 +365,11 @@ static size_t utf8_sanitize(const char * s, size_t n, char * out) {
 // to the leftmost pair. Stale entries (a side changed since the push) are skipped when popped.
 
 struct bigram {
-    double  prio;      // SPM: score of the merged token; BPE: -rank
-    int32_t left, right;
-    int32_t ln, rn;    // byte lengths of the two sides when pushed
-};
+    float   prio;      // SPM: score of the merged token; BPE: -rank (exact: ranks < 2^24)
+    int32_t left;      // left symbol; the right one is its next
+    int32_t len;       // byte length of the pair when pushed (a side that changed makes it stale)
+    int32_t id;        // token id of the merged text, -1 if it is not a token
+};  // 16 bytes: the queue of a long SentencePiece text holds ~one entry per character
 
 struct heap { struct bigram * v; int64_t n, cap; };
 
@@ -350,7 +414,7 @@ static struct bigram heap_pop(struct heap * h) {
     return top;
 }
 
-struct symbol { int32_t prev, next; int32_t off, n; };  // a span of the word being merged
+struct symbol { int32_t prev, next; int32_t off, n; int32_t id; };  // a span of the word being merged, its token id or -1
 
 struct sym_vec { struct symbol * v; int64_t cap; };
 
@@ -381,43 +445,60 @@ static int buf_reserve(struct work * w, size_t n) {
     return w->buf ? 0 : CALDERA_ERR_NOMEM;
 }
 
+// Push the candidate merge of symbols l and r (both >= 0) if there is one. SPM: the merged text
+// must be a token, its score is the priority; BPE: the pair must be a merge, -rank is the
+// priority (by token ids when both sides are tokens, else by their texts).
+static int try_pair(const struct llm_tokenizer * t, struct work * w, const char * s, int32_t l, int32_t r) {
+    const struct symbol * sym = w->sym.v;
+    float prio;
+    int32_t id;
+    if (l < 0 || r < 0) return 0;
+    if (t->fam == FAM_SPM) {
+        int32_t unused;
+        if (sym[l].id >= 0 && sym[r].id >= 0) {
+            if (!pair_find(&t->pairs, sym[l].id, sym[r].id, &unused, &id)) return 0;  // the pairs of tokens that make a token
+        } else {
+            id = vocab_find(t, s + sym[l].off, (size_t) sym[l].n + (size_t) sym[r].n);
+        }
+        if (id < 0) return 0;
+        prio = t->score[id];
+    } else if (sym[l].id >= 0 && sym[r].id >= 0) {
+        int32_t rank;
+        if (!pair_find(&t->pairs, sym[l].id, sym[r].id, &rank, &id)) return 0;
+        prio = -(float) rank;
+    } else {
+        int32_t rank = merge_rank(t, s + sym[l].off, (size_t) sym[l].n, s + sym[r].off, (size_t) sym[r].n);
+        if (rank < 0) return 0;
+        prio = -(float) rank;
+        id = vocab_find(t, s + sym[l].off, (size_t) sym[l].n + (size_t) sym[r].n);
+    }
+    return heap_push(&w->heap, (struct bigram) { prio, l, sym[l].n + sym[r].n, id });
+}
+
 // Run the merge loop over the symbols of s[0..n) already placed in w->sym (chained by
-// prev/next, count n_sym). SPM merges by the merged token's score, BPE by the pair's rank.
+// prev/next, count n_sym, each with its token id or -1). Pops the best candidate, skips it when
+// a side changed since it was pushed, merges, and pushes the two new neighbour pairs: O(n log n).
 static int merge_symbols(const struct llm_tokenizer * t, struct work * w, const char * s, int32_t n_sym) {
     struct symbol * sym = w->sym.v;
+    int rc;
     w->heap.n = 0;
-#define TRY_PAIR(L, R)                                                                                  \
-    do {                                                                                                \
-        int32_t l_ = (L), r_ = (R);                                                                     \
-        if (l_ >= 0 && r_ >= 0) {                                                                       \
-            double prio_;                                                                               \
-            bool ok_ = false;                                                                           \
-            if (t->fam == FAM_SPM) {                                                                    \
-                int32_t id_ = vocab_find(t, s + sym[l_].off, (size_t) sym[l_].n + (size_t) sym[r_].n); \
-                if (id_ >= 0) { prio_ = t->score[id_]; ok_ = true; }                                    \
-            } else {                                                                                    \
-                int32_t rk_ = merge_rank(t, s + sym[l_].off, (size_t) sym[l_].n, s + sym[r_].off,       \
-                                         (size_t) sym[r_].n);                                           \
-                if (rk_ >= 0) { prio_ = -(double) rk_; ok_ = true; }                                    \
-            }                                                                                           \
-            if (ok_ && heap_push(&w->heap, (struct bigram) { prio_, l_, r_, sym[l_].n, sym[r_].n }) < 0) \
-                return CALDERA_ERR_NOMEM;                                                               \
-        }                                                                                               \
-    } while (0)
-
-    for (int32_t i = 1; i < n_sym; i++) TRY_PAIR(i - 1, i);
+    for (int32_t i = 1; i < n_sym; i++) {
+        if ((rc = try_pair(t, w, s, i - 1, i)) < 0) return rc;
+    }
     while (w->heap.n > 0) {
         struct bigram b = heap_pop(&w->heap);
-        struct symbol * l = &sym[b.left], * r = &sym[b.right];
-        if (l->n == 0 || r->n == 0 || l->n != b.ln || r->n != b.rn || l->next != b.right) continue;  // stale
+        struct symbol * l = &sym[b.left];
+        if (l->n == 0 || l->next < 0) continue;  // merged into its left neighbour, or last
+        struct symbol * r = &sym[l->next];
+        if (l->n + r->n != b.len) continue;      // a side grew since the push: stale
         l->n += r->n;
+        l->id = b.id;
         r->n = 0;
         l->next = r->next;
         if (r->next >= 0) sym[r->next].prev = b.left;
-        TRY_PAIR(l->prev, b.left);
-        TRY_PAIR(b.left, l->next);
+        r->next = -1;
+        if ((rc = try_pair(t, w, s, l->prev, b.left)) < 0 || (rc = try_pair(t, w, s, b.left, l->next)) < 0) return rc;
     }
-#undef TRY_PAIR
     return 0;
 }
 
@@ -459,16 +540,16 @@ static int spm_encode_fragment(const struct llm_tokenizer * t, struct work * w, 
     for (size_t off = 0; off < n;) {
         size_t k = utf8_lead_len((uint8_t) s[off]);
         if (k > n - off) k = n - off;
-        w->sym.v[n_sym] = (struct symbol) { n_sym - 1, off + k == n ? -1 : n_sym + 1, (int32_t) off, (int32_t) k };
+        w->sym.v[n_sym] = (struct symbol) { n_sym - 1, off + k == n ? -1 : n_sym + 1, (int32_t) off, (int32_t) k,
+                                            vocab_find(t, s + off, k) };
         n_sym++;
         off += k;
     }
     if ((rc = merge_symbols(t, w, s, n_sym)) < 0) return rc;
     for (int32_t i = 0; i != -1; i = w->sym.v[i].next) {
         const struct symbol * y = &w->sym.v[i];
-        int32_t id = vocab_find(t, s + y->off, (size_t) y->n);
-        if (id >= 0) {
-            if ((rc = ids_push(&w->out, id)) < 0) return rc;
+        if (y->id >= 0) {
+            if ((rc = ids_push(&w->out, y->id)) < 0) return rc;
             continue;
         }
         for (int32_t j = 0; j < y->n; j++) {
@@ -551,16 +632,16 @@ static int bpe_encode_word(const struct llm_tokenizer * t, struct work * w, cons
     int32_t n_sym = 0;
     for (size_t off = 0, i = 0; i < len; i++) {
         int32_t k = t->byte_sym_len[(uint8_t) word[i]];
-        w->sym.v[n_sym] = (struct symbol) { n_sym - 1, i + 1 == len ? -1 : n_sym + 1, (int32_t) off, k };
+        w->sym.v[n_sym] = (struct symbol) { n_sym - 1, i + 1 == len ? -1 : n_sym + 1, (int32_t) off, k,
+                                            t->byte_id[(uint8_t) word[i]] };
         n_sym++;
         off += (size_t) k;
     }
     if ((rc = merge_symbols(t, w, enc, n_sym)) < 0) return rc;
     for (int32_t i = 0; i != -1; i = w->sym.v[i].next) {
         const struct symbol * y = &w->sym.v[i];
-        int32_t id = vocab_find(t, enc + y->off, (size_t) y->n);
-        if (id >= 0) {
-            if ((rc = ids_push(&w->out, id)) < 0) return rc;
+        if (y->id >= 0) {
+            if ((rc = ids_push(&w->out, y->id)) < 0) return rc;
             continue;
         }
         // Not a token (a vocabulary without every byte symbol): llama.cpp then looks up each
@@ -876,6 +957,7 @@ static int special_cmp_len_desc(const struct llm_tokenizer * t, int32_t a, int32
 int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * meta, struct llm_tokenizer ** out) {
     struct llm_tokenizer * t = NULL;
     pcre2_compile_context * cctx = NULL;
+    char * cat = NULL;
     int rc = 0;
     *out = NULL;
     const char * model = NULL;
@@ -929,8 +1011,8 @@ int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * met
         if (caldera_meta_get_string_array_n(meta, "tokenizer.ggml.merges", &n_merges, &merges, &merge_lens) != 0) {
             return caldera_ctx_error(ctx, CALDERA_ERR_NOT_FOUND, "tokenizer: a gpt2 tokenizer needs tokenizer.ggml.merges (a string array)");
         }
-        if (n_merges > INT32_MAX / 2) {
-            return caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "tokenizer: %" PRId64 " merges; allowed at most %d", n_merges, INT32_MAX / 2);
+        if (n_merges > (1 << 24)) {  // ranks are queue priorities in a float
+            return caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "tokenizer: %" PRId64 " merges; allowed at most %d", n_merges, 1 << 24);
         }
         if (caldera_meta_get_string(meta, "tokenizer.ggml.pre", &pre_name) != 0 || !pre_name[0]) {
             caldera_log(ctx, CALDERA_LOG_WARN, "tokenizer: no tokenizer.ggml.pre; using the 'default' pre-tokenizer (as llama.cpp)");
@@ -1019,6 +1101,37 @@ int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * met
             t->m_second_len[i] = ml - (size_t) (sp - m) - 1;
             merge_insert(t, (int32_t) i);
         }
+        // The same merges keyed by the token ids of both sides (the merge loop's fast path).
+        size_t longest = 0;
+        for (int64_t i = 0; i < n_merges; i++) longest = merge_lens[i] > longest ? merge_lens[i] : longest;
+        if (pairmap_init(&t->pairs, n_merges) < 0 || !(cat = caldera_malloc(longest + 1))) goto nomem;
+        for (int64_t i = 0; i < n_merges; i++) {
+            if (t->m_first_len[i] == 0) continue;
+            int32_t a = vocab_find(t, t->m_first[i], t->m_first_len[i]);
+            int32_t b = vocab_find(t, t->m_second[i], t->m_second_len[i]);
+            if (a < 0 || b < 0) continue;
+            memcpy(cat, t->m_first[i], t->m_first_len[i]);
+            memcpy(cat + t->m_first_len[i], t->m_second[i], t->m_second_len[i]);
+            pair_insert(&t->pairs, a, b, (int32_t) i, vocab_find(t, cat, t->m_first_len[i] + t->m_second_len[i]));
+        }
+    }
+
+    if (fam == FAM_SPM) {
+        // Every split of a token into two tokens: (left id, right id) -> the token (the merge
+        // loop's fast path; a symbol that is not a token takes the text lookup).
+        int64_t n_pairs = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 1 && pairmap_init(&t->pairs, n_pairs) < 0) goto nomem;
+            for (int64_t i = 0; i < n_vocab; i++) {
+                for (size_t k = 1; k < t->text_len[i]; k++) {
+                    int32_t a = vocab_find(t, t->text[i], k);
+                    int32_t b = a >= 0 ? vocab_find(t, t->text[i] + k, t->text_len[i] - k) : -1;
+                    if (b < 0) continue;
+                    if (pass == 0) n_pairs++;
+                    else pair_insert(&t->pairs, a, b, 0, (int32_t) i);
+                }
+            }
+        }
     }
 
     // Special ids, flags (llama.cpp's defaults per family, then the keys).
@@ -1055,6 +1168,7 @@ int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * met
     }
 
     init_byte_alphabet(t);
+    for (int b = 0; b < 256; b++) t->byte_id[b] = vocab_find(t, t->byte_sym[b], t->byte_sym_len[b]);
     size_t pieces = build_pieces(t, NULL);
     char * pbuf = caldera_malloc(pieces + 1);
     if (!pbuf) goto nomem;
@@ -1083,12 +1197,14 @@ int llm_tokenizer_init(struct caldera_ctx * ctx, const struct caldera_meta * met
         }
     }
     pcre2_compile_context_free(cctx);
+    caldera_free(cat);
     *out = t;
     return 0;
 nomem:
     rc = caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "tokenizer: out of memory building a vocabulary of %" PRId64 " tokens", n_vocab);
 fail:
     pcre2_compile_context_free(cctx);
+    caldera_free(cat);
     llm_tokenizer_free(t);
     return rc;
 }
@@ -1099,6 +1215,7 @@ void llm_tokenizer_free(struct llm_tokenizer * t) {
     pcre2_general_context_free(t->gctx);
     strmap_free(&t->vocab);
     strmap_free(&t->merges);
+    pairmap_free(&t->pairs);
     caldera_free(t->special);
     caldera_free(t->m_first);
     caldera_free(t->m_first_len);

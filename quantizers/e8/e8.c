@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
 #include "e8p.h"
 
@@ -18,6 +19,8 @@ struct e8_priv {
     double               scale_override; // RMS of the scaled input; 0 = the codebook's opt_scale
     int                  scale_dtype;    // enum e8_scale_dtype
     struct e8p_tables *  tab;            // built by init
+    float *              kgrid;          // (256, 8) stored patterns (nibble − 8)/2, nibble order (kernels)
+    float *              krvq1;          // (256, 8) "E8 1-bit" points permuted to nibble order (kernels)
 };
 
 /** Codebook state: the scales chosen from the whole W, and the codes rounded so far. */
@@ -66,12 +69,27 @@ static int e8_init(struct caldera_inst * inst) {
                              sizeof(*p->tab));
     }
     e8p_tables_build(p->tab);
+    // The fused kernels' tables (caldera-kernels.h): everything in the stored nibble order, where
+    // nibble j holds output coordinate perm[j], perm = [0,2,4,6,1,3,5,7].
+    p->kgrid = caldera_malloc(2 * E8P_NABS * E8P_DIM * sizeof(float));
+    if (!p->kgrid) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the kernel tables");
+    }
+    p->krvq1 = p->kgrid + E8P_NABS * E8P_DIM;
+    for (int a = 0; a < E8P_NABS; a++) {
+        for (int j = 0; j < E8P_DIM; j++) {
+            p->kgrid[a * E8P_DIM + j] = (float) ((int) ((p->tab->packed[a] >> (4 * j)) & 0xFu) - 8) * 0.5f;
+            p->krvq1[a * E8P_DIM + j] = p->tab->rvq1[a][j < 4 ? 2 * j : 2 * (j - 4) + 1];
+        }
+    }
     return 0;
 }
 
 static void e8_uninit(struct caldera_inst * inst) {
     struct e8_priv * p = caldera_inst_priv(inst);
     caldera_freep(&p->tab);
+    caldera_freep(&p->kgrid);
+    p->krvq1 = NULL;
 }
 
 static int e8_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
@@ -211,23 +229,14 @@ static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
     const int64_t nbt = st->cols / E8P_DIM;
     for (int64_t i = i0; i < i1; i++) {
         const float   s   = st->scale[st->nscale == 1 ? 0 : i];
-        const float   inv = s > 0.0f ? 1.0f / s : 0.0f;  // a zero row: every x is 0
         const float * xr  = (const float *) job->x->data + i * job->x->ld;
         float *       yr  = (float *) job->x_hat->data + i * job->x_hat->ld;
         uint16_t *    c1  = st->codes + i * nbt + job->b0;
         uint16_t *    c2  = st->codes2 ? st->codes2 + i * nbt + job->b0 : NULL;
         for (int64_t b = 0; b < job->nb; b++) {
-            float    xs[E8P_DIM], v[E8P_DIM];
             uint16_t k1, k2;
-            for (int k = 0; k < E8P_DIM; k++) {
-                xs[k] = xr[b * E8P_DIM + k] * inv;
-            }
-            e8p_encode_bits(job->tab, job->bits, xs, &k1, &k2);
             // Ŵ from the codes with the one decode rule, so dequantize reproduces it exactly
-            e8p_decode_bits(job->tab, job->bits, k1, k2, v);
-            for (int k = 0; k < E8P_DIM; k++) {
-                yr[b * E8P_DIM + k] = s * v[k];
-            }
+            e8p_round_scaled(job->tab, job->bits, s, xr + b * E8P_DIM, yr + b * E8P_DIM, &k1, &k2);
             c1[b] = k1;
             if (c2) {
                 c2[b] = k2;
@@ -345,22 +354,22 @@ fail:
 }
 
 // Find pack tensor suffix with the given dtype(s) and element count.
-static int e8_find(struct caldera_inst * inst, const struct caldera_pack * pack, const char * suffix,
-                   enum caldera_dtype dt1, enum caldera_dtype dt2, int64_t nelem,
+static int e8_find(struct caldera_inst * inst, const char * where, const struct caldera_pack * pack,
+                   const char * suffix, enum caldera_dtype dt1, enum caldera_dtype dt2, int64_t nelem,
                    struct caldera_tensor * out) {
     int rc = caldera_pack_find(pack, suffix, out);
     if (rc == CALDERA_ERR_NOT_FOUND) {
-        return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s' (bits=%d)", suffix,
+        return caldera_error(inst, rc, "%s: the pack has no tensor '%s' (bits=%d)", where, suffix,
                              (int) ((const struct e8_priv *) caldera_inst_priv(inst))->bits);
     }
     if (rc < 0) {
-        return caldera_error(inst, rc, "dequantize: cannot look up tensor '%s' (%s)", suffix,
+        return caldera_error(inst, rc, "%s: cannot look up tensor '%s' (%s)", where, suffix,
                              rc == CALDERA_ERR_NOMEM ? "out of memory" : caldera_status_str(rc));
     }
     if ((out->dtype != dt1 && out->dtype != dt2) || caldera_tensor_nelements(out) != nelem) {
         return caldera_error(inst, CALDERA_ERR_FORMAT,
-                             "dequantize: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
-                             suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
+                             "%s: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
+                             where, suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
                              caldera_dtype_name(dt1), nelem);
     }
     return 0;
@@ -409,13 +418,13 @@ static int e8_dequantize(struct caldera_inst * inst, const struct caldera_pack *
     }
     const int64_t m = w_hat->ne[0], nb = w_hat->ne[1] / E8P_DIM;
     const int64_t nscale = p->scale_mode == E8_SCALE_ROW ? m : 1;
-    if ((rc = e8_find(inst, pack, "codes", CALDERA_DTYPE_U16, CALDERA_DTYPE_U16, m * nb, &codes)) < 0 ||
-        (rc = e8_find(inst, pack, "scale", CALDERA_DTYPE_F16, CALDERA_DTYPE_F32, nscale, &scale)) < 0) {
+    if ((rc = e8_find(inst, "dequantize", pack, "codes", CALDERA_DTYPE_U16, CALDERA_DTYPE_U16, m * nb, &codes)) < 0 ||
+        (rc = e8_find(inst, "dequantize", pack, "scale", CALDERA_DTYPE_F16, CALDERA_DTYPE_F32, nscale, &scale)) < 0) {
         return rc;
     }
     if (p->bits > 2) {
         enum caldera_dtype dt = p->bits == 4 ? CALDERA_DTYPE_U16 : CALDERA_DTYPE_U8;
-        if ((rc = e8_find(inst, pack, "codes2", dt, dt, m * nb, &codes2)) < 0) {
+        if ((rc = e8_find(inst, "dequantize", pack, "codes2", dt, dt, m * nb, &codes2)) < 0) {
             return rc;
         }
     }
@@ -436,6 +445,61 @@ fail:
     return rc;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused layer: the codes are multiplied in place by the E8P kernels (caldera-kernels.h).
+
+static int e8_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                          int64_t cols, void ** state) {
+    const struct e8_priv * p = caldera_inst_priv(inst);
+    struct caldera_tensor codes, codes2 = { 0 }, scale;
+    struct caldera_kw * kw = NULL;
+    int rc;
+    *state = NULL;
+    if (!p->kgrid) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "linear_init: instance not started; call caldera_inst_start first");
+    }
+    if ((rc = e8_check_shape(inst, rows, cols)) < 0) {
+        return rc;
+    }
+    const int64_t nb = cols / E8P_DIM, nscale = p->scale_mode == E8_SCALE_ROW ? rows : 1;
+    if ((rc = e8_find(inst, "linear_init", pack, "codes", CALDERA_DTYPE_U16, CALDERA_DTYPE_U16, rows * nb, &codes)) < 0 ||
+        (rc = e8_find(inst, "linear_init", pack, "scale", CALDERA_DTYPE_F16, CALDERA_DTYPE_F32, nscale, &scale)) < 0) {
+        return rc;
+    }
+    if (p->bits > 2) {
+        enum caldera_dtype dt = p->bits == 4 ? CALDERA_DTYPE_U16 : CALDERA_DTYPE_U8;
+        if ((rc = e8_find(inst, "linear_init", pack, "codes2", dt, dt, rows * nb, &codes2)) < 0) {
+            return rc;
+        }
+    }
+    if (!(kw = caldera_calloc(1, sizeof(*kw)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "linear_init: out of memory");
+    }
+    *kw = (struct caldera_kw) {
+        .type = CALDERA_KW_E8P, .rows = rows, .cols = cols, .bits = (int) p->bits,
+        .codes = codes.data, .codes2 = p->bits > 2 ? codes2.data : NULL,
+        .e8_grid = p->kgrid, .e8_rvq1 = p->krvq1,
+        .e8_rho = p->bits == 4 ? E8P_RESID_SCALE_4BIT : E8P_RESID_SCALE_3BIT,
+        .scale = scale.data, .scale_dtype = scale.dtype, .scale_per_row = p->scale_mode == E8_SCALE_ROW,
+    };
+    if ((rc = caldera_kw_check(caldera_inst_ctx(inst), kw)) < 0) {
+        caldera_free(kw);
+        return caldera_error(inst, rc, "linear_init: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+    }
+    *state = kw;
+    return 0;
+}
+
+static int e8_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                             struct caldera_tensor * y, unsigned flags) {
+    return caldera_kw_apply(inst, state, x, y, flags);
+}
+
+static void e8_linear_free(struct caldera_inst * inst, void * state) {
+    (void) inst;
+    caldera_free(state);
+}
+
 static const struct caldera_quantizer_ops e8_ops = {
     .struct_size = sizeof(struct caldera_quantizer_ops),
     .quantize    = e8_quantize,
@@ -446,6 +510,10 @@ static const struct caldera_quantizer_ops e8_ops = {
     .cb_round    = e8_cb_round,
     .cb_end      = e8_cb_end,
     .cb_free     = e8_cb_free,
+    .cb_begin_h  = NULL,
+    .linear_init  = e8_linear_init,
+    .linear_apply = e8_linear_apply,
+    .linear_free  = e8_linear_free,
 };
 
 static const struct caldera_plugin e8_plugin = {

@@ -420,4 +420,23 @@ E8P_FN void e8p_decode_bits(const struct e8p_tables * t, int bits, uint16_t c1, 
     }
 }
 
+/**
+ * Round 8 weights x of a row with scale s (0: a zero row) with the @p bits variant: the codes
+ * (*c1, *c2 as e8p_encode_bits) and the value s * decode (the one decode rule) in y. The e8
+ * plugin's rounding and the CUDA kernel both call this.
+ */
+E8P_FN void e8p_round_scaled(const struct e8p_tables * t, int bits, float s, const float x[E8P_DIM],
+                             float y[E8P_DIM], uint16_t * c1, uint16_t * c2) {
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;  // a zero row: every x is 0
+    float xs[E8P_DIM], v[E8P_DIM];
+    for (int k = 0; k < E8P_DIM; k++) {
+        xs[k] = x[k] * inv;
+    }
+    e8p_encode_bits(t, bits, xs, c1, c2);
+    e8p_decode_bits(t, bits, *c1, *c2, v);
+    for (int k = 0; k < E8P_DIM; k++) {
+        y[k] = s * v[k];
+    }
+}
+
 #endif // CALDERA_E8P_H

@@ -7,7 +7,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
+#include "ldlq-step.h"
 
 struct ldlq_priv {
     struct caldera_inst * codebook;    // REF: a quantizer with the cb_* ops
@@ -199,9 +201,8 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
             for (int64_t j0 = i1 - b; j0 >= i0; j0 -= b) {
                 const int64_t jl = j0 - c0;
                 for (int64_t k = 0; k < b; k++) {
-                    const float * xr = xt + (j0 + k) * m;
                     for (int64_t r = 0; r < m; r++) {
-                        xj[r * b + k] = xr[r];
+                        ldlq_gather(k, r, xt, m, j0, b, xj);
                     }
                 }
                 struct caldera_tensor xq = sub(xj, b, 0, 0, m, b), qt = sub(qj, b, 0, 0, m, b);
@@ -209,26 +210,14 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
                     goto fail;
                 }
                 for (int64_t k = 0; k < b; k++) {
-                    float * hr = hbt + (jl + k) * m, * dr = dbt + (jl + k) * m;
-                    const float * wr = wt + (j0 + k) * m;
                     for (int64_t r = 0; r < m; r++) {
-                        hr[r] = qj[r * b + k];
-                        dr[r] = wr[r] - qj[r * b + k];
+                        ldlq_scatter(k, r, qj, wt, m, j0, jl, b, hbt, dbt);
                     }
                 }
                 // loss of block j: Σ_rows (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
                 const float * dj = dblk + (j0 / b) * b * b;
                 for (int64_t r = 0; r < m; r++) {
-                    const float * xr = xj + r * b, * qr = qj + r * b;
-                    double s = 0.0;
-                    for (int64_t k = 0; k < b; k++) {
-                        double t = 0.0;
-                        for (int64_t l = 0; l < b; l++) {
-                            t += (double) dj[k * b + l] * ((double) xr[l] - qr[l]);
-                        }
-                        s += t * ((double) xr[k] - qr[k]);
-                    }
-                    loss += s;
+                    loss += ldlq_row_loss(r, xj, qj, dj, b);
                 }
                 if (j0 > i0) {   // Xᵀ[i0:j0] += L[j, i0:j0]ᵀ Δ_jᵀ  (rank b, inside the inner block)
                     struct caldera_tensor lj = sub((float *) lmat, n, j0, i0, b, j0 - i0);
@@ -561,6 +550,26 @@ static int ldlq_dequantize(struct caldera_inst * inst, const struct caldera_pack
     return caldera_quantizer_dequantize(p->codebook, pack, w_hat);
 }
 
+// Fused layer: the codes are the codebook's, so its fused form is ldlq's.
+static int ldlq_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                            void ** state) {
+    struct ldlq_priv * p = caldera_inst_priv(inst);
+    *state = NULL;
+    if (!p->codebook) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "linear_init: option 'codebook' is not set");
+    }
+    return caldera_quantizer_linear_init(p->codebook, pack, rows, cols, state);
+}
+
+static int ldlq_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                             struct caldera_tensor * y, unsigned flags) {
+    return caldera_quantizer_linear_apply(((struct ldlq_priv *) caldera_inst_priv(inst))->codebook, state, x, y, flags);
+}
+
+static void ldlq_linear_free(struct caldera_inst * inst, void * state) {
+    caldera_quantizer_linear_free(((struct ldlq_priv *) caldera_inst_priv(inst))->codebook, state);
+}
+
 static const struct caldera_quantizer_ops ldlq_ops = {
     .struct_size = sizeof(struct caldera_quantizer_ops),
     .quantize    = ldlq_quantize,
@@ -571,6 +580,10 @@ static const struct caldera_quantizer_ops ldlq_ops = {
     .cb_round    = NULL,
     .cb_end      = NULL,
     .cb_free     = NULL,
+    .cb_begin_h  = NULL,
+    .linear_init  = ldlq_linear_init,
+    .linear_apply = ldlq_linear_apply,
+    .linear_free  = ldlq_linear_free,
 };
 
 static const struct caldera_plugin ldlq_plugin = {

@@ -100,6 +100,7 @@ static float tensor_f(const struct caldera_pack * pack, const char * suffix, int
     struct caldera_tensor t;
     ck_assert_int_eq(caldera_pack_find(pack, suffix, &t), 0);
     if (t.dtype == CALDERA_DTYPE_F16) return caldera_f16_to_f32(((const uint16_t *) t.data)[k]);
+    if (t.dtype == CALDERA_DTYPE_U8) return (float) ((const uint8_t *) t.data)[k];   // integer zero points
     ck_assert_int_eq(t.dtype, CALDERA_DTYPE_F32);
     return ((const float *) t.data)[k];
 }
@@ -175,7 +176,7 @@ START_TEST(test_exact_codes) {
         check_roundtrip(ctx, &r);
         uq_free(&r);
     }
-    // 2 bits asymmetric: zero = min = 0, d = 7.5 / 3 = 2.5, code round((x - 0) / 2.5)
+    // 2 bits asymmetric: range [min(0, lo), max(0, hi)] = [0, 7.5], d = 2.5, integer zero 0, code round(x / 2.5)
     {
         static const float a[8] = { 0, 1, 2, 3, 4, 5, 6, 7.5f };
         struct caldera_tensor wa = from(ctx, 1, 8, a);
@@ -200,6 +201,51 @@ START_TEST(test_exact_codes) {
         uq_free(&r);
         caldera_tensor_free(&wt);
     }
+    caldera_tensor_free(&w);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+// GPTQ's asymmetric quantizer has an integer zero point: 0 is always a level, so exact zeros stay
+// zero and a row whose range excludes 0 still contains it. With the earlier float zero (z = min)
+// the levels of [-0.3, 1] were -0.3, 0.133, 0.567, 1 and a 0 came back as 0.133.
+START_TEST(test_asym_zero_is_a_level) {
+    struct caldera_ctx * ctx = tu_ctx();
+    static const float v[8] = { -0.3f, 0.0f, 0.9f, 1.0f, 0.0f, 0.2f, 0.0f, 0.45f };
+    struct caldera_tensor w = from(ctx, 1, 8, v);
+    for (int b = 2; b <= 4; b++) {
+        char bs[2] = { (char) ('0' + b), 0 };
+        const char * kv[] = { "bits", bs, "granularity", "row", "symmetric", "0", "scale_dtype", "f32", NULL };
+        struct uq r = quant(ctx, kv, &w, NULL);
+        for (int j = 0; j < 8; j++) {
+            if (v[j] == 0.0f) ck_assert_msg(at(&r.wh, 0, j) == 0.0f, "b%d: 0 -> %g", b, (double) at(&r.wh, 0, j));
+        }
+        // GPTQ's parameters: d = (max(hi, 0) - min(lo, 0)) / (2^b - 1), z = rint(-min(lo, 0) / d)
+        float d = (float) (1.3 / ((1 << b) - 1));
+        ck_assert(tensor_f(r.pack, "scale", 0) == d);
+        ck_assert(tensor_f(r.pack, "zero", 0) == (float) rint(0.3 / (double) d));
+        check_roundtrip(ctx, &r);
+        uq_free(&r);
+    }
+    // a positive-only row: the range is widened to [0, hi] and z = 0
+    static const float pos[4] = { 0.5f, 1.0f, 2.0f, 3.0f };
+    struct caldera_tensor wp = from(ctx, 1, 4, pos);
+    const char * kv[] = { "bits", "2", "granularity", "row", "symmetric", "0", "scale_dtype", "f32", NULL };
+    struct uq r = quant(ctx, kv, &wp, NULL);
+    ck_assert(tensor_f(r.pack, "zero", 0) == 0.0f && tensor_f(r.pack, "scale", 0) == 1.0f);
+    ck_assert(at(&r.wh, 0, 3) == 3.0f && at(&r.wh, 0, 1) == 1.0f);
+    uq_free(&r);
+    // zero_point = float keeps the earlier variant: levels span [min, max] exactly, 0 is not a level
+    const char * kvf[] = { "bits", "2", "granularity", "row", "symmetric", "0", "scale_dtype", "f32", "zero_point", "float", NULL };
+    struct uq rf = quant(ctx, kvf, &w, NULL);
+    ck_assert(at(&rf.wh, 0, 0) == -0.3f && fabsf(at(&rf.wh, 0, 3) - 1.0f) < 1e-6f);
+    ck_assert(fabsf(at(&rf.wh, 0, 1) - (-0.3f + 1.3f / 3.0f)) < 1e-6f);   // 0 -> 0.1333
+    struct caldera_tensor zt;
+    ck_assert_int_eq(caldera_pack_find(rf.pack, "zero", &zt), 0);
+    ck_assert_int_eq(zt.dtype, CALDERA_DTYPE_F32);
+    check_roundtrip(ctx, &rf);
+    uq_free(&rf);
+    caldera_tensor_free(&wp);
     caldera_tensor_free(&w);
     caldera_ctx_free(ctx);
 }
@@ -241,13 +287,14 @@ START_TEST(test_all_configs_roundtrip) {
         struct caldera_tensor w = tu_randn(ctx, m, n, 100 + (uint64_t) sh);
         for (int b = 1; b <= 8; b++) {
             for (int g = 0; g < 4; g++) {
-                for (int sym = 0; sym < 3; sym++) {  // 0 asym, 1 sym full, 2 sym reference
+                for (int sym = 0; sym < 4; sym++) {  // 0 asym, 1 sym full, 2 sym reference, 3 asym float zero
                     for (int dt = 0; dt < 2; dt++) {
                         if (sym == 2 && b == 1) continue;
                         char bs[2] = { (char) ('0' + b), 0 };
                         const char * kv[] = { "bits", bs, "granularity", gran[g], "group_size", "5",
-                                              "symmetric", sym ? "1" : "0", "levels", sym == 2 ? "reference" : "full",
-                                              "scale_dtype", dt ? "f32" : "f16", NULL };
+                                              "symmetric", sym % 3 ? "1" : "0", "levels", sym == 2 ? "reference" : "full",
+                                              "scale_dtype", dt ? "f32" : "f16", "zero_point", sym == 3 ? "float" : "integer",
+                                              NULL };
                         struct uq r = quant(ctx, kv, &w, NULL);
                         check_roundtrip(ctx, &r);
                         int64_t ngr = (n + 4) / 5;
@@ -292,7 +339,7 @@ START_TEST(test_zero_and_constant) {
                 ck_assert(at(&r.wh, 1, j) == 0.0f);
                 ck_assert_msg(fabs(at(&r.wh, 2, j) - 0.37) <= UNI_CONST_REL_TOL * 0.37, "sym %d: %.9g", s, at(&r.wh, 2, j));
                 ck_assert(fabs(at(&r.wh, 3, j) + 1e-3) <= UNI_CONST_REL_TOL * 1e-3);
-                if (s == 0) ck_assert(at(&r.wh, 2, j) == 0.37f);  // asymmetric: the zero is the value
+                if (s == 0) ck_assert(at(&r.wh, 1, j) == 0.0f);  // asymmetric: 0 is a level (integer zero point)
             }
             check_roundtrip(ctx, &r);
             uq_free(&r);
@@ -459,7 +506,7 @@ START_TEST(test_codebook_level) {
         for (int64_t j = 0; j < n; j++) {
             int64_t g = i * 6 + j / 4;
             float z = tensor_f(r.pack, "zero", g), d = tensor_f(r.pack, "scale", g);
-            ck_assert(at(&xh, i, j) >= z && at(&xh, i, j) <= z + 7.0f * d);
+            ck_assert(at(&xh, i, j) >= -z * d && at(&xh, i, j) <= (7.0f - z) * d);
         }
     }
     // columns outside W
@@ -661,6 +708,7 @@ static Suite * uniform_suite(void) {
     tcase_add_test(tc, test_group_scales);
     tcase_add_test(tc, test_all_configs_roundtrip);
     tcase_add_test(tc, test_zero_and_constant);
+    tcase_add_test(tc, test_asym_zero_is_a_level);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_clip_search_never_worse);
     suite_add_tcase(s, tc);

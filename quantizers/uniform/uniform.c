@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: MIT
 // uniform.c: the "uniform" quantizer plugin: scalar round-to-nearest with 1..8 bits, scales per
 // tensor, row, column or group of g weights along a row, symmetric (absmax) or asymmetric
-// (min/max), an optional clip-ratio search per scale group, and a bit-packed code stream.
+// (min/max with GPTQ's integer zero point, so 0 is always a level), an optional clip-ratio search
+// per scale group, and a bit-packed code stream.
 // It is also a cb_dim = 1 codebook, so ldlq can wrap it (GPTQ-style: scales from the original W).
 #include <inttypes.h>
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
+#include "uniform-rule.h"
 
-enum uniform_gran  { UNI_TENSOR = 0, UNI_ROW = 1, UNI_COLUMN = 2, UNI_GROUP = 3 };
 enum uniform_lev   { UNI_LEV_FULL = 0, UNI_LEV_REFERENCE = 1 };
 enum uniform_dtype { UNI_F16 = 0, UNI_F32 = 1 };
+enum uniform_zero  { UNI_ZERO_INTEGER = 0, UNI_ZERO_FLOAT = 1 };
 
 struct uniform_priv {
     int64_t bits;         // 1..8
@@ -23,6 +26,7 @@ struct uniform_priv {
     int64_t clip_grid;    // number of ratios in [clip_min, 1]
     double  clip_min;     // smallest ratio tried
     int     scale_dtype;  // enum uniform_dtype
+    int     zero_point;   // enum uniform_zero (asymmetric only)
 };
 
 /** Codebook state: scale groups chosen from the whole W, and one byte per code until cb_end. */
@@ -31,16 +35,10 @@ struct caldera_cb_state {
     int64_t   ngr;         // groups per row (granularity=group), else 0
     int64_t   nscale;      // number of scale groups
     float *   scale;       // (nscale) step sizes, already rounded to scale_dtype
-    float *   zero;        // (nscale) value of code 0 (asymmetric), rounded; else NULL
+    float *   zero;        // (nscale) integer zero point z (asymmetric, 0..2^b-1, held as float); else NULL
     uint8_t * codes;       // (rows, cols) codes, one per byte
 };
 
-// The quantization rule of one group (shared by encode, decode and the clip search).
-struct uniform_rule {
-    int   kind;    // 0 = symmetric full (midrise), 1 = symmetric reference, 2 = asymmetric
-    int   kmax;    // largest code: 2^b - 1 (full, asym) or 2^b - 2 (reference)
-    float half;    // full: 2^(b-1) - 1/2; reference: 2^(b-1) - 1
-};
 
 #define OFF(x) offsetof(struct uniform_priv, x)
 
@@ -66,6 +64,14 @@ static const struct caldera_opt_choice uniform_dtype_choices[] = {
     { .name = NULL }
 };
 
+static const struct caldera_opt_choice uniform_zero_choices[] = {
+    { .name = "integer", .value = UNI_ZERO_INTEGER,
+      .help = "GPTQ: range widened to contain 0, integer zero point (u8), so 0 is a level" },
+    { .name = "float", .value = UNI_ZERO_FLOAT,
+      .help = "z = min exactly (f16/f32): the levels span [min, max], 0 is in general not a level" },
+    { .name = NULL }
+};
+
 static const struct caldera_option uniform_options[] = {
     { .name = "bits", .offset = OFF(bits), .type = CALDERA_OPT_INT, .def.i64 = 4, .min = 1, .max = 8,
       .help = "bits per weight" },
@@ -75,7 +81,7 @@ static const struct caldera_option uniform_options[] = {
       .min = 1, .max = 1 << 30,
       .help = "weights per scale group along a row (granularity=group); the last group of a row may be shorter" },
     { .name = "symmetric", .offset = OFF(symmetric), .type = CALDERA_OPT_BOOL, .def.i64 = 1,
-      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and zero point" },
+      .min = 0, .max = 1, .help = "1: absmax scale, no zero point; 0: min/max scale and GPTQ's integer zero point (0 is a level)" },
     { .name = "levels", .offset = OFF(levels), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_LEV_FULL,
       .choices = uniform_lev_choices, .help = "level set of the symmetric quantizer" },
     { .name = "clip_search", .offset = OFF(clip_search), .type = CALDERA_OPT_BOOL, .def.i64 = 0,
@@ -88,6 +94,8 @@ static const struct caldera_option uniform_options[] = {
     { .name = "scale_dtype", .offset = OFF(scale_dtype), .type = CALDERA_OPT_ENUM,
       .def.i64 = UNI_F16, .choices = uniform_dtype_choices,
       .help = "storage type of scales and zero points" },
+    { .name = "zero_point", .offset = OFF(zero_point), .type = CALDERA_OPT_ENUM, .def.i64 = UNI_ZERO_INTEGER,
+      .choices = uniform_zero_choices, .help = "zero point of the asymmetric quantizer (symmetric=0)" },
     { .name = NULL }
 };
 
@@ -118,7 +126,7 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     struct uniform_rule r;
     int64_t L = (int64_t) 1 << (p->bits - 1);
     if (!p->symmetric) {
-        r.kind = 2;
+        r.kind = p->zero_point == UNI_ZERO_FLOAT ? 3 : 2;
         r.kmax = (int) (2 * L - 1);
         r.half = 0.0f;
     } else if (p->levels == UNI_LEV_REFERENCE) {
@@ -133,45 +141,8 @@ static struct uniform_rule uniform_rule_of(const struct uniform_priv * p) {
     return r;
 }
 
-// Round to nearest, ties to even (as rintf and torch.round) for |t| <= 2^22, without a libm
-// call: adding and subtracting 1.5 * 2^23 leaves t rounded in the default rounding mode.
-// (IEEE arithmetic does not allow folding this to t; -ffast-math would, so do not use it.)
-static inline float uniform_rint(float t) {
-    const float big = 12582912.0f;
-    return (t + big) - big;
-}
 
-// Code of x with step d and zero z. d == 0 means a group that was all zero (symmetric) or
-// constant (asymmetric): every x gets the level at 0 / at z. t is clamped to the code range
-// before rounding, so the conversions below are exact (floor of t >= 0 is truncation).
-static inline int uniform_encode(const struct uniform_rule * r, float x, float d, float z) {
-    float t;
-    switch (r->kind) {
-    case 0:  // midrise: level k is (k - half) d; k = floor(x/d + half + 1/2)
-        t = d > 0.0f ? x / d + (r->half + 0.5f) : r->half + 0.5f;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) t;
-    case 1:  // mid-tread with a zero level, round half to even (as torch.round)
-        t = d > 0.0f ? x / d : 0.0f;
-        t = t < -r->half ? -r->half : t;
-        t = t > r->half ? r->half : t;
-        return (int) uniform_rint(t) + (int) r->half;
-    default:
-        t = d > 0.0f ? (x - z) / d : 0.0f;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > (float) r->kmax ? (float) r->kmax : t;
-        return (int) uniform_rint(t);
-    }
-}
 
-// The one decode rule: quantize's Ŵ and dequantize both come from here.
-static inline float uniform_decode(const struct uniform_rule * r, int k, float d, float z) {
-    if (r->kind == 2) {
-        return z + (float) k * d;
-    }
-    return ((float) k - r->half) * d;
-}
 
 // Round v to the storage dtype.
 static inline float uniform_round_dtype(const struct uniform_priv * p, float v) {
@@ -182,6 +153,13 @@ static inline float uniform_round_dtype(const struct uniform_priv * p, float v) 
 static void uniform_params(const struct uniform_priv * p, const struct uniform_rule * r,
                            float lo, float hi, double c, float * d, float * z) {
     if (r->kind == 2) {
+        // GPTQ: the range is widened to contain 0, z = rint(-min / d) is an integer code, so the
+        // level of code z is exactly 0
+        double l = fmin(lo * c, 0.0), h = fmax(hi * c, 0.0);
+        *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
+        double zz = *d > 0.0f ? rint(-l / (double) *d) : 0.0;
+        *z = (float) (zz < 0.0 ? 0.0 : zz > r->kmax ? r->kmax : zz);
+    } else if (r->kind == 3) {
         double l = lo * c, h = hi * c;
         *z = uniform_round_dtype(p, (float) l);
         *d = uniform_round_dtype(p, (float) ((h - l) / (double) r->kmax));
@@ -210,12 +188,7 @@ static void uniform_group_rect(const struct uniform_priv * p, const struct calde
 
 static inline int64_t uniform_gid(const struct uniform_priv * p, const struct caldera_cb_state * st,
                                   int64_t i, int64_t j) {
-    switch (p->granularity) {
-    case UNI_TENSOR: return 0;
-    case UNI_ROW:    return i;
-    case UNI_COLUMN: return j;
-    default:         return i * st->ngr + j / p->group_size;
-    }
+    return uniform_gid_of(p->granularity, st->ngr, p->group_size, i, j);
 }
 
 static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) {
@@ -228,7 +201,8 @@ static double uniform_bits(struct caldera_inst * inst, int64_t rows, int64_t col
     default:         nscale = (double) rows * (double) ((cols + p->group_size - 1) / p->group_size); break;
     }
     double code_bits = 8.0 * (double) (((uint64_t) rows * (uint64_t) cols * (uint64_t) p->bits + 7) / 8);
-    double per_scale = (p->scale_dtype == UNI_F16 ? 16.0 : 32.0) * (p->symmetric ? 1.0 : 2.0);
+    const double fbits = p->scale_dtype == UNI_F16 ? 16.0 : 32.0;
+    double per_scale = fbits + (p->symmetric ? 0.0 : p->zero_point == UNI_ZERO_FLOAT ? fbits : 8.0);  // + zero point
     return code_bits + nscale * per_scale;
 }
 
@@ -434,9 +408,7 @@ static void uniform_round_rows(void * arg, int64_t i0, int64_t i1) {
         for (int64_t j = 0; j < c; j++) {
             int64_t g = uniform_gid(job->p, st, i, job->col0 + j);
             float   d = st->scale[g], z = st->zero ? st->zero[g] : 0.0f;
-            int     k = uniform_encode(&job->rule, xr[j], d, z);
-            cr[j] = (uint8_t) k;
-            yr[j] = uniform_decode(&job->rule, k, d, z);
+            yr[j] = uniform_round(&job->rule, xr[j], d, z, &cr[j]);
         }
     }
 }
@@ -537,8 +509,18 @@ static int uniform_cb_end(struct caldera_inst * inst, struct caldera_cb_state * 
     if ((rc = uniform_add_floats(inst, pack, "scale", p, nd, ne, st->scale, st->nscale)) < 0) {
         return rc;
     }
-    if (st->zero && (rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
-        return rc;
+    if (st->zero && p->zero_point == UNI_ZERO_FLOAT) {
+        if ((rc = uniform_add_floats(inst, pack, "zero", p, nd, ne, st->zero, st->nscale)) < 0) {
+            return rc;
+        }
+    } else if (st->zero) {   // integer zero points, one byte each
+        if ((rc = caldera_pack_add(pack, "zero", CALDERA_DTYPE_U8, nd, ne, &data)) < 0) {
+            return caldera_error(inst, rc, "cb_end: cannot add tensor 'zero' to the pack (%s)", caldera_status_str(rc));
+        }
+        uint8_t * zb = data;
+        for (int64_t k = 0; k < st->nscale; k++) {
+            zb[k] = (uint8_t) st->zero[k];
+        }
     }
     return 0;
 }
@@ -627,22 +609,22 @@ static void uniform_dequant_rows(void * arg, int64_t i0, int64_t i1) {
     }
 }
 
-static int uniform_find(struct caldera_inst * inst, const struct caldera_pack * pack, const char * suffix,
-                        int floats, int64_t nelem, struct caldera_tensor * out) {
+static int uniform_find(struct caldera_inst * inst, const char * where, const struct caldera_pack * pack,
+                        const char * suffix, int floats, int64_t nelem, struct caldera_tensor * out) {
     int rc = caldera_pack_find(pack, suffix, out);
     if (rc == CALDERA_ERR_NOT_FOUND) {
-        return caldera_error(inst, rc, "dequantize: the pack has no tensor '%s'", suffix);
+        return caldera_error(inst, rc, "%s: the pack has no tensor '%s'", where, suffix);
     }
     if (rc < 0) {
-        return caldera_error(inst, rc, "dequantize: cannot look up tensor '%s' (%s)", suffix,
+        return caldera_error(inst, rc, "%s: cannot look up tensor '%s' (%s)", where, suffix,
                              rc == CALDERA_ERR_NOMEM ? "out of memory" : caldera_status_str(rc));
     }
     int dt_ok = floats ? (out->dtype == CALDERA_DTYPE_F16 || out->dtype == CALDERA_DTYPE_F32)
                        : out->dtype == CALDERA_DTYPE_U8;
     if (!dt_ok || caldera_tensor_nelements(out) != nelem) {
         return caldera_error(inst, CALDERA_ERR_FORMAT,
-                             "dequantize: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
-                             suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
+                             "%s: tensor '%s' is %s with %" PRId64 " elements; expected %s with %" PRId64,
+                             where, suffix, caldera_dtype_name(out->dtype), caldera_tensor_nelements(out),
                              floats ? "f16 or f32" : "u8", nelem);
     }
     return 0;
@@ -672,9 +654,9 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         break;
     }
     const int64_t nbytes = (int64_t) (((uint64_t) (geo.rows * geo.cols) * (uint64_t) p->bits + 7) / 8);
-    if ((rc = uniform_find(inst, pack, "codes", 0, nbytes, &codes)) < 0 ||
-        (rc = uniform_find(inst, pack, "scale", 1, geo.nscale, &scale)) < 0 ||
-        (!p->symmetric && (rc = uniform_find(inst, pack, "zero", 1, geo.nscale, &zero)) < 0)) {
+    if ((rc = uniform_find(inst, "dequantize", pack, "codes", 0, nbytes, &codes)) < 0 ||
+        (rc = uniform_find(inst, "dequantize", pack, "scale", 1, geo.nscale, &scale)) < 0 ||
+        (!p->symmetric && (rc = uniform_find(inst, "dequantize", pack, "zero", p->zero_point == UNI_ZERO_FLOAT, geo.nscale, &zero)) < 0)) {
         return rc;
     }
     if (!(sc = caldera_malloc((size_t) geo.nscale * (p->symmetric ? 1 : 2) * sizeof(float)))) {
@@ -685,6 +667,14 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
         rc = caldera_error(inst, rc, "dequantize: cannot convert the scales to f32");
         goto fail;
     }
+    for (int64_t k = 0; !p->symmetric && p->zero_point == UNI_ZERO_INTEGER && k < geo.nscale; k++) {
+        if (sc[geo.nscale + k] > (float) ((1 << p->bits) - 1)) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "dequantize: zero point %d of group %" PRId64 " is above the "
+                               "largest %" PRId64 "-bit code %d", (int) sc[geo.nscale + k], k, p->bits,
+                               (1 << p->bits) - 1);
+            goto fail;
+        }
+    }
     struct uniform_dequant_job job = {
         .p = p, .rule = uniform_rule_of(p), .st = &geo, .codes = codes.data, .nbytes = nbytes,
         .scale = sc, .zero = p->symmetric ? NULL : sc + geo.nscale, .w_hat = w_hat,
@@ -693,6 +683,67 @@ static int uniform_dequantize(struct caldera_inst * inst, const struct caldera_p
 fail:
     caldera_free(sc);
     return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused layer: the bit stream is multiplied in place by the kernels (caldera-kernels.h).
+
+static int uniform_linear_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                               int64_t cols, void ** state) {
+    const struct uniform_priv * p = caldera_inst_priv(inst);
+    struct caldera_tensor codes, scale, zero = { 0 };
+    struct caldera_kw * kw = NULL;
+    int rc;
+    *state = NULL;
+    if ((rc = uniform_check_shape(inst, rows, cols)) < 0 || (rc = uniform_check(inst)) < 0) {
+        return rc;
+    }
+    if (!p->symmetric && p->zero_point == UNI_ZERO_FLOAT) {
+        // the kernels take GPTQ's integer zero points (value (k - z) d); a float zero (z + k d) is decoded densely
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "linear_init: no fused layer for zero_point = float");
+    }
+    int64_t nscale;
+    switch (p->granularity) {
+    case UNI_TENSOR: nscale = 1; break;
+    case UNI_ROW:    nscale = rows; break;
+    case UNI_COLUMN: nscale = cols; break;
+    default:         nscale = rows * ((cols + p->group_size - 1) / p->group_size); break;
+    }
+    const int64_t nbytes = (int64_t) (((uint64_t) (rows * cols) * (uint64_t) p->bits + 7) / 8);
+    if ((rc = uniform_find(inst, "linear_init", pack, "codes", 0, nbytes, &codes)) < 0 ||
+        (rc = uniform_find(inst, "linear_init", pack, "scale", 1, nscale, &scale)) < 0 ||
+        (!p->symmetric && (rc = uniform_find(inst, "linear_init", pack, "zero", 0, nscale, &zero)) < 0)) {
+        return rc;
+    }
+    if (!(kw = caldera_calloc(1, sizeof(*kw)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "linear_init: out of memory");
+    }
+    const struct uniform_rule rule = uniform_rule_of(p);
+    *kw = (struct caldera_kw) {
+        .type = CALDERA_KW_UNIFORM, .rows = rows, .cols = cols, .bits = (int) p->bits,
+        .stream = codes.data, .scale = scale.data, .zero = p->symmetric ? NULL : zero.data,
+        .scale_dtype = scale.dtype,
+        .rule = rule.kind == 0 ? CALDERA_KW_UNI_MIDRISE : rule.kind == 1 ? CALDERA_KW_UNI_REFERENCE : CALDERA_KW_UNI_ASYM,
+        .gran = p->granularity == UNI_TENSOR ? CALDERA_KW_GRAN_TENSOR : p->granularity == UNI_ROW ? CALDERA_KW_GRAN_ROW
+              : p->granularity == UNI_COLUMN ? CALDERA_KW_GRAN_COLUMN : CALDERA_KW_GRAN_GROUP,
+        .group_size = p->group_size,
+    };
+    if ((rc = caldera_kw_check(caldera_inst_ctx(inst), kw)) < 0) {
+        caldera_free(kw);
+        return caldera_error(inst, rc, "linear_init: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+    }
+    *state = kw;
+    return 0;
+}
+
+static int uniform_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                                  struct caldera_tensor * y, unsigned flags) {
+    return caldera_kw_apply(inst, state, x, y, flags);
+}
+
+static void uniform_linear_free(struct caldera_inst * inst, void * state) {
+    (void) inst;
+    caldera_free(state);
 }
 
 static const struct caldera_quantizer_ops uniform_ops = {
@@ -706,6 +757,9 @@ static const struct caldera_quantizer_ops uniform_ops = {
     .cb_end      = uniform_cb_end,
     .cb_free     = uniform_cb_free,
     .cb_begin_h  = uniform_cb_begin_h,
+    .linear_init  = uniform_linear_init,
+    .linear_apply = uniform_linear_apply,
+    .linear_free  = uniform_linear_free,
 };
 
 static const struct caldera_plugin uniform_plugin = {
@@ -715,7 +769,7 @@ static const struct caldera_plugin uniform_plugin = {
     .name           = "uniform",
     .description    = "scalar uniform quantizer: 1-8 bits, scales per tensor/row/column/group",
     .version        = CALDERA_VERSION_INT(0, 1, 0),
-    .format_version = 1,
+    .format_version = 2,   // 2: asymmetric zero points are integers (u8), GPTQ's
     .priv_size      = sizeof(struct uniform_priv),
     .options        = uniform_options,
     .probe          = NULL,

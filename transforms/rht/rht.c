@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
 #include "hadamard.h"
 
@@ -290,11 +291,136 @@ fail:
     return rc;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The transform on activations (fused layers): W x = S_V U_m W̃ (U_nᵀ S_U x), from the pack alone.
+
+struct rht_act {
+    struct rht_dim        dm, dn;   // row side (m', K_m) and column side (n', K_n)
+    struct caldera_kw_rht in, out;  // column side for inputs, row side for outputs (kernels)
+};
+
+static void rht_act_free(struct caldera_inst * inst, void * state) {
+    (void) inst;
+    struct rht_act * a = state;
+    if (!a) {
+        return;
+    }
+    rht_dim_free(&a->dm);
+    rht_dim_free(&a->dn);
+    caldera_free(a);
+}
+
+// One side from the stored size and core order (not refactored with this instance's max_k, so a
+// file written with another max_k still reads).
+static int rht_act_side(struct caldera_inst * inst, const char * what, int64_t n, int64_t np, int64_t k,
+                        const struct caldera_tensor * signs, struct rht_dim * d, struct caldera_kw_rht * t) {
+    memset(d, 0, sizeof(*d));
+    if (np < n || k < 1 || np % k != 0 || ((np / k) & (np / k - 1)) != 0 || rht_had_kind(k, NULL) == RHT_HAD_NONE) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "act_init: 'dims' gives %s size %" PRId64 " padded to %" PRId64
+                             " with core K=%" PRId64 "; allowed: padded >= size = K * 2^p with a Paley/Sylvester K",
+                             what, n, np, k);
+    }
+    if (signs->dtype != CALDERA_DTYPE_U8 || caldera_tensor_nelements(signs) != (np + 7) / 8) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "act_init: %s signs are %s with %" PRId64 " elements; "
+                             "expected u8 with %" PRId64, what, caldera_dtype_name(signs->dtype),
+                             caldera_tensor_nelements(signs), (np + 7) / 8);
+    }
+    d->n  = np;
+    d->k  = k;
+    d->p2 = np / k;
+    if (k > 1) {
+        int rc;
+        if (!(d->hk = caldera_malloc((size_t) (k * k) * sizeof(float)))) {
+            return caldera_error(inst, CALDERA_ERR_NOMEM, "act_init: out of memory");
+        }
+        if ((rc = rht_had_build(k, d->hk)) < 0) {
+            return caldera_error(inst, rc, "act_init: cannot build the Hadamard core of order %" PRId64, k);
+        }
+    }
+    *t = (struct caldera_kw_rht) { .n = n, .np = np, .k = k, .p2 = np / k, .hk = d->hk, .sign = signs->data };
+    return 0;
+}
+
+static int rht_act_init(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                        void ** state, int64_t * rows_t, int64_t * cols_t) {
+    struct caldera_tensor dims, su, sv;
+    struct rht_act * a = NULL;
+    int rc;
+    *state = NULL;
+    const char * names[3] = { "dims", "su", "sv" };
+    struct caldera_tensor * ts[3] = { &dims, &su, &sv };
+    for (int i = 0; i < 3; i++) {
+        if ((rc = caldera_pack_find(pack, names[i], ts[i])) < 0) {
+            return caldera_error(inst, rc, "act_init: the pack has no tensor '%s'", names[i]);
+        }
+    }
+    if (dims.dtype != CALDERA_DTYPE_I32 || caldera_tensor_nelements(&dims) != 6) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "act_init: 'dims' is %s with %" PRId64 " elements; expected i32 with 6",
+                             caldera_dtype_name(dims.dtype), caldera_tensor_nelements(&dims));
+    }
+    const int32_t * d = dims.data;
+    if (d[0] != rows || d[1] != cols) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "act_init: 'dims' is for a %dx%d weight; the layer is %" PRId64
+                             "x%" PRId64, (int) d[0], (int) d[1], rows, cols);
+    }
+    if (!(a = caldera_calloc(1, sizeof(*a)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "act_init: out of memory");
+    }
+    if ((rc = rht_act_side(inst, "row", rows, d[2], d[4], &sv, &a->dm, &a->out)) < 0 ||
+        (rc = rht_act_side(inst, "column", cols, d[3], d[5], &su, &a->dn, &a->in)) < 0) {
+        rht_act_free(inst, a);
+        return rc;
+    }
+    *rows_t = d[2];
+    *cols_t = d[3];
+    *state  = a;
+    return 0;
+}
+
+static int rht_act_in(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                      struct caldera_tensor * x_t) {
+    const struct rht_act * a = state;
+    int rc;
+    if (!a) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "act_in: no state; call act_init first");
+    }
+    if ((rc = caldera_check_matrix(inst, "act_in", "x", x, -1, a->in.n)) < 0 ||
+        (rc = caldera_check_matrix(inst, "act_in", "x_t", x_t, x->ne[0], a->in.np)) < 0) {
+        return rc;
+    }
+    if ((rc = caldera_kw_rht_in(caldera_inst_ctx(inst), &a->in, x->data, x->ne[0], ldof(x), x_t->data, ldof(x_t))) < 0) {
+        return caldera_error(inst, rc, "act_in: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+    }
+    return 0;
+}
+
+static int rht_act_out(struct caldera_inst * inst, void * state, struct caldera_tensor * y_t,
+                       struct caldera_tensor * y, int accumulate) {
+    const struct rht_act * a = state;
+    int rc;
+    if (!a) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "act_out: no state; call act_init first");
+    }
+    if ((rc = caldera_check_matrix(inst, "act_out", "y_t", y_t, -1, a->out.np)) < 0 ||
+        (rc = caldera_check_matrix(inst, "act_out", "y", y, y_t->ne[0], a->out.n)) < 0) {
+        return rc;
+    }
+    if ((rc = caldera_kw_rht_out(caldera_inst_ctx(inst), &a->out, y_t->data, y_t->ne[0], ldof(y_t), y->data, ldof(y),
+                                 accumulate)) < 0) {
+        return caldera_error(inst, rc, "act_out: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+    }
+    return 0;
+}
+
 static const struct caldera_transform_ops rht_ops = {
     .struct_size = sizeof(struct caldera_transform_ops),
     .forward     = rht_forward,
     .inverse     = rht_inverse,
     .free_state  = rht_free_state,
+    .act_init    = rht_act_init,
+    .act_in      = rht_act_in,
+    .act_out     = rht_act_out,
+    .act_free    = rht_act_free,
 };
 
 static const struct caldera_plugin rht_plugin = {

@@ -185,11 +185,19 @@ struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_
 /** Number of elements (product of ne[0..ndim-1]). */
 int64_t caldera_tensor_nelements(const struct caldera_tensor * t);
 /**
- * Allocate an owning tensor (zero-filled, 64-byte aligned, CPU or CUDA): the result's data is
- * freed with caldera_tensor_free. ne has ndim entries.
+ * Allocate an owning CPU tensor (zero-filled, 64-byte aligned): the result's data is freed with
+ * caldera_tensor_free. ne has ndim entries.
  */
 int  caldera_tensor_alloc(struct caldera_ctx * ctx, enum caldera_dtype dtype, int32_t ndim,
                           const int64_t * ne, struct caldera_tensor * out);
+/**
+ * The same on a device: CALDERA_DEVICE_CUDA allocates device memory (zero-filled, plain dtypes
+ * only) on the context's GPU, CALDERA_ERR_DEVICE without one, CALDERA_ERR_UNSUPPORTED in a build
+ * without CUDA. caldera_tensor_copy moves data between host and device tensors (same dtype);
+ * caldera_linalg_* take device tensors and then run on the GPU.
+ */
+int  caldera_tensor_alloc_device(struct caldera_ctx * ctx, enum caldera_device device, enum caldera_dtype dtype,
+                                 int32_t ndim, const int64_t * ne, struct caldera_tensor * out);
 /** Convenience: a (rows, cols) f32 CPU tensor. */
 int  caldera_tensor_alloc_f32(struct caldera_ctx * ctx, int64_t rows, int64_t cols,
                               struct caldera_tensor * out);
@@ -445,6 +453,12 @@ void caldera_pack_free(struct caldera_pack * pack);
  */
 int  caldera_pack_add(struct caldera_pack * pack, const char * suffix, enum caldera_dtype dtype,
                       int32_t ndim, const int64_t * ne, void ** data);
+/**
+ * Add a view of t under "<prefix><suffix>": no copy, the pack does not own t's data (e.g. a
+ * tensor mmapped by a format reader), which must outlive the pack. CALDERA_ERR_INVAL on a
+ * duplicate name.
+ */
+int  caldera_pack_add_view(struct caldera_pack * pack, const char * suffix, const struct caldera_tensor * t);
 /** Add a copy of tensor t under "<prefix><suffix>" (converted to @p dtype). */
 int  caldera_pack_add_tensor(struct caldera_pack * pack, const char * suffix,
                              enum caldera_dtype dtype, const struct caldera_tensor * t);
@@ -536,6 +550,26 @@ struct caldera_transform_ops {
                     struct caldera_tensor * w_out);
     // release state from forward; NULL state is a no-op
     void (*free_state)(struct caldera_inst * inst, void * state);
+    // ---- (optional, appended) the transform on activations, for fused layers (caldera-kernels.h):
+    // W x = out(W̃ in(x)) with W̃ the transformed weight as stored, never touching W̃ itself ----
+    // from the tensors forward wrote to pack (same prefix) for a weight of rows × cols: state, and
+    // the transformed weight's shape *rows_t × *cols_t (padding included); NULL = no activation form
+    int  (*act_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows, int64_t cols,
+                     void ** state, int64_t * rows_t, int64_t * cols_t);
+    // x (B × cols, f32) → x_t (B × cols_t, f32, preallocated): what W̃ multiplies
+    int  (*act_in)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                   struct caldera_tensor * x_t);
+    // y_t (B × rows_t, f32; overwritten as scratch) → y (B × rows), or y += when accumulate
+    int  (*act_out)(struct caldera_inst * inst, void * state, struct caldera_tensor * y_t,
+                    struct caldera_tensor * y, int accumulate);
+    // release state from act_init; NULL state is a no-op
+    void (*act_free)(struct caldera_inst * inst, void * state);
+};
+
+/** Flags of linear_apply (fused layers). */
+enum caldera_linear_flags {
+    CALDERA_LINEAR_ACCUMULATE = 1u << 0,  ///< y += x Ŵᵀ instead of y = x Ŵᵀ
+    CALDERA_LINEAR_TRANSPOSE  = 1u << 1,  ///< y = x Ŵ: x is B × rows, y is B × cols
 };
 
 /** Codebook state for column-wise rounding (scales computed from the full matrix). */
@@ -572,12 +606,24 @@ struct caldera_quantizer_ops {
     // scales can be chosen H-aware (e.g. a diag(H)-weighted clip search); NULL = cb_begin is used
     int     (*cb_begin_h)(struct caldera_inst * inst, const struct caldera_tensor * w,
                           const struct caldera_tensor * h, struct caldera_cb_state ** state);
+    // ---- (optional, appended) fused layer: Y = X Ŵᵀ straight from the pack, Ŵ never expanded ----
+    // state for Ŵ (rows × cols) as dequantize would read it from pack (same prefix); the pack's
+    // tensors are used in place (views into a mapped file are fine) and must outlive the state.
+    // NULL = no fused form: the runtime dequantizes to a dense matrix instead
+    int     (*linear_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                           int64_t cols, void ** state);
+    // y (B × rows, f32) = x (B × cols, f32) Ŵᵀ (2-d views with ld); flags (CALDERA_LINEAR_*):
+    // ACCUMULATE: y += instead of =; TRANSPOSE: y (B × cols) = x (B × rows) Ŵ instead
+    int     (*linear_apply)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                            struct caldera_tensor * y, unsigned flags);
+    // release state; NULL state is a no-op
+    void    (*linear_free)(struct caldera_inst * inst, void * state);
 };
 
 /**
  * True when an ops struct (of any kind) has the member, i.e. the plugin was built with a header
  * that already had it (struct_size covers it) and set it. Check before calling a member that was
- * appended after the ABI's first version: update_meta, cb_begin_h.
+ * appended after the ABI's first version: update_meta, cb_begin_h, linear_*, act_*.
  */
 #define CALDERA_OPS_HAS(ops, type, member) \
     ((ops)->struct_size >= offsetof(type, member) + sizeof((ops)->member) && (ops)->member != NULL)
@@ -591,11 +637,151 @@ struct caldera_decomposer_ops {
     // pack → w_hat (m×n, preallocated)
     int (*reconstruct)(struct caldera_inst * inst, const struct caldera_pack * pack,
                        struct caldera_tensor * w_hat);
+    // (optional, appended) fused layer, as in caldera_quantizer_ops: state for Ŵ (rows × cols)
+    // from pack, tensors used in place; NULL = the runtime reconstructs a dense matrix instead
+    int  (*linear_init)(struct caldera_inst * inst, const struct caldera_pack * pack, int64_t rows,
+                        int64_t cols, void ** state);
+    // y (B × rows) = x (B × cols) Ŵᵀ; flags as in caldera_quantizer_ops
+    int  (*linear_apply)(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
+                         struct caldera_tensor * y, unsigned flags);
+    // release state; NULL state is a no-op
+    void (*linear_free)(struct caldera_inst * inst, void * state);
 };
 
-/** Model architectures: forward pass, calibration and evaluation (ops defined in a later ABI). */
+/**
+ * One linear layer of a loaded model (Y = X Wᵀ, W of shape rows × cols = out × in).
+ * Layers that see the same input (q/k/v; gate/up; o; down of one block) share an input group,
+ * so calibration computes one Hessian H = Σ x xᵀ per group.
+ */
+struct caldera_model_linear {
+    const char * name;        ///< Hugging Face weight name, "model.layers.3.self_attn.q_proj.weight"
+    int64_t      layer;       ///< transformer block index (0-based); -1 outside the blocks (lm_head)
+    int64_t      rows;        ///< out_features
+    int64_t      cols;        ///< in_features
+    int64_t      group;       ///< input group index, 0 .. n_groups - 1 (dense, in forward order)
+    const char * group_key;   ///< input group key, "model.layers.3.attn_in" / ".attn_out" / ".mlp_in" / ".mlp_out"
+};
+
+/**
+ * Observer of linear inputs during a forward pass: called once per input group and block of
+ * tokens, before the group's linears run, with @p x the input rows (tokens × cols, f32, a view
+ * valid during the call; rows are the batch's tokens in order, sequence-major). @p linear is the
+ * first linear of the group. Return 0 to continue, a negative status to stop the forward pass
+ * (which then returns that status).
+ */
+typedef int (*caldera_model_observe_fn)(void * user, int64_t group, int64_t linear,
+                                        const struct caldera_tensor * x);
+
+/**
+ * Receiver of logits: rows for positions [pos0, pos0 + logits->ne[0]) of sequence @p seq,
+ * logits (n × vocab, f32, a view valid during the call). Chunks arrive in order of seq, then pos;
+ * a model may deliver one position range in several chunks. Return 0 or a negative status.
+ */
+typedef int (*caldera_model_logits_fn)(void * user, int64_t seq, int64_t pos0,
+                                       const struct caldera_tensor * logits);
+
+/**
+ * A batch forward pass (ABI: grows at the end; set struct_size = sizeof). Every sequence starts
+ * at position 0 with an empty context; the KV cache of decode is neither used nor changed.
+ */
+struct caldera_model_forward_args {
+    uint32_t                 struct_size;
+    const int32_t *          tokens;        ///< n_seq × n_tok token ids, row-major
+    int64_t                  n_seq;
+    int64_t                  n_tok;         ///< 1 .. the model's context length
+    caldera_model_observe_fn observe;       ///< NULL: no observer
+    void *                   observe_user;
+    // Logits of positions [logits_from, logits_to) of every sequence go to on_logits. With
+    // on_logits NULL or an empty range the output head is not computed at all (calibration).
+    caldera_model_logits_fn  on_logits;
+    void *                   logits_user;
+    int64_t                  logits_from;
+    int64_t                  logits_to;
+    // > 0: stop after this many transformer blocks (no head is computed then); 0: all blocks.
+    // Calibration of the first k blocks does not need the rest.
+    int64_t                  n_layers;
+};
+
+/**
+ * An opaque implementation of one linear layer (e.g. a fused kernel over compressed codes).
+ * apply computes Y = X Wᵀ for a block of token rows: x (n × cols, f32, ld >= cols), y (n × rows,
+ * f32, preallocated, ld >= rows, overwritten). It may use the context's thread pool and BLAS.
+ */
+struct caldera_linear_impl {
+    uint32_t struct_size;     ///< sizeof(struct caldera_linear_impl) the caller was built with
+    void *   state;           ///< passed to apply and free
+    int      (*apply)(void * state, struct caldera_ctx * ctx, const struct caldera_tensor * x,
+                      struct caldera_tensor * y);
+    // (optional) release state when the layer is replaced again or the model released; NULL = caller owns state
+    void     (*free)(void * state);
+};
+
+/** Token ids and strings of the model's tokenizer. */
+struct caldera_model_vocab {
+    int64_t      n_vocab;
+    int32_t      bos;            ///< -1 if none
+    int32_t      eos;            ///< -1 if none
+    int32_t      eot;            ///< token ending a chat turn (e.g. <|im_end|>), else eos; -1 if none
+    int          add_bos;        ///< the model expects a BOS first by default
+    const char * chat_template;  ///< tokenizer.chat_template (Jinja text) or NULL
+};
+
+/**
+ * Model architectures: forward pass, calibration hooks, layer replacement, tokenizer, decoding.
+ * A model instance is bound to one model at a time (load ... release); every member but
+ * struct_size and load requires a loaded model and returns CALDERA_ERR_INVAL otherwise.
+ */
 struct caldera_model_ops {
     uint32_t struct_size;
+    // Bind the model from an open format reader instance (a started format inst on which open()
+    // succeeded; its tensors with HF names, model_desc and meta are read here; weights are copied,
+    // so the reader may be closed afterwards). Refuses architectures it cannot run, naming what
+    // is missing or unsupported (CALDERA_ERR_UNSUPPORTED). Without tokenizer keys in meta the
+    // model loads, and the tokenizer members return CALDERA_ERR_NOT_FOUND.
+    int     (*load)(struct caldera_inst * inst, struct caldera_inst * reader);
+    // Release what load allocated (replaced layers included); safe when nothing is loaded.
+    void    (*release)(struct caldera_inst * inst);
+    // Architecture of the loaded model.
+    int     (*desc)(struct caldera_inst * inst, struct caldera_model_desc * out);
+
+    // ---- linear layers (calibration, compression, replacement) ----
+    int64_t (*n_linears)(struct caldera_inst * inst);
+    int64_t (*n_groups)(struct caldera_inst * inst);
+    // Linear i in forward order (pointers valid until release).
+    int     (*linear_info)(struct caldera_inst * inst, int64_t i, struct caldera_model_linear * out);
+    // Index of the linear with HF weight name @p name, or -1.
+    int64_t (*linear_find)(struct caldera_inst * inst, const char * name);
+    // Replace linear i by a dense f32 weight w (rows × cols). owned != 0: w was allocated by
+    // caldera_tensor_alloc, the model takes its memory and zeroes *w; owned == 0: copied.
+    int     (*set_linear_weight)(struct caldera_inst * inst, int64_t i, struct caldera_tensor * w,
+                                 int owned);
+    // Replace linear i by an opaque implementation (copied; impl->state is owned by the model when
+    // impl->free is set). The dense weight is released.
+    int     (*set_linear_impl)(struct caldera_inst * inst, int64_t i,
+                               const struct caldera_linear_impl * impl);
+
+    // ---- batch forward ----
+    int     (*forward)(struct caldera_inst * inst, const struct caldera_model_forward_args * args);
+
+    // ---- tokenizer ----
+    int     (*vocab)(struct caldera_inst * inst, struct caldera_model_vocab * out);
+    // Encode UTF-8 text (len bytes); add_bos prepends the BOS; parse_special turns special-token
+    // text ("<|im_start|>") into ids. *ids from caldera_malloc (caller frees with caldera_free).
+    int     (*tokenize)(struct caldera_inst * inst, const char * text, size_t len, int add_bos,
+                        int parse_special, int32_t ** ids, int64_t * n);
+    // The bytes token id stands for (valid while the model is loaded); *is_control (may be NULL)
+    // is set to 1 for control tokens that decoded text normally hides.
+    int     (*token_piece)(struct caldera_inst * inst, int32_t id, const char ** piece, size_t * len,
+                           int * is_control);
+
+    // ---- decoding with a KV cache (one sequence) ----
+    // Allocate (or reuse) a cache of n_ctx positions (0: the model's context length) and empty it.
+    int     (*kv_reset)(struct caldera_inst * inst, int64_t n_ctx);
+    // Positions held in the cache.
+    int64_t (*kv_pos)(struct caldera_inst * inst);
+    // Feed n tokens at the next positions; logits (vocab floats, may be NULL) receives the logits
+    // of the last one. CALDERA_ERR_RANGE when the cache would overflow.
+    int     (*decode)(struct caldera_inst * inst, const int32_t * tokens, int64_t n, float * logits);
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -156,8 +156,85 @@ int  caldera_pipeline_print_config(const struct caldera_pipeline * pl, FILE * ou
 int  caldera_pipeline_run(struct caldera_pipeline * pl);
 /** Descriptor of the [caldera] section's options (for help text and the config reference). */
 const struct caldera_plugin * caldera_pipeline_descriptor(void);
+/** Descriptors of the core's [calibration] and [eval] sections (named by [caldera] calibration / eval). */
+const struct caldera_plugin * caldera_calibration_descriptor(void);
+const struct caldera_plugin * caldera_eval_descriptor(void);
 /** The report of the last run as JSON text (owned by the pipeline), or NULL. */
 const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl);
+
+// ---------------------------------------------------------------------------------------------
+// Models: open any readable model file as a model instance, and measure perplexity.
+
+/** How caldera_model_open reads a file. */
+struct caldera_model_open_params {
+    uint32_t     struct_size;  ///< sizeof(struct caldera_model_open_params)
+    const char * format;       ///< format plugin name, or NULL to guess by the formats' probe_path
+    const char * tokenizer;    ///< tokenizer file for formats that keep it apart (llama2c), or NULL
+    const char * model;        ///< model plugin name, or NULL for "llama"
+    const char * weights;      ///< model plugin's "weights" option ("f32", "f16"), or NULL: its default
+};
+
+/**
+ * Open the model file @p path with a format reader, load it into a new started instance of the
+ * model plugin and close the reader. A file written by caldera-pipe (compressed weights with
+ * their recorded stages) is reconstructed to dense weights. Free *out with caldera_inst_free.
+ * @p params may be NULL (all defaults).
+ */
+int caldera_model_open(struct caldera_ctx * ctx, const char * path,
+                       const struct caldera_model_open_params * params, struct caldera_inst ** out);
+/** The model ops of a started model instance (CALDERA_ERR_INVAL with a message if it is not one). */
+int caldera_model_ops_of(struct caldera_inst * model, const struct caldera_model_ops ** ops);
+
+enum caldera_ppl_protocol {
+    /** llama-perplexity's: the text tokenized whole (BOS first when the model adds one), cut into
+     *  non-overlapping windows of ctx tokens; the first token of each window becomes the BOS when
+     *  the model adds one; only the second half of each window is scored. */
+    CALDERA_PPL_LLAMACPP = 0,
+    /** Hugging Face's strided protocol (transformers "Perplexity of fixed-length models"): windows
+     *  of ctx tokens starting every stride tokens; each scores only the tokens the previous window
+     *  did not (the first scores all but its first token); no BOS inserted. */
+    CALDERA_PPL_STRIDED  = 1,
+};
+
+/** Perplexity settings (ABI-like: grows at the end; struct_size = sizeof). */
+struct caldera_ppl_params {
+    uint32_t                  struct_size;
+    enum caldera_ppl_protocol protocol;
+    int64_t                   ctx;       ///< window length in tokens (e.g. 2048)
+    int64_t                   windows;   ///< 0: the whole text; else at most this many windows
+    int64_t                   stride;    ///< strided: window step (0: ctx / 2); llamacpp: unused
+    int64_t                   batch;     ///< llamacpp: windows per forward pass (0: 1; same result); strided: 1
+    /** (optional) progress after each window: done of total windows, running ppl; NULL = none */
+    void                    (*progress)(void * user, int64_t done, int64_t total, double ppl);
+    void *                    progress_user;
+};
+
+struct caldera_ppl_result {
+    double  ppl;            ///< exp(mean NLL)
+    double  ppl_err;        ///< ± as llama-perplexity reports it (standard error propagated to ppl)
+    double  nll;            ///< mean negative log-likelihood (nats per token)
+    int64_t tokens_scored;
+    int64_t windows;        ///< windows evaluated
+    int64_t text_tokens;    ///< tokens of the whole text (BOS included where added)
+};
+
+/**
+ * Perplexity of a loaded model instance on UTF-8 text (len bytes), tokenized by the model's
+ * tokenizer, with @p params's protocol. Logits are consumed in chunks (never ctx × vocab at once).
+ */
+int caldera_model_perplexity(struct caldera_inst * model, const char * text, size_t len,
+                             const struct caldera_ppl_params * params, struct caldera_ppl_result * out);
+
+enum caldera_text_layout {
+    CALDERA_TEXT_RAW  = 0,  ///< the bytes as they are
+    CALDERA_TEXT_LF   = 1,  ///< CRLF -> LF
+    CALDERA_TEXT_ROWS = 2,  ///< CRLF -> LF, rows joined with one blank line ("a\nb\n" -> "a\n\nb\n\n"),
+                            ///< the conventional layout of WikiText-2 raw from the shared data folder
+};
+
+/** Read a text file into *text (NUL-terminated, caldera_malloc) of *len bytes, in @p layout. */
+int caldera_text_read(struct caldera_ctx * ctx, const char * path, enum caldera_text_layout layout,
+                      char ** text, size_t * len);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

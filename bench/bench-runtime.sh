@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# pp512 / tg64 of the llama runtime beside llama-bench on the same F32 GGUF, 2 threads, same
+# machine, one after the other, each repeated (the machine may be shared: compare best values).
+#   usage: bench/bench-runtime.sh [BUILD_DIR] [MODEL.gguf]   (from the repository root)
+# The F32 GGUF is made from the Q4_1 file by llama-quantize --allow-requantize ... F32 (the same
+# dequantized weights both runtimes compute with); our runtime reads it directly.
+set -euo pipefail
+build=${1:-build}
+model=${2:-$HOME/.cache/caldera/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
+bin=${LLAMA_CPP_BIN:-$HOME/.cache/caldera/llama.cpp/build/bin}
+work=${TMPDIR:-/tmp}/caldera-llama-fixtures
+f32="$work/SmolLM2-135M-Instruct.F32.gguf"
+mkdir -p "$work"
+if [ ! -s "$f32" ]; then
+    [ -x "$bin/llama-quantize" ] || { echo "bench-runtime.sh: $bin/llama-quantize missing (tools/build-llama-cpp.sh)" >&2; exit 1; }
+    "$bin/llama-quantize" --allow-requantize "$model" "$f32" F32 >"$work/quantize.log" 2>&1
+fi
+echo "## llama-bench (llama.cpp, f32 GGUF, 2 threads, 3 repetitions: mean ± sd)"
+"$bin/llama-bench" -m "$f32" -t 2 -p 512 -n 64 -r 3 -o md
+echo
+echo "## caldera bench-runtime (same file, 2 threads, best of 3)"
+"$build/bench/bench-runtime" "$f32" -t 2 -r 3 -w f32,f16

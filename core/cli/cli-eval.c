@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: MIT
+// caldera-pipe eval: perplexity of any readable model on a text (WikiText-2 test by default in
+// the layout llama-perplexity is given by our fixtures: CRLF -> LF, rows joined by a blank line).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli-model.h"
+
+static void eval_usage(FILE * f) {
+    fprintf(f,
+            "usage: caldera-pipe eval --model PATH [options]\n"
+            "Perplexity of a model (GGUF, safetensors file or folder, llama2.c checkpoint) on a text.\n"
+            "\n"
+            "  --model PATH          the model file or folder (required)\n"
+            "  --text FILE           UTF-8 text (default: $CALDERA_SHARED_DATA/wikitext-2-raw/wiki.test.raw)\n"
+            "  --layout rows|lf|raw  rows: CRLF -> LF and rows joined by a blank line (default; WikiText-2's\n"
+            "                        conventional layout); lf: CRLF -> LF only; raw: the bytes as they are\n"
+            "  --ctx N               window length in tokens (default 2048)\n"
+            "  --windows N           evaluate at most N windows (default 0: the whole text)\n"
+            "  --protocol P          llamacpp (default): llama-perplexity's windows, second half scored;\n"
+            "                        strided: Hugging Face's sliding windows (see --stride)\n"
+            "  --stride N            strided: window step (default ctx/2)\n"
+            "  --tokenizer FILE      tokenizer for formats that keep it apart (llama2.c tok512.bin)\n"
+            "  --format NAME         format plugin that reads the model (default: guessed)\n"
+            "  --weights f32|f16     weight storage of the runtime (default f32)\n"
+            "  --threads N           threads (0: all cores)\n"
+            CLI_COMPRESSED_USAGE
+            "  --plugin-path PATH    load plugins from a .so or a directory (repeatable)\n"
+            "  -q, --quiet           no progress\n"
+            "Prints perplexity ± (as llama-perplexity computes it), tokens scored, windows and time.\n");
+}
+
+struct progress { int quiet, tty; double t0; };
+
+static void on_progress(void * user, int64_t done, int64_t total, double ppl) {
+    struct progress * p = user;
+    if (p->quiet) return;
+    double el = cli_now() - p->t0;
+    fprintf(stderr, "%s[%lld/%lld] ppl %.4f, %.1f s, ETA %.0f s%s", p->tty ? "\r\033[K" : "", (long long) done, (long long) total,
+            ppl, el, el / (double) done * (double) (total - done), p->tty ? "" : "\n");
+    fflush(stderr);
+}
+
+int cli_eval(int argc, char ** argv) {
+    struct cli_model m = { .threads = -1 };
+    const char *     text_path = NULL, * protocol = "llamacpp", * layout = "rows";
+    long long        ctx_len = 2048, windows = 0, stride = 0;
+    int              exit_code = 0, rc;
+    char *           text = NULL;
+    size_t           len = 0;
+    if (!(m.paths = calloc((size_t) argc, sizeof(char *)))) return CLI_EXIT_RUNTIME;
+    for (int i = 1; i < argc; i++) {
+        const char * a = argv[i], * next = i + 1 < argc ? argv[i + 1] : NULL;
+        int          r = cli_model_option(&m, "eval", argc, argv, &i);
+        if (r < 0) { exit_code = CLI_EXIT_USAGE; goto out; }
+        if (r > 0) continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { eval_usage(stdout); goto out; }
+        int valued = !strcmp(a, "--text") || !strcmp(a, "--ctx") || !strcmp(a, "--windows") || !strcmp(a, "--protocol") ||
+                     !strcmp(a, "--stride") || !strcmp(a, "--layout");
+        if (!valued) {
+            fprintf(stderr, "caldera-pipe eval: unknown argument '%s' (see eval --help)\n", a);
+            exit_code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        if (!next) {
+            fprintf(stderr, "caldera-pipe eval: %s needs a value\n", a);
+            exit_code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        i++;
+        if (!strcmp(a, "--text")) text_path = next;
+        else if (!strcmp(a, "--protocol")) protocol = next;
+        else if (!strcmp(a, "--layout")) layout = next;
+        else if (!strcmp(a, "--ctx")) { if (cli_parse_int("eval", a, next, 2, 1 << 20, &ctx_len) < 0) { exit_code = CLI_EXIT_USAGE; goto out; } }
+        else if (!strcmp(a, "--windows")) { if (cli_parse_int("eval", a, next, 0, 1LL << 40, &windows) < 0) { exit_code = CLI_EXIT_USAGE; goto out; } }
+        else if (cli_parse_int("eval", a, next, 1, 1 << 20, &stride) < 0) { exit_code = CLI_EXIT_USAGE; goto out; }
+    }
+    enum caldera_ppl_protocol proto;
+    if (!strcmp(protocol, "llamacpp")) proto = CALDERA_PPL_LLAMACPP;
+    else if (!strcmp(protocol, "strided")) proto = CALDERA_PPL_STRIDED;
+    else {
+        fprintf(stderr, "caldera-pipe eval: --protocol '%s'; allowed: llamacpp, strided\n", protocol);
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    enum caldera_text_layout lay;
+    if (!strcmp(layout, "rows")) lay = CALDERA_TEXT_ROWS;
+    else if (!strcmp(layout, "lf")) lay = CALDERA_TEXT_LF;
+    else if (!strcmp(layout, "raw")) lay = CALDERA_TEXT_RAW;
+    else {
+        fprintf(stderr, "caldera-pipe eval: --layout '%s'; allowed: rows, lf, raw\n", layout);
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    char def_text[4096];
+    if (!text_path && getenv("CALDERA_SHARED_DATA")) {
+        snprintf(def_text, sizeof(def_text), "%s/wikitext-2-raw/wiki.test.raw", getenv("CALDERA_SHARED_DATA"));
+        text_path = def_text;
+    }
+    if (!text_path) {
+        fprintf(stderr, "caldera-pipe eval: --text FILE is required (or CALDERA_SHARED_DATA for WikiText-2's test file)\n");
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (!m.model) {
+        fprintf(stderr, "caldera-pipe eval: --model PATH is required\n");
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if ((exit_code = cli_model_open(&m, "eval")) != 0) goto out;
+    if ((rc = caldera_text_read(m.ctx, text_path, lay, &text, &len)) < 0) {
+        fprintf(stderr, "caldera-pipe eval: %s\n", caldera_ctx_errmsg(m.ctx));
+        exit_code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    struct progress           pr = { m.quiet, isatty(2), cli_now() };
+    struct caldera_ppl_params pp = { .struct_size = sizeof(pp), .protocol = proto, .ctx = ctx_len, .windows = windows,
+                                     .stride = stride, .progress = on_progress, .progress_user = &pr };
+    struct caldera_ppl_result res;
+    rc = caldera_model_perplexity(m.inst, text, len, &pp, &res);
+    if (pr.tty && !m.quiet) fputc('\n', stderr);
+    if (rc < 0) {
+        fprintf(stderr, "caldera-pipe eval: %s\n", caldera_ctx_errmsg(m.ctx));
+        exit_code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    double secs = cli_now() - pr.t0;
+    printf("model:      %s\n", m.model);
+    printf("text:       %s (layout %s, %lld tokens)\n", text_path, layout, (long long) res.text_tokens);
+    if (proto == CALDERA_PPL_LLAMACPP) {
+        printf("protocol:   llamacpp, ctx %lld, %lld windows, second half of each scored\n", ctx_len, (long long) res.windows);
+    } else {
+        printf("protocol:   strided, ctx %lld, stride %lld, %lld windows\n", ctx_len, stride > 0 ? stride : ctx_len / 2,
+               (long long) res.windows);
+    }
+    printf("scored:     %lld tokens\n", (long long) res.tokens_scored);
+    printf("perplexity: %.4f +/- %.5f\n", res.ppl, res.ppl_err);
+    printf("time:       %.1f s (%.0f tokens/s through the model)\n", secs,
+           (double) res.windows * (double) ctx_len / (secs > 0 ? secs : 1));
+out:
+    caldera_free(text);
+    cli_model_close(&m);
+    free(m.paths);
+    return exit_code;
+}
