@@ -4,7 +4,8 @@
 # The CUDA toolkit is optional: when nvcc is on PATH (or /usr/local/cuda/bin) the CUDA parts build.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev libpcre2-dev check python3
-      gnuplot-nox)   # gnuplot-nox: caldera-pipe compare --plot (optional; the plot is skipped without it)
+      clang libclang-rt-14-dev   # clang + its libFuzzer runtime: the fuzz harnesses (scripts/fuzz.sh) only
+      gnuplot-nox)               # caldera-pipe compare --plot (optional: the plot is skipped without it)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

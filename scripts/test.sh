@@ -5,11 +5,12 @@
 # `slow` — first in a Release build of the default configuration (each first-party plugin a
 # loadable module), then in a Debug build of the built-in configuration (-DCALDERA_BUILTIN_PLUGINS=ON:
 # one library, no dlopen) under AddressSanitizer and UndefinedBehaviorSanitizer, so both
-# configurations are built and tested.
+# configurations are built and tested; then every libFuzzer harness for a short time budget (with
+# clang; the seed corpora and regression inputs also run in both passes, as fuzz-replay:* tests).
 # With nvcc, both passes compile and link the CUDA backend (all architectures in Release, one in
 # the sanitizer pass); a CUDA build error fails the run.
 #   usage: scripts/test.sh [--quick] [--slow] [--cuda] [-R REGEX]
-#     --quick  Release build only (no sanitizer pass)
+#     --quick  Release build only (no sanitizer pass, no fuzzing)
 #     --slow   also run the tests labelled `slow`
 #     --cuda   on a machine with a GPU: Release build, then only the GPU tests (label `cuda`),
 #              failing if no device can be used instead of skipping
@@ -51,4 +52,7 @@ run build -DCMAKE_BUILD_TYPE=Release -DCALDERA_BUILTIN_PLUGINS=OFF
 if [ "$QUICK" = 0 ]; then
     # the CUDA module for one architecture only: the Release pass compiled all of them
     ASAN_OPTIONS=detect_leaks=1 run build-asan -DCMAKE_BUILD_TYPE=Debug -DCALDERA_SANITIZE=ON -DCALDERA_BUILTIN_PLUGINS=ON -DCALDERA_CUDA_ARCHS=80-real
+    # CALDERA_FUZZ_SECONDS per harness (7 harnesses; 25 s: 3 minutes, plus about 40 s of clang build);
+    # without clang, fuzz.sh says so and skips
+    scripts/fuzz.sh "${CALDERA_FUZZ_SECONDS:-25}"
 fi

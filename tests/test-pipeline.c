@@ -13,13 +13,14 @@
 #define PIPE_REL_ERR_TOL 1e-5   // relative agreement of the reported error with an independent one
 
 // ---- tq: rounds every weight to a multiple of `step` ------------------------------------------
-struct tq_priv { double step; int64_t max_cols; char * fail_on; };
+struct tq_priv { double step; int64_t max_cols; char * fail_on; double scale_out; };
 static int tq_calls, tq_cancel_at;   // count quantize calls; cancel the run at call tq_cancel_at
 static int64_t tq_ulp_at = -1;       // dequantize is one ulp off at this element (verify must see it)
 static const struct caldera_option tq_options[] = {
     { "step", "rounding step", offsetof(struct tq_priv, step), CALDERA_OPT_DOUBLE, { .dbl = 0.25 }, 0.001, 1 },
     { "max_cols", "largest accepted in_features", offsetof(struct tq_priv, max_cols), CALDERA_OPT_INT, { .i64 = 1 << 20 }, 1, 1 << 20 },
     { "fail_on", "fail (numeric) on weights whose name contains this", offsetof(struct tq_priv, fail_on), CALDERA_OPT_STRING, { .str = "" } },
+    { "scale_out", "factor of the stored step (codes are rounded with `step`)", offsetof(struct tq_priv, scale_out), CALDERA_OPT_DOUBLE, { .dbl = 1 }, 1, 1e38 },
     { NULL },
 };
 static int tq_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
@@ -38,10 +39,10 @@ static int tq_quantize(struct caldera_inst * inst, const struct caldera_tensor *
     int rc = caldera_pack_add(pack, "codes", CALDERA_DTYPE_I8, 2, ne, (void **) &codes);
     if (rc == 0) rc = caldera_pack_add(pack, "step", CALDERA_DTYPE_F32, 1, &one, (void **) &step);
     if (rc < 0) return rc;
-    step[0] = (float) p->step;
+    step[0] = (float) (p->step * p->scale_out);
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {
-            float c = nearbyintf(((const float *) w->data)[i * w->ld + j] / step[0]);
+            float c = nearbyintf(((const float *) w->data)[i * w->ld + j] / (float) p->step);
             c = c > 127 ? 127 : c < -127 ? -127 : c;
             codes[i * n + j] = (int8_t) c;
             ((float *) w_hat->data)[i * w_hat->ld + j] = c * step[0];
@@ -607,6 +608,102 @@ START_TEST(test_resume_same_bytes) {
 }
 END_TEST
 
+// ---- NaN / Inf (issue 11): never passed on silently --------------------------------------------
+
+// model.safetensors: a 2x4 weight (w01 at [0][1], w12 at [1][2]) and an f16 norm (n2 at [2]);
+// hess.safetensors: its 4x4 Hessian (identity, h31 at [3][1]).
+static void write_nonfinite_model(struct caldera_ctx * ctx, const char * dir, float w12, float w00, uint16_t n2, float h31) {
+    const struct caldera_format_ops * ops = caldera_registry_find(ctx, "safetensors")->ops;
+    float w[8] = { w00, 0.5f, -1, 2, 0.25f, 1, w12, -0.75f }, h[16] = { 0 };
+    uint16_t n[4] = { 0x3c00, 0x3c00, n2, 0x3c00 };
+    int64_t ne4 = 4;
+    for (int i = 0; i < 4; i++) h[i * 5] = 1;
+    h[13] = h31;
+    struct caldera_tensor tw = caldera_tensor_view_f32(w, 2, 4), th = caldera_tensor_view_f32(h, 4, 4), tn = { 0 };
+    tn.data = n;
+    tn.dtype = CALDERA_DTYPE_F16;
+    tn.ndim = 1;
+    tn.ne[0] = ne4;
+    struct caldera_inst * inst;
+    ck_assert_int_eq(caldera_inst_create(ctx, "safetensors", "w", &inst), 0);
+    ck_assert_int_eq(caldera_inst_start(inst), 0);
+    ck_assert_int_eq(ops->create(inst, tu_path(dir, "model.safetensors"), NULL), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "model.layers.0.mlp.down_proj.weight", &tw), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "model.norm.weight", &tn), 0);
+    ck_assert_int_eq(ops->finish(inst, 1), 0);
+    ck_assert_int_eq(ops->create(inst, tu_path(dir, "hess.safetensors"), NULL), 0);
+    ck_assert_int_eq(ops->write_tensor(inst, "model.layers.0.mlp.down_proj.hessian", &th), 0);
+    ck_assert_int_eq(ops->finish(inst, 1), 0);
+    caldera_inst_free(inst);
+}
+
+static void expect_numeric(const char * dir, float w12, float w00, uint16_t n2, float h31, const char * scale_out,
+                           const char * msg) {
+    struct caldera_ctx * ctx = pctx();
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    char ini[2048];
+    write_nonfinite_model(ctx, dir, w12, w00, n2, h31);
+    snprintf(ini, sizeof(ini),
+             "[caldera]\nreader = src\nwriter = out\nhessians = hs\nstages = q\n[src]\nplugin = safetensors\npath = %s\n"
+             "[hs]\nplugin = safetensors\npath = %s\n[q]\nplugin = tq\nstep = 0.25\nscale_out = %s\n[out]\nplugin = memsink\n",
+             tu_path(dir, "model.safetensors"), tu_path(dir, "hess.safetensors"), scale_out);
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "nan.ini", ini), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    sink_finished = sink_commit = 0;
+    int rc = caldera_pipeline_run(pl);
+    ck_assert_msg(rc == (msg ? CALDERA_ERR_NUMERIC : 0), "rc %d: %s", rc, caldera_ctx_errmsg(ctx));
+    if (msg) {
+        ck_assert_msg(strstr(caldera_ctx_errmsg(ctx), msg), "'%s' lacks '%s'", caldera_ctx_errmsg(ctx), msg);
+        ck_assert_int_eq(sink_commit, 0);   // nothing was committed
+    } else {
+        ck_assert_int_eq(sink_commit, 1);
+    }
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    caldera_ctx_free(ctx);
+}
+
+START_TEST(test_nonfinite_named) {
+    const char * dir = tu_tmpdir();
+    const float inf = INFINITY;
+    expect_numeric(dir, 1, 1, 0x3c00, 0, "1", NULL);   // the finite model runs
+    expect_numeric(dir, NAN, 1, 0x3c00, 0, "1", "weight model.layers.0.mlp.down_proj.weight has a NaN or Inf at row 1, column 2");
+    expect_numeric(dir, 1, 1, 0x3c00, -inf, "1",
+                   "Hessian model.layers.0.mlp.down_proj.hessian has a NaN or Inf at row 3, column 1");
+    // a copied (not compressed) tensor: f16 +Inf, and an f16 NaN
+    expect_numeric(dir, 1, 1, 0x7c00, 0, "1", "tensor model.norm.weight has a NaN or Inf at element 2");
+    expect_numeric(dir, 1, 1, 0x7e01, 0, "1", "tensor model.norm.weight has a NaN or Inf at element 2");
+    // finite input whose approximation overflows: W[0][0] = 4 is code 16, times a stored step of 0.25e38
+    expect_numeric(dir, 1, 4, 0x3c00, 0, "1e38",
+                   "the approximation of weight model.layers.0.mlp.down_proj.weight has a NaN or Inf at row 0, column 0");
+}
+END_TEST
+
+// A pipeline file of many bad lines reports the first 100 and one line saying so; text over 1 MiB is
+// refused unparsed (issue 11: memory bounded by what a configuration can need).
+START_TEST(test_config_limits) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_config * cfg;
+    size_t n = 150 * 8;
+    char * text = calloc(1, (1 << 20) + 2);
+    for (size_t i = 0; i < n; i += 8) memcpy(text + i, "garbage\n", 8);
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "bad.ini", text), CALDERA_ERR_CONFIG);
+    ck_assert_int_eq(caldera_config_ndiag(cfg), 101);
+    ck_assert_str_eq(caldera_config_diag(cfg, 100), "bad.ini: too many errors; only the first 100 are reported");
+    caldera_config_free(cfg);
+    memset(text, ';', (1 << 20) + 1);   // a comment, one byte too long
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_string(cfg, "big.ini", text), CALDERA_ERR_CONFIG);
+    ck_assert_str_eq(caldera_config_diag(cfg, 0), "big.ini: pipeline text of 1048577 bytes; at most 1048576 are read");
+    caldera_config_free(cfg);
+    free(text);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // A hessians section that lacks some weight's Hessian stops the run with the tensor name it
 // expected (it used to fall back to H = I silently, which hid a misnamed or partial file);
 // hessian_missing = identity keeps the data-free fallback on request.
@@ -667,6 +764,8 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_copy_dtype);
     tcase_add_test(tc, test_appended_ops_checked);
     tcase_add_test(tc, test_resume_same_bytes);
+    tcase_add_test(tc, test_nonfinite_named);
+    tcase_add_test(tc, test_config_limits);
     tcase_add_test(tc, test_hessian_missing_is_an_error);
     suite_add_tcase(s, tc);
     return s;

@@ -112,7 +112,10 @@ void caldera_ckpt_close(struct caldera_ckpt * c, int remove_files) {
         struct dirent * de;
         while (d && (de = readdir(d))) {
             size_t l = strlen(de->d_name);
-            if ((l > 5 && strcmp(de->d_name + l - 5, ".ckpt") == 0) || strcmp(de->d_name, CKPT_CONFIG) == 0) {
+            // our files, and the temporaries of runs killed while writing one ("<name>.tmp.<pid>":
+            // a SIGKILL gives no chance to remove them, and they would keep the folder)
+            if ((l > 5 && strcmp(de->d_name + l - 5, ".ckpt") == 0) || strcmp(de->d_name, CKPT_CONFIG) == 0 ||
+                strstr(de->d_name, ".ckpt.tmp.") || strncmp(de->d_name, CKPT_CONFIG ".tmp.", sizeof(CKPT_CONFIG ".tmp.") - 1) == 0) {
                 char * p = caldera_asprintf("%s/%s", c->dir, de->d_name);
                 if (p) unlink(p);
                 caldera_free(p);

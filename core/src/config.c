@@ -9,8 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config.h"
+
+// Pipeline files are small (a few KB). Larger text is refused before parsing: every key costs
+// a few hundred bytes of memory, and every bad line a message.
+#define CFG_MAX_TEXT  (1 << 20)
+#define CFG_MAX_DIAGS 100
 
 int caldera_config_init(struct caldera_ctx * ctx, struct caldera_config ** out) {
     struct caldera_config * cfg = caldera_calloc(1, sizeof(*cfg));
@@ -51,7 +57,13 @@ int caldera_config_diagf(struct caldera_config * cfg, const char * file, int lin
     if (file) n += (size_t) snprintf(where + n, sizeof(where) - n, line > 0 ? "%s:%d: " : "%s: ", file, line);
     if (section && n < sizeof(where)) n += (size_t) snprintf(where + n, sizeof(where) - n, "[%s] ", section);
     if (plugin && n < sizeof(where)) snprintf(where + n, sizeof(where) - n, "%s: ", plugin);
-    char * d = caldera_asprintf("%s%s", where, msg);
+    // A file of a million bad lines must not cost a million messages: after CFG_MAX_DIAGS the rest
+    // are counted in one last line (the return code is the same).
+    if (cfg->n_diags > CFG_MAX_DIAGS) return CALDERA_ERR_CONFIG;
+    char * d = cfg->n_diags == CFG_MAX_DIAGS
+                   ? caldera_asprintf("%s: too many errors; only the first %d are reported", file ? file : "configuration",
+                                      CFG_MAX_DIAGS)
+                   : caldera_asprintf("%s%s", where, msg);
     if (!d) return CALDERA_ERR_NOMEM;
     if (cfg->n_diags == cfg->cap_diags) {
         int64_t cap = cfg->cap_diags ? cfg->cap_diags * 2 : 16;
@@ -294,6 +306,14 @@ int caldera_config_parse_file(struct caldera_config * cfg, const char * path) {
         return caldera_ctx_error(cfg->ctx, e == ENOENT ? CALDERA_ERR_NOT_FOUND : CALDERA_ERR_IO, "%s: cannot open: %s", path,
                                  strerror(e));
     }
+    struct stat st;
+    if (fstat(fileno(fp), &st) == 0 && st.st_size > CFG_MAX_TEXT) {
+        fclose(fp);
+        caldera_config_diagf(cfg, path, 0, NULL, NULL, "pipeline file of %lld bytes; at most %d are read", (long long) st.st_size,
+                             CFG_MAX_TEXT);
+        return caldera_ctx_error(cfg->ctx, CALDERA_ERR_CONFIG, "%s: pipeline file of %lld bytes; at most %d are read", path,
+                                 (long long) st.st_size, CFG_MAX_TEXT);
+    }
     struct reader_state rs = { .cfg = cfg, .fp = fp };
     int rc = parse_with(cfg, &rs, path);
     fclose(fp);
@@ -303,6 +323,10 @@ int caldera_config_parse_file(struct caldera_config * cfg, const char * path) {
 
 int caldera_config_parse_string(struct caldera_config * cfg, const char * name, const char * text) {
     struct reader_state rs = { .cfg = cfg, .text = text, .len = strlen(text) };
+    if (rs.len > CFG_MAX_TEXT) {
+        return caldera_config_diagf(cfg, name, 0, NULL, NULL, "pipeline text of %zu bytes; at most %d are read", rs.len,
+                                    CFG_MAX_TEXT);
+    }
     int rc = parse_with(cfg, &rs, name);
     if (!cfg->main_file) cfg->main_file = caldera_strdup(name);
     return rc;

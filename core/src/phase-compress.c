@@ -16,6 +16,19 @@ struct tensor_result {
     int    has_h;
 };
 
+// CALDERA_ERR_NUMERIC naming the tensor and the first non-finite element of t (f32/f64/f16/bf16),
+// or 0 when t is finite: a NaN or Inf is never passed on to a stage or into an output.
+static int check_finite_named(struct caldera_ctx * ctx, const char * what, const char * name,
+                              const struct caldera_tensor * t) {
+    int64_t bad = 0;
+    if (caldera_tensor_check_finite(t, &bad) == 0) return 0;
+    if (t->ndim == 2 && t->ne[1] > 0) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at row %lld, column %lld", what, name,
+                                 (long long) (bad / t->ne[1]), (long long) (bad % t->ne[1]));
+    }
+    return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "%s %s has a NaN or Inf at element %lld", what, name, (long long) bad);
+}
+
 static int compress_one(struct caldera_pipeline * pl, const char * name, const struct caldera_tensor * w,
                         const struct caldera_tensor * h, struct caldera_pack * pack, struct caldera_tensor * w_hat,
                         struct tensor_result * res) {
@@ -102,6 +115,14 @@ static int compress_one(struct caldera_pipeline * pl, const char * name, const s
             num += d * d;
             den += (double) wr[j] * wr[j];
         }
+    }
+    if (!isfinite(num)) {  // finite input, yet the stages produced a NaN or Inf (e.g. a scale overflowed)
+        rc = check_finite_named(ctx, "the approximation of weight", name, w_hat);
+        if (rc == 0) {
+            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s: the squared error overflows a double", name);
+        }
+        caldera_tensor_free(w_hat);
+        goto done;
     }
     res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
     res->has_h = h != NULL;
@@ -197,7 +218,8 @@ static int copy_tensor(struct caldera_pipeline * pl, struct pl_run * run, int64_
     if (o->copy_dtype == COPY_F16 && is_float) want = CALDERA_DTYPE_F16;
     if (o->copy_dtype == COPY_BF16 && is_float) want = CALDERA_DTYPE_BF16;
     if ((rc = rops->read_tensor(o->reader, t, want, &w, &owned)) < 0) return rc;
-    if (run->writer_open) rc = write_tensor(o->writer, name, &w);
+    rc = check_finite_named(pl->ctx, "tensor", name, &w);
+    if (rc == 0 && run->writer_open) rc = write_tensor(o->writer, name, &w);
     if (rc == 0 && run->dense_open) rc = write_tensor(o->dense_writer, name, &w);
     if (owned) caldera_tensor_free(&w);
     return rc;
@@ -229,7 +251,7 @@ static int read_hessian(struct caldera_pipeline * pl, struct pl_run * run, const
             return caldera_ctx_error(ctx, CALDERA_ERR_FORMAT, "Hessian %s is %lld x %lld; weight %s needs %lld x %lld", hname,
                                      (long long) h->ne[0], (long long) h->ne[1], name, (long long) cols, (long long) cols);
         }
-        if (caldera_tensor_check_finite(h, NULL) < 0) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "Hessian %s has NaN or Inf entries", hname);
+        if ((rc = check_finite_named(ctx, "Hessian", hname, h)) < 0) return rc;
         return 0;
     }
     if (o->hessian_missing != HMISS_ERROR) return 0;
@@ -301,12 +323,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
         }
         if (!from_ckpt) {
             if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
-            int64_t bad = 0;
-            if (caldera_tensor_check_finite(&w, &bad) < 0) {
-                rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "weight %s has a NaN or Inf at row %lld, column %lld", name,
-                                       (long long) (bad / w.ne[1]), (long long) (bad % w.ne[1]));
-                goto done;
-            }
+            if ((rc = check_finite_named(ctx, "weight", name, &w)) < 0) goto done;
             const struct caldera_tensor * hp = NULL;
             if ((run->hsrc || run->seq) && (rc = read_hessian(pl, run, name, w.ne[1], &h, &h_owned)) < 0) goto done;
             if (h.data) hp = &h;

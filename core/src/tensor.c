@@ -158,6 +158,17 @@ int caldera_tensor_check_finite(const struct caldera_tensor * t, int64_t * first
                     return CALDERA_ERR_NUMERIC;
                 }
             }
+        }    } else if (t->dtype == CALDERA_DTYPE_F16 || t->dtype == CALDERA_DTYPE_BF16) {
+        // all exponent bits set: Inf or NaN
+        const uint16_t mask = t->dtype == CALDERA_DTYPE_F16 ? 0x7c00 : 0x7f80;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint16_t * p = (const uint16_t *) t->data + r * ld;
+            for (int64_t c = 0; c < cols; c++) {
+                if ((p[c] & mask) == mask) {
+                    if (first_bad) *first_bad = r * cols + c;
+                    return CALDERA_ERR_NUMERIC;
+                }
+            }
         }
     }
     return 0;

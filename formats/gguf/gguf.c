@@ -842,7 +842,8 @@ static int gguf_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_
                              "ask for f32 (or any plain dtype) or the stored %s", p->path, t->name, t->type->name,
                              caldera_dtype_name(want), caldera_dtype_name(t->dtype));
     }
-    if (p->hf_layout && t->perm_heads != 0) {
+    // an empty tensor has nothing to permute (its other dimension may be huge: no loop over it)
+    if (p->hf_layout && t->perm_heads != 0 && nel > 0) {
         if (t->perm_heads < 0) {
             return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': llama.attention.head_count is missing, so the "
                                  "llama.cpp q/k permutation cannot be undone; set hf_layout = 0 to read it as stored",
@@ -925,23 +926,54 @@ static const struct caldera_meta * gguf_meta(struct caldera_inst * inst) {
     return p->meta;
 }
 
-static int64_t meta_int(const struct caldera_meta * m, const char * arch, const char * suffix) {
+// Hyper-parameters are untrusted: an integer must be in [0, GGUF_MAX_HPARAM] (0 = absent), a float
+// finite and >= 0, so that nothing derived from them (head_dim = hidden / n_heads, products of
+// sizes) can overflow or trap.
+#define GGUF_MAX_HPARAM INT32_MAX
+
+static int desc_int(struct gguf_priv * p, struct caldera_inst * inst, const char * arch, const char * suffix,
+                    int64_t * out) {
     char    key[128];
     int64_t v = 0;
     snprintf(key, sizeof(key), "%s.%s", arch, suffix);
-    return caldera_meta_get_int(m, key, &v) == 0 ? v : 0;
+    *out = 0;
+    int i = caldera_meta_find(p->meta, key);
+    if (i < 0) return 0;
+    int rc = caldera_meta_get_int(p->meta, key, &v);
+    if (rc < 0 || v < 0 || v > GGUF_MAX_HPARAM) {
+        uint64_t u = 0;
+        double   f = 0;
+        char     val[48] = "?";
+        if (caldera_meta_get_uint64(p->meta, key, &u) == 0) snprintf(val, sizeof(val), "%" PRIu64, u);
+        else if (rc == 0) snprintf(val, sizeof(val), "%" PRId64, v);
+        else if (caldera_meta_get_float(p->meta, key, &f) == 0) snprintf(val, sizeof(val), "%.17g", f);
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %s = %s (%s); allowed: an integer in [0, %d]", p->path, key,
+                             val, meta_type_name(caldera_meta_type_of(p->meta, i)), GGUF_MAX_HPARAM);
+    }
+    *out = v;
+    return 0;
 }
 
-static double meta_float(const struct caldera_meta * m, const char * arch, const char * suffix) {
+static int desc_float(struct gguf_priv * p, struct caldera_inst * inst, const char * arch, const char * suffix,
+                      double * out) {
     char   key[128];
     double v = 0;
     snprintf(key, sizeof(key), "%s.%s", arch, suffix);
-    return caldera_meta_get_float(m, key, &v) == 0 ? v : 0;
+    *out = 0;
+    int i = caldera_meta_find(p->meta, key);
+    if (i < 0) return 0;
+    if (caldera_meta_get_float(p->meta, key, &v) < 0 || !(v >= 0 && v <= 1e300)) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %s = %.17g (%s); allowed: a finite number >= 0", p->path, key,
+                             v, meta_type_name(caldera_meta_type_of(p->meta, i)));
+    }
+    *out = v;
+    return 0;
 }
 
 static int gguf_model_desc(struct caldera_inst * inst, struct caldera_model_desc * out) {
     struct gguf_priv * p = caldera_inst_priv(inst);
     const char *       arch = NULL, * s = NULL;
+    int                rc;
     memset(out, 0, sizeof(*out));
     if (!p->map) return caldera_error(inst, CALDERA_ERR_INVAL, "no file is open; call open first");
     if (caldera_meta_get_string(p->meta, "general.architecture", &arch) < 0) {
@@ -949,31 +981,34 @@ static int gguf_model_desc(struct caldera_inst * inst, struct caldera_model_desc
                              "architecture is unknown", p->path);
     }
     snprintf(out->arch, sizeof(out->arch), "%s", arch);
-    out->n_layers   = meta_int(p->meta, arch, "block_count");
-    out->hidden     = meta_int(p->meta, arch, "embedding_length");
-    out->ffn        = meta_int(p->meta, arch, "feed_forward_length");
-    out->n_heads    = meta_int(p->meta, arch, "attention.head_count");
-    out->n_kv_heads = meta_int(p->meta, arch, "attention.head_count_kv");
+    if ((rc = desc_int(p, inst, arch, "block_count", &out->n_layers)) < 0 ||
+        (rc = desc_int(p, inst, arch, "embedding_length", &out->hidden)) < 0 ||
+        (rc = desc_int(p, inst, arch, "feed_forward_length", &out->ffn)) < 0 ||
+        (rc = desc_int(p, inst, arch, "attention.head_count", &out->n_heads)) < 0 ||
+        (rc = desc_int(p, inst, arch, "attention.head_count_kv", &out->n_kv_heads)) < 0 ||
+        (rc = desc_int(p, inst, arch, "attention.key_length", &out->head_dim)) < 0 ||
+        (rc = desc_int(p, inst, arch, "context_length", &out->ctx_len)) < 0 ||
+        (rc = desc_int(p, inst, arch, "vocab_size", &out->vocab)) < 0 ||
+        (rc = desc_float(p, inst, arch, "rope.freq_base", &out->rope_theta)) < 0 ||
+        (rc = desc_float(p, inst, arch, "rope.scaling.factor", &out->rope_scaling_factor)) < 0 ||
+        (rc = desc_float(p, inst, arch, "attention.layer_norm_rms_epsilon", &out->norm_eps)) < 0) {
+        memset(out, 0, sizeof(*out));
+        return rc;
+    }
     if (out->n_kv_heads == 0) out->n_kv_heads = out->n_heads;
-    out->head_dim = meta_int(p->meta, arch, "attention.key_length");
     if (out->head_dim == 0 && out->n_heads > 0) out->head_dim = out->hidden / out->n_heads;
-    out->ctx_len             = meta_int(p->meta, arch, "context_length");
-    out->rope_theta          = meta_float(p->meta, arch, "rope.freq_base");
-    out->rope_scaling_factor = meta_float(p->meta, arch, "rope.scaling.factor");
-    out->norm_eps            = meta_float(p->meta, arch, "attention.layer_norm_rms_epsilon");
     char key[128];
     snprintf(key, sizeof(key), "%s.rope.scaling.type", arch);
     if (caldera_meta_get_string(p->meta, key, &s) == 0) snprintf(out->rope_scaling, sizeof(out->rope_scaling), "%s", s);
     int64_t n = 0;
-    if (caldera_meta_get_array(p->meta, "tokenizer.ggml.tokens", NULL, &n, NULL) == 0) {
-        out->vocab = n;
-    } else {
-        out->vocab = meta_int(p->meta, arch, "vocab_size");
-    }
+    if (caldera_meta_get_array(p->meta, "tokenizer.ggml.tokens", NULL, &n, NULL) == 0) out->vocab = n;
     int has_output = 0;
     for (int64_t i = 0; i < p->n_tensors; i++) {
         if (strcmp(p->tensors[i].name, "output.weight") == 0) has_output = 1;
-        if (out->vocab == 0 && strcmp(p->tensors[i].name, "token_embd.weight") == 0) out->vocab = p->tensors[i].ne[0];
+        if (out->vocab == 0 && strcmp(p->tensors[i].name, "token_embd.weight") == 0 &&
+            p->tensors[i].ne[0] <= GGUF_MAX_HPARAM) {
+            out->vocab = p->tensors[i].ne[0];
+        }
     }
     out->tied_embeddings = !has_output;
     return 0;

@@ -1473,6 +1473,64 @@ START_TEST(test_open_oom_sweep) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------
+// Issue 11: inputs found by fuzzing (tests/fuzz/regress/), each a test that failed before its fix.
+
+#define REGRESS(name) CALDERA_TEST_SRC_DIR "/../../tests/fuzz/regress/gguf/" name
+
+// blk.0.attn_q.weight of shape (2^62, 0) in a llama file: 0 bytes, so it passes open; reading it
+// looped 2^62 times in the q/k un-permutation (a hang). An empty tensor is now read at once.
+START_TEST(test_regress_qk_perm_zero_dim) {
+    struct h h = h_new();
+    ck_assert_int_eq(h.ops->open(h.inst, REGRESS("issue11-qk-perm-zero-dim-hang.gguf")), 0);
+    struct caldera_tensor_info ti;
+    ck_assert_int_eq(h.ops->tensor_info(h.inst, 0, &ti), 0);
+    ck_assert_int_eq(ti.ne[0], (int64_t) 1 << 62);
+    ck_assert_int_eq(ti.ne[1], 0);
+    const enum caldera_dtype want[] = { CALDERA_DTYPE_F32, CALDERA_DTYPE_F16 };
+    for (int k = 0; k < 2; k++) {
+        struct caldera_tensor t;
+        int owned;
+        ck_assert_int_eq(h.ops->read_tensor(h.inst, 0, want[k], &t, &owned), 0);
+        ck_assert_int_eq(t.ne[0], (int64_t) 1 << 62);
+        ck_assert_int_eq(t.ne[1], 0);
+        if (owned) caldera_tensor_free(&t);
+    }
+    h_free(&h);
+}
+END_TEST
+
+// Hyper-parameters (typed metadata) that are negative or absurd: an error naming key and value
+// (hidden = INT64_MIN with n_heads = -1 trapped in hidden / n_heads in the safetensors reader).
+START_TEST(test_regress_hparams) {
+    static const struct { uint32_t type; uint64_t v; const char * key; const char * msg; } cases[] = {
+        { CALDERA_META_I64, (uint64_t) INT64_MIN, "test.embedding_length",
+          "test.embedding_length = -9223372036854775808 (i64); allowed: an integer in [0, 2147483647]" },
+        { CALDERA_META_I32, (uint32_t) -1, "test.attention.head_count",
+          "test.attention.head_count = -1 (i32); allowed: an integer in [0, 2147483647]" },
+        { CALDERA_META_U64, UINT64_MAX, "test.block_count",
+          "test.block_count = 18446744073709551615 (u64); allowed: an integer in [0, 2147483647]" },
+        { CALDERA_META_F64, 0x7FF8000000000000ull, "test.rope.freq_base",
+          "test.rope.freq_base = nan (f64); allowed: a finite number >= 0" },
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct spec s = spec_valid();
+        bb_str(&s.kv, cases[c].key);
+        bb_u32(&s.kv, cases[c].type);
+        if (cases[c].type == CALDERA_META_I32) bb_u32(&s.kv, (uint32_t) cases[c].v);
+        else bb_u64(&s.kv, cases[c].v);
+        s.n_extra_kv = 1;
+        const char * path = spec_write(&s, "hparam.gguf");
+        struct h h = h_new();
+        struct caldera_model_desc d;
+        ck_assert_int_eq(h.ops->open(h.inst, path), 0);
+        assert_err(&h, h.ops->model_desc(h.inst, &d), CALDERA_ERR_FORMAT, cases[c].msg);
+        ck_assert_int_eq(d.hidden, 0);
+        h_free(&h);
+    }
+}
+END_TEST
+
 static Suite * gguf_suite(void) {
     Suite * s  = suite_create("gguf");
     TCase * tc = tcase_create("read");
@@ -1509,6 +1567,8 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_bad_dims_types);
     tcase_add_test(tc, test_truncated_every_length);
     tcase_add_test(tc, test_fuzz_corruption);
+    tcase_add_test(tc, test_regress_qk_perm_zero_dim);
+    tcase_add_test(tc, test_regress_hparams);
     suite_add_tcase(s, tc);
     return s;
 }

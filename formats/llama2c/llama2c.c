@@ -122,6 +122,13 @@ static int l2c_read_tokenizer(struct caldera_inst * inst, const char * path, int
         rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: max_token_length %d; must be > 0", path, (int) max_len);
         goto fail;
     }
+    // every token takes 8 bytes at least (score, length): the file must hold the vocabulary before
+    // we allocate for it
+    if ((uint64_t) vocab > (size - 4) / 8) {
+        rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tokenizer of %zu bytes cannot hold the %" PRId64 " tokens of the "
+                           "checkpoint (8 bytes at least each)", path, size, vocab);
+        goto fail;
+    }
     if (!(strs = caldera_malloc((size_t) vocab * sizeof(*strs))) || !(lens = caldera_malloc((size_t) vocab * sizeof(*lens))) ||
         !(scores = caldera_malloc((size_t) vocab * sizeof(*scores))) ||
         !(types = caldera_malloc((size_t) vocab * sizeof(*types)))) {

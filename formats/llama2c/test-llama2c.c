@@ -535,6 +535,9 @@ START_TEST(test_bad_tokenizer) {
     expect_fail(STORIES, tok_variant("tok-trunc.bin", 10, -1, 0), CALDERA_ERR_FORMAT, "truncated");
     expect_fail(STORIES, tok_variant("tok-empty.bin", 6227 - 2, -1, 0), CALDERA_ERR_FORMAT, "tokenizer of 2 bytes is truncated");
     expect_fail(STORIES, tok_variant("tok-maxlen.bin", 0, 0, -1), CALDERA_ERR_FORMAT, "max_token_length -1; must be > 0");
+    // issue 11: fewer than 8 bytes per token of the checkpoint's vocabulary fails before any allocation for it
+    expect_fail(STORIES, tok_variant("tok-short.bin", 6227 - 100, -1, 0), CALDERA_ERR_FORMAT,
+                "tokenizer of 100 bytes cannot hold the 512 tokens of the checkpoint (8 bytes at least each)");
     // token 0: score at 4, length at 8 ("<unk>" = 5): claim 9 > max_token_length 7
     expect_fail(STORIES, tok_variant("tok-len.bin", 0, 8, 9), CALDERA_ERR_FORMAT, "token 0 has length 9; allowed 0..7");
     expect_fail(STORIES, tok_variant("tok-neg.bin", 0, 8, -3), CALDERA_ERR_FORMAT, "token 0 has length -3");

@@ -436,7 +436,9 @@ static int st_parse_header(struct caldera_inst * inst, int32_t fi) {
         }
     }
     // Data order; overlapping ranges are corrupt (zero-size tensors overlap nothing).
-    qsort(p->tensors + first, (size_t) (p->n_tensors - first), sizeof(*p->tensors), st_cmp_off);
+    if (p->n_tensors - first > 1) {  // (qsort's base must not be NULL, even for 0 elements)
+        qsort(p->tensors + first, (size_t) (p->n_tensors - first), sizeof(*p->tensors), st_cmp_off);
+    }
     for (int64_t i = first; i < p->n_tensors; i++) {
         json_object_set_new(p->by_name, p->tensors[i].name, json_integer(i));
     }
@@ -457,6 +459,27 @@ fail:
     json_decref(types);
     json_decref(root);
     return rc;
+}
+
+// A JSON file beside the model (index, config.json, tokenizer.json): at most ST_MAX_HEADER bytes,
+// like a header, since the whole document is parsed into memory (jansson's tree takes several
+// times the text).
+static int st_load_json(struct caldera_inst * inst, const char * path, json_t ** out) {
+    struct stat st;
+    json_error_t jerr;
+    *out = NULL;
+    if (stat(path, &st) != 0) {
+        return caldera_error(inst, errno == ENOENT ? CALDERA_ERR_NOT_FOUND : CALDERA_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    if ((uint64_t) st.st_size > ST_MAX_HEADER) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %lld bytes of JSON exceed the limit of %" PRIu64 " bytes", path,
+                             (long long) st.st_size, ST_MAX_HEADER);
+    }
+    if (!(*out = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr))) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                             jerr.line, jerr.column);
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,16 +518,35 @@ static int st_meta_f32(struct caldera_meta * m, const char * arch, const char * 
     return v > 0 ? caldera_meta_set_float(m, k, CALDERA_META_F32, v) : 0;
 }
 
+// Hyper-parameters are untrusted: integers in [0, ST_MAX_HPARAM] (0 = unknown), floats finite and
+// >= 0, so nothing derived from them (head_dim = hidden / n_heads) can overflow or trap.
+#define ST_MAX_HPARAM INT32_MAX
+
+static int st_check_hparams(struct caldera_inst * inst, const char * where, const struct caldera_model_desc * d,
+                            const char * const keys[10]) {
+    const int64_t iv[8] = { d->n_layers, d->hidden, d->ffn, d->n_heads, d->n_kv_heads, d->head_dim, d->vocab, d->ctx_len };
+    const double  fv[2] = { d->rope_theta, d->norm_eps };
+    for (int i = 0; i < 8; i++) {
+        if (iv[i] < 0 || iv[i] > ST_MAX_HPARAM) {
+            return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %s = %" PRId64 "; allowed: an integer in [0, %d]", where,
+                                 keys[i], iv[i], ST_MAX_HPARAM);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!(fv[i] >= 0 && fv[i] <= 1e300)) {
+            return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: %s = %.17g; allowed: a finite number >= 0", where,
+                                 keys[8 + i], fv[i]);
+        }
+    }
+    return 0;
+}
+
 static int st_read_config(struct caldera_inst * inst, const char * path) {
     struct st_priv * p = caldera_inst_priv(inst);
     struct caldera_model_desc * d = &p->desc;
-    json_error_t jerr;
-    int rc = 0;
-    json_t * cfg = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!cfg) {
-        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
-                             jerr.line, jerr.column);
-    }
+    json_t * cfg = NULL;
+    int rc = st_load_json(inst, path, &cfg);
+    if (rc < 0) return rc;
     if (!json_is_object(cfg)) {
         rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not a JSON object", path);
         goto fail;
@@ -522,16 +564,22 @@ static int st_read_config(struct caldera_inst * inst, const char * path) {
         }
         d->arch[k] = 0;
     }
-    d->n_layers   = st_cfg_int(cfg, "num_hidden_layers", 0);
-    d->hidden     = st_cfg_int(cfg, "hidden_size", 0);
-    d->ffn        = st_cfg_int(cfg, "intermediate_size", 0);
-    d->n_heads    = st_cfg_int(cfg, "num_attention_heads", 0);
-    d->n_kv_heads = st_cfg_int(cfg, "num_key_value_heads", d->n_heads);
-    d->head_dim   = st_cfg_int(cfg, "head_dim", d->n_heads > 0 ? d->hidden / d->n_heads : 0);
-    d->vocab      = st_cfg_int(cfg, "vocab_size", 0);
-    d->ctx_len    = st_cfg_int(cfg, "max_position_embeddings", 0);
-    d->rope_theta = st_cfg_num(cfg, "rope_theta", 10000.0);
-    d->norm_eps   = st_cfg_num(cfg, "rms_norm_eps", st_cfg_num(cfg, "layer_norm_eps", 0.0));
+    static const char * const keys[10] = { "num_hidden_layers", "hidden_size", "intermediate_size",
+                                           "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                                           "max_position_embeddings", "rope_theta", "rms_norm_eps" };
+    d->n_layers   = st_cfg_int(cfg, keys[0], 0);
+    d->hidden     = st_cfg_int(cfg, keys[1], 0);
+    d->ffn        = st_cfg_int(cfg, keys[2], 0);
+    d->n_heads    = st_cfg_int(cfg, keys[3], 0);
+    d->n_kv_heads = st_cfg_int(cfg, keys[4], 0);
+    d->head_dim   = st_cfg_int(cfg, keys[5], 0);
+    d->vocab      = st_cfg_int(cfg, keys[6], 0);
+    d->ctx_len    = st_cfg_int(cfg, keys[7], 0);
+    d->rope_theta = st_cfg_num(cfg, keys[8], 10000.0);
+    d->norm_eps   = st_cfg_num(cfg, keys[9], st_cfg_num(cfg, "layer_norm_eps", 0.0));
+    if ((rc = st_check_hparams(inst, path, d, keys)) < 0) goto fail;
+    if (!json_object_get(cfg, keys[4])) d->n_kv_heads = d->n_heads;
+    if (!json_object_get(cfg, keys[5]) && d->n_heads > 0) d->head_dim = d->hidden / d->n_heads;
     const json_t * rs = json_object_get(cfg, "rope_scaling");
     if (json_is_object(rs)) {
         const json_t * ty = json_object_get(rs, "rope_type");
@@ -582,33 +630,43 @@ fail:
 }
 
 // Without config.json: the description from GGUF-style metadata (as our writer stores it).
-static void st_desc_from_meta(struct st_priv * p) {
+static int st_desc_from_meta(struct caldera_inst * inst, const char * path) {
+    struct st_priv * p = caldera_inst_priv(inst);
     const char * arch;
-    if (caldera_meta_get_string(p->meta, "general.architecture", &arch) != 0) return;
+    if (caldera_meta_get_string(p->meta, "general.architecture", &arch) != 0) return 0;
+    static const char * const sfx[10] = { "block_count", "embedding_length", "feed_forward_length",
+                                          "attention.head_count", "attention.head_count_kv", "rope.dimension_count",
+                                          "vocab_size", "context_length", "rope.freq_base",
+                                          "attention.layer_norm_rms_epsilon" };
     struct caldera_model_desc * d = &p->desc;
-    char k[128];
-    int64_t v;
-    double x;
+    int64_t * const iv[8] = { &d->n_layers, &d->hidden, &d->ffn, &d->n_heads, &d->n_kv_heads, &d->head_dim,
+                              &d->vocab, &d->ctx_len };
+    double * const fv[2] = { &d->rope_theta, &d->norm_eps };
+    char keys[10][160];
+    const char * kp[10];
     memset(d, 0, sizeof(*d));
     snprintf(d->arch, sizeof(d->arch), "%s", arch);
-#define ST_GETI(field, key) snprintf(k, sizeof(k), "%s." key, arch); if (caldera_meta_get_int(p->meta, k, &v) == 0) d->field = v
-#define ST_GETF(field, key) snprintf(k, sizeof(k), "%s." key, arch); if (caldera_meta_get_float(p->meta, k, &x) == 0) d->field = x
-    ST_GETI(n_layers, "block_count");
-    ST_GETI(ctx_len, "context_length");
-    ST_GETI(hidden, "embedding_length");
-    ST_GETI(ffn, "feed_forward_length");
-    ST_GETI(n_heads, "attention.head_count");
-    ST_GETI(n_kv_heads, "attention.head_count_kv");
-    ST_GETI(head_dim, "rope.dimension_count");
-    ST_GETI(vocab, "vocab_size");
-    ST_GETF(rope_theta, "rope.freq_base");
-    ST_GETF(norm_eps, "attention.layer_norm_rms_epsilon");
-#undef ST_GETI
-#undef ST_GETF
+    for (int i = 0; i < 10; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "%.100s.%s", arch, sfx[i]);
+        kp[i] = keys[i];
+        if (caldera_meta_find(p->meta, keys[i]) < 0) continue;
+        int rc = i < 8 ? caldera_meta_get_int(p->meta, keys[i], iv[i]) : caldera_meta_get_float(p->meta, keys[i], fv[i - 8]);
+        if (rc < 0) {
+            memset(d, 0, sizeof(*d));
+            return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: metadata %s is not %s", path, keys[i],
+                                 i < 8 ? "an integer in [0, 2^31)" : "a number");
+        }
+    }
+    int rc = st_check_hparams(inst, path, d, kp);
+    if (rc < 0) {
+        memset(d, 0, sizeof(*d));
+        return rc;
+    }
     if (!d->n_kv_heads) d->n_kv_heads = d->n_heads;
     if (!d->head_dim && d->n_heads) d->head_dim = d->hidden / d->n_heads;
     d->tied_embeddings = json_object_get(p->by_name, "lm_head.weight") == NULL;
     p->has_desc = 1;
+    return 0;
 }
 
 // tokenizer.json (Hugging Face `tokenizers`) of a byte-level BPE model (GPT-2 style: no
@@ -617,17 +675,13 @@ static void st_desc_from_meta(struct st_priv * p) {
 // defined) for other added tokens, 1 otherwise. Other tokenizer models are left out (logged).
 static int st_read_tokenizer_json(struct caldera_inst * inst, const char * path) {
     struct st_priv * p = caldera_inst_priv(inst);
-    json_error_t jerr;
     json_t * tj = NULL;
     const char ** toks = NULL, ** merges = NULL;
     char ** owned = NULL;
     int32_t * types = NULL;
     int64_t n_tok = 0, n_merges = 0, n_owned = 0;
     int rc = 0;
-    if (!(tj = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr))) {
-        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
-                             jerr.line, jerr.column);
-    }
+    if ((rc = st_load_json(inst, path, &tj)) < 0) return rc;
     json_t * model = json_object_get(tj, "model");
     json_t * vocab = json_object_get(model, "vocab"), * jm = json_object_get(model, "merges");
     json_t * added = json_object_get(tj, "added_tokens");
@@ -661,6 +715,14 @@ static int st_read_tokenizer_json(struct caldera_inst * inst, const char * path)
             goto fail;
         }
         if (id >= n_tok) n_tok = id + 1;
+    }
+    // Ids are dense 0..n_tok-1 (checked below), so there cannot be more ids than entries: a larger
+    // id would make us allocate for tokens the file does not have.
+    size_t n_entries = json_object_size(vocab) + json_array_size(added);
+    if ((uint64_t) n_tok > n_entries) {
+        rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: token id %" PRId64 " but only %zu vocab and added entries; ids "
+                           "must be 0..%zu without gaps", path, n_tok - 1, n_entries, n_entries ? n_entries - 1 : 0);
+        goto fail;
     }
     if (!(toks = caldera_calloc((size_t) n_tok + 1, sizeof(*toks))) || !(types = caldera_calloc((size_t) n_tok + 1, sizeof(*types))) ||
         !(merges = caldera_calloc(json_array_size(jm) + 1, sizeof(*merges))) ||
@@ -733,18 +795,12 @@ static int st_cmp_str(const void * a, const void * b) {
 // A sharded model: the index names the shard of every tensor.
 static int st_open_index(struct caldera_inst * inst, const char * index_path, const char * dir) {
     struct st_priv * p = caldera_inst_priv(inst);
-    json_error_t jerr;
     json_t * idx = NULL;
     const char ** shards = NULL;
     char * sp = NULL;
     int rc = 0;
     size_t n_shards = 0;
-    idx = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!idx) {
-        rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: not valid JSON: %s (line %d, column %d)", index_path,
-                           jerr.text, jerr.line, jerr.column);
-        goto fail;
-    }
+    if ((rc = st_load_json(inst, index_path, &idx)) < 0) goto fail;
     json_t * wm = json_object_get(idx, "weight_map");
     if (!json_is_object(wm)) {
         rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: \"weight_map\" missing or not an object", index_path);
@@ -852,7 +908,7 @@ static int st_open(struct caldera_inst * inst, const char * path) {
     if (st_is_file(cfg)) {
         if ((rc = st_read_config(inst, cfg)) < 0) goto fail;
     } else {
-        st_desc_from_meta(p);
+        if ((rc = st_desc_from_meta(inst, path)) < 0) goto fail;
     }
     caldera_freep(&cfg);
     // An HF tokenizer, unless the file's metadata already carries one (our own exports).

@@ -785,8 +785,12 @@ START_TEST(test_hf_tokenizer_errors) {
                      CALDERA_ERR_FORMAT, "vocab id of 'a' is not an integer in [0, 2^24)");
     expect_open_fail(tok_dir("tok-dupid", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}"),
                      CALDERA_ERR_FORMAT, "vocab id 0 is given to 'a' and 'b'");
-    expect_open_fail(tok_dir("tok-gap", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}, \"merges\": []}}"),
+    expect_open_fail(tok_dir("tok-gap", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}, \"merges\": []},"
+                             " \"added_tokens\": [{\"id\": 2, \"content\": \"b\"}]}"),
                      CALDERA_ERR_FORMAT, "token id 1 is missing (ids must be 0..2)");
+    // issue 11: an id of 2^24 - 1 from 60 bytes must not allocate 2^24 token slots (~192 MiB)
+    expect_open_fail(tok_dir("tok-huge-id", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 16777215}, \"merges\": []}}"),
+                     CALDERA_ERR_FORMAT, "token id 16777215 but only 1 vocab and added entries; ids must be 0..0 without gaps");
     expect_open_fail(tok_dir("tok-merge", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}"),
                      CALDERA_ERR_FORMAT, "model.merges[0] is neither");
     expect_open_fail(tok_dir("tok-added", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
@@ -1074,6 +1078,55 @@ START_TEST(test_corruption_never_crashes) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------
+// Issue 11: inputs found by fuzzing (tests/fuzz/regress/), each a test that failed before its fix.
+
+#define REGRESS(name) CALDERA_TEST_SRC_DIR "/../../tests/fuzz/regress/safetensors/" name
+
+// Typed metadata with hidden = INT64_MIN and n_heads = -1: head_dim = hidden / n_heads trapped
+// (SIGFPE); negative and absurd hyper-parameters are now an error naming the key and value.
+START_TEST(test_regress_hparams_int64_min) {
+    expect_open_fail(REGRESS("issue11-int64-min-div-sigfpe.safetensors"), CALDERA_ERR_FORMAT,
+                     "a.embedding_length = -9223372036854775808; allowed: an integer in [0, 2147483647]");
+    expect_open_fail(raw_file("heads-neg.safetensors", 0,
+                              "{\"__metadata__\": {\"general.architecture\": \"a\", \"a.attention.head_count\": \"-1\","
+                              " \"caldera.meta_types\": \"{\\\"a.attention.head_count\\\": \\\"i64\\\"}\"}}", 0),
+                     CALDERA_ERR_FORMAT, "a.attention.head_count = -1; allowed: an integer in [0, 2147483647]");
+    expect_open_fail(raw_file("eps-nan.safetensors", 0,
+                              "{\"__metadata__\": {\"general.architecture\": \"a\", \"a.rope.freq_base\": \"-2.5\","
+                              " \"caldera.meta_types\": \"{\\\"a.rope.freq_base\\\": \\\"f64\\\"}\"}}", 0),
+                     CALDERA_ERR_FORMAT, "a.rope.freq_base = -2.5; allowed: a finite number >= 0");
+    // the same in config.json
+    const char * dir = tok_dir("cfg-neg", "{}");
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "config.json"),
+                                   "{\"model_type\": \"llama\", \"hidden_size\": 64, \"num_attention_heads\": -8}"), 0);
+    expect_open_fail(dir, CALDERA_ERR_FORMAT, "config.json: num_attention_heads = -8; allowed: an integer in [0, 2147483647]");
+    dir = tok_dir("cfg-huge", "{}");
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "config.json"), "{\"model_type\": \"llama\", \"hidden_size\": 4294967296}"), 0);
+    expect_open_fail(dir, CALDERA_ERR_FORMAT, "config.json: hidden_size = 4294967296; allowed: an integer in [0, 2147483647]");
+}
+END_TEST
+
+// A JSON file beside the model is parsed whole: above the header limit it is refused unread.
+START_TEST(test_sidecar_json_limit) {
+    const char * dir = tok_dir("big-config", "{}");
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "config.json"), "{}"), 0);
+    ck_assert_int_eq(truncate(tu_path(dir, "config.json"), ((off_t) 100 << 20) + 1), 0);  // sparse
+    expect_open_fail(dir, CALDERA_ERR_FORMAT, "config.json: 104857601 bytes of JSON exceed the limit of 104857600 bytes");
+}
+END_TEST
+
+// "{}" and no data: qsort was called with a NULL base (UB, fatal under UBSan). Now: 0 tensors.
+START_TEST(test_regress_empty_header) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops_of(ctx)->open(inst, REGRESS("issue11-empty-header-qsort-null.safetensors")), 0);
+    ck_assert_int_eq(ops_of(ctx)->n_tensors(inst), 0);
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * safetensors_suite(void) {
     Suite * s = suite_create("safetensors");
     TCase * tc = tcase_create("roundtrip");
@@ -1102,6 +1155,9 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_bad_json);
     tcase_add_test(tc, test_bad_tensor_fields);
     tcase_add_test(tc, test_corruption_never_crashes);
+    tcase_add_test(tc, test_regress_hparams_int64_min);
+    tcase_add_test(tc, test_regress_empty_header);
+    tcase_add_test(tc, test_sidecar_json_limit);
     suite_add_tcase(s, tc);
     return s;
 }
