@@ -22,6 +22,15 @@
 #include "caldera/caldera-plugin.h"
 #include "tokenizer.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c".
+static int llm_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
+
 #define LLM_NAME_MAX   96
 #define LLM_QBLOCK     128   // query rows per attention block (bounds the wasted masked half)
 #define LLM_LOGIT_ROWS 64    // positions per logits chunk (64 × vocab floats)
@@ -618,7 +627,7 @@ static void pick_kernels(struct llm_priv * p) {
     p->k = &llm_kernels_c;
 #ifdef LLM_X86
     __builtin_cpu_init();
-    if (p->simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    if (p->simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && llm_has_f16c()) {
         p->k = &llm_kernels_avx2;
     }
 #endif

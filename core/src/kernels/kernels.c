@@ -14,6 +14,10 @@
 #include "../internal.h"
 #include "kernels-impl.h"
 
+#ifdef CALDERA_KW_X86
+#include <cpuid.h>
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Variant choice
 
@@ -29,6 +33,14 @@ const char * caldera_kernel_isa_name(int isa) {
     }
 }
 
+#ifdef CALDERA_KW_X86
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c".
+static int kw_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
+
 int caldera_kernel_isa_supported(int isa) {
     switch (isa) {
     case CALDERA_ISA_C:
@@ -37,7 +49,7 @@ int caldera_kernel_isa_supported(int isa) {
     case CALDERA_ISA_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt") &&
-               __builtin_cpu_supports("f16c");
+               kw_has_f16c();
     case CALDERA_ISA_AVX512:
         return caldera_kernel_isa_supported(CALDERA_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
