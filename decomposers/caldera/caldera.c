@@ -108,21 +108,15 @@ static int cal_rank(struct caldera_inst * inst, int64_t m, int64_t n, int64_t * 
         *k_out = k;
         return 0;
     }
-    if (p->rank > kmax) {
-        return caldera_error(inst, CALDERA_ERR_RANGE, "rank = %" PRId64 " exceeds min(rows, cols) = %" PRId64
-                             " of a %" PRId64 "x%" PRId64 " weight; allowed: rank <= %" PRId64, p->rank, kmax, m, n, kmax);
-    }
-    *k_out = p->rank;
-    return 0;
+    return lr_fixed_rank(inst, p->rank, m, n, k_out);
 }
 
 static int cal_check_shape(struct caldera_inst * inst, int64_t rows, int64_t cols) {
     const struct cal_priv * p = caldera_inst_priv(inst);
     int64_t k;
     int rc;
-    if (rows < 1 || cols < 1) {
-        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "shape %" PRId64 "x%" PRId64 " is empty; allowed: rows, "
-                             "cols >= 1", rows, cols);
+    if ((rc = lr_check_nonempty(inst, rows, cols)) < 0) {
+        return rc;
     }
     if ((rc = cal_rank(inst, rows, cols, &k)) < 0) {
         return rc;

@@ -270,6 +270,26 @@ static inline int64_t lr_rank_for_bits(double target, double base_bits, struct c
 }
 
 /** Check that factor quantizer q (or none) takes a (rows, cols) matrix; its message is kept. */
+/** A fixed rank for an m×n weight: CALDERA_ERR_RANGE unless rank <= min(m, n); *k_out = rank. */
+static inline int lr_fixed_rank(struct caldera_inst * inst, int64_t rank, int64_t m, int64_t n, int64_t * k_out) {
+    const int64_t kmax = m < n ? m : n;
+    if (rank > kmax) {
+        return caldera_error(inst, CALDERA_ERR_RANGE, "rank = %" PRId64 " exceeds min(rows, cols) = %" PRId64
+                             " of a %" PRId64 "x%" PRId64 " weight; allowed: rank <= %" PRId64, rank, kmax, m, n, kmax);
+    }
+    *k_out = rank;
+    return 0;
+}
+
+/** CALDERA_ERR_UNSUPPORTED for an empty weight shape (the first check of every decomposer's check_shape). */
+static inline int lr_check_nonempty(struct caldera_inst * inst, int64_t rows, int64_t cols) {
+    if (rows < 1 || cols < 1) {
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "shape %" PRId64 "x%" PRId64 " is empty; allowed: rows, "
+                             "cols >= 1", rows, cols);
+    }
+    return 0;
+}
+
 static inline int lr_check_quant_shape(struct caldera_inst * q, int64_t rows, int64_t cols) {
     if (!q) {
         return 0;
