@@ -32,6 +32,9 @@ static const char * tm_drop = "";               // linears whose name contains t
 static int64_t      tm_forward_calls;           // forward passes that observed (calibration)
 static int32_t      tm_seen[4096][64];          // tokens of each calibration window seen, in order
 static int64_t      tm_seen_n, tm_seen_len;
+static int64_t      tm_bad_group = -1;          // x of this group gets tm_bad_value at (window, position, column)
+static int64_t      tm_bad_window, tm_bad_pos, tm_bad_col;
+static float        tm_bad_value;
 
 struct tm_priv {
     int                         loaded;
@@ -114,6 +117,7 @@ static int tm_forward(struct caldera_inst * inst, const struct caldera_model_for
     int64_t T = a->n_seq * a->n_tok;
     if (a->observe) {
         tm_forward_calls++;
+        int64_t w0 = tm_seen_n;   // calibration window of this batch's first sequence
         for (int64_t s = 0; s < a->n_seq && tm_seen_n < 4096; s++) {
             tm_seen_len = a->n_tok < 64 ? a->n_tok : 64;
             memcpy(tm_seen[tm_seen_n++], a->tokens + s * a->n_tok, (size_t) tm_seen_len * sizeof(int32_t));
@@ -130,6 +134,8 @@ static int tm_forward(struct caldera_inst * inst, const struct caldera_model_for
             for (int64_t t = 0; t < T; t++) {
                 for (int64_t j = 0; j < x.ne[1]; j++) ((float *) x.data)[t * x.ne[1] + j] = tm_x(g, t % a->n_tok, a->tokens[t], j, before);
             }
+            int64_t bad_row = (tm_bad_window - w0) * a->n_tok + tm_bad_pos;
+            if (g == tm_bad_group && bad_row >= 0 && bad_row < T) ((float *) x.data)[bad_row * x.ne[1] + tm_bad_col] = tm_bad_value;
             rc = a->observe(a->observe_user, g, first, &x);
             caldera_tensor_free(&x);
             if (rc < 0) return rc;
@@ -538,6 +544,40 @@ START_TEST(test_missing_and_config_errors) {
 }
 END_TEST
 
+// A NaN/Inf in a calibration input is an error naming the group, its first linear, the window, the
+// position in it and the column (window 4 is the second batch's: batches of 3); finite inputs whose
+// Hessian overflows f32 name the Hessian's element; no cache file is left behind.
+START_TEST(test_nonfinite_inputs) {
+    struct caldera_ctx * ctx = cctx();
+    make_texts();
+    tm_bad_group = 6, tm_bad_window = 4, tm_bad_pos = 7, tm_bad_col = 3, tm_bad_value = NAN;   // layer 1 mlp_in
+    ck_assert_int_eq(run_ini(ctx, NULL, NULL), CALDERA_ERR_NUMERIC);
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "calibration: the input of model.layers.1.mlp_in (group 6, read by "
+                                              "model.layers.1.mlp.gate_proj.weight) has a NaN at window 4, position 7 (row 47 of "
+                                              "the batch), column 3: the forward pass overflowed there; its Hessian would not be "
+                                              "finite");
+    tm_bad_group = 1, tm_bad_window = 7, tm_bad_pos = 39, tm_bad_col = 31, tm_bad_value = -INFINITY;   // layer 0 attn_out, last
+    ck_assert_int_eq(run_ini(ctx, NULL, NULL), CALDERA_ERR_NUMERIC);
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "calibration: the input of model.layers.0.attn_out (group 1, read by "
+                                              "model.layers.0.self_attn.o_proj.weight) has an Inf at window 7, position 39 (row "
+                                              "79 of the batch), column 31: the forward pass overflowed there; its Hessian would "
+                                              "not be finite");
+    // sequential calibration checks the same way
+    const char * seq[] = { "calib.sequential=true", NULL };
+    ck_assert_int_eq(run_ini(ctx, seq, NULL), CALDERA_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "has an Inf at window 7, position 39 (row 79 of the batch), column 31"));
+    // finite, but x² / 320 tokens = 1e42 / 320 exceeds f32: the Hessian's diagonal element (5, 5)
+    tm_bad_group = 3, tm_bad_window = 0, tm_bad_pos = 0, tm_bad_col = 5, tm_bad_value = 1e21f;   // layer 0 mlp_out (48 wide)
+    ck_assert_int_eq(run_ini(ctx, NULL, NULL), CALDERA_ERR_NUMERIC);
+    ck_assert_str_eq(caldera_ctx_errmsg(ctx), "calibration: the Hessian of model.layers.0.mlp_out (group 3, read by "
+                                              "model.layers.0.mlp.down_proj.weight) has a NaN or Inf at row 5, column 5 (x xᵀ of "
+                                              "finite inputs overflowed f32)");
+    ck_assert_int_eq(count_files(tu_path(dir, "hcache")), 0);
+    tm_bad_group = -1;
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // Sequential calibration: layer 1's Hessians are collected after layer 0's 7 linears were replaced
 // by their reconstructions (the test model shifts its inputs by 0.3 per replaced earlier linear),
 // layer 0's before anything was; one forward pass per layer, through that layer only.
@@ -840,6 +880,7 @@ static Suite * calibrate_suite(void) {
     tcase_add_test(tc, test_missing_and_config_errors);
     tcase_add_test(tc, test_eval);
     tcase_add_test(tc, test_sequential);
+    tcase_add_test(tc, test_nonfinite_inputs);
     tcase_add_test(tc, test_stories260k);
     suite_add_tcase(s, tc);
     return s;

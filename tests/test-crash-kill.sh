@@ -3,7 +3,8 @@
 # Crash safety of a checkpointed run: caldera-pipe is killed with SIGKILL at random points KILLS
 # times, then allowed to finish; the output must be byte-identical to an uninterrupted run of the
 # same configuration, and no file may ever exist under the output's or the report's final name
-# unless it is complete (polled every 10 ms while each run is alive, and after every kill).
+# unless it is complete (polled every 10 ms while each run is alive, and after every kill); the
+# final run removes the temporaries ("<name>.tmp.<pid>") of the killed runs and no other.
 # A run that finishes before its kill time starts over from nothing (that is not counted as a kill).
 #   usage: test-crash-kill.sh CALDERA_PIPE KILLS [SEED]
 set -euo pipefail
@@ -100,12 +101,18 @@ while [ "$kills" -lt "$KILLS" ]; do
     rm -rf "$OUT" "$REP" "$CK"
 done
 
-# finish: the last interrupted state is resumed to the end
+# finish: the last interrupted state is resumed to the end. Beside the killed runs' temporaries:
+# one of a live process (this shell) and one of another output, which the run must leave alone.
+touch "$OUT.tmp.$$" "$W/out/other.safetensors.tmp.999999999"
 run
 while kill -0 "$PID" 2>/dev/null; do check_final_names; sleep 0.01; done
 wait "$PID" || { cat "$W/log" >&2; fail "the final resumed run failed"; }
 cmp "$OUT" "$W/ref.safetensors" || fail "the output after $kills kills differs from the uninterrupted run"
 [ -e "$CK" ] && fail "the finished run left its checkpoint folder: $(ls -la "$CK")"
-left=$(find "$W/out" -name '*.tmp.*' | wc -l)
+[ -e "$OUT.tmp.$$" ] || fail "the run removed $OUT.tmp.$$, a temporary of a live process"
+[ -e "$W/out/other.safetensors.tmp.999999999" ] || fail "the run removed the temporary of another output"
+rm -f "$OUT.tmp.$$" "$W/out/other.safetensors.tmp.999999999"
+left=$(find "$W/out" -name '*.tmp.*')
+[ -z "$left" ] || fail "temporaries of killed runs remain after the final run: $left"
 echo "test-crash-kill: $kills SIGKILLs at random points (uninterrupted run ${t_ms} ms; $restarts runs finished" \
-     "before their kill and started over), output identical; $left temporary files of killed runs left beside it"
+     "before their kill and started over), output identical, no temporary of a killed run left"

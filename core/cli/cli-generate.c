@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli-chat.h"
 #include "cli-model.h"
 
 static void gen_usage(FILE * f) {
@@ -21,7 +22,9 @@ static void gen_usage(FILE * f) {
             "  --top-p P             nucleus sampling mass (default 1: off)\n"
             "  --seed S              sampling seed (default 1)\n"
             "  --chat                wrap the prompt as a user turn of the model's ChatML template\n"
-            "                        (<|im_start|>user ... <|im_end|> <|im_start|>assistant), when it declares one\n"
+            "                        (<|im_start|>user ... <|im_end|> <|im_start|>assistant), when it declares one,\n"
+            "                        after the template's default system turn when it has one (SmolLM2's does)\n"
+            "  --system TEXT         with --chat: the system turn's text instead of the template's default\n"
             "  --tokenizer FILE      tokenizer for formats that keep it apart (llama2.c tok512.bin)\n"
             "  --format NAME, --weights f32|f16, --threads N, --plugin-path PATH, -q  as for eval\n"
             CLI_COMPRESSED_USAGE
@@ -59,7 +62,7 @@ static int32_t pick(const float * logits, int64_t n, double temp, double top_p, 
 
 int cli_generate(int argc, char ** argv) {
     struct cli_model m = { .threads = -1 };
-    const char *     prompt = NULL;
+    const char *     prompt = NULL, * system = NULL;
     long long        n_gen = 64, seed = 1;
     double           temp = 0, top_p = 1;
     int              chat = 0, exit_code = 0, rc;
@@ -77,7 +80,7 @@ int cli_generate(int argc, char ** argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { gen_usage(stdout); goto out; }
         if (!strcmp(a, "--chat")) { chat = 1; continue; }
         int valued = !strcmp(a, "--prompt") || !strcmp(a, "--tokens") || !strcmp(a, "--temperature") || !strcmp(a, "--top-p") ||
-                     !strcmp(a, "--seed");
+                     !strcmp(a, "--seed") || !strcmp(a, "--system");
         if (!valued) {
             fprintf(stderr, "caldera-pipe generate: unknown argument '%s' (see generate --help)\n", a);
             exit_code = CLI_EXIT_USAGE;
@@ -91,6 +94,7 @@ int cli_generate(int argc, char ** argv) {
         i++;
         int bad = 0;
         if (!strcmp(a, "--prompt")) prompt = next;
+        else if (!strcmp(a, "--system")) system = next;
         else if (!strcmp(a, "--tokens")) bad = cli_parse_int("generate", a, next, 1, 1 << 20, &n_gen) < 0;
         else if (!strcmp(a, "--seed")) bad = cli_parse_int("generate", a, next, 0, INT64_MAX, &seed) < 0;
         else if (!strcmp(a, "--temperature")) bad = cli_parse_double("generate", a, next, 0, 100, &temp) < 0;
@@ -99,6 +103,11 @@ int cli_generate(int argc, char ** argv) {
     }
     if (!prompt || !m.model) {
         fprintf(stderr, "caldera-pipe generate: --model PATH and --prompt TEXT are required\n");
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (system && !chat) {
+        fprintf(stderr, "caldera-pipe generate: --system TEXT needs --chat\n");
         exit_code = CLI_EXIT_USAGE;
         goto out;
     }
@@ -112,14 +121,12 @@ int cli_generate(int argc, char ** argv) {
     }
     const char * text = prompt;
     if (chat) {
-        if (!voc.chat_template || !strstr(voc.chat_template, "<|im_start|>")) {
-            fprintf(stderr, "caldera-pipe generate: --chat: %s declares no ChatML chat template (tokenizer.chat_template)\n", m.model);
+        char err[256];
+        if (cli_chat_render(voc.chat_template, system, prompt, &wrapped, err, sizeof(err)) < 0) {
+            fprintf(stderr, "caldera-pipe generate: --chat: %s: %s\n", m.model, err);
             exit_code = CLI_EXIT_USAGE;
             goto out;
         }
-        size_t n = strlen(prompt) + 64;
-        if (!(wrapped = malloc(n))) { exit_code = CLI_EXIT_RUNTIME; goto out; }
-        snprintf(wrapped, n, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", prompt);
         text = wrapped;
     }
     if ((rc = m.ops->tokenize(m.inst, text, strlen(text), voc.add_bos && voc.bos >= 0, chat, &ids, &n_ids)) < 0 || n_ids < 1) {

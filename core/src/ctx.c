@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 // Library context: logging with a settable callback, the last error message, threads, device,
 // cancellation, the core's parallel loop, the random generator and atomic file output.
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -373,6 +375,60 @@ int caldera_atomic_commit(struct caldera_ctx * ctx, struct caldera_atomic_file *
     caldera_freep(&af->path);
     caldera_freep(&af->tmp);
     return rc;
+}
+
+// Is name "<base>.tmp.<pid>" or "<base>.<word>.tmp.<pid>" (word [a-z]+)? The pid in *pid.
+static int stale_tmp_name(const char * name, const char * base, long * pid) {
+    size_t bl = strlen(base);
+    if (strncmp(name, base, bl) != 0 || name[bl] != '.') return 0;
+    const char * p = name + bl + 1;
+    if (strncmp(p, "tmp.", 4) != 0) {
+        while (*p >= 'a' && *p <= 'z') p++;
+        if (p == name + bl + 1 || *p != '.' || strncmp(p + 1, "tmp.", 4) != 0) return 0;
+        p++;
+    }
+    p += 4;
+    if (*p < '1' || *p > '9') return 0;
+    char * end;
+    errno = 0;
+    long v = strtol(p, &end, 10);
+    if (errno || *end || v <= 0) return 0;
+    *pid = v;
+    return 1;
+}
+
+int64_t caldera_tmp_remove_stale(struct caldera_ctx * ctx, const char * path) {
+    char *          dir = caldera_strdup(path ? path : "");
+    const char *    base;
+    DIR *           d = NULL;
+    struct dirent * de;
+    int64_t         removed = 0;
+    if (!dir || !path || !*path) goto done;
+    char * slash = strrchr(dir, '/');
+    if (slash) {
+        *slash = '\0';
+        base   = path + (slash - dir) + 1;
+        if (slash == dir) dir[0] = '/', dir[1] = '\0';   // "/name"
+    } else {
+        base = path;
+        dir[0] = '.', dir[1] = '\0';
+    }
+    if (!*base || !(d = opendir(dir))) goto done;
+    while ((de = readdir(d))) {
+        long pid;
+        if (!stale_tmp_name(de->d_name, base, &pid) || pid == (long) getpid()) continue;
+        if (kill((pid_t) pid, 0) == 0 || errno != ESRCH) continue;   // alive (or not ours to judge)
+        char * p = caldera_asprintf("%s/%s", dir, de->d_name);
+        if (p && unlink(p) == 0) {
+            removed++;
+            caldera_log(ctx, CALDERA_LOG_INFO, "removed %s, a temporary of process %ld that no longer runs", p, pid);
+        }
+        caldera_free(p);
+    }
+done:
+    if (d) closedir(d);
+    caldera_free(dir);
+    return removed;
 }
 
 void caldera_atomic_abort(struct caldera_atomic_file * af) {

@@ -100,5 +100,13 @@ struct caldera_atomic_file {
 int  caldera_atomic_open(struct caldera_ctx * ctx, const char * path, struct caldera_atomic_file * af);
 int  caldera_atomic_commit(struct caldera_ctx * ctx, struct caldera_atomic_file * af);
 void caldera_atomic_abort(struct caldera_atomic_file * af);
+/**
+ * Remove the temporaries that writers of @p path left when their process was killed (SIGKILL
+ * gives no chance to clean up): "<path>.tmp.<pid>" and "<path>.<word>.tmp.<pid>" (word: [a-z]+,
+ * e.g. safetensors' "data") in path's folder, when <pid> is not this process and no process with
+ * that id exists (kill(pid, 0) fails with ESRCH). A live process's temporaries are never touched.
+ * Returns the number removed (logged), or 0 when there are none or the folder cannot be read.
+ */
+int64_t caldera_tmp_remove_stale(struct caldera_ctx * ctx, const char * path);
 
 #endif

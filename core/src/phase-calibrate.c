@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,7 +371,28 @@ struct observe_state {
     float *              scratch;   // (n, n) f32 for the widest group seen
     int64_t              scratch_n;
     const char *         only;      // NULL, or observe only the groups marked 1 here (sequential)
+    struct caldera_inst * model;    // for the names in a NaN/Inf message
+    const struct caldera_model_ops * mops;
+    int64_t              window0;   // calibration window of the batch's first sequence
+    int64_t              length;    // tokens per window (rows of x: window-major)
 };
+
+// CALDERA_ERR_NUMERIC naming the group, its first linear and the NaN/Inf's calibration window,
+// position and input column, or 0 when x (tokens × n) is finite: a NaN/Inf is caught where it
+// enters a Hessian, not after it has spread through Σ x xᵀ.
+static int observe_check_finite(struct observe_state * st, int64_t group, int64_t linear, const struct caldera_tensor * x) {
+    int64_t bad = 0;
+    if (caldera_tensor_check_finite(x, &bad) == 0) return 0;
+    struct caldera_model_linear li = { .name = "?", .group_key = "?" };
+    if (st->mops && st->mops->linear_info(st->model, linear, &li) < 0) li = (struct caldera_model_linear) { .name = "?", .group_key = "?" };
+    int64_t row = bad / x->ne[1], col = bad % x->ne[1], len = st->length > 0 ? st->length : x->ne[0];
+    double  v = x->dtype == CALDERA_DTYPE_F32 ? (double) ((const float *) x->data)[row * (x->ld > 0 ? x->ld : x->ne[1]) + col] : NAN;
+    return caldera_ctx_error(st->ctx, CALDERA_ERR_NUMERIC, "calibration: the input of %s (group %lld, read by %s) has %s at "
+                             "window %lld, position %lld (row %lld of the batch), column %lld: the forward pass overflowed "
+                             "there; its Hessian would not be finite", li.group_key, (long long) group, li.name,
+                             isnan(v) ? "a NaN" : "an Inf", (long long) (st->window0 + row / len), (long long) (row % len),
+                             (long long) row, (long long) col);
+}
 
 static int observe(void * user, int64_t group, int64_t linear, const struct caldera_tensor * x) {
     struct observe_state * st = user;
@@ -381,6 +403,7 @@ static int observe(void * user, int64_t group, int64_t linear, const struct cald
     if (st->only && !st->only[group]) return 0;
     struct calib_acc * a = &st->accs[group];
     int rc;
+    if ((rc = observe_check_finite(st, group, linear, x)) < 0) return rc;
     if (!a->h && (rc = calib_acc_init(st->ctx, x->ne[1], a)) < 0) return rc;
     if (caldera_ctx_cancelled(st->ctx)) return caldera_ctx_error(st->ctx, CALDERA_ERR_CANCELLED, "calibration cancelled");
     if (a->n > st->scratch_n) {
@@ -396,7 +419,7 @@ static int observe(void * user, int64_t group, int64_t linear, const struct cald
 static int collect(struct caldera_pipeline * pl, struct pl_run * run, const struct calib_opts * co, const int32_t * tokens,
                    const char * path, struct caldera_meta * meta) {
     struct caldera_ctx * ctx = pl->ctx;
-    struct observe_state st = { .ctx = ctx };
+    struct observe_state st = { .ctx = ctx, .model = run->model, .mops = run->mops, .length = co->length };
     struct caldera_inst * w = NULL;
     float * hbuf = NULL;
     int rc = 0, open = 0;
@@ -407,6 +430,7 @@ static int collect(struct caldera_pipeline * pl, struct pl_run * run, const stru
         int64_t nb = co->sequences - b0 < co->batch ? co->sequences - b0 : co->batch;
         struct caldera_model_forward_args fa = { .struct_size = sizeof(fa), .tokens = tokens + b0 * co->length, .n_seq = nb,
                                                  .n_tok = co->length, .observe = observe, .observe_user = &st };
+        st.window0 = b0;
         if ((rc = run->mops->forward(run->model, &fa)) < 0) goto done;
         double el = pl_now() - t0;
         caldera_log(ctx, CALDERA_LOG_INFO, "calibration: %lld/%lld windows (%.0f tokens/s, ETA %.0f s)", (long long) (b0 + nb),
@@ -435,9 +459,11 @@ static int collect(struct caldera_pipeline * pl, struct pl_run * run, const stru
         if (!(hbuf = caldera_malloc((size_t) (a->n * a->n) * sizeof(float)))) { rc = CALDERA_ERR_NOMEM; goto done; }
         if ((rc = calib_acc_mean(a, hbuf)) < 0) goto done;
         struct caldera_tensor ht = caldera_tensor_view_f32(hbuf, a->n, a->n);   // (n, n) f32, H = Σ x xᵀ / tokens
-        if (caldera_tensor_check_finite(&ht, NULL) < 0) {
-            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "calibration: the Hessian of %s has NaN or Inf entries (the forward "
-                                   "pass overflowed)", li.group_key);
+        int64_t bad = 0;
+        if (caldera_tensor_check_finite(&ht, &bad) < 0) {   // finite inputs whose Σ x xᵀ / tokens overflowed f32
+            rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "calibration: the Hessian of %s (group %lld, read by %s) has a NaN or "
+                                   "Inf at row %lld, column %lld (x xᵀ of finite inputs overflowed f32)", li.group_key,
+                                   (long long) g, li.name, (long long) (bad / a->n), (long long) (bad % a->n));
             goto done;
         }
         char * name = caldera_asprintf("%s.hessian", li.group_key);
@@ -502,7 +528,8 @@ void pl_seq_free(struct pl_run * run) {
 static int seq_collect_layer(struct caldera_pipeline * pl, struct pl_run * run, int64_t layer) {
     struct caldera_ctx * ctx = pl->ctx;
     struct calib_seq * q = run->seq;
-    struct observe_state st = { .ctx = ctx, .n_groups = q->n_groups, .only = q->only };
+    struct observe_state st = { .ctx = ctx, .n_groups = q->n_groups, .only = q->only, .model = run->model, .mops = run->mops,
+                                .length = q->length };
     int rc = 0;
     double t0 = pl_now();
     if (!(st.accs = caldera_calloc((size_t) q->n_groups, sizeof(*st.accs)))) return CALDERA_ERR_NOMEM;
@@ -514,6 +541,7 @@ static int seq_collect_layer(struct caldera_pipeline * pl, struct pl_run * run, 
         struct caldera_model_forward_args fa = { .struct_size = sizeof(fa), .tokens = q->tokens + b0 * q->length, .n_seq = nb,
                                                  .n_tok = q->length, .observe = observe, .observe_user = &st,
                                                  .n_layers = layer >= 0 && layer + 1 < d.n_layers ? layer + 1 : 0 };
+        st.window0 = b0;
         if ((rc = run->mops->forward(run->model, &fa)) < 0) goto done;
     }
     for (int64_t g = 0; g < q->n_groups; g++) {

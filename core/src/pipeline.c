@@ -808,6 +808,20 @@ int pl_model_load(struct caldera_pipeline * pl, struct pl_run * run) {
     return rc;
 }
 
+// Temporaries of earlier runs of this pipeline killed while writing its outputs (never those of a
+// live process): the format writers' and the report's "<path>[.<word>].tmp.<pid>".
+static void remove_stale_temporaries(struct caldera_pipeline * pl) {
+    struct pipeline_opts * o = popts(pl);
+    struct caldera_inst *  writers[2] = { o->writer, o->dense_writer };
+    for (int i = 0; i < 2; i++) {
+        char * owned = NULL;
+        const char * p = writers[i] ? pl_format_path(writers[i], &owned) : NULL;
+        if (p) caldera_tmp_remove_stale(pl->ctx, p);
+        caldera_free(owned);
+    }
+    if (o->report && *o->report) caldera_tmp_remove_stale(pl->ctx, o->report);
+}
+
 int caldera_pipeline_run(struct caldera_pipeline * pl) {
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
@@ -820,6 +834,7 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     run.hsrc = o->hessians;
     if (pl->calib && (rc = pl_phase_calibrate(pl, &run)) < 0) goto done;
     if (pl->eval && (rc = pl_phase_evaluate_original(pl, &run)) < 0) goto done;
+    remove_stale_temporaries(pl);
     if ((rc = pl_outputs_open(pl, &run)) < 0) goto done;
     if ((rc = pl_phase_compress(pl, &run)) < 0) goto done;
     if ((rc = report_build(pl, &run)) < 0) goto done;
