@@ -87,6 +87,14 @@ static void cli_log(enum caldera_log_level level, const char * msg, void * user)
     fprintf(stderr, "%s%s\n", tags[level], msg);
 }
 
+static void print_compressed(const char * cmd, const char * path, const struct caldera_compressed_report * rep, double secs) {
+    fprintf(stderr, "%s: %lld linear layers from %s (%lld fused, %lld dense f32; kernels: %s), %.1f s; "
+            "resident weights of those layers: %.2f MiB = %.3f bits/param over %.1f M params\n", cmd,
+            (long long) (rep->n_fused + rep->n_dense), path, (long long) rep->n_fused, (long long) rep->n_dense,
+            caldera_kernel_isa_name(caldera_kernel_isa()), secs, (double) rep->bytes / 1048576.0,
+            8.0 * (double) rep->bytes / (double) rep->params, (double) rep->params / 1e6);
+}
+
 int cli_model_open(struct cli_model * m, const char * cmd) {
     int rc;
     if (!m->model) {
@@ -113,21 +121,24 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
         fprintf(stderr, "caldera-pipe %s: %s\n", cmd, caldera_ctx_errmsg(m->ctx));
         return CLI_EXIT_USAGE;
     }
+    struct caldera_compressed_report rep;
     struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .format = m->format, .tokenizer = m->tokenizer,
-                                            .weights = m->weights };
+                                            .weights = m->weights, .dense = m->dense && !m->compressed,
+                                            .compressed_report = &rep };
+    double t0 = cli_now();
     if ((rc = caldera_model_open(m->ctx, m->model, &mp, &m->inst)) < 0) {
         fprintf(stderr, "caldera-pipe %s: %s: %s\n", cmd, m->model, caldera_ctx_errmsg(m->ctx));
         return CLI_EXIT_RUNTIME;
     }
     caldera_model_ops_of(m->inst, &m->ops);
-    if (m->dense && !m->compressed) {
-        fprintf(stderr, "caldera-pipe %s: --dense needs --compressed FILE\n", cmd);
+    if (rep.n_fused + rep.n_dense > 0) print_compressed(cmd, m->model, &rep, cli_now() - t0);   // a caldera-pipe output alone
+    if (m->dense && !m->compressed && rep.n_fused + rep.n_dense == 0) {
+        fprintf(stderr, "caldera-pipe %s: --dense needs a caldera-pipe output: --model FILE or --compressed FILE\n", cmd);
         return CLI_EXIT_USAGE;
     }
     if (m->compressed) {
         struct caldera_compressed_params cp = { .struct_size = sizeof(cp), .dense = m->dense };
-        struct caldera_compressed_report rep;
-        double t0 = cli_now();
+        t0 = cli_now();
         if ((rc = caldera_model_load_compressed(m->ctx, m->inst, m->compressed, &cp, &m->cmp, &rep)) < 0) {
             fprintf(stderr, "caldera-pipe %s: %s: %s\n", cmd, m->compressed, caldera_ctx_errmsg(m->ctx));
             return CLI_EXIT_RUNTIME;
@@ -137,11 +148,7 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
                     m->compressed);
             return CLI_EXIT_RUNTIME;
         }
-        fprintf(stderr, "%s: %lld linear layers from %s (%lld fused, %lld dense f32; kernels: %s), %.1f s; "
-                "resident weights of those layers: %.2f MiB = %.3f bits/param over %.1f M params\n", cmd,
-                (long long) (rep.n_fused + rep.n_dense), m->compressed, (long long) rep.n_fused, (long long) rep.n_dense,
-                caldera_kernel_isa_name(caldera_kernel_isa()), cli_now() - t0, (double) rep.bytes / 1048576.0,
-                8.0 * (double) rep.bytes / (double) rep.params, (double) rep.params / 1e6);
+        print_compressed(cmd, m->compressed, &rep, cli_now() - t0);
     }
     return 0;
 }

@@ -34,9 +34,10 @@ struct cli_model {
 int  cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** argv, int * i);
 /** Usage lines of the options cli_model_option takes for compressed files. */
 #define CLI_COMPRESSED_USAGE \
-    "  --compressed FILE     run the linear layers of a caldera-pipe output FILE (its compressed weights, mapped,\n" \
-    "                        through the fused CPU kernels); --model gives the rest (tokenizer, norms, embeddings)\n" \
-    "  --dense               with --compressed: reconstruct those layers to dense f32 instead (reference path)\n"
+    "  A caldera-pipe output opens alone (--model FILE): its compressed linear layers run from the mapped\n" \
+    "  file through the fused CPU kernels; its metadata and tensors give the rest (tokenizer, norms, embeddings).\n" \
+    "  --compressed FILE     run the linear layers of a caldera-pipe output FILE on top of --model (the original)\n" \
+    "  --dense               with a caldera-pipe output: reconstruct its layers to dense f32 instead (reference path)\n"
 /** Context, plugins, model: 0, or an exit code (message printed). */
 int  cli_model_open(struct cli_model * m, const char * cmd);
 void cli_model_close(struct cli_model * m);

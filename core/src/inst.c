@@ -89,11 +89,17 @@ int caldera_inst_start(struct caldera_inst * inst) {
 void caldera_inst_free(struct caldera_inst * inst) {
     if (!inst) return;
     if (inst->started && inst->plugin->uninit) inst->plugin->uninit(inst);
+    if (inst->on_free) inst->on_free(inst->on_free_arg);
     for (int64_t i = 0; inst->priv && i < inst->n_options; i++) caldera_option_free_value(&inst->plugin->options[i], inst->priv);
     caldera_free(inst->priv);
     caldera_free(inst->is_set);
     caldera_free(inst->name);
     caldera_free(inst);
+}
+
+void caldera_inst_on_free(struct caldera_inst * inst, void (*fn)(void *), void * arg) {
+    inst->on_free     = fn;
+    inst->on_free_arg = arg;
 }
 
 char * caldera_inst_get_text(const struct caldera_inst * inst, const char * key) {

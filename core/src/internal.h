@@ -57,7 +57,12 @@ struct caldera_inst {
     bool                          started;   // init() ran (uninit is due)
     bool *                        is_set;    // per option: set explicitly (not default)
     int64_t                       n_options;
+    void                       (*on_free)(void *);   // caldera_inst_on_free: run after uninit
+    void *                        on_free_arg;
 };
+/** Have caldera_inst_free call fn(arg) after the plugin's uninit (one per instance; e.g. what the
+ *  instance's replaced layers use). */
+void caldera_inst_on_free(struct caldera_inst * inst, void (*fn)(void *), void * arg);
 
 // registry.c
 int caldera_registry_add_builtins(struct caldera_ctx * ctx);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "internal.h"
 
 int caldera_model_ops_of(struct caldera_inst * model, const struct caldera_model_ops ** ops) {
@@ -55,15 +56,22 @@ static int pick_format(struct caldera_ctx * ctx, const char * name, const char *
     return 0;
 }
 
+static void compressed_free_arg(void * h) { caldera_compressed_free(h); }
+
+#define OPEN_HAS(p, field) ((p)->struct_size >= offsetof(struct caldera_model_open_params, field) + sizeof((p)->field))
+
 int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct caldera_model_open_params * params,
                        struct caldera_inst ** out) {
     struct caldera_model_open_params  defaults = { .struct_size = sizeof(defaults) };
     const struct caldera_plugin *     fp = NULL;
     const struct caldera_model_ops *  mops = NULL;
     struct caldera_inst *             reader = NULL, * model = NULL;
-    int                               rc, opened = 0;
+    struct caldera_compressed *       cmp = NULL;
+    int                               rc, opened = 0, is_output = 0;
     *out = NULL;
     if (!params) params = &defaults;
+    struct caldera_compressed_report * report = OPEN_HAS(params, compressed_report) ? params->compressed_report : NULL;
+    if (report) memset(report, 0, sizeof(*report));
     if (!path || !path[0]) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "model_open: no model path given");
     if ((rc = pick_format(ctx, params->format, path, &fp)) < 0) return rc;
     const struct caldera_format_ops * fops = fp->ops;
@@ -76,13 +84,36 @@ int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct
     if ((rc = caldera_inst_start(reader)) < 0) goto fail;
     if ((rc = fops->open(reader, path)) < 0) goto fail;
     opened = 1;
+    {   // a caldera-pipe output: its linear layers are stored compressed (caldera.config records how)
+        const char * cfg = NULL;
+        is_output = fops->meta && fops->meta(reader) && caldera_meta_get_string(fops->meta(reader), "caldera.config", &cfg) == 0 &&
+                    cfg != NULL;
+    }
     const char * mname = params->model ? params->model : "llama";
     if ((rc = caldera_inst_create(ctx, mname, mname, &model)) < 0) goto fail;
     if (params->weights && (rc = caldera_inst_set(model, "weights", params->weights)) < 0) goto fail;
     if ((rc = caldera_inst_start(model)) < 0) goto fail;
     if ((rc = caldera_model_ops_of(model, &mops)) < 0) goto fail;
-    if ((rc = mops->load(model, reader)) < 0) goto fail;
+    if ((rc = mops->load(model, reader)) < 0) {
+        if (is_output) {
+            char why[512];
+            snprintf(why, sizeof(why), "%s", caldera_ctx_errmsg(ctx));
+            rc = caldera_ctx_error(ctx, rc, "%s; this caldera-pipe output does not carry what the model needs (written from a "
+                                   "source without a model description or its tensors): run it on top of its original "
+                                   "model with --model ORIGINAL --compressed %s (caldera_model_load_compressed)",
+                                   why, path);
+        }
+        goto fail;
+    }
     if (fops->close) fops->close(reader);
+    opened = 0;
+    if (is_output) {
+        struct caldera_compressed_params cp = { .struct_size = sizeof(cp), .format = fp->name,
+                                                .dense = OPEN_HAS(params, dense) ? params->dense : 0 };
+        if ((rc = caldera_model_load_compressed(ctx, model, path, &cp, &cmp, report)) < 0) goto fail;
+        caldera_inst_on_free(model, compressed_free_arg, cmp);   // after the model's layers that use it
+        cmp = NULL;
+    }
     caldera_inst_free(reader);
     *out = model;
     return 0;
@@ -90,6 +121,7 @@ fail:
     if (opened && fops->close) fops->close(reader);
     caldera_inst_free(reader);
     caldera_inst_free(model);
+    caldera_compressed_free(cmp);   // after the model: layers replaced before a failure use it
     return rc;
 }
 

@@ -148,6 +148,21 @@ static int64_t find_tensor(struct caldera_inst * reader, const char * hf) {
     return -1;
 }
 
+// Does the reader hold tensors "<hf>.<suffix>" (a weight stored compressed by caldera-pipe: its
+// stages' tensors) but no tensor @p hf itself?
+static int stored_compressed(struct caldera_inst * reader, const char * hf) {
+    const struct caldera_format_ops * f = fmt_ops(reader);
+    size_t                            n = strlen(hf);
+    if (find_tensor(reader, hf) >= 0) return 0;
+    for (int64_t i = 0; i < f->n_tensors(reader); i++) {
+        struct caldera_tensor_info ti;
+        if (f->tensor_info(reader, i, &ti) < 0) continue;
+        const char * nm = ti.hf_name ? ti.hf_name : ti.name;
+        if (nm && strncmp(nm, hf, n) == 0 && nm[n] == '.') return 1;
+    }
+    return 0;
+}
+
 // Read tensor @p hf of shape (r, c) (c = 0: 1-d of r) into a new f32 (or f16) array.
 // optional: absent -> *out = NULL and 0.
 static int read_weight(struct caldera_inst * inst, struct caldera_inst * reader, const char * hf, int64_t r,
@@ -302,6 +317,7 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     const struct caldera_format_ops * f = reader ? fmt_ops(reader) : NULL;
     char                              name[LLM_NAME_MAX];
     int                               rc, f16 = p->weights == LLM_W_F16;
+    int64_t                           n_compressed = 0;   // linears stored compressed (caldera-pipe output)
     if (!f) return caldera_error(inst, CALDERA_ERR_INVAL, "load: the reader is not a format instance");
     pick_kernels(p);
     if (p->loaded) llm_release(inst);
@@ -310,7 +326,9 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
                              caldera_inst_plugin(reader)->name);
     }
     if ((rc = f->model_desc(reader, &p->d)) < 0) {
-        return caldera_error(inst, rc, "load: no model description: %s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+        char why[512];   // the message buffer is the one being written: copy it first
+        snprintf(why, sizeof(why), "%s", caldera_ctx_errmsg(caldera_inst_ctx(inst)));
+        return caldera_error(inst, rc, "load: no model description: %s", why);
     }
     if ((rc = check_desc(inst, p)) < 0) goto fail;
     struct caldera_model_desc * d = &p->d;
@@ -352,8 +370,12 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
             lin->rows  = out_dim[k];
             lin->cols  = in_dim[k];
             lin->group = l * LLM_G_COUNT + llm_lin_group[k];
-            rc = read_weight(inst, reader, lin->name, lin->rows, lin->cols, 0, f16, f16 ? (void **) &lin->w16 : (void **) &lin->w);
-            if (rc < 0) goto fail;
+            if (stored_compressed(reader, lin->name)) {
+                n_compressed++;   // no weight until caldera_model_load_compressed gives the layer its form
+            } else {
+                rc = read_weight(inst, reader, lin->name, lin->rows, lin->cols, 0, f16, f16 ? (void **) &lin->w16 : (void **) &lin->w);
+                if (rc < 0) goto fail;
+            }
             if (k <= LLM_V) {   // Qwen2-style biases
                 snprintf(name, sizeof(name), "model.layers.%" PRId64 ".%s.bias", l, llm_lin_name[k]);
                 if ((rc = read_weight(inst, reader, name, lin->rows, 0, 1, 0, (void **) &lin->bias)) < 0) goto fail;
@@ -371,6 +393,10 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
         if (caldera_meta_get_string(p->meta, "tokenizer.chat_template", &p->chat_template) < 0) p->chat_template = NULL;
     }
     p->loaded = 1;
+    if (n_compressed > 0) {
+        caldera_inst_log(inst, CALDERA_LOG_DEBUG, "%" PRId64 " of %" PRId64 " linear weights are stored compressed; they run once "
+                         "caldera_model_load_compressed gives them their form", n_compressed, p->n_lins);
+    }
     caldera_inst_log(inst, CALDERA_LOG_INFO, "arch %s, %" PRId64 " layers, hidden %" PRId64 ", ffn %" PRId64 ", %" PRId64 "/%"
                      PRId64 " heads of %" PRId64 ", vocab %" PRId64 ", %s head, rope theta %g%s, %s weights%s", d->arch,
                      d->n_layers, d->hidden, d->ffn, d->n_heads, d->n_kv_heads, p->hd, d->vocab,
@@ -694,7 +720,9 @@ static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float
         struct caldera_tensor tw = caldera_tensor_view_f32(p->f16_scratch, l->rows, l->cols);
         if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &tw, 0.0f, &ty)) < 0) return rc;
     } else {
-        return caldera_error(inst, CALDERA_ERR_BUG, "%s: the layer has no weight", l->name);
+        return caldera_error(inst, CALDERA_ERR_UNSUPPORTED, "%s: the file stores this weight compressed; it runs once "
+                             "caldera_model_load_compressed gives it its form (caldera_model_open does for a caldera-pipe "
+                             "output)", l->name);
     }
     if (l->bias) {
         for (int64_t t = 0; t < n; t++) {

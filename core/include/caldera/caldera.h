@@ -165,19 +165,28 @@ const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl);
 // ---------------------------------------------------------------------------------------------
 // Models: open any readable model file as a model instance, and measure perplexity.
 
-/** How caldera_model_open reads a file. */
+struct caldera_compressed_report;
+
+/** How caldera_model_open reads a file (ABI-like: grows at the end; struct_size = sizeof). */
 struct caldera_model_open_params {
     uint32_t     struct_size;  ///< sizeof(struct caldera_model_open_params)
     const char * format;       ///< format plugin name, or NULL to guess by the formats' probe_path
     const char * tokenizer;    ///< tokenizer file for formats that keep it apart (llama2c), or NULL
     const char * model;        ///< model plugin name, or NULL for "llama"
     const char * weights;      ///< model plugin's "weights" option ("f32", "f16"), or NULL: its default
+    // since 0.1.0 (after weights)
+    int          dense;        ///< a caldera-pipe output: 1 = its compressed layers rebuilt to dense f32 (reference path)
+    struct caldera_compressed_report * compressed_report;  ///< out, optional: what a caldera-pipe output's layers became
+                                                           ///< (zeros for other files); caldera-kernels.h
 };
 
 /**
  * Open the model file @p path with a format reader, load it into a new started instance of the
- * model plugin and close the reader. A file written by caldera-pipe (compressed weights with
- * their recorded stages) is reconstructed to dense weights. Free *out with caldera_inst_free.
+ * model plugin and close the reader. A file written by caldera-pipe opens alone: its metadata
+ * carries the model description and the tokenizer, its uncompressed tensors (embeddings, norms)
+ * are read as they are, and every linear layer stored compressed runs from the mapped file through
+ * its recorded stages (caldera_model_load_compressed: fused kernels, or dense f32 with
+ * params->dense), which the instance keeps until it is freed. Free *out with caldera_inst_free.
  * @p params may be NULL (all defaults).
  */
 int caldera_model_open(struct caldera_ctx * ctx, const char * path,
