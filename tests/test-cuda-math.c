@@ -129,12 +129,12 @@ START_TEST(test_e8p_items) {
     static struct e8p_tables tab;
     e8p_tables_build(&tab);
     const struct e8p_tables * t = &tab;
-    const int64_t rows = 3, nb = 4, cols = nb * 8, ldx = cols + 3, ldy = cols + 1;
+    const int64_t rows = 3, nb = 4, cols = nb * 8, ldx = cols + 3, ldy = cols + 1, ldc = nb + 2;   // codes: a view into a wider store
     for (int bits = 2; bits <= 4; bits++) {
         for (int nscale = 1; nscale <= rows; nscale += rows - 1) {
             float * x = caldera_malloc((size_t) (rows * ldx) * sizeof(float));
             float * y = caldera_malloc((size_t) (rows * ldy) * sizeof(float));
-            uint16_t c1[5 * 6], c2[5 * 6];
+            uint16_t c1[3 * 6], c2[3 * 6];
             float scale[5];
             ck_assert(x && y);
             tu_fill_normal(x, rows * ldx, 1.0f, 7 + (uint64_t) bits * 10 + (uint64_t) nscale);
@@ -145,13 +145,13 @@ START_TEST(test_e8p_items) {
             for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
             int64_t * perm = shuffled(rows * nb);
             for (int64_t q = 0; q < rows * nb; q++) {
-                ccu_item_e8p_round(perm[q], t, bits, x, ldx, nb, scale, nscale, c1, bits > 2 ? c2 : NULL, y, ldy);
+                ccu_item_e8p_round(perm[q], t, bits, x, ldx, nb, scale, nscale, c1, bits > 2 ? c2 : NULL, ldc, y, ldy);
             }
             caldera_free(perm);
             for (int64_t i = 0; i < rows; i++) {
                 const float s = scale[nscale == 1 ? 0 : i];
                 for (int64_t b = 0; b < nb; b++) {
-                    const int64_t q = i * nb + b;
+                    const int64_t q = i * ldc + b;
                     float xs[8], v1[8], v[8], r[8];
                     for (int k = 0; k < 8; k++) xs[k] = s > 0.0f ? x[i * ldx + b * 8 + k] * (1.0f / s) : 0.0f;
                     // the value is s times the decode of the codes (the one decode rule)
@@ -205,7 +205,8 @@ static int nearest_level(const double * lev, int nlev, double x, int * tie) {
 }
 
 START_TEST(test_uniform_items) {
-    const int64_t rows = 4, cols = 13, ldx = 16, ldy = 15;
+    // x is columns [col0, col0 + cols) of a weight of wcols columns; codes a view (ld ldc) into a wider store
+    const int64_t rows = 4, cols = 13, ldx = 16, ldy = 15, col0 = 3, wcols = col0 + cols, ldc = 14;
     // kinds: 0 symmetric midrise, 1 symmetric reference, 2 asymmetric with GPTQ's integer zero, 3 float zero
     for (int kind = 0; kind < 4; kind++) {
         for (int bits = 2; bits <= 8; bits += 2) {
@@ -215,10 +216,10 @@ START_TEST(test_uniform_items) {
             r.kmax = kind == 1 ? 2 * L - 2 : 2 * L - 1;
             r.half = kind == 0 ? (float) L - 0.5f : kind == 1 ? (float) (L - 1) : 0.0f;
             for (int gran = UNI_TENSOR; gran <= UNI_GROUP; gran++) {
-                const int64_t gs = 5, ngr = (cols + gs - 1) / gs;
-                const int64_t nscale = gran == UNI_TENSOR ? 1 : gran == UNI_ROW ? rows : gran == UNI_COLUMN ? cols : rows * ngr;
-                float x[4 * 16], y[4 * 15], scale[4 * 13], zero[4 * 13];
-                uint8_t codes[4 * 13];
+                const int64_t gs = 5, ngr = (wcols + gs - 1) / gs;
+                const int64_t nscale = gran == UNI_TENSOR ? 1 : gran == UNI_ROW ? rows : gran == UNI_COLUMN ? wcols : rows * ngr;
+                float x[4 * 16], y[4 * 15], scale[4 * 16], zero[4 * 16];
+                uint8_t codes[4 * 14];
                 tu_fill_normal(x, rows * ldx, 1.0f, 1000 + (uint64_t) (kind * 100 + bits * 10 + gran));
                 for (int64_t g = 0; g < nscale; g++) {
                     scale[g] = g == 1 ? 0.0f : 2.5f / (float) L * (1.0f + 0.1f * (float) g);   // group 1: all-zero group (d = 0)
@@ -227,14 +228,16 @@ START_TEST(test_uniform_items) {
                 for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
                 int64_t * perm = shuffled(rows * cols);
                 for (int64_t q = 0; q < rows * cols; q++) {
-                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, x, ldx, cols, scale, kind >= 2 ? zero : NULL, codes, y, ldy);
+                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, col0, x, ldx, cols, scale, kind >= 2 ? zero : NULL, codes,
+                                           ldc, y, ldy);
                 }
                 caldera_free(perm);
                 for (int64_t i = 0; i < rows; i++) {
                     for (int64_t j = 0; j < cols; j++) {
-                        int64_t g = gran == UNI_TENSOR ? 0 : gran == UNI_ROW ? i : gran == UNI_COLUMN ? j : i * ngr + j / gs;
+                        const int64_t wj = col0 + j;   // the weight's column
+                        int64_t g = gran == UNI_TENSOR ? 0 : gran == UNI_ROW ? i : gran == UNI_COLUMN ? wj : i * ngr + wj / gs;
                         double d = scale[g], z = kind >= 2 ? zero[g] : 0.0;
-                        int k = codes[i * cols + j];
+                        int k = codes[i * ldc + j];
                         ck_assert_int_le(k, r.kmax);
                         // the value of the code, in f32 as stored
                         float want_v = kind == 2   ? ((float) k - zero[g]) * scale[g]

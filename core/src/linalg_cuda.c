@@ -214,17 +214,19 @@ static int stage_in(struct caldera_ctx * ctx, const struct caldera_cuda_backend 
         s->dev = *t;
         return 0;
     }
+    const size_t es = caldera_dtype_block_bytes(t->dtype);
     int64_t r = t->ne[0], c = t->ne[1];
     void * p = NULL;
-    int rc = be->dmalloc(d, (size_t) (r > 0 ? r : 1) * (size_t) (c > 0 ? c : 1) * sizeof(float), &p);
+    int rc = be->dmalloc(d, (size_t) (r > 0 ? r : 1) * (size_t) (c > 0 ? c : 1) * es, &p);
     if (rc < 0) return dev_error(ctx, be, d, rc, "staging");
     s->host = t;
-    s->dev = caldera_tensor_view_f32(p, r, c);
+    s->dev = *t;   // same dtype and shape, dense, on the device
+    s->dev.data = p;
+    s->dev.ld = c;
     s->dev.device = CALDERA_DEVICE_CUDA;
     if (upload && r > 0 && c > 0) {
         int64_t ld = t->ld ? t->ld : c;
-        rc = be->copy2d(d, p, (size_t) c * sizeof(float), t->data, (size_t) ld * sizeof(float), (size_t) c * sizeof(float),
-                        (size_t) r, 0);
+        rc = be->copy2d(d, p, (size_t) c * es, t->data, (size_t) ld * es, (size_t) c * es, (size_t) r, 0);
         if (rc < 0) return dev_error(ctx, be, d, rc, "upload");
     }
     return 0;
@@ -233,9 +235,9 @@ static int stage_in(struct caldera_ctx * ctx, const struct caldera_cuda_backend 
 static int stage_out(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d,
                      const struct staged * s) {
     if (!s->host || s->host->ne[0] == 0 || s->host->ne[1] == 0) return 0;
+    const size_t es = caldera_dtype_block_bytes(s->host->dtype);
     int64_t r = s->host->ne[0], c = s->host->ne[1], ld = s->host->ld ? s->host->ld : c;
-    int rc = be->copy2d(d, s->host->data, (size_t) ld * sizeof(float), s->dev.data, (size_t) c * sizeof(float),
-                        (size_t) c * sizeof(float), (size_t) r, 1);
+    int rc = be->copy2d(d, s->host->data, (size_t) ld * es, s->dev.data, (size_t) c * es, (size_t) c * es, (size_t) r, 1);
     return rc < 0 ? dev_error(ctx, be, d, rc, "download") : 0;
 }
 
@@ -436,29 +438,52 @@ done:
     return rc;
 }
 
-int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits,
-                           const struct caldera_tensor * x, const float * scale, int64_t nscale, uint16_t * c1,
-                           uint16_t * c2, struct caldera_tensor * x_hat) {
+// Host parameters (n floats) into fresh device memory; NULL stays NULL.
+static int upload_params(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d,
+                         const float * host, int64_t n, void ** out) {
+    *out = NULL;
+    if (!host) return 0;
+    int rc = be->dmalloc(d, (size_t) (n > 0 ? n : 1) * sizeof(float), out);
+    if (rc < 0) return dev_error(ctx, be, d, rc, "staging");
+    rc = be->copy2d(d, *out, (size_t) n * sizeof(float), host, (size_t) n * sizeof(float), (size_t) n * sizeof(float), 1, 0);
+    return rc < 0 ? dev_error(ctx, be, d, rc, "upload") : 0;
+}
+
+int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits, const float * scale,
+                           int64_t nscale, const struct caldera_tensor * x, struct caldera_tensor * codes,
+                           struct caldera_tensor * codes2, struct caldera_tensor * x_hat) {
     OPEN();
-    struct staged st[2] = { 0 };
-    IN(0, x, 1); IN(1, x_hat, 0);
-    RUN("e8p_round", e8p_round(d, tab, bits, DEV(0), scale, nscale, c1, c2, DEV(1)));
-    OUT(1);
+    struct staged st[4] = { 0 };
+    void * ds = NULL;
+    IN(0, x, 1); IN(1, x_hat, 0); IN(2, codes, 0); IN(3, codes2, 0);
+    if ((rc = upload_params(ctx, be, d, scale, nscale, &ds)) < 0) goto done;
+    RUN("e8p_round", e8p_round(d, tab, bits, DEV(0), ds, nscale, DEV(2)->data, codes2 ? DEV(3)->data : NULL,
+                               DEV(2)->ld ? DEV(2)->ld : DEV(2)->ne[1], DEV(1)));
+    OUT(1); OUT(2); OUT(3);
 done:
-    unstage(be, st, 2);
+    if (ds) be->dfree(ds);
+    unstage(be, st, 4);
     return rc;
 }
 
 int caldera_cuda_uniform_round(struct caldera_ctx * ctx, const struct uniform_rule * r, int granularity, int64_t ngr,
-                               int64_t group_size, const struct caldera_tensor * x, const float * scale,
-                               const float * zero, uint8_t * codes, struct caldera_tensor * x_hat) {
+                               int64_t group_size, int64_t col0, const float * scale, const float * zero, int64_t nscale,
+                               const struct caldera_tensor * x, struct caldera_tensor * codes,
+                               struct caldera_tensor * x_hat) {
     OPEN();
-    struct staged st[2] = { 0 };
-    IN(0, x, 1); IN(1, x_hat, 0);
-    RUN("uniform_round", uniform_round(d, r, granularity, ngr, group_size, DEV(0), scale, zero, codes, DEV(1)));
-    OUT(1);
+    struct staged st[3] = { 0 };
+    void * ds = NULL, * dz = NULL;
+    IN(0, x, 1); IN(1, x_hat, 0); IN(2, codes, 0);
+    if ((rc = upload_params(ctx, be, d, scale, nscale, &ds)) < 0 || (rc = upload_params(ctx, be, d, zero, nscale, &dz)) < 0) {
+        goto done;
+    }
+    RUN("uniform_round", uniform_round(d, r, granularity, ngr, group_size, col0, DEV(0), ds, dz, DEV(2)->data,
+                                       DEV(2)->ld ? DEV(2)->ld : DEV(2)->ne[1], DEV(1)));
+    OUT(1); OUT(2);
 done:
-    unstage(be, st, 2);
+    if (ds) be->dfree(ds);
+    if (dz) be->dfree(dz);
+    unstage(be, st, 3);
     return rc;
 }
 

@@ -51,17 +51,17 @@ int caldera_cuda_trace_quad(struct caldera_ctx * ctx, const struct caldera_tenso
                             double * out);
 
 /**
- * Element-wise quantizer kernels (GPU tests and future device codebooks): E8P rounding of x
- * (rows × cols, cols % 8 == 0; host or device) with per-row scales; scale (nscale = 1 or rows), c1
- * and c2 (rows × cols / 8 u16; c2 only for 3 and 4 bits) are device memory. tab is host memory.
+ * The quantizer kernels behind caldera_round_e8p / caldera_round_uniform (codebook.c), same
+ * arguments: x, codes and x_hat host or device tensors (host ones are staged), scale and zero
+ * host memory (uploaded per call), tab host memory (uploaded once per contents).
  */
-int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits,
-                           const struct caldera_tensor * x, const float * scale, int64_t nscale, uint16_t * c1,
-                           uint16_t * c2, struct caldera_tensor * x_hat);
-/** Uniform rounding of x (rows × cols) by the rule r and the groups of uniform_gid_of; scale, zero (or NULL), codes on the device. */
+int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits, const float * scale,
+                           int64_t nscale, const struct caldera_tensor * x, struct caldera_tensor * codes,
+                           struct caldera_tensor * codes2, struct caldera_tensor * x_hat);
 int caldera_cuda_uniform_round(struct caldera_ctx * ctx, const struct uniform_rule * r, int granularity, int64_t ngr,
-                               int64_t group_size, const struct caldera_tensor * x, const float * scale,
-                               const float * zero, uint8_t * codes, struct caldera_tensor * x_hat);
+                               int64_t group_size, int64_t col0, const float * scale, const float * zero, int64_t nscale,
+                               const struct caldera_tensor * x, struct caldera_tensor * codes,
+                               struct caldera_tensor * x_hat);
 
 /** The LDLQ block step's element-wise kernels (ldlq-step.h); every pointer is device memory. */
 int caldera_cuda_ldlq_gather(struct caldera_ctx * ctx, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj);

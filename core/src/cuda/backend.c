@@ -708,7 +708,8 @@ fail:
 // Quantizer kernels
 
 static int be_e8p_round(struct ccu_dev * d, const struct e8p_tables * tab, int bits, const struct caldera_tensor * x,
-                        const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, struct caldera_tensor * x_hat) {
+                        const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                        struct caldera_tensor * x_hat) {
     int rc = 0;
     ENTER();
     if (!d->tab) CU(cudaMalloc, ((void **) &d->tab, sizeof(*d->tab)));
@@ -718,18 +719,18 @@ static int be_e8p_round(struct ccu_dev * d, const struct e8p_tables * tab, int b
         memcpy(&d->tab_host, tab, sizeof(*tab));
     }
     CK(ccu_k_e8p_round, (d->stream, d->tab, bits, CF(x), LD(x), ROWS(x), COLS(x), scale, nscale, c1, bits > 2 ? c2 : NULL,
-                         F(x_hat), LD(x_hat)));
+                         ldc, F(x_hat), LD(x_hat)));
 fail:
     return rc;
 }
 
 static int be_uniform_round(struct ccu_dev * d, const struct uniform_rule * r, int granularity, int64_t ngr,
-                            int64_t group_size, const struct caldera_tensor * x, const float * scale, const float * zero,
-                            uint8_t * codes, struct caldera_tensor * x_hat) {
+                            int64_t group_size, int64_t col0, const struct caldera_tensor * x, const float * scale,
+                            const float * zero, uint8_t * codes, int64_t ldc, struct caldera_tensor * x_hat) {
     int rc = 0;
     ENTER();
-    CK(ccu_k_uniform_round, (d->stream, r, granularity, ngr, group_size, CF(x), LD(x), ROWS(x), COLS(x), scale, zero,
-                             codes, F(x_hat), LD(x_hat)));
+    CK(ccu_k_uniform_round, (d->stream, r, granularity, ngr, group_size, col0, CF(x), LD(x), ROWS(x), COLS(x), scale,
+                             zero, codes, ldc, F(x_hat), LD(x_hat)));
 fail:
     return rc;
 }

@@ -17,7 +17,7 @@
 
 #include "caldera/caldera-plugin.h"
 
-#define CALDERA_CUDA_BACKEND_VERSION 1
+#define CALDERA_CUDA_BACKEND_VERSION 2
 #define CALDERA_CUDA_BACKEND_SYMBOL  "caldera_cuda_backend"
 
 struct e8p_tables;
@@ -74,19 +74,20 @@ struct caldera_cuda_backend {
     // Element-wise quantizer kernels (the shared math of e8p.h and uniform-rule.h).
     /**
      * E8P rounding of x (rows × cols, cols % 8 == 0) with per-row scales (nscale 1 or rows, device):
-     * codes c1 (and c2 for 3 and 4 bits; may be NULL for 2) as (rows, cols / 8) u16, x_hat = s · decode.
-     * @p tab is host memory; it is uploaded once per device and per contents.
+     * codes c1 (and c2 for 3 and 4 bits; may be NULL for 2) as (rows, cols / 8) u16 with row stride
+     * ldc, x_hat = s · decode. @p tab is host memory; it is uploaded once per device and per contents.
      */
     int (*e8p_round)(struct ccu_dev * dev, const struct e8p_tables * tab, int bits, const struct caldera_tensor * x,
-                     const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, struct caldera_tensor * x_hat);
+                     const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                     struct caldera_tensor * x_hat);
     /**
-     * Uniform rounding of x (rows × cols) with the rule r: scale groups by (granularity, ngr,
-     * group_size) as uniform_gid_of; scale / zero (zero may be NULL) and the u8 codes (rows × cols)
-     * are device memory.
+     * Uniform rounding of x (rows × cols), the weight's columns [col0, col0 + cols), with the rule r:
+     * scale groups by (granularity, ngr, group_size) as uniform_gid_of; scale / zero (zero may be
+     * NULL) and the u8 codes (rows × cols, row stride ldc) are device memory.
      */
     int (*uniform_round)(struct ccu_dev * dev, const struct uniform_rule * r, int granularity, int64_t ngr,
-                         int64_t group_size, const struct caldera_tensor * x, const float * scale, const float * zero,
-                         uint8_t * codes, struct caldera_tensor * x_hat);
+                         int64_t group_size, int64_t col0, const struct caldera_tensor * x, const float * scale,
+                         const float * zero, uint8_t * codes, int64_t ldc, struct caldera_tensor * x_hat);
     /**
      * LDLQ block step (ldlq-step.h; all pointers device memory, layouts as there): gather block j0 of
      * xt into xj; or Ŵ_j, Δ_j into buffer rows jl.. of hbt, dbt; or Σ_rows of the block's loss (to

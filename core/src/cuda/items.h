@@ -57,27 +57,30 @@ CALDERA_HD void ccu_item_pinv_diag(int64_t i, const float * s, float * out, floa
 
 /**
  * E8P item q: the 8 weights of block q % nb of row q / nb, rounded with that row's scale
- * (scale[0] when nscale == 1); codes at c1[q] (and c2[q] if c2), values into y.
+ * (scale[0] when nscale == 1); codes at c1[row · ldc + block] (and c2 if c2), values into y.
  */
 CALDERA_HD void ccu_item_e8p_round(int64_t q, const struct e8p_tables * tab, int bits, const float * x, int64_t ldx,
                                    int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2,
-                                   float * y, int64_t ldy) {
+                                   int64_t ldc, float * y, int64_t ldy) {
     const int64_t i = q / nb, b = q % nb;
     uint16_t      k1, k2;
     e8p_round_scaled(tab, bits, scale[nscale == 1 ? 0 : i], x + i * ldx + b * E8P_DIM, y + i * ldy + b * E8P_DIM, &k1,
                      &k2);
-    c1[q] = k1;
-    if (c2) c2[q] = k2;
+    c1[i * ldc + b] = k1;
+    if (c2) c2[i * ldc + b] = k2;
 }
 
-/** Uniform item q: weight (q / cols, q % cols) with its group's step and zero; its code at codes[q]. */
+/**
+ * Uniform item q: weight (q / cols, q % cols) of x, column col0 + q % cols of the weight, with its
+ * group's step and zero; its code at codes[row · ldc + q % cols].
+ */
 CALDERA_HD void ccu_item_uniform_round(int64_t q, const struct uniform_rule * r, int granularity, int64_t ngr,
-                                       int64_t group_size, const float * x, int64_t ldx, int64_t cols,
-                                       const float * scale, const float * zero, uint8_t * codes, float * y,
+                                       int64_t group_size, int64_t col0, const float * x, int64_t ldx, int64_t cols,
+                                       const float * scale, const float * zero, uint8_t * codes, int64_t ldc, float * y,
                                        int64_t ldy) {
     const int64_t i = q / cols, j = q % cols;
-    const int64_t g = uniform_gid_of(granularity, ngr, group_size, i, j);
-    y[i * ldy + j] = uniform_round(r, x[i * ldx + j], scale[g], zero ? zero[g] : 0.0f, &codes[q]);
+    const int64_t g = uniform_gid_of(granularity, ngr, group_size, i, col0 + j);
+    y[i * ldy + j] = uniform_round(r, x[i * ldx + j], scale[g], zero ? zero[g] : 0.0f, &codes[i * ldc + j]);
 }
 
 /** LDLQ gather item q (0 .. m·b − 1): column k = q / m, row r = q % m of block j (see ldlq-step.h). */

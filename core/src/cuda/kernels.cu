@@ -174,37 +174,39 @@ extern "C" int ccu_k_scale_rows(void * stream, float * x, int64_t rows, int64_t 
 
 // One thread per 8 weights.
 __global__ void k_e8p_round(const struct e8p_tables * tab, int bits, const float * x, int64_t ldx, int64_t rows,
-                            int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, float * y,
-                            int64_t ldy) {
+                            int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                            float * y, int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * nb; q += (int64_t) gridDim.x * blockDim.x) {
-        ccu_item_e8p_round(q, tab, bits, x, ldx, nb, scale, nscale, c1, c2, y, ldy);
+        ccu_item_e8p_round(q, tab, bits, x, ldx, nb, scale, nscale, c1, c2, ldc, y, ldy);
     }
 }
 
 extern "C" int ccu_k_e8p_round(void * stream, const struct e8p_tables * tab, int bits, const float * x, int64_t ldx,
                                int64_t rows, int64_t cols, const float * scale, int64_t nscale, uint16_t * c1,
-                               uint16_t * c2, float * y, int64_t ldy) {
+                               uint16_t * c2, int64_t ldc, float * y, int64_t ldy) {
     int64_t nb = cols / E8P_DIM;
     if (rows == 0 || nb == 0) return 0;
     k_e8p_round<<<grid_for(rows * nb), THREADS, 0, (cudaStream_t) stream>>>(tab, bits, x, ldx, rows, nb, scale, nscale,
-                                                                            c1, c2, y, ldy);
+                                                                            c1, c2, ldc, y, ldy);
     return launched();
 }
 
-__global__ void k_uniform_round(struct uniform_rule r, int granularity, int64_t ngr, int64_t group_size, const float * x,
-                                int64_t ldx, int64_t rows, int64_t cols, const float * scale, const float * zero,
-                                uint8_t * codes, float * y, int64_t ldy) {
+__global__ void k_uniform_round(struct uniform_rule r, int granularity, int64_t ngr, int64_t group_size, int64_t col0,
+                                const float * x, int64_t ldx, int64_t rows, int64_t cols, const float * scale,
+                                const float * zero, uint8_t * codes, int64_t ldc, float * y, int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * cols; q += (int64_t) gridDim.x * blockDim.x) {
-        ccu_item_uniform_round(q, &r, granularity, ngr, group_size, x, ldx, cols, scale, zero, codes, y, ldy);
+        ccu_item_uniform_round(q, &r, granularity, ngr, group_size, col0, x, ldx, cols, scale, zero, codes, ldc, y, ldy);
     }
 }
 
 extern "C" int ccu_k_uniform_round(void * stream, const struct uniform_rule * r, int granularity, int64_t ngr,
-                                   int64_t group_size, const float * x, int64_t ldx, int64_t rows, int64_t cols,
-                                   const float * scale, const float * zero, uint8_t * codes, float * y, int64_t ldy) {
+                                   int64_t group_size, int64_t col0, const float * x, int64_t ldx, int64_t rows,
+                                   int64_t cols, const float * scale, const float * zero, uint8_t * codes, int64_t ldc,
+                                   float * y, int64_t ldy) {
     if (rows == 0 || cols == 0) return 0;
-    k_uniform_round<<<grid_for(rows * cols), THREADS, 0, (cudaStream_t) stream>>>(*r, granularity, ngr, group_size, x, ldx,
-                                                                                rows, cols, scale, zero, codes, y, ldy);
+    k_uniform_round<<<grid_for(rows * cols), THREADS, 0, (cudaStream_t) stream>>>(*r, granularity, ngr, group_size, col0, x,
+                                                                                ldx, rows, cols, scale, zero, codes, ldc,
+                                                                                y, ldy);
     return launched();
 }
 
