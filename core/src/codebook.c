@@ -230,3 +230,68 @@ int caldera_ldlq_loss(struct caldera_ctx * ctx, const struct caldera_tensor * xj
     for (int64_t r = 0; r < m; r++) *loss += ldlq_row_loss(r, xj->data, qj->data, dj->data, b);
     return 0;
 }
+
+int caldera_ldlq_tune_target(struct caldera_ctx * ctx, const struct caldera_tensor * old, const struct caldera_tensor * gj,
+                             const struct caldera_tensor * hi, struct caldera_tensor * xs) {
+    int rc = check_step(ctx, "caldera_ldlq_tune_target", (const struct caldera_tensor * const[]) { old, gj, hi, xs },
+                        (const char * const[]) { "old", "gj", "hi", "xs" }, 4);
+    if (rc < 0) return rc;
+    const int64_t m = old->ne[0], b = old->ne[1];
+    if (gj->ne[0] != m || gj->ne[1] != b || xs->ne[0] != m || xs->ne[1] != b || hi->ne[0] != b || hi->ne[1] != b) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "caldera_ldlq_tune_target: old %" PRId64 "x%" PRId64 ", gj %"
+                                 PRId64 "x%" PRId64 ", hi %" PRId64 "x%" PRId64 ", xs %" PRId64 "x%" PRId64 "; allowed: "
+                                 "old, gj, xs m x b, hi b x b", m, b, gj->ne[0], gj->ne[1], hi->ne[0], hi->ne[1],
+                                 xs->ne[0], xs->ne[1]);
+    }
+    if (old->device == CALDERA_DEVICE_CUDA) return caldera_cuda_ldlq_tune_target(ctx, old->data, gj->data, hi->data, m, b, xs->data);
+    float * x = xs->data;
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t k = 0; k < b; k++) x[r * b + k] = ldlq_tune_target(r, k, old->data, gj->data, hi->data, b);
+    }
+    return 0;
+}
+
+int caldera_ldlq_tune_guard(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * old,
+                            const struct caldera_tensor * hjj, struct caldera_tensor * xs, int64_t * kept) {
+    int rc = check_step(ctx, "caldera_ldlq_tune_guard", (const struct caldera_tensor * const[]) { q, old, xs },
+                        (const char * const[]) { "q", "old", "xs" }, 3);
+    if (rc < 0 || (rc = check_arg(ctx, "caldera_ldlq_tune_guard", "hjj", hjj, CALDERA_DTYPE_F32, -1, -1)) < 0) return rc;
+    if (!kept) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "caldera_ldlq_tune_guard: kept is NULL");
+    const int64_t m = q->ne[0], b = q->ne[1];
+    if (old->ne[0] != m || old->ne[1] != b || xs->ne[0] != m || xs->ne[1] != b || hjj->ne[0] != b || hjj->ne[1] != b ||
+        hjj->device != q->device) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "caldera_ldlq_tune_guard: q %" PRId64 "x%" PRId64 ", old %" PRId64
+                                 "x%" PRId64 ", xs %" PRId64 "x%" PRId64 ", hjj %" PRId64 "x%" PRId64 "; allowed: q, old, "
+                                 "xs m x b, hjj b x b, all on one device", m, b, old->ne[0], old->ne[1], xs->ne[0],
+                                 xs->ne[1], hjj->ne[0], hjj->ne[1]);
+    }
+    if (q->device == CALDERA_DEVICE_CUDA) {
+        return caldera_cuda_ldlq_tune_guard(ctx, q->data, old->data, hjj->data, ld_of(hjj), m, b, xs->data, kept);
+    }
+    int64_t n = 0;
+    for (int64_t r = 0; r < m; r++) n += ldlq_tune_guard(r, q->data, old->data, xs->data, hjj->data, ld_of(hjj), b);
+    *kept = n;
+    return 0;
+}
+
+int caldera_ldlq_tune_update(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * wt,
+                             int64_t j0, struct caldera_tensor * ht, struct caldera_tensor * dt,
+                             struct caldera_tensor * dqt) {
+    int rc = check_step(ctx, "caldera_ldlq_tune_update", (const struct caldera_tensor * const[]) { q, wt, ht, dt, dqt },
+                        (const char * const[]) { "q", "wt", "ht", "dt", "dqt" }, 5);
+    if (rc < 0) return rc;
+    const int64_t m = q->ne[0], b = q->ne[1], n = wt->ne[0];
+    if (wt->ne[1] != m || ht->ne[0] != n || ht->ne[1] != m || dt->ne[0] != n || dt->ne[1] != m || dqt->ne[0] != b ||
+        dqt->ne[1] != m || j0 < 0 || j0 + b > n) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "caldera_ldlq_tune_update: block of %" PRId64 " at column %" PRId64
+                                 " does not fit wt, ht, dt (%" PRId64 "x%" PRId64 ") and dqt (%" PRId64 "x%" PRId64 ") for %"
+                                 PRId64 " rows", b, j0, n, wt->ne[1], dqt->ne[0], dqt->ne[1], m);
+    }
+    if (q->device == CALDERA_DEVICE_CUDA) {
+        return caldera_cuda_ldlq_tune_update(ctx, q->data, m, j0, b, ht->data, dt->data, wt->data, dqt->data);
+    }
+    for (int64_t k = 0; k < b; k++) {
+        for (int64_t r = 0; r < m; r++) ldlq_tune_update(k, r, q->data, m, j0, b, ht->data, dt->data, wt->data, dqt->data);
+    }
+    return 0;
+}

@@ -506,3 +506,24 @@ int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const flo
     if ((rc = be->ldlq_loss(d, xj, qj, dj, m, b, loss)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_loss");
     return rc;
 }
+
+int caldera_cuda_ldlq_tune_target(struct caldera_ctx * ctx, const float * old, const float * gj, const float * hi,
+                                  int64_t m, int64_t b, float * xs) {
+    OPEN();
+    if ((rc = be->ldlq_tune_target(d, old, gj, hi, m, b, xs)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_target");
+    return rc;
+}
+
+int caldera_cuda_ldlq_tune_guard(struct caldera_ctx * ctx, const float * q, const float * old, const float * hjj,
+                                 int64_t ldh, int64_t m, int64_t b, float * xs, int64_t * kept) {
+    OPEN();
+    if ((rc = be->ldlq_tune_guard(d, q, old, hjj, ldh, m, b, xs, kept)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_guard");
+    return rc;
+}
+
+int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                  float * dt, const float * wt, float * dqt) {
+    OPEN();
+    if ((rc = be->ldlq_tune_update(d, q, m, j0, b, ht, dt, wt, dqt)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_update");
+    return rc;
+}

@@ -71,4 +71,12 @@ int caldera_cuda_ldlq_scatter(struct caldera_ctx * ctx, const float * qj, const 
 int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const float * qj, const float * dj, int64_t m,
                            int64_t b, double * loss);
 
+/** The LDLQ tune step's kernels (ldlq-step.h); device memory but *kept (host). */
+int caldera_cuda_ldlq_tune_target(struct caldera_ctx * ctx, const float * old, const float * gj, const float * hi,
+                                  int64_t m, int64_t b, float * xs);
+int caldera_cuda_ldlq_tune_guard(struct caldera_ctx * ctx, const float * q, const float * old, const float * hjj,
+                                 int64_t ldh, int64_t m, int64_t b, float * xs, int64_t * kept);
+int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                  float * dt, const float * wt, float * dqt);
+
 #endif // CALDERA_LINALG_CUDA_H

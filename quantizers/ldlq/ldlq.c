@@ -330,119 +330,104 @@ fail:
 // minimiser in the H_jj norm than the current codeword, and the step would raise that row's loss
 // (seen with E8P); such rows keep their codeword, so a pass never increases the proxy loss.
 
+// Like the pass, the tune passes run where the work matrices are (the CPU, or the GPU under
+// device = cuda): each step is a core kernel (gathers, target, guard, update), the codebook's
+// rounding, and the GEMMs; Ŵᵀ is downloaded once at the end.
 static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * hd, const float * hinv, int64_t iters, int guard) {
-    // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks
+    // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks (host)
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
-    const size_t  big = (size_t) m * (size_t) n * sizeof(float);
-    float * wt  = NULL;  // (n, m)  Wᵀ
-    float * ht  = NULL;  // (n, m)  Ŵᵀ
-    float * dt  = NULL;  // (n, m)  Δᵀ = (W - Ŵ)ᵀ
-    float * gt  = NULL;  // (bc, m) (Δ H[:, B])ᵀ
-    float * old = NULL;  // (m, b)  current Ŵ_j
-    float * gj  = NULL;  // (m, b)  G_j
-    float * xs  = NULL;  // (m, b)  unconstrained minimiser of block j
-    float * q   = NULL;  // (m, b)  its rounding
-    float * dqt = NULL;  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
+    const int     on_dev = wk->dev != CALDERA_DEVICE_CPU;
+    struct caldera_tensor wt  = { 0 };  // (n, m)  Wᵀ
+    struct caldera_tensor ht  = { 0 };  // (n, m)  Ŵᵀ
+    struct caldera_tensor dt  = { 0 };  // (n, m)  Δᵀ = (W - Ŵ)ᵀ
+    struct caldera_tensor gt  = { 0 };  // (bc, m) (Δ H[:, B])ᵀ
+    struct caldera_tensor old = { 0 };  // (m, b)  current Ŵ_j
+    struct caldera_tensor gj  = { 0 };  // (m, b)  G_j
+    struct caldera_tensor xs  = { 0 };  // (m, b)  unconstrained minimiser of block j
+    struct caldera_tensor q   = { 0 };  // (m, b)  its rounding
+    struct caldera_tensor dqt = { 0 };  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
+    struct caldera_tensor hdt = { 0 };  // (n, n)  damped H on the work device (CPU: a view of hd)
+    struct caldera_tensor hit = { 0 };  // (n, b)  the inverses on the work device (CPU: a view of hinv)
+    float * host = NULL;                // (3, n, m) Wᵀ, Ŵᵀ, Δᵀ on the host before the upload (device only)
     int rc = 0;
 
-    wt  = caldera_malloc(big);
-    ht  = caldera_malloc(big);
-    dt  = caldera_malloc(big);
-    gt  = caldera_malloc((size_t) bc * (size_t) m * sizeof(float));
-    old = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    gj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    xs  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    q   = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    dqt = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    if (!wt || !ht || !dt || !gt || !old || !gj || !xs || !q || !dqt) {
-        rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for tune passes (%" PRId64 "x%"
-                           PRId64 ")", m, n);
+    if ((rc = work_alloc(wk, n, m, &wt)) < 0 || (rc = work_alloc(wk, n, m, &ht)) < 0 ||
+        (rc = work_alloc(wk, n, m, &dt)) < 0 || (rc = work_alloc(wk, bc, m, &gt)) < 0 ||
+        (rc = work_alloc(wk, m, b, &old)) < 0 || (rc = work_alloc(wk, m, b, &gj)) < 0 ||
+        (rc = work_alloc(wk, m, b, &xs)) < 0 || (rc = work_alloc(wk, m, b, &q)) < 0 ||
+        (rc = work_alloc(wk, b, m, &dqt)) < 0 ||
+        (on_dev && !(host = caldera_malloc(3 * (size_t) m * (size_t) n * sizeof(float))))) {
+        rc = caldera_error(wk->inst, on_dev && rc < 0 ? rc : CALDERA_ERR_NOMEM, "quantize: %s for tune passes (%" PRId64
+                           "x%" PRId64 ")%s%s", on_dev && rc < 0 ? "cannot set up the work matrices" : "out of memory",
+                           m, n, on_dev && rc < 0 ? ": " : "", on_dev && rc < 0 ? caldera_ctx_errmsg(wk->ctx) : "");
         goto fail;
     }
-    transpose(wt, m, w->data, ldof(w), m, n);
-    transpose(ht, m, w_hat->data, ldof(w_hat), m, n);
-    for (int64_t i = 0; i < m * n; i++) {
-        dt[i] = wt[i] - ht[i];
+    {
+        float * wh = on_dev ? host : wt.data, * hh = on_dev ? host + m * n : ht.data, * dh = on_dev ? host + 2 * m * n : dt.data;
+        transpose(wh, m, w->data, ldof(w), m, n);
+        transpose(hh, m, w_hat->data, ldof(w_hat), m, n);
+        for (int64_t i = 0; i < m * n; i++) {
+            dh[i] = wh[i] - hh[i];
+        }
+        if (on_dev) {
+            struct caldera_tensor hw = sub(wh, m, 0, 0, n, m), hhv = sub(hh, m, 0, 0, n, m), hdv = sub(dh, m, 0, 0, n, m);
+            if ((rc = caldera_tensor_copy(wk->ctx, &wt, &hw)) < 0 || (rc = caldera_tensor_copy(wk->ctx, &ht, &hhv)) < 0 ||
+                (rc = caldera_tensor_copy(wk->ctx, &dt, &hdv)) < 0 || (rc = work_upload(wk, hd, n, n, &hdt)) < 0 ||
+                (rc = work_upload(wk, hinv, n, b, &hit)) < 0) {
+                goto step_fail;
+            }
+        } else {
+            hdt = sub((float *) hd, n, 0, 0, n, n);
+            hit = sub((float *) hinv, b, 0, 0, n, b);
+        }
     }
-    struct caldera_tensor dtt = sub(dt, m, 0, 0, n, m);
     for (int64_t it = 0; it < iters; it++) {
         int64_t kept = 0;
         for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
             c0 = ((c1 - 1) / bc) * bc;
             const int64_t nb = c1 - c0;
-            struct caldera_tensor gtt = sub(gt, m, 0, 0, nb, m);
-            struct caldera_tensor hb  = sub((float *) hd, n, c0, 0, nb, n);
-            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &hb, &dtt, 0.0f,
+            struct caldera_tensor gtt = subt(&gt, 0, 0, nb, m);
+            struct caldera_tensor hb  = subt(&hdt, c0, 0, nb, n);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &hb, &dt, 0.0f,
                                           &gtt)) < 0) {
                 goto fail;
             }
             for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
                 const int64_t jl = j0 - c0;
-                const float * hi = hinv + (j0 / b) * b * b;
-                const float * hjj = hd + j0 * n + j0;
-                for (int64_t k = 0; k < b; k++) {
-                    const float * hr = ht + (j0 + k) * m, * gr = gt + (jl + k) * m;
-                    for (int64_t r = 0; r < m; r++) {
-                        old[r * b + k] = hr[r];
-                        gj[r * b + k] = gr[r];
-                    }
-                }
+                struct caldera_tensor hi = subt(&hit, j0, 0, b, b);
+                struct caldera_tensor hjj = hdt;   // (b, b) view with ld n
+                hjj.data = (float *) hdt.data + j0 * n + j0;
+                hjj.ne[0] = hjj.ne[1] = b;
+                hjj.ld = n;
                 // xs = Ŵ_j + G_j H_jj⁻¹
-                for (int64_t r = 0; r < m; r++) {
-                    for (int64_t k = 0; k < b; k++) {
-                        double s = old[r * b + k];
-                        for (int64_t l = 0; l < b; l++) {
-                            s += (double) gj[r * b + l] * hi[l * b + k];
-                        }
-                        xs[r * b + k] = (float) s;
-                    }
+                if ((rc = caldera_ldlq_gather(wk->ctx, &ht, j0, &old)) < 0 ||
+                    (rc = caldera_ldlq_gather(wk->ctx, &gt, jl, &gj)) < 0 ||
+                    (rc = caldera_ldlq_tune_target(wk->ctx, &old, &gj, &hi, &xs)) < 0) {
+                    goto step_fail;
                 }
-                struct caldera_tensor xt = sub(xs, b, 0, 0, m, b), qt = sub(q, b, 0, 0, m, b);
-                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xs, &q)) < 0) {
                     goto fail;
                 }
                 if (guard && b > 1) {
-                    // a row's loss as a function of block j's value v: (v - xs) H_jj (v - xs)ᵀ + const
                     int64_t nkeep = 0;
-                    for (int64_t r = 0; r < m; r++) {
-                        double lnew = 0.0, lold = 0.0;
-                        for (int64_t k = 0; k < b; k++) {
-                            double tn = 0.0, to = 0.0;
-                            for (int64_t l = 0; l < b; l++) {
-                                tn += (double) hjj[k * n + l] * ((double) q[r * b + l] - xs[r * b + l]);
-                                to += (double) hjj[k * n + l] * ((double) old[r * b + l] - xs[r * b + l]);
-                            }
-                            lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
-                            lold += to * ((double) old[r * b + k] - xs[r * b + k]);
-                        }
-                        if (lnew > lold) {
-                            memcpy(xs + r * b, old + r * b, (size_t) b * sizeof(float));
-                            nkeep++;
-                        }
+                    if ((rc = caldera_ldlq_tune_guard(wk->ctx, &q, &old, &hjj, &xs, &nkeep)) < 0) {
+                        goto step_fail;
                     }
                     if (nkeep > 0) {   // round again so the codebook records the kept codes
-                        if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                        if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xs, &q)) < 0) {
                             goto fail;
                         }
                         kept += nkeep;
                     }
                 }
-                for (int64_t k = 0; k < b; k++) {
-                    float * hr = ht + (j0 + k) * m, * dr = dt + (j0 + k) * m, * qr = dqt + k * m;
-                    const float * wr = wt + (j0 + k) * m;
-                    for (int64_t r = 0; r < m; r++) {
-                        float v = q[r * b + k];
-                        qr[r] = hr[r] - v;
-                        hr[r] = v;
-                        dr[r] = wr[r] - v;
-                    }
+                if ((rc = caldera_ldlq_tune_update(wk->ctx, &q, &wt, j0, &ht, &dt, &dqt)) < 0) {
+                    goto step_fail;
                 }
                 if (jl > 0) {   // G_Bᵀ[c0:j0] += H[j, c0:j0]ᵀ (old - new)ᵀ
-                    struct caldera_tensor hj  = sub((float *) hd, n, j0, c0, b, jl);
-                    struct caldera_tensor dq  = sub(dqt, m, 0, 0, b, m);
-                    struct caldera_tensor gl  = sub(gt, m, 0, 0, jl, m);
-                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &hj, &dq, 1.0f,
+                    struct caldera_tensor hj  = subt(&hdt, j0, c0, b, jl);
+                    struct caldera_tensor gl  = subt(&gt, 0, 0, jl, m);
+                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &hj, &dqt, 1.0f,
                                                   &gl)) < 0) {
                         goto fail;
                     }
@@ -452,17 +437,33 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
         caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "tune pass %" PRId64 "/%" PRId64 ": %" PRId64
                          " row-blocks kept by the guard", it + 1, iters, kept);
     }
-    transpose(w_hat->data, ldof(w_hat), ht, m, n, m);
+    if (on_dev) {   // Ŵᵀ to the host
+        struct caldera_tensor hh = sub(host, m, 0, 0, n, m);
+        if ((rc = caldera_tensor_copy(wk->ctx, &hh, &ht)) < 0) {
+            goto step_fail;
+        }
+        transpose(w_hat->data, ldof(w_hat), host, m, n, m);
+    } else {
+        transpose(w_hat->data, ldof(w_hat), ht.data, m, n, m);
+    }
+    goto fail;
+step_fail:
+    rc = caldera_error(wk->inst, rc, "quantize: LDLQ tune step: %s", caldera_ctx_errmsg(wk->ctx));
 fail:
-    caldera_free(wt);
-    caldera_free(ht);
-    caldera_free(dt);
-    caldera_free(gt);
-    caldera_free(old);
-    caldera_free(gj);
-    caldera_free(xs);
-    caldera_free(q);
-    caldera_free(dqt);
+    caldera_tensor_free(&wt);
+    caldera_tensor_free(&ht);
+    caldera_tensor_free(&dt);
+    caldera_tensor_free(&gt);
+    caldera_tensor_free(&old);
+    caldera_tensor_free(&gj);
+    caldera_tensor_free(&xs);
+    caldera_tensor_free(&q);
+    caldera_tensor_free(&dqt);
+    if (on_dev) {
+        caldera_tensor_free(&hdt);
+        caldera_tensor_free(&hit);
+    }
+    caldera_free(host);
     return rc;
 }
 

@@ -891,6 +891,19 @@ int caldera_ldlq_scatter(struct caldera_ctx * ctx, const struct caldera_tensor *
  */
 int caldera_ldlq_loss(struct caldera_ctx * ctx, const struct caldera_tensor * xj, const struct caldera_tensor * qj,
                       const struct caldera_tensor * dj, double * loss);
+/** Tune step target (ldlq_tune_target): xs = old + gj hi (old, gj, xs m × b; hi b × b), in double. */
+int caldera_ldlq_tune_target(struct caldera_ctx * ctx, const struct caldera_tensor * old, const struct caldera_tensor * gj,
+                             const struct caldera_tensor * hi, struct caldera_tensor * xs);
+/**
+ * Tune guard (ldlq_tune_guard) of every row: rows whose rounding q is worse than old in the H_jj
+ * norm around xs get xs = old; *kept = their number. hjj (b × b) may have ld > b (a view into H).
+ */
+int caldera_ldlq_tune_guard(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * old,
+                            const struct caldera_tensor * hjj, struct caldera_tensor * xs, int64_t * kept);
+/** Tune update (ldlq_tune_update) of block j0: dqt (b × m) = Ŵ_old − q, then Ŵ = q, Δ = W − q in ht, dt (n × m). */
+int caldera_ldlq_tune_update(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * wt,
+                             int64_t j0, struct caldera_tensor * ht, struct caldera_tensor * dt,
+                             struct caldera_tensor * dqt);
 
 // ---------------------------------------------------------------------------------------------
 // Calling other instances (a REF option) through the core: kind and presence are checked.

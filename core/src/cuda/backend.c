@@ -768,6 +768,40 @@ fail:
     return rc;
 }
 
+static int be_ldlq_tune_target(struct ccu_dev * d, const float * old, const float * gj, const float * hi, int64_t m,
+                               int64_t b, float * xs) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_tune_target, (d->stream, old, gj, hi, m, b, xs));
+fail:
+    return rc;
+}
+
+static int be_ldlq_tune_guard(struct ccu_dev * d, const float * q, const float * old, const float * hjj, int64_t ldh,
+                              int64_t m, int64_t b, float * xs, int64_t * kept) {
+    int rc = 0;
+    unsigned long long * cnt = NULL, host = 0;
+    ENTER();
+    *kept = 0;
+    if ((rc = dev_alloc(d, sizeof(*cnt), (void **) &cnt))) goto fail;
+    CU(cudaMemsetAsync, (cnt, 0, sizeof(*cnt), d->stream));
+    CK(ccu_k_ldlq_tune_guard, (d->stream, q, old, hjj, ldh, m, b, xs, cnt));
+    if ((rc = download(d, &host, cnt, sizeof(host)))) goto fail;
+    *kept = (int64_t) host;
+fail:
+    scratch_free(d, cnt);
+    return rc;
+}
+
+static int be_ldlq_tune_update(struct ccu_dev * d, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                               float * dt, const float * wt, float * dqt) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_tune_update, (d->stream, q, m, j0, b, ht, dt, wt, dqt));
+fail:
+    return rc;
+}
+
 static const struct caldera_cuda_backend backend = {
     .version         = CALDERA_CUDA_BACKEND_VERSION,
     .size            = sizeof(struct caldera_cuda_backend),
@@ -799,6 +833,9 @@ static const struct caldera_cuda_backend backend = {
     .ldlq_gather     = be_ldlq_gather,
     .ldlq_scatter    = be_ldlq_scatter,
     .ldlq_loss       = be_ldlq_loss,
+    .ldlq_tune_target = be_ldlq_tune_target,
+    .ldlq_tune_guard  = be_ldlq_tune_guard,
+    .ldlq_tune_update = be_ldlq_tune_update,
 };
 
 __attribute__((visibility("default"))) const struct caldera_cuda_backend * caldera_cuda_backend(void);

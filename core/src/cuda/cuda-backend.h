@@ -98,6 +98,13 @@ struct caldera_cuda_backend {
                         int64_t b, float * hbt, float * dbt);
     int (*ldlq_loss)(struct ccu_dev * dev, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
                      double * loss);
+    /** LDLQ tune step (ldlq-step.h): the target xs, the guard (rows kept to the host *kept), the update. */
+    int (*ldlq_tune_target)(struct ccu_dev * dev, const float * old, const float * gj, const float * hi, int64_t m,
+                            int64_t b, float * xs);
+    int (*ldlq_tune_guard)(struct ccu_dev * dev, const float * q, const float * old, const float * hjj, int64_t ldh,
+                           int64_t m, int64_t b, float * xs, int64_t * kept);
+    int (*ldlq_tune_update)(struct ccu_dev * dev, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                            float * dt, const float * wt, float * dqt);
 };
 
 /** The module's one exported symbol. */

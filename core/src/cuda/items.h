@@ -94,4 +94,16 @@ CALDERA_HD void ccu_item_ldlq_scatter(int64_t q, const float * qj, const float *
     ldlq_scatter(q / m, q % m, qj, wt, m, j0, jl, b, hbt, dbt);
 }
 
+/** LDLQ tune target item q (0 .. m·b − 1): row q / b, column q % b of xs = old + gj hi. */
+CALDERA_HD void ccu_item_ldlq_tune_target(int64_t q, const float * old, const float * gj, const float * hi, int64_t b,
+                                          float * xs) {
+    xs[q] = ldlq_tune_target(q / b, q % b, old, gj, hi, b);
+}
+
+/** LDLQ tune update item q (0 .. m·b − 1): column q / m, row q % m of block j0. */
+CALDERA_HD void ccu_item_ldlq_tune_update(int64_t q, const float * qv, int64_t m, int64_t j0, int64_t b, float * ht,
+                                          float * dt, const float * wt, float * dqt) {
+    ldlq_tune_update(q / m, q % m, qv, m, j0, b, ht, dt, wt, dqt);
+}
+
 #endif // CALDERA_CUDA_ITEMS_H

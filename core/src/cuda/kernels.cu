@@ -248,3 +248,45 @@ extern "C" int ccu_k_ldlq_row_loss(void * stream, const float * xj, const float 
     k_ldlq_row_loss<<<grid_for(m), THREADS, 0, (cudaStream_t) stream>>>(xj, qj, dj, m, b, loss);
     return launched();
 }
+
+__global__ void k_ldlq_tune_target(const float * old, const float * gj, const float * hi, int64_t m, int64_t b, float * xs) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_tune_target(q, old, gj, hi, b, xs);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_target(void * stream, const float * old, const float * gj, const float * hi, int64_t m,
+                                      int64_t b, float * xs) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_target<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(old, gj, hi, m, b, xs);
+    return launched();
+}
+
+// One thread per row.
+__global__ void k_ldlq_tune_guard(const float * q, const float * old, const float * hjj, int64_t ldh, int64_t m, int64_t b,
+                                  float * xs, unsigned long long * kept) {
+    for (int64_t r = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; r < m; r += (int64_t) gridDim.x * blockDim.x) {
+        if (ldlq_tune_guard(r, q, old, xs, hjj, ldh, b)) atomicAdd(kept, 1ull);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_guard(void * stream, const float * q, const float * old, const float * hjj, int64_t ldh,
+                                     int64_t m, int64_t b, float * xs, unsigned long long * kept) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_guard<<<grid_for(m), THREADS, 0, (cudaStream_t) stream>>>(q, old, hjj, ldh, m, b, xs, kept);
+    return launched();
+}
+
+__global__ void k_ldlq_tune_update(const float * qv, int64_t m, int64_t j0, int64_t b, float * ht, float * dt,
+                                   const float * wt, float * dqt) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_tune_update(q, qv, m, j0, b, ht, dt, wt, dqt);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_update(void * stream, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                      float * dt, const float * wt, float * dqt) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_update<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(q, m, j0, b, ht, dt, wt, dqt);
+    return launched();
+}

@@ -52,6 +52,16 @@ int ccu_k_ldlq_scatter(void * stream, const float * qj, const float * wt, int64_
 int ccu_k_ldlq_row_loss(void * stream, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
                         double * loss);
 
+/** LDLQ tune step (ldlq-step.h), device pointers: xs (m × b) = old + gj hi. */
+int ccu_k_ldlq_tune_target(void * stream, const float * old, const float * gj, const float * hi, int64_t m, int64_t b,
+                           float * xs);
+/** The guard of every row; *kept (device) += the rows whose xs became old. */
+int ccu_k_ldlq_tune_guard(void * stream, const float * q, const float * old, const float * hjj, int64_t ldh, int64_t m,
+                          int64_t b, float * xs, unsigned long long * kept);
+/** dqt, ht, dt of block j0 from q. */
+int ccu_k_ldlq_tune_update(void * stream, const float * q, int64_t m, int64_t j0, int64_t b, float * ht, float * dt,
+                           const float * wt, float * dqt);
+
 #ifdef __cplusplus
 }
 #endif
