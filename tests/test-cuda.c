@@ -428,15 +428,40 @@ START_TEST(test_ldlq_kernels) {
     ck_assert_msg(fabs(dloss - loss) <= TOL_LDLQ_LOSS * fabs(loss), "ldlq loss: %.17g vs %.17g", dloss, loss);
     // mixing devices is refused
     ck_assert_int_eq(caldera_ldlq_gather(ctx, &xt, j0, &dxj), CALDERA_ERR_INVAL);
+    // tune step: target, guard (hjj a view with ld n into an SPD matrix), update; the same bits
+    struct caldera_tensor hd = tu_hessian(ctx, n, n, 0.1, 144), hi = tu_randn(ctx, b, b, 145), gj = tu_randn(ctx, m, b, 146);
+    struct caldera_tensor ddh = up(ctx, &hd), dhi = up(ctx, &hi), dgj = up(ctx, &gj);
+    struct caldera_tensor xs = zeros(ctx, m, b, 0), dxs = zeros(ctx, m, b, 1), dqt = zeros(ctx, b, m, 0), ddqt = zeros(ctx, b, m, 1);
+    struct caldera_tensor hjj = hd, dhjj = ddh;
+    hjj.data = (float *) hd.data + j0 * n + j0;
+    dhjj.data = (float *) ddh.data + j0 * n + j0;
+    hjj.ne[0] = hjj.ne[1] = dhjj.ne[0] = dhjj.ne[1] = b;
+    hjj.ld = dhjj.ld = n;
+    int64_t kept = -1, dkept = -2;
+    OK(caldera_ldlq_tune_target(ctx, &xj, &gj, &hi, &xs));   // xj stands in for the current Ŵ_j
+    OK(caldera_ldlq_tune_target(ctx, &dxj, &dgj, &dhi, &dxs));
+    same_bits(ctx, &dxs, &xs, "ldlq tune target");
+    OK(caldera_ldlq_tune_guard(ctx, &qj, &xj, &hjj, &xs, &kept));
+    OK(caldera_ldlq_tune_guard(ctx, &dqj, &dxj, &dhjj, &dxs, &dkept));
+    ck_assert_int_eq(dkept, kept);
+    same_bits(ctx, &dxs, &xs, "ldlq tune guard");
+    struct caldera_tensor dtt = zeros(ctx, n, m, 0), ddtt = zeros(ctx, n, m, 1);
+    OK(caldera_ldlq_tune_update(ctx, &qj, &wt, j0, &xt, &dtt, &dqt));   // xt stands in for Ŵᵀ
+    OK(caldera_ldlq_tune_update(ctx, &dqj, &dwt, j0, &dxt, &ddtt, &ddqt));
+    same_bits(ctx, &dxt, &xt, "ldlq tune update: W-hat");
+    same_bits(ctx, &ddtt, &dtt, "ldlq tune update: delta");
+    same_bits(ctx, &ddqt, &dqt, "ldlq tune update: change");
+    struct caldera_tensor * tune[] = { &hd, &hi, &gj, &ddh, &dhi, &dgj, &xs, &dxs, &dqt, &ddqt, &dtt, &ddtt };
+    for (size_t i = 0; i < sizeof(tune) / sizeof(tune[0]); i++) caldera_tensor_free(tune[i]);
     struct caldera_tensor * all[] = { &xt, &wt, &qj, &dj, &xj, &hbt, &dbt, &dxt, &dwt, &dqj, &ddj, &dxj, &dhbt, &ddbt };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) caldera_tensor_free(all[i]);
     caldera_ctx_free(ctx);
 }
 END_TEST
 
-// The ldlq plugin over e8 and over uniform under device = cuda (its block loop on the GPU: the
-// step kernels, the codebook's rounding kernel, cuBLAS feedback) against device = cpu on the same
-// W and H. The feedback GEMMs sum in another order, so a weight near a rounding boundary may
+// The ldlq plugin over e8 and over uniform, with 3 tune passes, under device = cuda (its block
+// loop and tune passes on the GPU: the step kernels, the codebook's rounding kernel, cuBLAS
+// feedback) against device = cpu on the same W and H. The feedback GEMMs sum in another order, so a weight near a rounding boundary may
 // round the other way: at most TOL_LDLQ_FLIPS of the weights may differ, and the proxy loss
 // tr((W − Ŵ) H (W − Ŵ)ᵀ) must be within TOL_LDLQ_PROXY relative.
 #define TOL_LDLQ_FLIPS 0.02
@@ -454,6 +479,7 @@ START_TEST(test_ldlq_plugin_on_gpu) {
         OK(caldera_inst_create(ctx, "ldlq", "q", &q));
         OK(caldera_inst_set_ref(q, "codebook", cb));
         OK(caldera_inst_set(q, "buffer_cols", "64"));
+        OK(caldera_inst_set(q, "tune_iters", "3"));   // the tune loop on the GPU too
         OK(caldera_inst_start(q));
         const int64_t m = 96, n = 256;
         struct caldera_tensor w = tu_randn(ctx, m, n, 150 + (uint64_t) k), h = tu_hessian(ctx, n, 2 * n, 0.05, 151);
