@@ -480,6 +480,67 @@ START_TEST(test_core_entry_points) {
 }
 END_TEST
 
+// The fused layer's decode item (the CUDA variant's kernel body) against caldera_kw_decode with
+// the portable C kernels: the same bits, for E8P at 2, 3, 4 bits (per-row and single scales, f16
+// and f32) and uniform codes (every granularity, both rules, zero points, odd widths), in any order.
+static void check_kw_decode(struct caldera_ctx * ctx, const char * plugin, const char * opts, int64_t m, int64_t n,
+                            uint64_t seed) {
+    struct caldera_inst * q = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, plugin, "q", &q), 0);
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", opts);
+    for (char * kv = strtok(buf, ","); kv; kv = strtok(NULL, ",")) {
+        char * eq = strchr(kv, '=');
+        *eq = 0;
+        ck_assert_msg(caldera_inst_set(q, kv, eq + 1) == 0, "option %s=%s", kv, eq + 1);
+    }
+    ck_assert_int_eq(caldera_inst_start(q), 0);
+    const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+    struct caldera_tensor w = tu_randn(ctx, m, n, seed), wh;
+    struct caldera_pack * pack = NULL;
+    void * st = NULL;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, n, &wh), 0);
+    ck_assert_int_eq(caldera_pack_init(&pack), 0);
+    ck_assert_int_eq(ops->quantize(q, &w, NULL, &wh, pack), 0);
+    ck_assert_int_eq(ops->linear_init(q, pack, m, n, &st), 0);
+    const struct caldera_kw * kw = st;
+    const int64_t ld = n + 3;
+    float * want = caldera_malloc((size_t) (m * ld) * sizeof(float)), * got = caldera_malloc((size_t) (m * ld) * sizeof(float));
+    ck_assert(want && got);
+    for (int64_t i = 0; i < m * ld; i++) want[i] = got[i] = NAN;
+    ck_assert_int_eq(caldera_kernel_set_isa(CALDERA_ISA_C), 0);
+    ck_assert_int_eq(caldera_kw_decode(ctx, kw, want, ld), 0);
+    caldera_kernel_set_isa(-1);
+    int64_t * perm = shuffled(m * n);
+    for (int64_t t = 0; t < m * n; t++) ccu_item_kw_decode(perm[t], kw, got, ld);
+    caldera_free(perm);
+    for (int64_t r = 0; r < m; r++) {
+        ck_assert_msg(memcmp(got + r * ld, want + r * ld, (size_t) n * sizeof(float)) == 0, "%s %s: row %lld differs",
+                      plugin, opts, (long long) r);
+        for (int64_t c = n; c < ld; c++) ck_assert(isnan(got[r * ld + c]));
+    }
+    caldera_free(want);
+    caldera_free(got);
+    ops->linear_free(q, st);
+    caldera_pack_free(pack);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_inst_free(q);
+}
+
+START_TEST(test_kw_decode_items) {
+    struct caldera_ctx * ctx = tu_ctx();
+    static const char * const e8[] = { "bits=2", "bits=2,scale_mode=row,scale_dtype=f32", "bits=3,scale_mode=row",
+                                       "bits=4,scale_dtype=f32" };
+    for (size_t i = 0; i < sizeof(e8) / sizeof(e8[0]); i++) check_kw_decode(ctx, "e8", e8[i], 13, 48, 800 + i);
+    static const char * const uni[] = { "bits=4,granularity=group,group_size=16,symmetric=0", "bits=3,granularity=row",
+                                        "bits=5,granularity=column,symmetric=0", "bits=2,granularity=tensor,levels=reference",
+                                        "bits=6,granularity=group,group_size=7,scale_dtype=f32" };
+    for (size_t i = 0; i < sizeof(uni) / sizeof(uni[0]); i++) check_kw_decode(ctx, "uniform", uni[i], 11, 37, 900 + i);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------
 // Device selection where no GPU can be used (this machine); with a GPU, cuda is accepted.
 
@@ -578,6 +639,7 @@ static Suite * cuda_math_suite(void) {
     tcase_add_test(tc, test_ldlq_items);
     tcase_add_test(tc, test_ldlq_tune_items);
     tcase_add_test(tc, test_core_entry_points);
+    tcase_add_test(tc, test_kw_decode_items);
     suite_add_tcase(s, tc);
     TCase * td = tcase_create("device");
     tcase_add_test(td, test_device_selection);

@@ -513,6 +513,51 @@ START_TEST(test_ldlq_plugin_on_gpu) {
 }
 END_TEST
 
+// The fused layer (caldera_kw_matmul behind a quantizer's linear_apply) under device = cuda: the
+// compressed codes go to the GPU, Ŵ is decoded there by the kernels' per-element math (the same
+// bits as the CPU's decode, test-cuda-math) and cuBLAS multiplies; against device = cpu, plain
+// and transposed + accumulating, NMSE within TOL_BLAS3 (only the GEMM's summation order differs).
+START_TEST(test_fused_layer_on_gpu) {
+    const char * cfg[][3] = { { "e8", "bits", "2" }, { "e8", "bits", "4" }, { "uniform", "bits", "4" } };
+    for (int k = 0; k < 3; k++) {
+        struct caldera_ctx * ctx = tu_ctx();
+        struct caldera_inst * q = NULL;
+        OK(caldera_inst_create(ctx, cfg[k][0], "q", &q));
+        OK(caldera_inst_set(q, cfg[k][1], cfg[k][2]));
+        OK(caldera_inst_start(q));
+        const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+        const int64_t m = 192, n = 576, bt = 33;
+        struct caldera_tensor w = tu_randn(ctx, m, n, 160 + (uint64_t) k), wh = zeros(ctx, m, n, 0);
+        struct caldera_pack * pack = NULL;
+        void * st = NULL;
+        OK(caldera_pack_init(&pack));
+        OK(ops->quantize(q, &w, NULL, &wh, pack));
+        OK(ops->linear_init(q, pack, m, n, &st));
+        for (int tr = 0; tr < 2; tr++) {
+            const int64_t nin = tr ? m : n, nout = tr ? n : m;
+            const unsigned flags = tr ? CALDERA_LINEAR_TRANSPOSE | CALDERA_LINEAR_ACCUMULATE : 0;
+            struct caldera_tensor x = tu_randn(ctx, bt, nin, 170), y0 = tu_randn(ctx, bt, nout, 171);
+            struct caldera_tensor yc = zeros(ctx, bt, nout, 0), yg = zeros(ctx, bt, nout, 0);
+            OK(caldera_tensor_copy(ctx, &yc, &y0));
+            OK(caldera_tensor_copy(ctx, &yg, &y0));
+            OK(ops->linear_apply(q, st, &x, &yc, flags));
+            OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CUDA));
+            OK(ops->linear_apply(q, st, &x, &yg, flags));
+            OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU));
+            double e = nmse(&yg, &yc);
+            ck_assert_msg(e <= TOL_BLAS3, "fused layer %s %s=%s%s: NMSE %.3g", cfg[k][0], cfg[k][1], cfg[k][2],
+                          tr ? " transposed" : "", e);
+            caldera_tensor_free(&x); caldera_tensor_free(&y0); caldera_tensor_free(&yc); caldera_tensor_free(&yg);
+        }
+        ops->linear_free(q, st);
+        caldera_pack_free(pack);
+        caldera_tensor_free(&w); caldera_tensor_free(&wh);
+        caldera_inst_free(q);
+        caldera_ctx_free(ctx);
+    }
+}
+END_TEST
+
 static Suite * cuda_suite(void) {
     Suite * s = suite_create("cuda");
     TCase * tc = tcase_create("gpu");
@@ -526,6 +571,7 @@ static Suite * cuda_suite(void) {
     tcase_add_test(tc, test_quantizer_kernels);
     tcase_add_test(tc, test_ldlq_kernels);
     tcase_add_test(tc, test_ldlq_plugin_on_gpu);
+    tcase_add_test(tc, test_fused_layer_on_gpu);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "cuda/cuda-backend.h"
 #include "internal.h"
 #include "linalg_cuda.h"
@@ -525,5 +526,94 @@ int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int
                                   float * dt, const float * wt, float * dqt) {
     OPEN();
     if ((rc = be->ldlq_tune_update(d, q, m, j0, b, ht, dt, wt, dqt)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_update");
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused layer: the compressed storage goes up (2 to 4 bits a weight instead of 32), Ŵ is decoded
+// on the device by the kernels' per-element math, and cuBLAS multiplies.
+
+// Device copy of the n bytes at host p (NULL or n == 0: NULL), recorded in bufs for freeing.
+static int kw_up(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d, const void * p,
+                 size_t n, void ** bufs, int * nbuf, const void ** out) {
+    *out = NULL;
+    if (!p || n == 0) return 0;
+    void * q = NULL;
+    int rc = be->dmalloc(d, n, &q);
+    if (rc < 0) return dev_error(ctx, be, d, rc, "fused layer: staging");
+    bufs[(*nbuf)++] = q;
+    if ((rc = be->copy2d(d, q, n, p, n, n, 1, 0)) < 0) return dev_error(ctx, be, d, rc, "fused layer: upload");
+    *out = q;
+    return 0;
+}
+
+int caldera_cuda_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
+                           int64_t ldx, float * y, int64_t ldy, int trans, int acc) {
+    OPEN();
+    void * bufs[8] = { 0 };
+    int    nbuf = 0;
+    struct staged st[2] = { 0 };
+    struct caldera_kw dw = *w;
+    const int64_t nb = w->cols / 8, xin = trans ? w->rows : w->cols, yout = trans ? w->cols : w->rows;
+    const size_t  ps = w->scale_dtype == CALDERA_DTYPE_F16 ? 2 : 4;
+    size_t nscale = 1, nzero = 0;
+    if (w->type == CALDERA_KW_E8P) {
+        nscale = w->scale_per_row ? (size_t) w->rows : 1;
+    } else if (w->type == CALDERA_KW_UNIFORM) {
+        const size_t ngr = w->gran == CALDERA_KW_GRAN_GROUP ? (size_t) ((w->cols + w->group_size - 1) / w->group_size) : 0;
+        nscale = w->gran == CALDERA_KW_GRAN_TENSOR ? 1 : w->gran == CALDERA_KW_GRAN_ROW ? (size_t) w->rows
+               : w->gran == CALDERA_KW_GRAN_COLUMN ? (size_t) w->cols : (size_t) w->rows * ngr;
+        nzero = w->zero ? nscale : 0;
+    }
+    const size_t es = w->type == CALDERA_KW_F16 ? 2 : 4;
+    const size_t dense = w->type <= CALDERA_KW_F16 ? ((size_t) (w->rows - 1) * (size_t) w->ld + (size_t) w->cols) * es : 0;
+    const size_t ncode = (size_t) w->rows * (size_t) nb;
+    const size_t nstream = ((size_t) w->rows * (size_t) w->cols * (size_t) w->bits + 7) / 8;
+    void * wd = NULL;   // (rows, cols) decoded Ŵ on the device
+    if (w->type <= CALDERA_KW_F16) {
+        rc = kw_up(ctx, be, d, w->data, dense, bufs, &nbuf, &dw.data);
+    } else if (w->type == CALDERA_KW_E8P) {
+        const void * c = NULL, * g = NULL, * rv = NULL;
+        if ((rc = kw_up(ctx, be, d, w->codes, ncode * 2, bufs, &nbuf, &c)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->codes2, w->bits > 2 ? ncode * (w->bits == 4 ? 2 : 1) : 0, bufs, &nbuf, &dw.codes2)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->e8_grid, 256 * 8 * sizeof(float), bufs, &nbuf, &g)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->e8_rvq1, w->bits == 3 ? 256 * 8 * sizeof(float) : 0, bufs, &nbuf, &rv)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->scale, nscale * ps, bufs, &nbuf, &dw.scale)) < 0) {
+            goto done;
+        }
+        dw.codes = c;
+        dw.e8_grid = g;
+        dw.e8_rvq1 = rv;
+    } else {
+        const void * sm = NULL, * z = NULL;
+        if ((rc = kw_up(ctx, be, d, w->stream, nstream, bufs, &nbuf, &sm)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->scale, nscale * ps, bufs, &nbuf, &dw.scale)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->zero, nzero, bufs, &nbuf, &z)) < 0) {
+            goto done;
+        }
+        dw.stream = sm;
+        dw.zero = z;
+    }
+    if (rc < 0) goto done;
+    if ((rc = be->dmalloc(d, (size_t) w->rows * (size_t) w->cols * sizeof(float), &wd)) < 0) {
+        rc = dev_error(ctx, be, d, rc, "fused layer: staging");
+        goto done;
+    }
+    bufs[nbuf++] = wd;
+    RUN("fused layer decode", kw_decode(d, &dw, wd, w->cols));
+    {
+        struct caldera_tensor tw = caldera_tensor_view_f32(wd, w->rows, w->cols);
+        struct caldera_tensor tx = caldera_tensor_view_f32((float *) x, batch, xin), ty = caldera_tensor_view_f32(y, batch, yout);
+        tw.device = CALDERA_DEVICE_CUDA;
+        tx.ld = ldx;
+        ty.ld = ldy;
+        IN(0, &tx, 1); IN(1, &ty, acc);
+        // y = x Ŵᵀ, or y = x Ŵ (transposed layer)
+        RUN("fused layer gemm", gemm(d, 0, trans ? 0 : 1, 1.0f, DEV(0), &tw, acc ? 1.0f : 0.0f, DEV(1)));
+        OUT(1);
+    }
+done:
+    unstage(be, st, 2);
+    for (int i = 0; i < nbuf; i++) be->dfree(bufs[i]);
     return rc;
 }

@@ -79,4 +79,13 @@ int caldera_cuda_ldlq_tune_guard(struct caldera_ctx * ctx, const float * q, cons
 int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
                                   float * dt, const float * wt, float * dqt);
 
+struct caldera_kw;
+/**
+ * caldera_kw_matmul on the GPU (x, y host memory, as there): the compressed storage is uploaded,
+ * Ŵ decoded on the device (ccu_item_kw_decode) and multiplied by cuBLAS; y = x Ŵᵀ (x Ŵ when trans),
+ * y += when acc.
+ */
+int caldera_cuda_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
+                           int64_t ldx, float * y, int64_t ldy, int trans, int acc);
+
 #endif // CALDERA_LINALG_CUDA_H

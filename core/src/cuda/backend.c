@@ -802,6 +802,14 @@ fail:
     return rc;
 }
 
+static int be_kw_decode(struct ccu_dev * d, const struct caldera_kw * w, float * dst, int64_t ld) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_kw_decode, (d->stream, w, dst, ld));
+fail:
+    return rc;
+}
+
 static const struct caldera_cuda_backend backend = {
     .version         = CALDERA_CUDA_BACKEND_VERSION,
     .size            = sizeof(struct caldera_cuda_backend),
@@ -836,6 +844,7 @@ static const struct caldera_cuda_backend backend = {
     .ldlq_tune_target = be_ldlq_tune_target,
     .ldlq_tune_guard  = be_ldlq_tune_guard,
     .ldlq_tune_update = be_ldlq_tune_update,
+    .kw_decode        = be_kw_decode,
 };
 
 __attribute__((visibility("default"))) const struct caldera_cuda_backend * caldera_cuda_backend(void);

@@ -22,6 +22,7 @@
 
 struct e8p_tables;
 struct uniform_rule;
+struct caldera_kw;
 struct ccu_dev;   // one device: its stream, cuBLAS and cuSOLVER handles, workspace, last error
 
 struct caldera_cuda_backend {
@@ -105,6 +106,8 @@ struct caldera_cuda_backend {
                            int64_t m, int64_t b, float * xs, int64_t * kept);
     int (*ldlq_tune_update)(struct ccu_dev * dev, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
                             float * dt, const float * wt, float * dqt);
+    /** Fused layer: dst (device, rows × cols, row stride ld) = Ŵ of w, a descriptor whose pointers are device memory. */
+    int (*kw_decode)(struct ccu_dev * dev, const struct caldera_kw * w, float * dst, int64_t ld);
 };
 
 /** The module's one exported symbol. */

@@ -23,6 +23,15 @@
 #include "ldlq-step.h"
 #include "uniform-rule.h"
 
+#ifdef __CUDACC__
+#define KW_FN static inline __host__ __device__
+#ifdef __CUDA_ARCH__
+#define KW_PARITY(x) (__popc(x) & 1)
+#endif
+#endif
+#include "caldera/caldera-kernels.h"
+#include "../kernels/kernel-math.h"
+
 /**
  * FWHT item q of the stage of half-width h over a (rows × n, leading dimension ld): butterfly
  * q % (n/2) of row q / (n/2).
@@ -104,6 +113,53 @@ CALDERA_HD void ccu_item_ldlq_tune_target(int64_t q, const float * old, const fl
 CALDERA_HD void ccu_item_ldlq_tune_update(int64_t q, const float * qv, int64_t m, int64_t j0, int64_t b, float * ht,
                                           float * dt, const float * wt, float * dqt) {
     ldlq_tune_update(q / m, q % m, qv, m, j0, b, ht, dt, wt, dqt);
+}
+
+/**
+ * Fused-layer decode item q (0 .. rows·cols − 1): Ŵ[r][c] of the compressed matrix w (its
+ * pointers where this runs: device memory in the kernel) into dst (row stride ld), with the
+ * per-element math of kernel-math.h and the formulas of the portable C kernels (kern-c.c:
+ * c_e8p_decode, caldera_kw_uni_decode_row_c, c_f16_decode), so the values are the same bits.
+ */
+CALDERA_HD void ccu_item_kw_decode(int64_t q, const struct caldera_kw * w, float * dst, int64_t ld) {
+    const int64_t r = q / w->cols, c = q % w->cols;
+    const int     f16 = w->scale_dtype == CALDERA_DTYPE_F16;
+    float         v;
+    switch (w->type) {
+    case CALDERA_KW_F32:
+        v = ((const float *) w->data)[r * w->ld + c];
+        break;
+    case CALDERA_KW_F16:
+        v = kw_f16_to_f32(((const uint16_t *) w->data)[r * w->ld + c]);
+        break;
+    case CALDERA_KW_E8P: {
+        const int64_t k = r * (w->cols / 8) + c / 8;
+        const int     j = KW_E8P_SH(c % 8);   // nibble of output coordinate c % 8
+        const float   irho = w->bits > 2 ? 1.0f / w->e8_rho : 0.0f;
+        v = kw_e8p_value(w->e8_grid, w->codes[k], j);
+        if (w->bits == 4) {
+            v += kw_e8p_value(w->e8_grid, ((const uint16_t *) w->codes2)[k], j) * irho;
+        } else if (w->bits == 3) {
+            v += w->e8_rvq1[((const uint8_t *) w->codes2)[k] * 8 + j] * irho;
+        }
+        v = kw_param(f16, w->scale, w->scale_per_row ? r : 0) * v;
+        break;
+    }
+    default: {   // UNIFORM
+        const int64_t  n = w->cols;
+        const uint64_t nbytes = ((uint64_t) w->rows * (uint64_t) n * (uint64_t) w->bits + 7) / 8;
+        const int64_t  ngr = w->gran == CALDERA_KW_GRAN_GROUP ? (n + w->group_size - 1) / w->group_size : 0;
+        const int64_t  g = w->gran == CALDERA_KW_GRAN_TENSOR ? 0
+                         : w->gran == CALDERA_KW_GRAN_ROW    ? r
+                         : w->gran == CALDERA_KW_GRAN_COLUMN ? c
+                                                             : r * ngr + c / w->group_size;
+        const uint32_t kc = kw_uni_code(w->stream, nbytes, (uint64_t) (r * n + c), w->bits);
+        const float    h = w->zero ? (float) w->zero[g] : kw_uni_half(w->rule, w->bits);
+        v = kw_uni_value(kc, h, kw_param(f16, w->scale, g));
+        break;
+    }
+    }
+    dst[r * ld + c] = v;
 }
 
 #endif // CALDERA_CUDA_ITEMS_H

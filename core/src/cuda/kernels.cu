@@ -290,3 +290,16 @@ extern "C" int ccu_k_ldlq_tune_update(void * stream, const float * q, int64_t m,
     k_ldlq_tune_update<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(q, m, j0, b, ht, dt, wt, dqt);
     return launched();
 }
+
+// One thread per weight: w is a copy of the descriptor with device pointers.
+__global__ void k_kw_decode(struct caldera_kw w, float * dst, int64_t ld) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < w.rows * w.cols; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_kw_decode(q, &w, dst, ld);
+    }
+}
+
+extern "C" int ccu_k_kw_decode(void * stream, const struct caldera_kw * w, float * dst, int64_t ld) {
+    if (w->rows == 0 || w->cols == 0) return 0;
+    k_kw_decode<<<grid_for(w->rows * w->cols), THREADS, 0, (cudaStream_t) stream>>>(*w, dst, ld);
+    return launched();
+}

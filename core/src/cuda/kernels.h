@@ -62,6 +62,10 @@ int ccu_k_ldlq_tune_guard(void * stream, const float * q, const float * old, con
 int ccu_k_ldlq_tune_update(void * stream, const float * q, int64_t m, int64_t j0, int64_t b, float * ht, float * dt,
                            const float * wt, float * dqt);
 
+struct caldera_kw;
+/** dst (rows × cols, row stride ld) = Ŵ of the compressed matrix w, whose pointers are device memory. */
+int ccu_k_kw_decode(void * stream, const struct caldera_kw * w, float * dst, int64_t ld);
+
 #ifdef __cplusplus
 }
 #endif
