@@ -278,11 +278,11 @@ int main(int argc, char ** argv) {
         printf("| ldlq e8 2-bit, 2 tune passes, %lldx%lld (host tensors) |", (long long) m, (long long) n);
         cell(no_cpu ? -1 : time_ldlq(ctx, CALDERA_DEVICE_CPU, &w, &h), 0);
         cell(time_ldlq(ctx, CALDERA_DEVICE_CUDA, &w, &h), 0);
-        printf(" 0.6 s at 4096² |\n");
+        printf(" 1.5 s at 4096² |\n");
         printf("| caldera rank 64, Q ldlq e8 2-bit + 10 tune passes, L R e8 4-bit, %lldx%lld |", (long long) m, (long long) n);
         cell(no_cpu ? -1 : time_caldera(ctx, CALDERA_DEVICE_CPU, &w, &h), 0);
         cell(time_caldera(ctx, CALDERA_DEVICE_CUDA, &w, &h), 0);
-        printf(" 15 s at 4096² |\n");
+        printf(" 30 s at 4096² |\n");
         const double ff = 2.0 * 512.0 * (double) m * (double) n;
         printf("| fused layer e8 2-bit, batch 512, %lldx%lld |", (long long) m, (long long) n);
         cell(no_cpu ? -1 : time_fused(ctx, CALDERA_DEVICE_CPU, &w, 512), ff);
