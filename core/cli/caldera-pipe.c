@@ -229,6 +229,11 @@ static void print_report(const char * json_text) {
         printf("phases: calibrate %.1f s, compress %.1f s, evaluate %.1f s\n", json_real_value(json_object_get(ph, "calibrate")),
                json_real_value(json_object_get(ph, "compress")), json_real_value(json_object_get(ph, "evaluate")));
     }
+    json_t * pc = json_object_get(rep, "phase_cpu_seconds");
+    if (pc) {
+        printf("phases (CPU): calibrate %.1f s, compress %.1f s, evaluate %.1f s\n", json_real_value(json_object_get(pc, "calibrate")),
+               json_real_value(json_object_get(pc, "compress")), json_real_value(json_object_get(pc, "evaluate")));
+    }
     json_decref(rep);
 }
 
