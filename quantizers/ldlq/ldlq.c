@@ -286,6 +286,8 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
     float * xs  = NULL;  // (m, b)  unconstrained minimiser of block j
     float * q   = NULL;  // (m, b)  its rounding
     float * dqt = NULL;  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
+    double * hjt = NULL; // (b, b)  H_jjᵀ (guard)
+    double * sv = NULL;  // (5, b)  per-row sums: sv, dn, dol, tn, to
     int rc = 0;
 
     wt  = caldera_malloc(big);
@@ -297,7 +299,9 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
     xs  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
     q   = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
     dqt = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    if (!wt || !ht || !dt || !gt || !old || !gj || !xs || !q || !dqt) {
+    hjt = caldera_malloc((size_t) b * (size_t) b * sizeof(double));
+    sv  = caldera_malloc(5 * (size_t) b * sizeof(double));
+    if (!wt || !ht || !dt || !gt || !old || !gj || !xs || !q || !dqt || !hjt || !sv) {
         rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for tune passes (%" PRId64 "x%"
                            PRId64 ")", m, n);
         goto fail;
@@ -308,6 +312,7 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
         dt[i] = wt[i] - ht[i];
     }
     struct caldera_tensor dtt = sub(dt, m, 0, 0, n, m);
+    double * dn = sv + b, * dol = sv + 2 * b, * tn = sv + 3 * b, * to = sv + 4 * b;
     *iters_run = 0;
     for (int64_t it = 0; it < iters; it++) {
         int64_t kept = 0, changed = 0;
@@ -331,14 +336,20 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
                         gj[r * b + k] = gr[r];
                     }
                 }
-                // xs = Ŵ_j + G_j H_jj⁻¹
+                // xs = Ŵ_j + G_j H_jj⁻¹ (f64, each sum in order of l; the loops are ordered so that
+                // they vectorise over k)
                 for (int64_t r = 0; r < m; r++) {
                     for (int64_t k = 0; k < b; k++) {
-                        double s = old[r * b + k];
-                        for (int64_t l = 0; l < b; l++) {
-                            s += (double) gj[r * b + l] * hi[l * b + k];
+                        sv[k] = old[r * b + k];
+                    }
+                    for (int64_t l = 0; l < b; l++) {
+                        const double g = gj[r * b + l];
+                        for (int64_t k = 0; k < b; k++) {
+                            sv[k] += g * hi[l * b + k];
                         }
-                        xs[r * b + k] = (float) s;
+                    }
+                    for (int64_t k = 0; k < b; k++) {
+                        xs[r * b + k] = (float) sv[k];
                     }
                 }
                 struct caldera_tensor xt = sub(xs, b, 0, 0, m, b), qt = sub(q, b, 0, 0, m, b);
@@ -346,18 +357,31 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
                     goto fail;
                 }
                 if (guard && b > 1) {
-                    // a row's loss as a function of block j's value v: (v - xs) H_jj (v - xs)ᵀ + const
+                    // a row's loss as a function of block j's value v: (v - xs) H_jj (v - xs)ᵀ + const;
+                    // hjt = H_jjᵀ in f64 so that t = H_jj (v - xs) is summed over l in order, vectorised over k
+                    for (int64_t k = 0; k < b; k++) {
+                        for (int64_t l = 0; l < b; l++) {
+                            hjt[l * b + k] = hjj[k * n + l];
+                        }
+                    }
                     int64_t nkeep = 0;
                     for (int64_t r = 0; r < m; r++) {
+                        for (int64_t k = 0; k < b; k++) {
+                            dn[k] = (double) q[r * b + k] - xs[r * b + k];
+                            dol[k] = (double) old[r * b + k] - xs[r * b + k];
+                            tn[k] = 0.0;
+                            to[k] = 0.0;
+                        }
+                        for (int64_t l = 0; l < b; l++) {
+                            for (int64_t k = 0; k < b; k++) {
+                                tn[k] += hjt[l * b + k] * dn[l];
+                                to[k] += hjt[l * b + k] * dol[l];
+                            }
+                        }
                         double lnew = 0.0, lold = 0.0;
                         for (int64_t k = 0; k < b; k++) {
-                            double tn = 0.0, to = 0.0;
-                            for (int64_t l = 0; l < b; l++) {
-                                tn += (double) hjj[k * n + l] * ((double) q[r * b + l] - xs[r * b + l]);
-                                to += (double) hjj[k * n + l] * ((double) old[r * b + l] - xs[r * b + l]);
-                            }
-                            lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
-                            lold += to * ((double) old[r * b + k] - xs[r * b + k]);
+                            lnew += tn[k] * dn[k];
+                            lold += to[k] * dol[k];
                         }
                         if (lnew > lold) {
                             memcpy(xs + r * b, old + r * b, (size_t) b * sizeof(float));
@@ -414,6 +438,8 @@ fail:
     caldera_free(xs);
     caldera_free(q);
     caldera_free(dqt);
+    caldera_free(hjt);
+    caldera_free(sv);
     return rc;
 }
 
