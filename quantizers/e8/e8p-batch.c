@@ -2,9 +2,9 @@
 // e8p-batch.c: E8P12 encoding of 8 vectors at once with AVX2 (one vector per lane), the hot loop
 // of LDLQ over E8P. The same arithmetic as e8p_encode (e8p.h), operation for operation in the same
 // order and without FMA contraction, so the codes are bit-identical to the scalar search (tested on
-// random and tie vectors in test-e8.c). Lanes whose norm-12 patterns cannot be ruled out by the
-// bound (a few per cent) are finished by the scalar e8p_encode. Compiled without -m flags: the
-// AVX2 function carries a target attribute and is only called when the CPU has AVX2.
+// random and tie vectors in test-e8.c), the norm-12 patterns included (scored in the lanes whose
+// bound does not rule them out). Compiled without -m flags: the AVX2 function carries a target
+// attribute and is only called when the CPU has AVX2.
 #include "e8p-batch.h"
 
 #include <string.h>
@@ -55,7 +55,7 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
     static const int n5s[7] = { 0, 0, 0, 0, 0, 1, 1 };
     __m256  best_cost = _mm256_set1_ps(INFINITY);
     __m256i best_p = _mm256_setzero_si256(), best_type = _mm256_setzero_si256();
-    __m256  need_scalar = zero;   // lanes whose norm-12 patterns must be scored: the scalar search
+    __m256i best_j12 = _mm256_setzero_si256();   // the pattern where best_type = -1 (a norm-12 one)
     for (int p = 0; p < 2; p++) {
         const __m256 shift = _mm256_set1_ps(p ? -0.25f : 0.25f);
         __m256 ay[E8P_DIM], yy = zero, ypar = zero;   // ypar: all ones where an odd number of y < 0
@@ -112,7 +112,34 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
                                                   _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_sub_ps(pre[E8P_DIM], pre[5])))),
                                     _mm256_set1_ps(12.0f)));
         __m256 lim = _mm256_add_ps(best_cost, _mm256_mul_ps(_mm256_set1_ps(1e-5f), _mm256_add_ps(_mm256_set1_ps(1.0f), yy)));
-        need_scalar = _mm256_or_ps(need_scalar, _mm256_cmp_ps(lb12, lim, _CMP_NGT_UQ));
+        const __m256 need = _mm256_cmp_ps(lb12, lim, _CMP_NGT_UQ);
+        if (!_mm256_movemask_ps(need)) {
+            continue;
+        }
+        // the 29 norm-12 patterns in those lanes, scored and compared in order as e8p_encode does
+        for (int j = E8P_NABS_D8; j < E8P_NABS; j++) {
+            __m256 m[E8P_DIM];
+            for (int i = 0; i < E8P_DIM; i++) {
+                m[i] = _mm256_mul_ps(ay[i], _mm256_set1_ps(t->absv[i][j]));
+            }
+            __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(m[0], m[1]), _mm256_add_ps(m[2], m[3])),
+                                     _mm256_add_ps(_mm256_add_ps(m[4], m[5]), _mm256_add_ps(m[6], m[7])));
+            __m256 a = _mm256_min_ps(m[0], m[1]), b = _mm256_min_ps(m[2], m[3]);
+            __m256 c = _mm256_min_ps(m[4], m[5]), e = _mm256_min_ps(m[6], m[7]);
+            a = _mm256_min_ps(a, b);
+            c = _mm256_min_ps(c, e);
+            __m256 mn = _mm256_min_ps(a, c);
+            __m256 pen = _mm256_blendv_ps(_mm256_set1_ps(t->pen_even[j]), _mm256_set1_ps(t->pen_odd[j]), ypar);
+            __m256 sc = _mm256_sub_ps(yy, _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), d),
+                                                                      _mm256_set1_ps(t->norm2[j])),
+                                                        _mm256_mul_ps(pen, mn)));
+            __m256 better = _mm256_and_ps(need, _mm256_cmp_ps(sc, best_cost, _CMP_LT_OQ));
+            best_cost = _mm256_blendv_ps(best_cost, sc, better);
+            __m256i bi = _mm256_castps_si256(better);
+            best_p    = _mm256_blendv_epi8(best_p, _mm256_set1_epi32(p), bi);
+            best_type = _mm256_blendv_epi8(best_type, _mm256_set1_epi32(-1), bi);
+            best_j12  = _mm256_blendv_epi8(best_j12, _mm256_set1_epi32(j), bi);
+        }
     }
     // The sorted match of the best type as a pattern: digit of coordinate i from the rank of |y_i|
     // (ties: lower coordinate first), then the code as in e8p_code_of.
@@ -155,16 +182,16 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
         mmin = _mm256_blendv_ps(mmin, m, lt);
         imin = _mm256_blendv_epi8(imin, _mm256_set1_epi32(i), _mm256_castps_si256(lt));
     }
-    int32_t keys[8], negs[8], ypars[8], imins[8], ns[8];
+    int32_t keys[8], negs[8], ypars[8], imins[8], bj[8];
     _mm256_storeu_si256((__m256i *) keys, key);
     _mm256_storeu_si256((__m256i *) negs, neg);
     _mm256_storeu_si256((__m256i *) ypars, ypar);
     _mm256_storeu_si256((__m256i *) imins, imin);
-    _mm256_storeu_si256((__m256i *) ns, _mm256_castps_si256(need_scalar));
+    _mm256_storeu_si256((__m256i *) bj, best_j12);
     for (int l = 0; l < n; l++) {
-        if (ns[l]) {
+        if (bt[l] < 0) {   // a norm-12 pattern: its code as e8p_encode makes it
             float out[E8P_DIM];
-            codes[l] = e8p_encode(t, x[l], out);
+            codes[l] = e8p_code_of(t, x[l], bp[l], bj[l], out);
             continue;
         }
         const int      j = key2idx[keys[l]];
