@@ -220,9 +220,11 @@ static void print_report(const char * json_text) {
                    json_real_value(json_object_get(o, "ppl")), json_real_value(json_object_get(o, "ppl_err")),
                    (long long) json_integer_value(json_object_get(o, "tokens_scored")), "");
         }
-        printf("eval: %s protocol, ctx %lld, %lld windows (0: all) of %s\n", json_string_value(json_object_get(ev, "protocol")),
-               (long long) json_integer_value(json_object_get(ev, "ctx")), (long long) json_integer_value(json_object_get(ev, "windows")),
-               json_string_value(json_object_get(ev, "text")));
+        long long nw = (long long) json_integer_value(json_object_get(ev, "windows"));
+        char wtxt[64] = "every window";
+        if (nw > 0) snprintf(wtxt, sizeof(wtxt), "the first %lld windows", nw);
+        printf("eval: %s protocol, ctx %lld, %s of %s\n", json_string_value(json_object_get(ev, "protocol")),
+               (long long) json_integer_value(json_object_get(ev, "ctx")), wtxt, json_string_value(json_object_get(ev, "text")));
     }
     json_t * ph = json_object_get(rep, "phase_seconds");
     if (ph) {
