@@ -66,6 +66,70 @@ T_512 static float avx512_dot(const float * a, const float * b, int64_t n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,popcnt")))
+
+// Σ_k d_k <tab[codes], xq_k> − corr over one row, VNNI: 8 codewords (two blocks of 32 columns)
+// per step, their table rows gathered by one vpgatherqq, one vpdpbusd to 16 int32 lanes of 4
+// columns, converted and scaled by the lanes' block d.
+T_VNNI static inline float q8_row_vnni(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
+    const long long * tab = (const long long *) q->tab;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 16 <= nb; b += 16) {
+        __m512i i0 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b)));
+        __m512i i1 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b + 8)));
+        __m512i w0 = _mm512_i64gather_epi64(i0, tab, 8);
+        __m512i w1 = _mm512_i64gather_epi64(i1, tab, 8);
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q->xq + 8 * b));
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(q->xq + 8 * b + 64));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_loadu_ps(q->dl + 2 * b), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_loadu_ps(q->dl + 2 * b + 16), a1);
+    }
+    for (; b + 8 <= nb; b += 8) {
+        __m512i i0 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b)));
+        __m512i w0 = _mm512_i64gather_epi64(i0, tab, 8);
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q->xq + 8 * b));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_loadu_ps(q->dl + 2 * b), a0);
+    }
+    float d = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    if (b < nb) {   // nb % 4 == 0: one last block of 4 codewords
+        __m256i w0 = _mm256_set_epi64x(tab[c[b + 3]], tab[c[b + 2]], tab[c[b + 1]], tab[c[b]]);
+        __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b)));
+        __m256  f  = _mm256_mul_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b));
+        __m128  h  = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        d += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    }
+    return d - q->corr;
+}
+
+T_VNNI static void avx512_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1,
+                                      float * y, int acc) {
+    const int64_t nb   = w->cols / 8;
+    const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+        float d = q8_row_vnni(q, w->codes + r * nb, nb);
+        if (w->bits == 4) {
+            d += irho * q8_row_vnni(q, (const uint16_t *) w->codes2 + r * nb, nb);
+        }
+        float v = 0.25f * kw_e8p_scale(w, r) * d;
+        y[r - r0] = acc ? y[r - r0] + v : v;
+    }
+}
+
+// Without AVX512-VNNI, the int8 E8P GEMV is the AVX2 one (vpmaddubsw).
+const struct kw_variant caldera_kw_variant_avx512_novnni = {
+    .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
+    .e8p_decode     = caldera_kw_avx2_e8p_decode,
+    .uni_decode_row = caldera_kw_avx2_uni_decode_row,
+    .f16_gemv       = avx512_f16_gemv,
+    .f16_decode     = avx512_f16_decode,
+    .dot            = avx512_dot,
+    .fwht           = caldera_kw_avx2_fwht,
+    .axpy           = caldera_kw_avx2_axpy,
+    .e8p_gemv_q8    = caldera_kw_avx2_e8p_gemv_q8,
+};
+
 const struct kw_variant caldera_kw_variant_avx512 = {
     .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
     .e8p_decode     = caldera_kw_avx2_e8p_decode,
@@ -74,6 +138,8 @@ const struct kw_variant caldera_kw_variant_avx512 = {
     .f16_decode     = avx512_f16_decode,
     .dot            = avx512_dot,
     .fwht           = caldera_kw_avx2_fwht,
+    .axpy           = caldera_kw_avx2_axpy,
+    .e8p_gemv_q8    = avx512_e8p_gemv_q8,
 };
 
 #endif // CALDERA_KW_X86
