@@ -69,26 +69,28 @@ T_512 static float avx512_dot(const float * a, const float * b, int64_t n) {
 #define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,popcnt")))
 
 // Σ_k d_k <tab[codes], xq_k> − corr over one row, VNNI: 8 codewords (two blocks of 32 columns)
-// per step, their table rows gathered by one vpgatherqq, one vpdpbusd to 16 int32 lanes of 4
-// columns, converted and scaled by the lanes' block d.
+// per step, their table rows loaded as scalars into one register (vpgatherqq measured 77 us
+// against 60 us for this on 1536 x 576 here), one vpdpbusd to 16 int32 lanes of 4 columns,
+// converted and scaled by the lanes' block d.
+T_VNNI static inline __m512i q8_tab8(const long long * tab, const uint16_t * c) {
+    __m256i lo = _mm256_set_epi64x(tab[c[3]], tab[c[2]], tab[c[1]], tab[c[0]]);
+    __m256i hi = _mm256_set_epi64x(tab[c[7]], tab[c[6]], tab[c[5]], tab[c[4]]);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
 T_VNNI static inline float q8_row_vnni(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
     const long long * tab = (const long long *) q->tab;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 16 <= nb; b += 16) {
-        __m512i i0 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b)));
-        __m512i i1 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b + 8)));
-        __m512i w0 = _mm512_i64gather_epi64(i0, tab, 8);
-        __m512i w1 = _mm512_i64gather_epi64(i1, tab, 8);
-        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q->xq + 8 * b));
-        __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(q->xq + 8 * b + 64));
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q8_tab8(tab, c + b), _mm512_loadu_si512(q->xq + 8 * b));
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q8_tab8(tab, c + b + 8),
+                                         _mm512_loadu_si512(q->xq + 8 * b + 64));
         a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_loadu_ps(q->dl + 2 * b), a0);
         a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_loadu_ps(q->dl + 2 * b + 16), a1);
     }
     for (; b + 8 <= nb; b += 8) {
-        __m512i i0 = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *) (c + b)));
-        __m512i w0 = _mm512_i64gather_epi64(i0, tab, 8);
-        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q->xq + 8 * b));
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q8_tab8(tab, c + b), _mm512_loadu_si512(q->xq + 8 * b));
         a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_loadu_ps(q->dl + 2 * b), a0);
     }
     float d = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
