@@ -7,7 +7,7 @@
 # llama-quantize --allow-requantize ... F32, the same dequantized weights both runtimes compute with).
 # With COMPRESSED (a caldera-pipe output of MODEL): the issue-9 comparison in one run: llama-bench
 # on the original Q4_1 GGUF, caldera's f32 runtime, and the compressed file through the fused
-# kernels (caldera rows best of 5).
+# kernels, with the f32 and the q8 output head (caldera rows best of 5).
 set -euo pipefail
 build=${1:-build}
 model=${2:-$HOME/.cache/caldera/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -21,6 +21,7 @@ if [ -n "$cmp" ]; then
     echo "## caldera bench-runtime (2 threads, best of 5)"
     "$build/bench/bench-runtime" "$model" -t 2 -r 5 -w f32
     "$build/bench/bench-runtime" "$model" -t 2 -r 5 -w f32 -c "$cmp" | tail -n 2
+    "$build/bench/bench-runtime" "$model" -t 2 -r 5 -w f32 -c "$cmp" -H q8 | tail -n 2
     echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     exit 0
 fi

@@ -274,6 +274,43 @@ T_AVX2 void caldera_kw_avx2_e8p_gemv_q8(const struct caldera_kw * w, const struc
     }
 }
 
+// The RHT core 8-wide with FMA: for each output row a, 32 columns at a time in four registers
+// accumulated over the k source rows (H entries are ±1 scaled, but a multiply keeps it general).
+T_AVX2 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
+                                     float scale) {
+    if (p2 % 8 != 0) {
+        caldera_kw_rht_core_c(h, k, p2, src, dst, trans, scale);
+        return;
+    }
+    for (int64_t a = 0; a < k; a++) {
+        float * d = dst + a * p2;
+        int64_t l = 0;
+        for (; l + 32 <= p2; l += 32) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int64_t b = 0; b < k; b++) {
+                const __m256  hv = _mm256_set1_ps((trans ? h[b * k + a] : h[a * k + b]) * scale);
+                const float * s  = src + b * p2 + l;
+                a0 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s), a0);
+                a1 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 8), a1);
+                a2 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 16), a2);
+                a3 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 24), a3);
+            }
+            _mm256_storeu_ps(d + l, a0);
+            _mm256_storeu_ps(d + l + 8, a1);
+            _mm256_storeu_ps(d + l + 16, a2);
+            _mm256_storeu_ps(d + l + 24, a3);
+        }
+        for (; l < p2; l += 8) {
+            __m256 a0 = _mm256_setzero_ps();
+            for (int64_t b = 0; b < k; b++) {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps((trans ? h[b * k + a] : h[a * k + b]) * scale),
+                                     _mm256_loadu_ps(src + b * p2 + l), a0);
+            }
+            _mm256_storeu_ps(d + l, a0);
+        }
+    }
+}
+
 T_AVX2 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n) {
     const __m256 va = _mm256_set1_ps(a);
     int64_t i = 0;
@@ -295,6 +332,7 @@ const struct kw_variant caldera_kw_variant_avx2 = {
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
     .e8p_gemv_q8    = caldera_kw_avx2_e8p_gemv_q8,
+    .rht_core       = caldera_kw_avx2_rht_core,
 };
 
 #endif // CALDERA_KW_X86

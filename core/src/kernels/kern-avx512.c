@@ -130,6 +130,7 @@ const struct kw_variant caldera_kw_variant_avx512_novnni = {
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
     .e8p_gemv_q8    = caldera_kw_avx2_e8p_gemv_q8,
+    .rht_core       = caldera_kw_avx2_rht_core,
 };
 
 const struct kw_variant caldera_kw_variant_avx512 = {
@@ -142,6 +143,7 @@ const struct kw_variant caldera_kw_variant_avx512 = {
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
     .e8p_gemv_q8    = avx512_e8p_gemv_q8,
+    .rht_core       = caldera_kw_avx2_rht_core,
 };
 
 #endif // CALDERA_KW_X86

@@ -172,6 +172,23 @@ static void c_axpy(float a, const float * x, float * y, int64_t n) {
     }
 }
 
+void caldera_kw_rht_core_c(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
+                           float scale) {
+    for (int64_t a = 0; a < k; a++) {
+        float * d = dst + a * p2;
+        for (int64_t l = 0; l < p2; l++) {
+            d[l] = 0.0f;
+        }
+        for (int64_t b = 0; b < k; b++) {
+            const float   hv = (trans ? h[b * k + a] : h[a * k + b]) * scale;
+            const float * s  = src + b * p2;
+            for (int64_t l = 0; l < p2; l++) {
+                d[l] += hv * s[l];
+            }
+        }
+    }
+}
+
 const struct kw_variant caldera_kw_variant_c = {
     .e8p_gemv       = c_e8p_gemv,
     .e8p_decode     = c_e8p_decode,
@@ -182,4 +199,5 @@ const struct kw_variant caldera_kw_variant_c = {
     .fwht           = c_fwht,
     .axpy           = c_axpy,
     .e8p_gemv_q8    = c_e8p_gemv_q8,
+    .rht_core       = caldera_kw_rht_core_c,
 };

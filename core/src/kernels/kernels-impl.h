@@ -62,6 +62,11 @@ struct kw_variant {
      */
     void (*e8p_gemv_q8)(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1, float * y,
                         int acc);
+    /**
+     * RHT core: dst (k, p2) = scale · H src (trans = 0) or scale · Hᵀ src (trans = 1), H (k × k)
+     * row-major, src and dst (k, p2) contiguous and distinct.
+     */
+    void (*rht_core)(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans, float scale);
 };
 
 extern const struct kw_variant caldera_kw_variant_c;
@@ -82,11 +87,16 @@ void caldera_kw_avx2_e8p_decode(const struct caldera_kw * w, int64_t r0, int64_t
 void caldera_kw_avx2_uni_decode_row(const struct caldera_kw * w, int64_t r, int64_t c0, int64_t c1, float * dst);
 void caldera_kw_avx2_fwht(float * x, int64_t n);
 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n);
+void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
+                              float scale);
 void caldera_kw_avx2_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1,
                                  float * y, int acc);
 #endif
 
 /** The table of the variant in use (caldera_kernel_isa()). */
 const struct kw_variant * caldera_kw_variant(void);
+
+/** The portable RHT core (kern-c.c), also the SIMD variants' fallback for p2 % 8 != 0. */
+void caldera_kw_rht_core_c(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans, float scale);
 
 #endif // CALDERA_KERNELS_IMPL_H

@@ -317,8 +317,8 @@ int caldera_kernel_q8(void) {
     if (f >= 0) {
         return f;
     }
-    const char * env = getenv("CALDERA_KERNELS_Q8");
-    return !(env && !strcmp(env, "0"));
+    const char * env = getenv("CALDERA_KERNELS_Q8");   // off by default: see README.md, "Int8 activations"
+    return env && !strcmp(env, "1");
 }
 
 void caldera_kernel_set_q8(int on) {
@@ -614,32 +614,15 @@ static inline float kw_sign(const struct caldera_kw_rht * t, int64_t i) {
     return (t->sign[i >> 3] >> (i & 7)) & 1u ? -1.0f : 1.0f;
 }
 
-// dst (k, p2) = H_K src (trans = 0) or H_Kᵀ src (trans = 1), both (k, p2) contiguous, times scale.
-static void kw_core(const struct caldera_kw_rht * t, const float * src, float * dst, int trans, float scale) {
-    const int64_t k = t->k, p2 = t->p2;
-    for (int64_t a = 0; a < k; a++) {
-        float * d = dst + a * p2;
-        for (int64_t l = 0; l < p2; l++) {
-            d[l] = 0.0f;
-        }
-        for (int64_t b = 0; b < k; b++) {
-            const float   h = (trans ? t->hk[b * k + a] : t->hk[a * k + b]) * scale;
-            const float * s = src + b * p2;
-            for (int64_t l = 0; l < p2; l++) {
-                d[l] += h * s[l];
-            }
-        }
-    }
-}
-
 static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
     struct kw_rht_job *           j = arg;
     const struct caldera_kw_rht * t = j->t;
     const int64_t n = t->n, np = t->np;
     const float   scale = (float) (1.0 / sqrt((double) np));
     const int     core  = j->phase == 0 && t->k > 1;   // the K×K core per row (else batched, or none)
+    float   stack_tmp[2048];   // a decoded token: no allocation per call
     float * tmp = NULL;
-    if (core && !(tmp = caldera_malloc((size_t) np * sizeof(float)))) {
+    if (core && !(tmp = np <= 2048 ? stack_tmp : caldera_malloc((size_t) np * sizeof(float)))) {
         atomic_store(&j->nomem, 1);
         return;
     }
@@ -659,7 +642,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             }
             if (core) {
                 memcpy(tmp, o, (size_t) np * sizeof(float));
-                kw_core(t, tmp, o, 1, scale);
+                j->v->rht_core(t->hk, t->k, t->p2, tmp, o, 1, scale);
             } else if (t->k == 1) {
                 for (int64_t c = 0; c < np; c++) {
                     o[c] *= scale;
@@ -680,7 +663,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             const float * src = yt;
             float         sc  = j->phase == 2 ? 1.0f : scale;   // phase 2: the batched core scaled
             if (core) {
-                kw_core(t, yt, tmp, 0, scale);
+                j->v->rht_core(t->hk, t->k, t->p2, yt, tmp, 0, scale);
                 src = tmp;
                 sc  = 1.0f;
             }
@@ -690,7 +673,9 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             }
         }
     }
-    caldera_free(tmp);
+    if (tmp != stack_tmp) {
+        caldera_free(tmp);
+    }
 }
 
 // The K×K core for many rows at once: X (batch × n', stride ld) viewed (batch, K, p2) becomes
