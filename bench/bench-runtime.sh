@@ -18,6 +18,9 @@ if [ -n "$cmp" ]; then
     echo "## llama-bench (llama.cpp, $(basename "$model"), 2 threads, 5 repetitions: mean ± sd)"
     "$bin/llama-bench" -m "$model" -t 2 -p 512 -n 64 -r 5 -o md
     echo
+    echo "## llama-bench tg64 alone under /usr/bin/time (CPU seconds of 6 x 64 tokens: warm-up + 5 repetitions, and the load)"
+    /usr/bin/time -f "llama-bench tg64: %U s user + %S s sys, %e s wall" "$bin/llama-bench" -m "$model" -t 2 -p 0 -n 64 -r 5 -o md 2>&1 | grep -E "tg64|llama-bench tg64"
+    echo
     echo "## caldera bench-runtime (2 threads, best of 5)"
     "$build/bench/bench-runtime" "$model" -t 2 -r 5 -w f32
     "$build/bench/bench-runtime" "$model" -t 2 -r 5 -w f32 -c "$cmp" | tail -n 2
