@@ -235,7 +235,7 @@ T_AVX2 void caldera_kw_avx2_fwht(float * x, int64_t n) {
 // Σ_k d_k <tab[codes], xq_k> − corr over one row: 4 codewords (one block of 32 columns) per
 // step, u8 × s8 pairs by vpmaddubsw (|pair| <= 2·34·127, no saturation), then vpmaddwd to 8
 // int32 lanes of 4 columns each, converted and scaled by the block's d.
-T_AVX2 static inline float q8_row_avx2(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
+T_AVX2 float caldera_kw_avx2_e8p_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
     const uint64_t * tab = q->tab;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -258,20 +258,6 @@ T_AVX2 static inline float q8_row_avx2(const struct kw_q8x * q, const uint16_t *
         a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b), a0);
     }
     return hsum8(_mm256_add_ps(a0, a1)) - q->corr;
-}
-
-T_AVX2 void caldera_kw_avx2_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1,
-                                        float * y, int acc) {
-    const int64_t nb   = w->cols / 8;
-    const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
-    for (int64_t r = r0; r < r1; r++) {
-        float d = q8_row_avx2(q, w->codes + r * nb, nb);
-        if (w->bits == 4) {
-            d += irho * q8_row_avx2(q, (const uint16_t *) w->codes2 + r * nb, nb);
-        }
-        float v = 0.25f * kw_e8p_scale(w, r) * d;
-        y[r - r0] = acc ? y[r - r0] + v : v;
-    }
 }
 
 // The RHT core 8-wide with FMA: for each output row a, 32 columns at a time in four registers
@@ -331,7 +317,7 @@ const struct kw_variant caldera_kw_variant_avx2 = {
     .dot            = avx2_dot,
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
-    .e8p_gemv_q8    = caldera_kw_avx2_e8p_gemv_q8,
+    .e8p_q8_row     = caldera_kw_avx2_e8p_q8_row,
     .rht_core       = caldera_kw_avx2_rht_core,
 };
 

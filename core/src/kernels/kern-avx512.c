@@ -78,7 +78,7 @@ T_VNNI static inline __m512i q8_tab8(const long long * tab, const uint16_t * c) 
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-T_VNNI static inline float q8_row_vnni(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
+T_VNNI static float q8_row_vnni(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
     const long long * tab = (const long long *) q->tab;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t b = 0;
@@ -105,20 +105,6 @@ T_VNNI static inline float q8_row_vnni(const struct kw_q8x * q, const uint16_t *
     return d - q->corr;
 }
 
-T_VNNI static void avx512_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1,
-                                      float * y, int acc) {
-    const int64_t nb   = w->cols / 8;
-    const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
-    for (int64_t r = r0; r < r1; r++) {
-        float d = q8_row_vnni(q, w->codes + r * nb, nb);
-        if (w->bits == 4) {
-            d += irho * q8_row_vnni(q, (const uint16_t *) w->codes2 + r * nb, nb);
-        }
-        float v = 0.25f * kw_e8p_scale(w, r) * d;
-        y[r - r0] = acc ? y[r - r0] + v : v;
-    }
-}
-
 // Without AVX512-VNNI, the int8 E8P GEMV is the AVX2 one (vpmaddubsw).
 const struct kw_variant caldera_kw_variant_avx512_novnni = {
     .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
@@ -129,7 +115,7 @@ const struct kw_variant caldera_kw_variant_avx512_novnni = {
     .dot            = avx512_dot,
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
-    .e8p_gemv_q8    = caldera_kw_avx2_e8p_gemv_q8,
+    .e8p_q8_row     = caldera_kw_avx2_e8p_q8_row,
     .rht_core       = caldera_kw_avx2_rht_core,
 };
 
@@ -142,7 +128,7 @@ const struct kw_variant caldera_kw_variant_avx512 = {
     .dot            = avx512_dot,
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
-    .e8p_gemv_q8    = avx512_e8p_gemv_q8,
+    .e8p_q8_row     = q8_row_vnni,
     .rht_core       = caldera_kw_avx2_rht_core,
 };
 

@@ -69,20 +69,6 @@ static float c_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
     return d - q->corr;
 }
 
-static void c_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1, float * y,
-                          int acc) {
-    const int64_t nb   = w->cols / 8;
-    const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
-    for (int64_t r = r0; r < r1; r++) {
-        float d = c_q8_row(q, w->codes + r * nb, nb);
-        if (w->bits == 4) {
-            d += irho * c_q8_row(q, (const uint16_t *) w->codes2 + r * nb, nb);
-        }
-        float v = 0.25f * kw_e8p_scale(w, r) * d;
-        y[r - r0] = acc ? y[r - r0] + v : v;
-    }
-}
-
 static void c_e8p_decode(const struct caldera_kw * w, int64_t r0, int64_t r1, float * dst, int64_t ld) {
     const int64_t nb   = w->cols / 8;
     const float   irho = w->bits > 2 ? 1.0f / w->e8_rho : 0.0f;
@@ -198,6 +184,6 @@ const struct kw_variant caldera_kw_variant_c = {
     .dot            = c_dot,
     .fwht           = c_fwht,
     .axpy           = c_axpy,
-    .e8p_gemv_q8    = c_e8p_gemv_q8,
+    .e8p_q8_row     = c_q8_row,
     .rht_core       = caldera_kw_rht_core_c,
 };

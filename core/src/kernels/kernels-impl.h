@@ -57,11 +57,10 @@ struct kw_variant {
     /** y += a x over n floats. */
     void (*axpy)(float a, const float * x, float * y, int64_t n);
     /**
-     * E8P GEMV with int8 activations (bits 2 and 4): y[r − r0] (+)= s_r/4 · Σ_codes (Σ_k d_k ·
-     * <tab[code] bytes of block k, xq_k> − corr) (the second code divided by ρ), see struct kw_q8x.
+     * E8P with int8 activations (struct kw_q8x): Σ_k d_k <tab[codes] bytes of block k, xq_k> − corr
+     * over one row of nb codes (nb % 4 == 0); the driver scales by s_r/4 (and 1/ρ for codes2).
      */
-    void (*e8p_gemv_q8)(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1, float * y,
-                        int acc);
+    float (*e8p_q8_row)(const struct kw_q8x * q, const uint16_t * codes, int64_t nb);
     /**
      * RHT core: dst (k, p2) = scale · H src (trans = 0) or scale · Hᵀ src (trans = 1), H (k × k)
      * row-major, src and dst (k, p2) contiguous and distinct.
@@ -89,8 +88,7 @@ void caldera_kw_avx2_fwht(float * x, int64_t n);
 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n);
 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
                               float scale);
-void caldera_kw_avx2_e8p_gemv_q8(const struct caldera_kw * w, const struct kw_q8x * q, int64_t r0, int64_t r1,
-                                 float * y, int acc);
+float caldera_kw_avx2_e8p_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb);
 #endif
 
 /** The table of the variant in use (caldera_kernel_isa()). */

@@ -287,7 +287,16 @@ static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
         break;
     case CALDERA_KW_E8P:
         if (j->q8.tab) {
-            j->v->e8p_gemv_q8(w, &j->q8, r0, r1, j->y + r0, j->acc);
+            const int64_t nb   = w->cols / 8;
+            const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
+            for (int64_t r = r0; r < r1; r++) {
+                float d = j->v->e8p_q8_row(&j->q8, w->codes + r * nb, nb);
+                if (w->bits == 4) {
+                    d += irho * j->v->e8p_q8_row(&j->q8, (const uint16_t *) w->codes2 + r * nb, nb);
+                }
+                const float v = 0.25f * kw_e8p_scale(w, r) * d;
+                j->y[r] = j->acc ? j->y[r] + v : v;
+            }
         } else {
             j->v->e8p_gemv(w, j->xp, j->xs, r0, r1, j->y + r0, j->acc);
         }
