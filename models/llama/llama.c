@@ -619,6 +619,22 @@ __attribute__((target("avx2,fma"))) static float dot_q8_avx2(const int8_t * q, c
     return hsum256(_mm256_add_ps(s0, s1));
 }
 
+// AVX-512: 16 int8 weights widened per instruction, half the work of the AVX2 loop per block.
+__attribute__((target("avx512f,avx2,fma"))) static float dot_q8_avx512(const int8_t * q, const float * d, const float * x,
+                                                                      int64_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n; b += LLM_Q8_BLOCK) {
+        __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) (q + b)))),
+                                  _mm512_loadu_ps(x + b));
+        __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) (q + b + 16)))),
+                                  _mm512_loadu_ps(x + b + 16));
+        __m512 db = _mm512_set1_ps(d[b / LLM_Q8_BLOCK]);
+        s0 = _mm512_fmadd_ps(t0, db, s0);
+        s1 = _mm512_fmadd_ps(t1, db, s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
 // exp by range reduction x = n ln2 + r and a degree-6 polynomial for e^r on |r| <= ln2/2 (the
 // Cephes single-precision coefficients; relative error about 1e-7); 8 lanes at a time.
 __attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
@@ -678,6 +694,7 @@ struct llm_kernels { dot_f32_fn dot_f32; dot_f16_fn dot_f16; void (*softmax)(flo
 static const struct llm_kernels llm_kernels_c = { dot_f32_c, dot_f16_c, softmax_c, dot_q8_c };
 #ifdef LLM_X86
 static const struct llm_kernels llm_kernels_avx2 = { dot_f32_avx2, dot_f16_avx2, softmax_avx2, dot_q8_avx2 };
+static const struct llm_kernels llm_kernels_avx512 = { dot_f32_avx2, dot_f16_avx2, softmax_avx2, dot_q8_avx512 };
 #endif
 
 static void pick_kernels(struct llm_priv * p) {
@@ -685,7 +702,7 @@ static void pick_kernels(struct llm_priv * p) {
 #ifdef LLM_X86
     __builtin_cpu_init();
     if (p->simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && llm_has_f16c()) {
-        p->k = &llm_kernels_avx2;
+        p->k = __builtin_cpu_supports("avx512f") ? &llm_kernels_avx512 : &llm_kernels_avx2;
     }
 #endif
 }
