@@ -3,8 +3,9 @@
 // masked tails. E8P reuses the AVX2 GEMV: a version with two codewords per 16-wide register and
 // the parity-fixed sign bytes as the lane mask of one masked negation measured 39.5 us against
 // 28.4 us for the table-driven AVX2 code on 576 x 576 (this Zen 4 splits 512-bit operations in
-// two), so it was dropped. Row decoders (the batched path's cost is in sgemm) and the FWHT reuse
-// the AVX2 functions too.
+// two), so it was dropped. Row decoders (the batched path's cost is in sgemm), the FWHT and the RHT
+// core reuse the AVX2 functions too. The int8-activation E8P row uses AVX512-VNNI when the CPU
+// has it (caldera_kw_variant picks the table).
 #include "kernels-impl.h"
 
 #ifdef CALDERA_KW_X86
