@@ -274,7 +274,7 @@ static int read_hessian(struct caldera_pipeline * pl, struct pl_run * run, const
 // (docs/results.md): whole weights in parallel beat splitting each weight's small GEMMs and its
 // 8-column E8P blocks over two threads, where OpenBLAS's waiting threads ate most of a core.
 // Sequential calibration needs the weights before a layer committed before the layer's Hessian,
-// so it runs one worker.
+// so it runs one worker, as does device = cuda.
 
 struct cslot {   // one selected weight in flight
     struct caldera_tensor w, h, w_hat;
@@ -512,7 +512,8 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     }
     // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
     cj.want_hat = run->dense_open || ((pl->eval || run->seq) && run->model);
-    int workers = run->seq ? 1 : caldera_ctx_threads(ctx);
+    // one worker under device = cuda: the device's handles and staging buffers are per context
+    int workers = run->seq || caldera_ctx_device(ctx) != CALDERA_DEVICE_CPU ? 1 : caldera_ctx_threads(ctx);
     if (workers > cj.nsel) workers = cj.nsel > 0 ? (int) cj.nsel : 1;
     cj.window = 2 * (int64_t) workers;
     run->t_start = cj.t_start = pl_now();

@@ -300,11 +300,14 @@ static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
 static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st, int64_t col0,
                        const struct caldera_tensor * x, struct caldera_tensor * x_hat) {
     const struct e8_priv * p = caldera_inst_priv(inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
     int rc;
     if (!st) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+    // device tensors (ldlq's loop under device = cuda) are checked by the core
+    const int on_dev = x && x->device == CALDERA_DEVICE_CUDA;
+    if (!on_dev && (rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
         return rc;
     }
     const int64_t c = x->ne[1];
@@ -313,17 +316,29 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
                              "cb_round: columns [%" PRId64 ", %" PRId64 ") are not whole blocks of 8 "
                              "inside [0, %" PRId64 ")", col0, col0 + c, st->cols);
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
-        (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0) {
+    if (!on_dev && ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+                    (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0)) {
         return rc;
     }
-    struct e8_round_job job = {
-        .p = p, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
-        .x = x, .x_hat = x_hat,
-    };
-    int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
-    caldera_parallel_for(caldera_inst_ctx(inst), st->rows, grain, e8_round_rows, &job);
-    return 0;
+    if (!on_dev && caldera_ctx_device(ctx) == CALDERA_DEVICE_CPU) {
+        // on the CPU: 8 blocks per search call (AVX2 where the CPU has it), the same codes and
+        // values as the core's caldera_round_e8p (one block at a time)
+        struct e8_round_job job = {
+            .p = p, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
+            .x = x, .x_hat = x_hat,
+        };
+        int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
+        caldera_parallel_for(ctx, st->rows, grain, e8_round_rows, &job);
+        return 0;
+    }
+    // codes of blocks [col0/8, (col0 + c)/8) of every row: views into the (rows, cols/8) stores
+    const int64_t nbt = st->cols / E8P_DIM, b0 = col0 / E8P_DIM;
+    struct caldera_tensor c1 = { .data = st->codes + b0, .dtype = CALDERA_DTYPE_U16, .device = CALDERA_DEVICE_CPU,
+                                 .ndim = 2, .ne = { st->rows, c / E8P_DIM }, .ld = nbt };
+    struct caldera_tensor c2 = c1;
+    c2.data = st->codes2 ? st->codes2 + b0 : NULL;
+    rc = caldera_round_e8p(ctx, p->tab, (int) p->bits, st->scale, st->nscale, x, &c1, st->codes2 ? &c2 : NULL, x_hat);
+    return rc < 0 ? caldera_error(inst, rc, "cb_round: %s", caldera_ctx_errmsg(ctx)) : 0;
 }
 
 // caldera_pack_add with this plugin's error message.
@@ -566,6 +581,7 @@ static const struct caldera_quantizer_ops e8_ops = {
     .linear_init  = e8_linear_init,
     .linear_apply = e8_linear_apply,
     .linear_free  = e8_linear_free,
+    .cb_device    = 1,
 };
 
 static const struct caldera_plugin e8_plugin = {
