@@ -25,6 +25,7 @@ struct cli_model {
     const char *          compressed;  // --compressed FILE: caldera-pipe output whose layers replace the model's
     int                   dense;       // --dense: reconstruct those layers to dense f32 (no fused kernels)
     struct caldera_compressed * cmp;   // what the replaced layers use (freed after the model)
+    const char *          head;        // --head f32|f16|q8: the model's output head storage (option "head")
 };
 
 /**
@@ -37,7 +38,8 @@ int  cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** 
     "  A caldera-pipe output opens alone (--model FILE): its compressed linear layers run from the mapped\n" \
     "  file through the fused CPU kernels; its metadata and tensors give the rest (tokenizer, norms, embeddings).\n" \
     "  --compressed FILE     run the linear layers of a caldera-pipe output FILE on top of --model (the original)\n" \
-    "  --dense               with a caldera-pipe output: reconstruct its layers to dense f32 instead (reference path)\n"
+    "  --dense               with a caldera-pipe output: reconstruct its layers to dense f32 instead (reference path)\n" \
+    "  --head f32|f16|q8     storage of the output head for the logits (default f32; q8: int8, a scale per 32)\n"
 /** Context, plugins, model: 0, or an exit code (message printed). */
 int  cli_model_open(struct cli_model * m, const char * cmd);
 void cli_model_close(struct cli_model * m);
