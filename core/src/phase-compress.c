@@ -280,10 +280,14 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     if (!(run->tensors = json_array())) return CALDERA_ERR_NOMEM;
     json_t * tensors = run->tensors;
     int64_t nt = rops->n_tensors(o->reader), nsel = 0, ndone = 0;
+    run->model_params = 0;
     for (int64_t t = 0; t < nt; t++) {
         struct caldera_tensor_info ti;
         if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
         if (pl_selected(o, &ti) && (o->max_tensors == 0 || nsel < o->max_tensors)) nsel++;
+        int64_t ne = 1;
+        for (int d = 0; d < ti.ndim; d++) ne *= ti.ne[d];
+        run->model_params += (double) ne;
     }
     // Frobenius errors over every weight; H-weighted ones only over weights that had a Hessian.
     double t_start = pl_now(), sum_bits_params = 0, sum_params = 0, worst = 0, sum_err = 0, worst_h = 0, sum_err_h = 0;
