@@ -20,7 +20,7 @@
 #
 # usage: tools/llama_peers.sh [OUT_DIR]          (from the repository root; default out/peers)
 # env:   LLAMA_CPP_BIN, BUILD (default build), THREADS (default 2), TYPES (default below),
-#        CALDERA_EVAL (1), MODEL (the Q4_1 GGUF), CALDERA_SHARED_DATA
+#        CALDERA_EVAL (1; 0: only cached values), LLAMA_PPL (1; 0: only cached values), MODEL (the Q4_1 GGUF), CALDERA_SHARED_DATA
 # out:   OUT_DIR/peers.csv and OUT_DIR/peers.md (one row per type, the original first), logs
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,9 +70,11 @@ fi
 [ -s "$imat" ] || "$bin/llama-imatrix" -m "$f32" -f "$calib" -c 512 --chunks 128 -o "$imat" -t "$threads" --no-ppl \
     >"$out/imatrix.log" 2>&1
 
-# perplexity of one file with llama-perplexity: "ppl err" (cached in FILE.ppl)
+# perplexity of one file with llama-perplexity: "ppl err" (cached in FILE.ppl); LLAMA_PPL=0: the
+# cached value or "- -" (a table of what is measured so far, nothing run)
 llama_ppl() {
     local f=$1
+    if [ ! -s "$f.ppl" ] && [ "${LLAMA_PPL:-1}" = 0 ]; then echo "- -"; return; fi
     if [ ! -s "$f.ppl" ]; then
         "$bin/llama-perplexity" -m "$f" -f "$text" -c 2048 -b 2048 --chunks 20 -t "$threads" >"$f.ppl.log" 2>&1
         grep -o 'Final estimate: PPL = [0-9.]* +/- [0-9.]*' "$f.ppl.log" | awk '{print $5, $7}' >"$f.ppl"
@@ -83,7 +85,7 @@ llama_ppl() {
 # ... with caldera-pipe eval: "ppl err", or "- -" when our reader refuses a type (cached in FILE.cppl)
 caldera_ppl() {
     local f=$1
-    if [ "${CALDERA_EVAL:-1}" = 0 ]; then echo "- -"; return; fi
+    if [ ! -s "$f.cppl" ] && [ "${CALDERA_EVAL:-1}" = 0 ]; then echo "- -"; return; fi
     if [ ! -s "$f.cppl" ]; then
         if "$build/core/cli/caldera-pipe" eval --model "$f" --text "$shared/wikitext-2-raw/wiki.test.raw" --layout rows \
             --ctx 2048 --windows 20 --protocol llamacpp --threads "$threads" -q >"$f.cppl.log" 2>&1; then
@@ -112,12 +114,12 @@ print(f"{t},{b['linear_bits']:.4f},{b['file_bits']:.4f},{ty(b['linear_types'])},
       f"{l[0]},{l[1]},{c[0]},{c[1]}")
 PY
 }
-row original-f32 "$f32"
-for t in $types; do
+for t in $types; do   # every file first (bits and types are cheap), then the perplexities
     q="$out/smollm2-$t.gguf"
     [ -s "$q" ] || "$bin/llama-quantize" --imatrix "$imat" "$f32" "$q" "$t" "$threads" >"$q.log" 2>&1
-    row "$t" "$q"
 done
+for t in $types; do row "$t" "$out/smollm2-$t.gguf"; done
+row original-f32 "$f32"   # last: the costliest evaluation, and a check (caldera-pipe eval gives 18.6725)
 mv "$csv.tmp" "$csv"
 python3 - "$csv" >"$md" <<'PY'
 import csv, sys
@@ -127,7 +129,8 @@ print("| llama.cpp type | bits/weight (210 linear) | bits/weight (file) | linear
 print("|---|---:|---:|---|---:|---:|")
 for r in rows:
     c = "-" if r["ppl_caldera"] == "-" else f"{float(r['ppl_caldera']):.4f} ± {float(r['ppl_caldera_err']):.4f}"
+    l = "-" if r["ppl_llama"] == "-" else f"{float(r['ppl_llama']):.4f} ± {float(r['ppl_llama_err']):.4f}"
     print(f"| {r['type']} | {float(r['linear_bits']):.4f} | {float(r['file_bits']):.4f} | {r['linear_types']} | "
-          f"{float(r['ppl_llama']):.4f} ± {float(r['ppl_llama_err']):.4f} | {c} |")
+          f"{l} | {c} |")
 PY
 cat "$md"

@@ -77,13 +77,16 @@ def main():
                         d.write(f"{r['bits']:.6f} {r['ppl']:.6f} {r['err']:.6f} \"{lab}\"\n")
         gp = (f"set terminal pngcairo noenhanced size 1000,650\nset output '{a.plot}'\n"
               "set xlabel 'bits per weight (the 210 linear weights)'\nset ylabel 'perplexity (WikiText-2, ctx 2048, 20 windows)'\n"
-              "set logscale y\nset grid\nset key top right\nset offsets graph 0.08, graph 0.08, graph 0.1, graph 0.05\n"
+              "set logscale y\nset grid\nset key top right\nset offsets graph 0.08, graph 0.08, graph 0.1, 0\n"
               f"plot '{tmp}/caldera.dat' using 1:2:3 with yerrorbars pt 7 lc rgb '#1f77b4' title 'caldera', "
               f"'' using 1:2:4 with labels offset 0,1 font ',8' notitle, "
               f"'{tmp}/llama.cpp.dat' using 1:2:3 with yerrorbars pt 5 lc rgb '#d62728' title 'llama.cpp (imatrix)', "
               f"'' using 1:2:4 with labels offset 0,-1 font ',8' notitle")
-        if orig:
-            gp += f", {orig[0]:.6f} with lines dt 2 lc rgb 'black' title 'original (f32)'"
+        top = max([r["ppl"] for r in rows if r["ppl"] is not None] + [orig[0] if orig else 1])
+        if orig:   # a dashed line across the whole plot, and the y axis from just below it
+            gp = gp.replace("set logscale y\n", f"set logscale y\nset yrange [{orig[0] * 0.85:.4f}:{top * 1.4:.4f}]\n"
+                            f"set arrow from graph 0, first {orig[0]:.6f} to graph 1, first {orig[0]:.6f} nohead dt 2 lc rgb 'black'\n"
+                            f"set label 'original (f32) {orig[0]:.2f}' at graph 0.02, first {orig[0] * 1.04:.6f} font ',9'\n")
         subprocess.run(["gnuplot"], input=gp + "\n", text=True, check=True)
         for n in ("caldera.dat", "llama.cpp.dat"):
             os.remove(os.path.join(tmp, n))
