@@ -1,16 +1,15 @@
 // SPDX-License-Identifier: MIT
-// bench-cuda: GPU speed of the core's linear algebra and of LDLQ, beside the CPU on the same
-// inputs, as a Markdown table with the targets of docs/cuda.md (what a GPU of the stated class is
-// expected to reach; targets, not results). Not a test. Without a usable CUDA device it says why
-// and exits 0 having measured nothing.
+// bench-cuda: GPU speed of the core's linear algebra, of LDLQ and CALDERA, and of the fused
+// compressed layer, beside the CPU on the same inputs, as a Markdown table with the targets of
+// docs/cuda.md (what a GPU of the stated class is expected to reach; targets, not results). Not a
+// test. Without a usable CUDA device it says why and exits 0 having measured nothing.
 //   usage: bench-cuda [-n size] [-m rows] [-r reps] [-c] [-q]
-//     -n  square size of the linalg set and LDLQ's Hessian (default 4096)
-//     -m  rows of the LDLQ weight (default n)
+//     -n  square size of the linalg set, LDLQ's and CALDERA's Hessian, the fused layer (default 4096)
+//     -m  rows of the LDLQ / CALDERA weight (default n)
 //     -r  repetitions, best time reported (default 3)
 //     -c  skip the CPU column (the CPU takes minutes at 4096 on a small machine)
-//     -q  skip LDLQ (linalg set only)
-// Perplexity throughput on the GPU needs the model runtime (issue 7), which has no CUDA path yet:
-// the table says so instead of a number.
+//     -q  skip LDLQ, CALDERA and the fused layer (linalg set only)
+// Perplexity throughput is measured by the evaluation phase itself (docs/cuda.md: one command).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +125,95 @@ done:
     return best;
 }
 
+// CALDERA (Q: LDLQ over E8P 2-bit with 10 tune passes; L, R: E8P 4-bit; rank 64; 5 outer passes)
+// on host tensors; under device = cuda the LDLQ loops run on the GPU and the BLAS-3 updates above
+// the threshold go through cuBLAS.
+static double time_caldera(struct caldera_ctx * ctx, enum caldera_device dev, const struct caldera_tensor * w,
+                           const struct caldera_tensor * h) {
+    struct caldera_inst * cb = NULL, * q = NULL, * lr = NULL, * cal = NULL;
+    struct caldera_tensor wh = { 0 };
+    struct caldera_pack * pack = NULL;
+    double best = -1;
+    if (caldera_ctx_set_device(ctx, dev) < 0 || caldera_tensor_alloc_f32(ctx, w->ne[0], w->ne[1], &wh) < 0 ||
+        caldera_inst_create(ctx, "e8", "e8p", &cb) < 0 || caldera_inst_set(cb, "bits", "2") < 0 || caldera_inst_start(cb) < 0 ||
+        caldera_inst_create(ctx, "ldlq", "q", &q) < 0 || caldera_inst_set_ref(q, "codebook", cb) < 0 ||
+        caldera_inst_set(q, "tune_iters", "10") < 0 || caldera_inst_start(q) < 0 ||
+        caldera_inst_create(ctx, "e8", "lr4", &lr) < 0 || caldera_inst_set(lr, "bits", "4") < 0 || caldera_inst_start(lr) < 0 ||
+        caldera_inst_create(ctx, "caldera", "cal", &cal) < 0 || caldera_inst_set_ref(cal, "q", q) < 0 ||
+        caldera_inst_set_ref(cal, "l_quant", lr) < 0 || caldera_inst_set_ref(cal, "r_quant", lr) < 0 ||
+        caldera_inst_set(cal, "rank", "64") < 0 || caldera_inst_start(cal) < 0) {
+        fprintf(stderr, "bench-cuda: caldera: %s\n", caldera_ctx_errmsg(ctx));
+        goto done;
+    }
+    const struct caldera_decomposer_ops * ops = caldera_inst_plugin(cal)->ops;
+    for (int r = 0; r < g_reps; r++) {
+        caldera_pack_free(pack);
+        pack = NULL;
+        if (caldera_pack_init(&pack) < 0) goto done;
+        double t0 = now();
+        if (ops->decompose(cal, w, h, &wh, pack) < 0) {
+            fprintf(stderr, "bench-cuda: caldera: %s\n", caldera_ctx_errmsg(ctx));
+            best = -1;
+            goto done;
+        }
+        double t = now() - t0;
+        if (best < 0 || t < best) best = t;
+    }
+done:
+    caldera_pack_free(pack);
+    caldera_inst_free(cal);
+    caldera_inst_free(lr);
+    caldera_inst_free(q);
+    caldera_inst_free(cb);
+    caldera_tensor_free(&wh);
+    caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU);
+    return best;
+}
+
+// The fused layer: Y (batch × n) = X Ŵᵀ for an E8P 2-bit n × n weight, through linear_apply (host
+// tensors; under device = cuda the codes go up, Ŵ is decoded on the GPU and cuBLAS multiplies).
+static double time_fused(struct caldera_ctx * ctx, enum caldera_device dev, const struct caldera_tensor * w, int64_t batch) {
+    struct caldera_inst * q = NULL;
+    struct caldera_tensor wh = { 0 }, x = { 0 }, y = { 0 };
+    struct caldera_pack * pack = NULL;
+    void * st = NULL;
+    double best = -1;
+    const struct caldera_quantizer_ops * ops = NULL;
+    const int64_t n = w->ne[1];
+    if (caldera_tensor_alloc_f32(ctx, w->ne[0], n, &wh) < 0 || caldera_tensor_alloc_f32(ctx, batch, n, &x) < 0 ||
+        caldera_tensor_alloc_f32(ctx, batch, w->ne[0], &y) < 0 || caldera_inst_create(ctx, "e8", "q", &q) < 0 ||
+        caldera_inst_set(q, "bits", "2") < 0 || caldera_inst_start(q) < 0 || caldera_pack_init(&pack) < 0) {
+        fprintf(stderr, "bench-cuda: fused: %s\n", caldera_ctx_errmsg(ctx));
+        goto done;
+    }
+    ops = caldera_inst_plugin(q)->ops;
+    if (ops->quantize(q, w, NULL, &wh, pack) < 0 || ops->linear_init(q, pack, w->ne[0], n, &st) < 0 ||
+        caldera_ctx_set_device(ctx, dev) < 0) {
+        fprintf(stderr, "bench-cuda: fused: %s\n", caldera_ctx_errmsg(ctx));
+        goto done;
+    }
+    for (int64_t i = 0; i < batch * n; i++) ((float *) x.data)[i] = (float) ((i * 7919) % 13) * 0.1f - 0.6f;
+    for (int r = 0; r < g_reps; r++) {
+        double t0 = now();
+        if (ops->linear_apply(q, st, &x, &y, 0) < 0) {
+            fprintf(stderr, "bench-cuda: fused: %s\n", caldera_ctx_errmsg(ctx));
+            best = -1;
+            goto done;
+        }
+        double t = now() - t0;
+        if (best < 0 || t < best) best = t;
+    }
+done:
+    caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU);
+    if (ops && st) ops->linear_free(q, st);
+    caldera_pack_free(pack);
+    caldera_inst_free(q);
+    caldera_tensor_free(&wh);
+    caldera_tensor_free(&x);
+    caldera_tensor_free(&y);
+    return best;
+}
+
 // A table cell: the time, and the rate when flops > 0.
 static void cell(double t, double flops) {
     if (t < 0) printf(" — |");
@@ -190,9 +278,18 @@ int main(int argc, char ** argv) {
         printf("| ldlq e8 2-bit, 2 tune passes, %lldx%lld (host tensors) |", (long long) m, (long long) n);
         cell(no_cpu ? -1 : time_ldlq(ctx, CALDERA_DEVICE_CPU, &w, &h), 0);
         cell(time_ldlq(ctx, CALDERA_DEVICE_CUDA, &w, &h), 0);
-        printf(" 2 s at 4096² |\n");
+        printf(" 1.5 s at 4096² |\n");
+        printf("| caldera rank 64, Q ldlq e8 2-bit + 10 tune passes, L R e8 4-bit, %lldx%lld |", (long long) m, (long long) n);
+        cell(no_cpu ? -1 : time_caldera(ctx, CALDERA_DEVICE_CPU, &w, &h), 0);
+        cell(time_caldera(ctx, CALDERA_DEVICE_CUDA, &w, &h), 0);
+        printf(" 30 s at 4096² |\n");
+        const double ff = 2.0 * 512.0 * (double) m * (double) n;
+        printf("| fused layer e8 2-bit, batch 512, %lldx%lld |", (long long) m, (long long) n);
+        cell(no_cpu ? -1 : time_fused(ctx, CALDERA_DEVICE_CPU, &w, 512), ff);
+        cell(time_fused(ctx, CALDERA_DEVICE_CUDA, &w, 512), ff);
+        printf(" 0.003 s at 4096² |\n");
     }
-    printf("| perplexity throughput | — | — | needs the model runtime's CUDA path (not built) |\n");
+    printf("| perplexity throughput | — | — | see docs/cuda.md: the evaluation phase under device = cuda |\n");
     caldera_tensor_free(&x);
     caldera_tensor_free(&h);
     caldera_tensor_free(&a);

@@ -5,13 +5,15 @@
 # same bits per parameter and a mean relative error within CUDA_E2E_TOL of each other (FP32 sums in
 # another order can flip a few roundings; the error statistic must not move). Exits 77 (skip)
 # when `device = cuda` is refused for lack of a usable device.
-#   usage: run-cuda-pipeline.sh CALDERA_PIPE INI
+#   usage: run-cuda-pipeline.sh CALDERA_PIPE INI [--set KEY=VALUE ...]   (extra overrides for both runs)
 set -euo pipefail
 pipe=$1 ini=$2
-CUDA_E2E_TOL=0.01   # relative difference of the mean relative error
+shift 2
+extra=("$@")
+CUDA_E2E_TOL=${CUDA_E2E_TOL:-0.01}   # relative difference of the mean relative error
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-if ! out=$("$pipe" "$ini" --dry-run --set caldera.device=cuda 2>&1); then
+if ! out=$("$pipe" "$ini" "${extra[@]}" --dry-run --set caldera.device=cuda 2>&1); then
     if grep -q "no CUDA device can be used" <<<"$out"; then
         echo "skip: $out"
         exit 77
@@ -23,7 +25,7 @@ summary() {   # bits/param and mean relative error of a run's summary line
     sed -n 's/^summary: .*, \([0-9.]*\) bits\/param, rel\. error mean \([0-9.]*\) .*/\1 \2/p' "$1"
 }
 for dev in cpu cuda; do
-    CALDERA_CUDA_MIN_FLOPS=0 "$pipe" "$ini" --set caldera.device=$dev --set "caldera.report=$tmp/$dev.json" \
+    CALDERA_CUDA_MIN_FLOPS=0 "$pipe" "$ini" "${extra[@]}" --set caldera.device=$dev --set "caldera.report=$tmp/$dev.json" \
         --set "out.path=$tmp/$dev.safetensors" > "$tmp/$dev.txt" 2> "$tmp/$dev.log" || { cat "$tmp/$dev.log"; exit 1; }
     grep '^summary:' "$tmp/$dev.txt"
 done

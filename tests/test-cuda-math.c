@@ -129,12 +129,12 @@ START_TEST(test_e8p_items) {
     static struct e8p_tables tab;
     e8p_tables_build(&tab);
     const struct e8p_tables * t = &tab;
-    const int64_t rows = 3, nb = 4, cols = nb * 8, ldx = cols + 3, ldy = cols + 1;
+    const int64_t rows = 3, nb = 4, cols = nb * 8, ldx = cols + 3, ldy = cols + 1, ldc = nb + 2;   // codes: a view into a wider store
     for (int bits = 2; bits <= 4; bits++) {
         for (int nscale = 1; nscale <= rows; nscale += rows - 1) {
             float * x = caldera_malloc((size_t) (rows * ldx) * sizeof(float));
             float * y = caldera_malloc((size_t) (rows * ldy) * sizeof(float));
-            uint16_t c1[5 * 6], c2[5 * 6];
+            uint16_t c1[3 * 6], c2[3 * 6];
             float scale[5];
             ck_assert(x && y);
             tu_fill_normal(x, rows * ldx, 1.0f, 7 + (uint64_t) bits * 10 + (uint64_t) nscale);
@@ -145,13 +145,13 @@ START_TEST(test_e8p_items) {
             for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
             int64_t * perm = shuffled(rows * nb);
             for (int64_t q = 0; q < rows * nb; q++) {
-                ccu_item_e8p_round(perm[q], t, bits, x, ldx, nb, scale, nscale, c1, bits > 2 ? c2 : NULL, y, ldy);
+                ccu_item_e8p_round(perm[q], t, bits, x, ldx, nb, scale, nscale, c1, bits > 2 ? c2 : NULL, ldc, y, ldy);
             }
             caldera_free(perm);
             for (int64_t i = 0; i < rows; i++) {
                 const float s = scale[nscale == 1 ? 0 : i];
                 for (int64_t b = 0; b < nb; b++) {
-                    const int64_t q = i * nb + b;
+                    const int64_t q = i * ldc + b;
                     float xs[8], v1[8], v[8], r[8];
                     for (int k = 0; k < 8; k++) xs[k] = s > 0.0f ? x[i * ldx + b * 8 + k] * (1.0f / s) : 0.0f;
                     // the value is s times the decode of the codes (the one decode rule)
@@ -205,7 +205,8 @@ static int nearest_level(const double * lev, int nlev, double x, int * tie) {
 }
 
 START_TEST(test_uniform_items) {
-    const int64_t rows = 4, cols = 13, ldx = 16, ldy = 15;
+    // x is columns [col0, col0 + cols) of a weight of wcols columns; codes a view (ld ldc) into a wider store
+    const int64_t rows = 4, cols = 13, ldx = 16, ldy = 15, col0 = 3, wcols = col0 + cols, ldc = 14;
     // kinds: 0 symmetric midrise, 1 symmetric reference, 2 asymmetric with GPTQ's integer zero, 3 float zero
     for (int kind = 0; kind < 4; kind++) {
         for (int bits = 2; bits <= 8; bits += 2) {
@@ -215,10 +216,10 @@ START_TEST(test_uniform_items) {
             r.kmax = kind == 1 ? 2 * L - 2 : 2 * L - 1;
             r.half = kind == 0 ? (float) L - 0.5f : kind == 1 ? (float) (L - 1) : 0.0f;
             for (int gran = UNI_TENSOR; gran <= UNI_GROUP; gran++) {
-                const int64_t gs = 5, ngr = (cols + gs - 1) / gs;
-                const int64_t nscale = gran == UNI_TENSOR ? 1 : gran == UNI_ROW ? rows : gran == UNI_COLUMN ? cols : rows * ngr;
-                float x[4 * 16], y[4 * 15], scale[4 * 13], zero[4 * 13];
-                uint8_t codes[4 * 13];
+                const int64_t gs = 5, ngr = (wcols + gs - 1) / gs;
+                const int64_t nscale = gran == UNI_TENSOR ? 1 : gran == UNI_ROW ? rows : gran == UNI_COLUMN ? wcols : rows * ngr;
+                float x[4 * 16], y[4 * 15], scale[4 * 16], zero[4 * 16];
+                uint8_t codes[4 * 14];
                 tu_fill_normal(x, rows * ldx, 1.0f, 1000 + (uint64_t) (kind * 100 + bits * 10 + gran));
                 for (int64_t g = 0; g < nscale; g++) {
                     scale[g] = g == 1 ? 0.0f : 2.5f / (float) L * (1.0f + 0.1f * (float) g);   // group 1: all-zero group (d = 0)
@@ -227,14 +228,16 @@ START_TEST(test_uniform_items) {
                 for (int64_t i = 0; i < rows * ldy; i++) y[i] = NAN;
                 int64_t * perm = shuffled(rows * cols);
                 for (int64_t q = 0; q < rows * cols; q++) {
-                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, x, ldx, cols, scale, kind >= 2 ? zero : NULL, codes, y, ldy);
+                    ccu_item_uniform_round(perm[q], &r, gran, ngr, gs, col0, x, ldx, cols, scale, kind >= 2 ? zero : NULL, codes,
+                                           ldc, y, ldy);
                 }
                 caldera_free(perm);
                 for (int64_t i = 0; i < rows; i++) {
                     for (int64_t j = 0; j < cols; j++) {
-                        int64_t g = gran == UNI_TENSOR ? 0 : gran == UNI_ROW ? i : gran == UNI_COLUMN ? j : i * ngr + j / gs;
+                        const int64_t wj = col0 + j;   // the weight's column
+                        int64_t g = gran == UNI_TENSOR ? 0 : gran == UNI_ROW ? i : gran == UNI_COLUMN ? wj : i * ngr + wj / gs;
                         double d = scale[g], z = kind >= 2 ? zero[g] : 0.0;
-                        int k = codes[i * cols + j];
+                        int k = codes[i * ldc + j];
                         ck_assert_int_le(k, r.kmax);
                         // the value of the code, in f32 as stored
                         float want_v = kind == 2   ? ((float) k - zero[g]) * scale[g]
@@ -327,6 +330,214 @@ START_TEST(test_ldlq_items) {
         double got = ldlq_row_loss(r, xj, qj, dj, b);
         ck_assert_double_le(fabs(got - (double) want), 1e-12 * (1.0 + fabs((double) want)));
     }
+}
+END_TEST
+
+// LDLQ tune step: target, guard, update (ldlq-step.h; the kernels run the items, ldlq.c the same functions).
+#define TUNE_TOL 1e-6   // relative: f32 result of a double sum against long double
+
+START_TEST(test_ldlq_tune_items) {
+    const int64_t m = 11, n = 24, b = 8, j0 = 8, ldh = 13;
+    float old[11 * 8], gj[11 * 8], hi[8 * 8], xs[11 * 8], q[11 * 8], hjj[8 * 13];
+    float ht[24 * 11], dt[24 * 11], wt[24 * 11], ht0[24 * 11], dqt[8 * 11];
+    tu_fill_normal(old, m * b, 1.0f, 600);
+    tu_fill_normal(gj, m * b, 1.0f, 601);
+    tu_fill_normal(hi, b * b, 0.3f, 602);
+    tu_fill_normal(q, m * b, 1.0f, 603);
+    tu_fill_normal(ht, n * m, 1.0f, 604);
+    tu_fill_normal(wt, n * m, 1.0f, 605);
+    // hjj: a symmetric positive definite b × b block (A Aᵀ + I) inside rows of ldh floats
+    float a8[8 * 8];
+    tu_fill_normal(a8, b * b, 1.0f, 606);
+    for (int64_t k = 0; k < b; k++) {
+        for (int64_t l = 0; l < ldh; l++) {
+            double v = l < b ? (k == l ? 1.0 : 0.0) : NAN;
+            for (int64_t t = 0; l < b && t < b; t++) v += (double) a8[k * b + t] * a8[l * b + t];
+            hjj[k * ldh + l] = (float) v;
+        }
+    }
+    // target: xs = old + gj hi, in any item order
+    int64_t * perm = shuffled(m * b);
+    for (int64_t t = 0; t < m * b; t++) ccu_item_ldlq_tune_target(perm[t], old, gj, hi, b, xs);
+    caldera_free(perm);
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t k = 0; k < b; k++) {
+            long double want = old[r * b + k];
+            for (int64_t l = 0; l < b; l++) want += (long double) gj[r * b + l] * hi[l * b + k];
+            ck_assert_double_le(fabs(xs[r * b + k] - (double) want), TUNE_TOL * (1.0 + fabs((double) want)));
+        }
+    }
+    // guard: a row is kept (xs row = old) exactly when q's loss around xs exceeds old's
+    float xs0[11 * 8];
+    memcpy(xs0, xs, sizeof(xs));
+    for (int64_t r = 0; r < m; r++) {
+        if (r % 3 == 0) memcpy(q + r * b, old + r * b, (size_t) b * sizeof(float));   // equal losses: not kept
+        if (r % 3 == 1) memcpy(q + r * b, xs + r * b, (size_t) b * sizeof(float));    // q = xs: loss 0, not kept
+    }
+    for (int64_t r = 0; r < m; r++) {
+        long double lq = 0, lo = 0;
+        for (int64_t k = 0; k < b; k++) {
+            for (int64_t l = 0; l < b; l++) {
+                lq += ((long double) q[r * b + k] - xs0[r * b + k]) * hjj[k * ldh + l] * ((long double) q[r * b + l] - xs0[r * b + l]);
+                lo += ((long double) old[r * b + k] - xs0[r * b + k]) * hjj[k * ldh + l] * ((long double) old[r * b + l] - xs0[r * b + l]);
+            }
+        }
+        int kept = ldlq_tune_guard(r, q, old, xs, hjj, ldh, b);
+        if (r % 3 != 2) ck_assert_int_eq(kept, 0);
+        if (fabsl(lq - lo) > 1e-9L * (1 + fabsl(lo))) ck_assert_int_eq(kept, lq > lo);
+        for (int64_t k = 0; k < b; k++) ck_assert_float_eq(xs[r * b + k], kept ? old[r * b + k] : xs0[r * b + k]);
+    }
+    // update: dqt = Ŵ_old − q, Ŵ = q, Δ = W − q for block j0; other rows untouched
+    memcpy(ht0, ht, sizeof(ht));
+    for (int64_t i = 0; i < n * m; i++) dt[i] = NAN;
+    perm = shuffled(m * b);
+    for (int64_t t = 0; t < m * b; t++) ccu_item_ldlq_tune_update(perm[t], q, m, j0, b, ht, dt, wt, dqt);
+    caldera_free(perm);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t r = 0; r < m; r++) {
+            const int64_t e = i * m + r;
+            if (i < j0 || i >= j0 + b) {
+                ck_assert_float_eq(ht[e], ht0[e]);
+                ck_assert(isnan(dt[e]));
+                continue;
+            }
+            const float v = q[r * b + (i - j0)];
+            ck_assert_float_eq(dqt[(i - j0) * m + r], ht0[e] - v);
+            ck_assert_float_eq(ht[e], v);
+            ck_assert_float_eq(dt[e], wt[e] - v);
+        }
+    }
+}
+END_TEST
+
+// The core's entry points on host tensors (the CPU path plugins take): the items in order, and a
+// clear error for each kind of bad argument; a device tensor without a usable GPU fails cleanly.
+START_TEST(test_core_entry_points) {
+    struct caldera_ctx * ctx = tu_ctx();
+    static struct e8p_tables tab;
+    e8p_tables_build(&tab);
+    const int64_t rows = 5, cols = 24, nb = 3;
+    float x[5 * 24], y[5 * 24], y2[5 * 24], scale[5] = { 0.7f, 0.8f, 0.9f, 1.0f, 1.1f };
+    uint16_t c1[5 * 3], c2[5 * 3], k1[5 * 3], k2[5 * 3];
+    tu_fill_normal(x, rows * cols, 1.0f, 700);
+    struct caldera_tensor tx = caldera_tensor_view_f32(x, rows, cols), ty = caldera_tensor_view_f32(y, rows, cols);
+    struct caldera_tensor tc1 = { .data = c1, .dtype = CALDERA_DTYPE_U16, .ndim = 2, .ne = { rows, nb }, .ld = nb };
+    struct caldera_tensor tc2 = tc1;
+    tc2.data = c2;
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 4, scale, rows, &tx, &tc1, &tc2, &ty), 0);
+    for (int64_t q = 0; q < rows * nb; q++) ccu_item_e8p_round(q, &tab, 4, x, cols, nb, scale, rows, k1, k2, nb, y2, cols);
+    ck_assert(memcmp(y, y2, sizeof(y)) == 0 && memcmp(c1, k1, sizeof(c1)) == 0 && memcmp(c2, k2, sizeof(c2)) == 0);
+    // bad arguments
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 4, scale, 2, &tx, &tc1, &tc2, &ty), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "nscale = 2; allowed: 1 or rows = 5"));
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 5, scale, 1, &tx, &tc1, &tc2, &ty), CALDERA_ERR_RANGE);
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 3, scale, 1, &tx, &tc1, NULL, &ty), CALDERA_ERR_INVAL);
+    struct caldera_tensor bad = tc1;
+    bad.dtype = CALDERA_DTYPE_U8;
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 2, scale, 1, &tx, &bad, NULL, &ty), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "codes must be a 2-d u16 tensor"));
+    struct caldera_tensor narrow = tx;
+    narrow.ne[1] = 20;
+    ck_assert_int_eq(caldera_round_e8p(ctx, &tab, 2, scale, 1, &narrow, &tc1, NULL, &ty), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "allowed: a multiple of 8"));
+    // uniform: a column block whose last group lies beyond the scales is refused
+    struct uniform_rule r = { .kind = 0, .kmax = 15, .half = 7.5f };
+    uint8_t codes[5 * 24];
+    struct caldera_tensor tcu = { .data = codes, .dtype = CALDERA_DTYPE_U8, .ndim = 2, .ne = { rows, cols }, .ld = cols };
+    float us[5 * 3];
+    for (int g = 0; g < 15; g++) us[g] = 0.25f;
+    ck_assert_int_eq(caldera_round_uniform(ctx, &r, UNI_GROUP, 3, 8, 0, us, NULL, 15, &tx, &tcu, &ty), 0);
+    for (int64_t q = 0; q < rows * cols; q++) {
+        uint8_t k;
+        ck_assert_float_eq(y[q], uniform_round(&r, x[q], 0.25f, 0.0f, &k));
+        ck_assert_int_eq(codes[q], k);
+    }
+    ck_assert_int_eq(caldera_round_uniform(ctx, &r, UNI_GROUP, 3, 8, 8, us, NULL, 15, &tx, &tcu, &ty), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "falls in scale group 15; allowed: groups below nscale = 15"));
+    // the LDLQ step: shapes, and tensors on different devices
+    float xt[24 * 5], xj[5 * 8];
+    struct caldera_tensor txt = caldera_tensor_view_f32(xt, cols, rows), txj = caldera_tensor_view_f32(xj, rows, 8);
+    ck_assert_int_eq(caldera_ldlq_gather(ctx, &txt, 16, &txj), 0);
+    ck_assert_int_eq(caldera_ldlq_gather(ctx, &txt, 20, &txj), CALDERA_ERR_INVAL);
+    struct caldera_tensor dxj = txj;
+    dxj.device = CALDERA_DEVICE_CUDA;
+    ck_assert_int_eq(caldera_ldlq_gather(ctx, &txt, 0, &dxj), CALDERA_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "xj is on another device than xt"));
+    // device tensors without a usable GPU: a clean error, nothing dereferenced
+    char why[512];
+    if (caldera_cuda_probe(why, sizeof(why)) == 0) {
+        struct caldera_tensor dx = tx, dy = ty;
+        dx.device = dy.device = CALDERA_DEVICE_CUDA;
+        int rc = caldera_round_e8p(ctx, &tab, 2, scale, 1, &dx, &tc1, NULL, &dy);
+        ck_assert(rc == CALDERA_ERR_DEVICE || rc == CALDERA_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "device 'cuda'"));
+        struct caldera_tensor dxt = txt;
+        dxt.device = CALDERA_DEVICE_CUDA;
+        rc = caldera_ldlq_gather(ctx, &dxt, 0, &dxj);
+        ck_assert(rc == CALDERA_ERR_DEVICE || rc == CALDERA_ERR_UNSUPPORTED);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
+// The fused layer's decode item (the CUDA variant's kernel body) against caldera_kw_decode with
+// the portable C kernels: the same bits, for E8P at 2, 3, 4 bits (per-row and single scales, f16
+// and f32) and uniform codes (every granularity, both rules, zero points, odd widths), in any order.
+static void check_kw_decode(struct caldera_ctx * ctx, const char * plugin, const char * opts, int64_t m, int64_t n,
+                            uint64_t seed) {
+    struct caldera_inst * q = NULL;
+    ck_assert_int_eq(caldera_inst_create(ctx, plugin, "q", &q), 0);
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", opts);
+    for (char * kv = strtok(buf, ","); kv; kv = strtok(NULL, ",")) {
+        char * eq = strchr(kv, '=');
+        *eq = 0;
+        ck_assert_msg(caldera_inst_set(q, kv, eq + 1) == 0, "option %s=%s", kv, eq + 1);
+    }
+    ck_assert_int_eq(caldera_inst_start(q), 0);
+    const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+    struct caldera_tensor w = tu_randn(ctx, m, n, seed), wh;
+    struct caldera_pack * pack = NULL;
+    void * st = NULL;
+    ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, n, &wh), 0);
+    ck_assert_int_eq(caldera_pack_init(&pack), 0);
+    ck_assert_int_eq(ops->quantize(q, &w, NULL, &wh, pack), 0);
+    ck_assert_int_eq(ops->linear_init(q, pack, m, n, &st), 0);
+    const struct caldera_kw * kw = st;
+    const int64_t ld = n + 3;
+    float * want = caldera_malloc((size_t) (m * ld) * sizeof(float)), * got = caldera_malloc((size_t) (m * ld) * sizeof(float));
+    ck_assert(want && got);
+    for (int64_t i = 0; i < m * ld; i++) want[i] = got[i] = NAN;
+    ck_assert_int_eq(caldera_kernel_set_isa(CALDERA_ISA_C), 0);
+    ck_assert_int_eq(caldera_kw_decode(ctx, kw, want, ld), 0);
+    caldera_kernel_set_isa(-1);
+    int64_t * perm = shuffled(m * n);
+    for (int64_t t = 0; t < m * n; t++) ccu_item_kw_decode(perm[t], kw, got, ld);
+    caldera_free(perm);
+    for (int64_t r = 0; r < m; r++) {
+        ck_assert_msg(memcmp(got + r * ld, want + r * ld, (size_t) n * sizeof(float)) == 0, "%s %s: row %lld differs",
+                      plugin, opts, (long long) r);
+        for (int64_t c = n; c < ld; c++) ck_assert(isnan(got[r * ld + c]));
+    }
+    caldera_free(want);
+    caldera_free(got);
+    ops->linear_free(q, st);
+    caldera_pack_free(pack);
+    caldera_tensor_free(&w);
+    caldera_tensor_free(&wh);
+    caldera_inst_free(q);
+}
+
+START_TEST(test_kw_decode_items) {
+    struct caldera_ctx * ctx = tu_ctx();
+    static const char * const e8[] = { "bits=2", "bits=2,scale_mode=row,scale_dtype=f32", "bits=3,scale_mode=row",
+                                       "bits=4,scale_dtype=f32" };
+    for (size_t i = 0; i < sizeof(e8) / sizeof(e8[0]); i++) check_kw_decode(ctx, "e8", e8[i], 13, 48, 800 + i);
+    static const char * const uni[] = { "bits=4,granularity=group,group_size=16,symmetric=0", "bits=3,granularity=row",
+                                        "bits=5,granularity=column,symmetric=0", "bits=2,granularity=tensor,levels=reference",
+                                        "bits=6,granularity=group,group_size=7,scale_dtype=f32" };
+    for (size_t i = 0; i < sizeof(uni) / sizeof(uni[0]); i++) check_kw_decode(ctx, "uniform", uni[i], 11, 37, 900 + i);
+    caldera_ctx_free(ctx);
 }
 END_TEST
 
@@ -426,6 +637,9 @@ static Suite * cuda_math_suite(void) {
     tcase_add_test(tc, test_uniform_items);
     tcase_add_test(tc, test_helper_items);
     tcase_add_test(tc, test_ldlq_items);
+    tcase_add_test(tc, test_ldlq_tune_items);
+    tcase_add_test(tc, test_core_entry_points);
+    tcase_add_test(tc, test_kw_decode_items);
     suite_add_tcase(s, tc);
     TCase * td = tcase_create("device");
     tcase_add_test(td, test_device_selection);

@@ -306,7 +306,28 @@ START_TEST(test_staged_host_tensors) {
 }
 END_TEST
 
-// The quantizer kernels run the CPU's own per-element code: identical codes and values.
+// A (rows, cols) tensor of dtype dt on the CPU or the GPU, zero-filled.
+static struct caldera_tensor zeros_dt(struct caldera_ctx * ctx, enum caldera_dtype dt, int64_t r, int64_t c, int device) {
+    struct caldera_tensor t;
+    int64_t ne[2] = { r, c };
+    ck_assert_msg(caldera_tensor_alloc_device(ctx, device ? CALDERA_DEVICE_CUDA : CALDERA_DEVICE_CPU, dt, 2, ne, &t) == 0,
+                  "%s", caldera_ctx_errmsg(ctx));
+    return t;
+}
+
+// Bitwise equality of a device tensor and a host tensor of the same dtype and shape (dense).
+static void same_bits(struct caldera_ctx * ctx, const struct caldera_tensor * dev, const struct caldera_tensor * host,
+                      const char * what) {
+    struct caldera_tensor g = zeros_dt(ctx, host->dtype, host->ne[0], host->ne[1], 0);
+    OK(caldera_tensor_copy(ctx, &g, dev));
+    size_t bytes = (size_t) (host->ne[0] * host->ne[1]) * caldera_dtype_block_bytes(host->dtype);
+    ck_assert_msg(memcmp(g.data, host->data, bytes) == 0, "%s: the GPU's bits differ from the CPU's", what);
+    caldera_tensor_free(&g);
+}
+
+// caldera_round_e8p / _uniform: the kernels run the CPU's own per-element code, so device tensors
+// give the same codes and values as host tensors on the CPU, bit for bit (code views with ld and
+// a column offset included); host tensors under device = cuda are staged and give them too.
 START_TEST(test_quantizer_kernels) {
     struct caldera_ctx * ctx = tu_ctx();
     static struct e8p_tables tab;
@@ -315,76 +336,77 @@ START_TEST(test_quantizer_kernels) {
     struct caldera_tensor x = tu_randn(ctx, rows, cols, 130), dx = up(ctx, &x);
     float scale[64];
     for (int64_t i = 0; i < rows; i++) scale[i] = i == 3 ? 0.0f : 0.8f + 0.01f * (float) i;
-    void * dscale = NULL, * dc1 = NULL, * dc2 = NULL;
-    OK(caldera_cuda_alloc(ctx, sizeof(scale), &dscale));
-    OK(caldera_cuda_alloc(ctx, (size_t) (rows * nb) * sizeof(uint16_t), &dc1));
-    OK(caldera_cuda_alloc(ctx, (size_t) (rows * nb) * sizeof(uint16_t), &dc2));
-    struct caldera_tensor hs = caldera_tensor_view_f32(scale, 1, rows), ds = caldera_tensor_view_f32(dscale, 1, rows);
-    ds.device = CALDERA_DEVICE_CUDA;
-    OK(caldera_tensor_copy(ctx, &ds, &hs));
     for (int bits = 2; bits <= 4; bits++) {
-        struct caldera_tensor y = zeros(ctx, rows, cols, 0), dy = zeros(ctx, rows, cols, 1);
-        static uint16_t c1[64 * 32], c2[64 * 32], g1[64 * 32], g2[64 * 32];
-        for (int64_t q = 0; q < rows * nb; q++) {
-            ccu_item_e8p_round(q, &tab, bits, x.data, cols, nb, scale, rows, c1, c2, y.data, cols);
+        // codes of the last nb - 2 blocks: views at block 2 of (rows, nb) stores
+        struct caldera_tensor y = zeros(ctx, rows, cols - 16, 0), dy = zeros(ctx, rows, cols - 16, 1);
+        struct caldera_tensor c1 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 0), c2 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 0);
+        struct caldera_tensor d1 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 1), d2 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 1);
+        struct caldera_tensor xv = x, dxv = dx, v1 = c1, v2 = c2, w1 = d1, w2 = d2;
+        xv.data = (float *) x.data + 16;
+        dxv.data = (float *) dx.data + 16;
+        xv.ne[1] = dxv.ne[1] = cols - 16;
+        xv.ld = dxv.ld = cols;
+        struct caldera_tensor * views[] = { &v1, &v2, &w1, &w2 };
+        for (int k = 0; k < 4; k++) {
+            views[k]->data = (uint16_t *) views[k]->data + 2;
+            views[k]->ne[1] = nb - 2;
+            views[k]->ld = nb;
         }
-        OK(caldera_cuda_e8p_round(ctx, &tab, bits, &dx, dscale, rows, dc1, dc2, &dy));
-        struct caldera_tensor gy = down(ctx, &dy);
-        ck_assert_msg(memcmp(gy.data, y.data, (size_t) (rows * cols) * sizeof(float)) == 0, "e8p %d bits: values differ", bits);
-        struct caldera_tensor h1 = { .data = g1, .dtype = CALDERA_DTYPE_U16, .ndim = 1, .ne = { rows * nb } }, d1 = h1;
-        d1.data = dc1;
-        d1.device = CALDERA_DEVICE_CUDA;
-        OK(caldera_tensor_copy(ctx, &h1, &d1));
-        ck_assert(memcmp(g1, c1, sizeof(c1)) == 0);
-        if (bits > 2) {
-            d1.data = dc2;
-            h1.data = g2;
-            OK(caldera_tensor_copy(ctx, &h1, &d1));
-            ck_assert(memcmp(g2, c2, sizeof(c2)) == 0);
-        }
-        caldera_tensor_free(&y); caldera_tensor_free(&dy); caldera_tensor_free(&gy);
+        OK(caldera_round_e8p(ctx, &tab, bits, scale, rows, &xv, &v1, bits > 2 ? &v2 : NULL, &y));
+        OK(caldera_round_e8p(ctx, &tab, bits, scale, rows, &dxv, &w1, bits > 2 ? &w2 : NULL, &dy));
+        same_bits(ctx, &dy, &y, "e8p values");
+        same_bits(ctx, &d1, &c1, "e8p codes");
+        same_bits(ctx, &d2, &c2, "e8p second codes");
+        // host tensors under device = cuda, every op on the GPU (the threshold is 0 in this test)
+        struct caldera_tensor y2 = zeros(ctx, rows, cols - 16, 0), c3 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 0);
+        struct caldera_tensor c4 = zeros_dt(ctx, CALDERA_DTYPE_U16, rows, nb, 0), v3 = c3, v4 = c4;
+        v3.data = (uint16_t *) c3.data + 2;
+        v4.data = (uint16_t *) c4.data + 2;
+        v3.ne[1] = v4.ne[1] = nb - 2;
+        v3.ld = v4.ld = nb;
+        OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CUDA));
+        OK(caldera_round_e8p(ctx, &tab, bits, scale, rows, &xv, &v3, bits > 2 ? &v4 : NULL, &y2));
+        OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU));
+        ck_assert(memcmp(y2.data, y.data, (size_t) (rows * (cols - 16)) * sizeof(float)) == 0);
+        ck_assert(memcmp(c3.data, c1.data, (size_t) (rows * nb) * sizeof(uint16_t)) == 0);
+        ck_assert(memcmp(c4.data, c2.data, (size_t) (rows * nb) * sizeof(uint16_t)) == 0);
+        struct caldera_tensor * all[] = { &y, &dy, &c1, &c2, &d1, &d2, &y2, &c3, &c4 };
+        for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) caldera_tensor_free(all[i]);
     }
-    // uniform, 4 bits, asymmetric, groups of 32 along a row
+    // uniform, 4 bits, asymmetric, groups of 32 along a row; columns [40, 256) of the weight
     struct uniform_rule r = { .kind = 2, .kmax = 15, .half = 0.0f };
-    const int64_t gs = 32, ngr = cols / gs;
+    const int64_t gs = 32, ngr = cols / gs, col0 = 40, c = cols - col0;
     float us[64 * 8], uz[64 * 8];
     for (int64_t g = 0; g < rows * ngr; g++) {
         us[g] = 0.3f + 0.001f * (float) g;
-        uz[g] = -2.2f;
+        uz[g] = (float) (g % 16);
     }
-    void * dus = NULL, * duz = NULL, * dcodes = NULL;
-    OK(caldera_cuda_alloc(ctx, sizeof(us), &dus));
-    OK(caldera_cuda_alloc(ctx, sizeof(uz), &duz));
-    OK(caldera_cuda_alloc(ctx, (size_t) (rows * cols), &dcodes));
-    struct caldera_tensor t1 = caldera_tensor_view_f32(us, 1, rows * ngr), t2 = t1;
-    t2.data = dus;
-    t2.device = CALDERA_DEVICE_CUDA;
-    OK(caldera_tensor_copy(ctx, &t2, &t1));
-    t1.data = uz;
-    t2.data = duz;
-    OK(caldera_tensor_copy(ctx, &t2, &t1));
-    struct caldera_tensor y = zeros(ctx, rows, cols, 0), dy = zeros(ctx, rows, cols, 1);
-    static uint8_t codes[64 * 256], gcodes[64 * 256];
-    for (int64_t q = 0; q < rows * cols; q++) {
-        ccu_item_uniform_round(q, &r, UNI_GROUP, ngr, gs, x.data, cols, cols, us, uz, codes, y.data, cols);
-    }
-    OK(caldera_cuda_uniform_round(ctx, &r, UNI_GROUP, ngr, gs, &dx, dus, duz, dcodes, &dy));
-    struct caldera_tensor gy = down(ctx, &dy);
-    ck_assert(memcmp(gy.data, y.data, (size_t) (rows * cols) * sizeof(float)) == 0);
-    struct caldera_tensor hc = { .data = gcodes, .dtype = CALDERA_DTYPE_U8, .ndim = 1, .ne = { rows * cols } }, dcv = hc;
-    dcv.data = dcodes;
-    dcv.device = CALDERA_DEVICE_CUDA;
-    OK(caldera_tensor_copy(ctx, &hc, &dcv));
-    ck_assert(memcmp(gcodes, codes, sizeof(codes)) == 0);
-    caldera_tensor_free(&y); caldera_tensor_free(&dy); caldera_tensor_free(&gy);
-    caldera_tensor_free(&x); caldera_tensor_free(&dx);
-    caldera_cuda_free(dscale); caldera_cuda_free(dc1); caldera_cuda_free(dc2);
-    caldera_cuda_free(dus); caldera_cuda_free(duz); caldera_cuda_free(dcodes);
+    struct caldera_tensor xv = x, dxv = dx;
+    xv.data = (float *) x.data + col0;
+    dxv.data = (float *) dx.data + col0;
+    xv.ne[1] = dxv.ne[1] = c;
+    xv.ld = dxv.ld = cols;
+    struct caldera_tensor y = zeros(ctx, rows, c, 0), dy = zeros(ctx, rows, c, 1);
+    struct caldera_tensor codes = zeros_dt(ctx, CALDERA_DTYPE_U8, rows, cols, 0), dcodes = zeros_dt(ctx, CALDERA_DTYPE_U8, rows, cols, 1);
+    struct caldera_tensor cv = codes, dcv = dcodes;
+    cv.data = (uint8_t *) codes.data + col0;
+    dcv.data = (uint8_t *) dcodes.data + col0;
+    cv.ne[1] = dcv.ne[1] = c;
+    cv.ld = dcv.ld = cols;
+    OK(caldera_round_uniform(ctx, &r, UNI_GROUP, ngr, gs, col0, us, uz, rows * ngr, &xv, &cv, &y));
+    OK(caldera_round_uniform(ctx, &r, UNI_GROUP, ngr, gs, col0, us, uz, rows * ngr, &dxv, &dcv, &dy));
+    same_bits(ctx, &dy, &y, "uniform values");
+    same_bits(ctx, &dcodes, &codes, "uniform codes");
+    struct caldera_tensor * all[] = { &y, &dy, &codes, &dcodes, &x, &dx };
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) caldera_tensor_free(all[i]);
     caldera_ctx_free(ctx);
 }
 END_TEST
 
-// The LDLQ block step's kernels against the CPU's loops (ldlq.c runs the same functions).
+// caldera_ldlq_gather / _scatter / _loss on device tensors against host tensors (the CPU loops of
+// ldlq-step.h): the same bits for the gather and the Ŵ/Δ writes; the loss in double, summed in
+// another order, within TOL_LDLQ_LOSS relative.
+#define TOL_LDLQ_LOSS 1e-12
 START_TEST(test_ldlq_kernels) {
     struct caldera_ctx * ctx = tu_ctx();
     const int64_t m = 300, n = 64, b = 8, j0 = 24, jl = 8, bc = 32;
@@ -394,24 +416,145 @@ START_TEST(test_ldlq_kernels) {
     struct caldera_tensor dxt = up(ctx, &xt), dwt = up(ctx, &wt), dqj = up(ctx, &qj), ddj = up(ctx, &dj);
     struct caldera_tensor dxj = zeros(ctx, m, b, 1), dhbt = zeros(ctx, bc, m, 1), ddbt = zeros(ctx, bc, m, 1);
     double loss = 0, dloss = 0;
-    for (int64_t k = 0; k < b; k++) {
-        for (int64_t r = 0; r < m; r++) {
-            ldlq_gather(k, r, xt.data, m, j0, b, xj.data);
-            ldlq_scatter(k, r, qj.data, wt.data, m, j0, jl, b, hbt.data, dbt.data);
-        }
-    }
-    for (int64_t r = 0; r < m; r++) loss += ldlq_row_loss(r, xj.data, qj.data, dj.data, b);
-    OK(caldera_cuda_ldlq_gather(ctx, dxt.data, m, j0, b, dxj.data));
-    OK(caldera_cuda_ldlq_scatter(ctx, dqj.data, dwt.data, m, j0, jl, b, dhbt.data, ddbt.data));
-    OK(caldera_cuda_ldlq_loss(ctx, dxj.data, dqj.data, ddj.data, m, b, &dloss));
-    struct caldera_tensor g1 = down(ctx, &dxj), g2 = down(ctx, &dhbt), g3 = down(ctx, &ddbt);
-    ck_assert(memcmp(g1.data, xj.data, (size_t) (m * b) * sizeof(float)) == 0);
-    ck_assert(memcmp(g2.data, hbt.data, (size_t) (bc * m) * sizeof(float)) == 0);
-    ck_assert(memcmp(g3.data, dbt.data, (size_t) (bc * m) * sizeof(float)) == 0);
-    ck_assert_msg(fabs(dloss - loss) <= 1e-12 * fabs(loss), "ldlq loss: %.17g vs %.17g", dloss, loss);   // double, other sum order
-    struct caldera_tensor * all[] = { &xt, &wt, &qj, &dj, &xj, &hbt, &dbt, &dxt, &dwt, &dqj, &ddj, &dxj, &dhbt, &ddbt, &g1, &g2, &g3 };
+    OK(caldera_ldlq_gather(ctx, &xt, j0, &xj));
+    OK(caldera_ldlq_scatter(ctx, &qj, &wt, j0, jl, &hbt, &dbt));
+    OK(caldera_ldlq_loss(ctx, &xj, &qj, &dj, &loss));
+    OK(caldera_ldlq_gather(ctx, &dxt, j0, &dxj));
+    OK(caldera_ldlq_scatter(ctx, &dqj, &dwt, j0, jl, &dhbt, &ddbt));
+    OK(caldera_ldlq_loss(ctx, &dxj, &dqj, &ddj, &dloss));
+    same_bits(ctx, &dxj, &xj, "ldlq gather");
+    same_bits(ctx, &dhbt, &hbt, "ldlq W-hat");
+    same_bits(ctx, &ddbt, &dbt, "ldlq delta");
+    ck_assert_msg(fabs(dloss - loss) <= TOL_LDLQ_LOSS * fabs(loss), "ldlq loss: %.17g vs %.17g", dloss, loss);
+    // mixing devices is refused
+    ck_assert_int_eq(caldera_ldlq_gather(ctx, &xt, j0, &dxj), CALDERA_ERR_INVAL);
+    // tune step: target, guard (hjj a view with ld n into an SPD matrix), update; the same bits
+    struct caldera_tensor hd = tu_hessian(ctx, n, n, 0.1, 144), hi = tu_randn(ctx, b, b, 145), gj = tu_randn(ctx, m, b, 146);
+    struct caldera_tensor ddh = up(ctx, &hd), dhi = up(ctx, &hi), dgj = up(ctx, &gj);
+    struct caldera_tensor xs = zeros(ctx, m, b, 0), dxs = zeros(ctx, m, b, 1), dqt = zeros(ctx, b, m, 0), ddqt = zeros(ctx, b, m, 1);
+    struct caldera_tensor hjj = hd, dhjj = ddh;
+    hjj.data = (float *) hd.data + j0 * n + j0;
+    dhjj.data = (float *) ddh.data + j0 * n + j0;
+    hjj.ne[0] = hjj.ne[1] = dhjj.ne[0] = dhjj.ne[1] = b;
+    hjj.ld = dhjj.ld = n;
+    int64_t kept = -1, dkept = -2;
+    OK(caldera_ldlq_tune_target(ctx, &xj, &gj, &hi, &xs));   // xj stands in for the current Ŵ_j
+    OK(caldera_ldlq_tune_target(ctx, &dxj, &dgj, &dhi, &dxs));
+    same_bits(ctx, &dxs, &xs, "ldlq tune target");
+    OK(caldera_ldlq_tune_guard(ctx, &qj, &xj, &hjj, &xs, &kept));
+    OK(caldera_ldlq_tune_guard(ctx, &dqj, &dxj, &dhjj, &dxs, &dkept));
+    ck_assert_int_eq(dkept, kept);
+    same_bits(ctx, &dxs, &xs, "ldlq tune guard");
+    struct caldera_tensor dtt = zeros(ctx, n, m, 0), ddtt = zeros(ctx, n, m, 1);
+    OK(caldera_ldlq_tune_update(ctx, &qj, &wt, j0, &xt, &dtt, &dqt));   // xt stands in for Ŵᵀ
+    OK(caldera_ldlq_tune_update(ctx, &dqj, &dwt, j0, &dxt, &ddtt, &ddqt));
+    same_bits(ctx, &dxt, &xt, "ldlq tune update: W-hat");
+    same_bits(ctx, &ddtt, &dtt, "ldlq tune update: delta");
+    same_bits(ctx, &ddqt, &dqt, "ldlq tune update: change");
+    struct caldera_tensor * tune[] = { &hd, &hi, &gj, &ddh, &dhi, &dgj, &xs, &dxs, &dqt, &ddqt, &dtt, &ddtt };
+    for (size_t i = 0; i < sizeof(tune) / sizeof(tune[0]); i++) caldera_tensor_free(tune[i]);
+    struct caldera_tensor * all[] = { &xt, &wt, &qj, &dj, &xj, &hbt, &dbt, &dxt, &dwt, &dqj, &ddj, &dxj, &dhbt, &ddbt };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) caldera_tensor_free(all[i]);
     caldera_ctx_free(ctx);
+}
+END_TEST
+
+// The ldlq plugin over e8 and over uniform, with 3 tune passes, under device = cuda (its block
+// loop and tune passes on the GPU: the step kernels, the codebook's rounding kernel, cuBLAS
+// feedback) against device = cpu on the same W and H. The feedback GEMMs sum in another order, so a weight near a rounding boundary may
+// round the other way: at most TOL_LDLQ_FLIPS of the weights may differ, and the proxy loss
+// tr((W − Ŵ) H (W − Ŵ)ᵀ) must be within TOL_LDLQ_PROXY relative.
+#define TOL_LDLQ_FLIPS 0.02
+#define TOL_LDLQ_PROXY 0.01
+START_TEST(test_ldlq_plugin_on_gpu) {
+    const char * cbs[][4] = { { "e8", "bits", "2", "scale_mode" }, { "uniform", "bits", "4", "granularity" } };
+    const char * vals[] = { "row", "group" };
+    for (int k = 0; k < 2; k++) {
+        struct caldera_ctx * ctx = tu_ctx();
+        struct caldera_inst * cb = NULL, * q = NULL;
+        OK(caldera_inst_create(ctx, cbs[k][0], "cb", &cb));
+        OK(caldera_inst_set(cb, cbs[k][1], cbs[k][2]));
+        OK(caldera_inst_set(cb, cbs[k][3], vals[k]));
+        OK(caldera_inst_start(cb));
+        OK(caldera_inst_create(ctx, "ldlq", "q", &q));
+        OK(caldera_inst_set_ref(q, "codebook", cb));
+        OK(caldera_inst_set(q, "buffer_cols", "64"));
+        OK(caldera_inst_set(q, "tune_iters", "3"));   // the tune loop on the GPU too
+        OK(caldera_inst_start(q));
+        const int64_t m = 96, n = 256;
+        struct caldera_tensor w = tu_randn(ctx, m, n, 150 + (uint64_t) k), h = tu_hessian(ctx, n, 2 * n, 0.05, 151);
+        struct caldera_tensor wh[2];
+        double proxy[2];
+        const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+        for (int dev = 0; dev < 2; dev++) {
+            struct caldera_pack * pack = NULL;
+            OK(caldera_pack_init(&pack));
+            OK(caldera_ctx_set_device(ctx, dev ? CALDERA_DEVICE_CUDA : CALDERA_DEVICE_CPU));
+            wh[dev] = zeros(ctx, m, n, 0);
+            OK(ops->quantize(q, &w, &h, &wh[dev], pack));
+            OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU));
+            struct caldera_tensor e = zeros(ctx, m, n, 0);
+            for (int64_t i = 0; i < m * n; i++) ((float *) e.data)[i] = ((float *) w.data)[i] - ((float *) wh[dev].data)[i];
+            OK(caldera_linalg_trace_quad(ctx, &e, &h, &proxy[dev]));
+            caldera_tensor_free(&e);
+            caldera_pack_free(pack);
+        }
+        int64_t diff = 0;
+        for (int64_t i = 0; i < m * n; i++) diff += ((float *) wh[0].data)[i] != ((float *) wh[1].data)[i];
+        ck_assert_msg((double) diff <= TOL_LDLQ_FLIPS * (double) (m * n), "ldlq over %s: %lld of %lld weights differ",
+                      cbs[k][0], (long long) diff, (long long) (m * n));
+        ck_assert_msg(fabs(proxy[1] - proxy[0]) <= TOL_LDLQ_PROXY * proxy[0], "ldlq over %s: proxy loss gpu %.9g cpu %.9g",
+                      cbs[k][0], proxy[1], proxy[0]);
+        caldera_tensor_free(&w); caldera_tensor_free(&h); caldera_tensor_free(&wh[0]); caldera_tensor_free(&wh[1]);
+        caldera_inst_free(q);
+        caldera_inst_free(cb);
+        caldera_ctx_free(ctx);
+    }
+}
+END_TEST
+
+// The fused layer (caldera_kw_matmul behind a quantizer's linear_apply) under device = cuda: the
+// compressed codes go to the GPU, Ŵ is decoded there by the kernels' per-element math (the same
+// bits as the CPU's decode, test-cuda-math) and cuBLAS multiplies; against device = cpu, plain
+// and transposed + accumulating, NMSE within TOL_BLAS3 (only the GEMM's summation order differs).
+START_TEST(test_fused_layer_on_gpu) {
+    const char * cfg[][3] = { { "e8", "bits", "2" }, { "e8", "bits", "4" }, { "uniform", "bits", "4" } };
+    for (int k = 0; k < 3; k++) {
+        struct caldera_ctx * ctx = tu_ctx();
+        struct caldera_inst * q = NULL;
+        OK(caldera_inst_create(ctx, cfg[k][0], "q", &q));
+        OK(caldera_inst_set(q, cfg[k][1], cfg[k][2]));
+        OK(caldera_inst_start(q));
+        const struct caldera_quantizer_ops * ops = caldera_inst_plugin(q)->ops;
+        const int64_t m = 192, n = 576, bt = 33;
+        struct caldera_tensor w = tu_randn(ctx, m, n, 160 + (uint64_t) k), wh = zeros(ctx, m, n, 0);
+        struct caldera_pack * pack = NULL;
+        void * st = NULL;
+        OK(caldera_pack_init(&pack));
+        OK(ops->quantize(q, &w, NULL, &wh, pack));
+        OK(ops->linear_init(q, pack, m, n, &st));
+        for (int tr = 0; tr < 2; tr++) {
+            const int64_t nin = tr ? m : n, nout = tr ? n : m;
+            const unsigned flags = tr ? CALDERA_LINEAR_TRANSPOSE | CALDERA_LINEAR_ACCUMULATE : 0;
+            struct caldera_tensor x = tu_randn(ctx, bt, nin, 170), y0 = tu_randn(ctx, bt, nout, 171);
+            struct caldera_tensor yc = zeros(ctx, bt, nout, 0), yg = zeros(ctx, bt, nout, 0);
+            OK(caldera_tensor_copy(ctx, &yc, &y0));
+            OK(caldera_tensor_copy(ctx, &yg, &y0));
+            OK(ops->linear_apply(q, st, &x, &yc, flags));
+            OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CUDA));
+            OK(ops->linear_apply(q, st, &x, &yg, flags));
+            OK(caldera_ctx_set_device(ctx, CALDERA_DEVICE_CPU));
+            double e = nmse(&yg, &yc);
+            ck_assert_msg(e <= TOL_BLAS3, "fused layer %s %s=%s%s: NMSE %.3g", cfg[k][0], cfg[k][1], cfg[k][2],
+                          tr ? " transposed" : "", e);
+            caldera_tensor_free(&x); caldera_tensor_free(&y0); caldera_tensor_free(&yc); caldera_tensor_free(&yg);
+        }
+        ops->linear_free(q, st);
+        caldera_pack_free(pack);
+        caldera_tensor_free(&w); caldera_tensor_free(&wh);
+        caldera_inst_free(q);
+        caldera_ctx_free(ctx);
+    }
 }
 END_TEST
 
@@ -427,12 +570,16 @@ static Suite * cuda_suite(void) {
     tcase_add_test(tc, test_staged_host_tensors);
     tcase_add_test(tc, test_quantizer_kernels);
     tcase_add_test(tc, test_ldlq_kernels);
+    tcase_add_test(tc, test_ldlq_plugin_on_gpu);
+    tcase_add_test(tc, test_fused_layer_on_gpu);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
     char why[1024];
+    // under device = cuda every op goes to the GPU, however small (read once, when the module loads)
+    setenv("CALDERA_CUDA_MIN_FLOPS", "0", 1);
     if (caldera_cuda_probe(why, sizeof(why)) <= 0) {
         printf("skip: no usable CUDA device: %s\n", why);
         return 77;

@@ -145,23 +145,28 @@ void caldera_inst_log(const struct caldera_inst * inst, enum caldera_log_level l
 int caldera_error(const struct caldera_inst * inst, int code, const char * fmt, ...) {
     if (!inst || !inst->ctx) return code;
     struct caldera_ctx * ctx = inst->ctx;
-    char prefix[128];
-    inst_prefix(inst, prefix, sizeof(prefix));
-    size_t n = caldera_strlcpy(ctx->errmsg, prefix, sizeof(ctx->errmsg));
+    // formatted into a copy first: an argument may be the context's own message
+    // (caldera_error(inst, rc, "...: %s", caldera_ctx_errmsg(ctx)), passing on a core error)
+    char msg[sizeof(ctx->errmsg)];
+    inst_prefix(inst, msg, sizeof(msg));
+    size_t n = strlen(msg);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->errmsg + n, sizeof(ctx->errmsg) - n, fmt, ap);
+    vsnprintf(msg + n, sizeof(msg) - n, fmt, ap);
     va_end(ap);
+    memcpy(ctx->errmsg, msg, sizeof(msg));
     caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
     return code;
 }
 
 int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...) {
     if (!ctx) return code;
+    char msg[sizeof(ctx->errmsg)];   // an argument may be the context's own message
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    memcpy(ctx->errmsg, msg, sizeof(msg));
     caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
     return code;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "caldera/caldera-kernels.h"
 #include "cuda/cuda-backend.h"
 #include "internal.h"
 #include "linalg_cuda.h"
@@ -214,17 +215,19 @@ static int stage_in(struct caldera_ctx * ctx, const struct caldera_cuda_backend 
         s->dev = *t;
         return 0;
     }
+    const size_t es = caldera_dtype_block_bytes(t->dtype);
     int64_t r = t->ne[0], c = t->ne[1];
     void * p = NULL;
-    int rc = be->dmalloc(d, (size_t) (r > 0 ? r : 1) * (size_t) (c > 0 ? c : 1) * sizeof(float), &p);
+    int rc = be->dmalloc(d, (size_t) (r > 0 ? r : 1) * (size_t) (c > 0 ? c : 1) * es, &p);
     if (rc < 0) return dev_error(ctx, be, d, rc, "staging");
     s->host = t;
-    s->dev = caldera_tensor_view_f32(p, r, c);
+    s->dev = *t;   // same dtype and shape, dense, on the device
+    s->dev.data = p;
+    s->dev.ld = c;
     s->dev.device = CALDERA_DEVICE_CUDA;
     if (upload && r > 0 && c > 0) {
         int64_t ld = t->ld ? t->ld : c;
-        rc = be->copy2d(d, p, (size_t) c * sizeof(float), t->data, (size_t) ld * sizeof(float), (size_t) c * sizeof(float),
-                        (size_t) r, 0);
+        rc = be->copy2d(d, p, (size_t) c * es, t->data, (size_t) ld * es, (size_t) c * es, (size_t) r, 0);
         if (rc < 0) return dev_error(ctx, be, d, rc, "upload");
     }
     return 0;
@@ -233,9 +236,9 @@ static int stage_in(struct caldera_ctx * ctx, const struct caldera_cuda_backend 
 static int stage_out(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d,
                      const struct staged * s) {
     if (!s->host || s->host->ne[0] == 0 || s->host->ne[1] == 0) return 0;
+    const size_t es = caldera_dtype_block_bytes(s->host->dtype);
     int64_t r = s->host->ne[0], c = s->host->ne[1], ld = s->host->ld ? s->host->ld : c;
-    int rc = be->copy2d(d, s->host->data, (size_t) ld * sizeof(float), s->dev.data, (size_t) c * sizeof(float),
-                        (size_t) c * sizeof(float), (size_t) r, 1);
+    int rc = be->copy2d(d, s->host->data, (size_t) ld * es, s->dev.data, (size_t) c * es, (size_t) c * es, (size_t) r, 1);
     return rc < 0 ? dev_error(ctx, be, d, rc, "download") : 0;
 }
 
@@ -436,29 +439,52 @@ done:
     return rc;
 }
 
-int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits,
-                           const struct caldera_tensor * x, const float * scale, int64_t nscale, uint16_t * c1,
-                           uint16_t * c2, struct caldera_tensor * x_hat) {
+// Host parameters (n floats) into fresh device memory; NULL stays NULL.
+static int upload_params(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d,
+                         const float * host, int64_t n, void ** out) {
+    *out = NULL;
+    if (!host) return 0;
+    int rc = be->dmalloc(d, (size_t) (n > 0 ? n : 1) * sizeof(float), out);
+    if (rc < 0) return dev_error(ctx, be, d, rc, "staging");
+    rc = be->copy2d(d, *out, (size_t) n * sizeof(float), host, (size_t) n * sizeof(float), (size_t) n * sizeof(float), 1, 0);
+    return rc < 0 ? dev_error(ctx, be, d, rc, "upload") : 0;
+}
+
+int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits, const float * scale,
+                           int64_t nscale, const struct caldera_tensor * x, struct caldera_tensor * codes,
+                           struct caldera_tensor * codes2, struct caldera_tensor * x_hat) {
     OPEN();
-    struct staged st[2] = { 0 };
-    IN(0, x, 1); IN(1, x_hat, 0);
-    RUN("e8p_round", e8p_round(d, tab, bits, DEV(0), scale, nscale, c1, c2, DEV(1)));
-    OUT(1);
+    struct staged st[4] = { 0 };
+    void * ds = NULL;
+    IN(0, x, 1); IN(1, x_hat, 0); IN(2, codes, 0); IN(3, codes2, 0);
+    if ((rc = upload_params(ctx, be, d, scale, nscale, &ds)) < 0) goto done;
+    RUN("e8p_round", e8p_round(d, tab, bits, DEV(0), ds, nscale, DEV(2)->data, codes2 ? DEV(3)->data : NULL,
+                               DEV(2)->ld ? DEV(2)->ld : DEV(2)->ne[1], DEV(1)));
+    OUT(1); OUT(2); OUT(3);
 done:
-    unstage(be, st, 2);
+    if (ds) be->dfree(ds);
+    unstage(be, st, 4);
     return rc;
 }
 
 int caldera_cuda_uniform_round(struct caldera_ctx * ctx, const struct uniform_rule * r, int granularity, int64_t ngr,
-                               int64_t group_size, const struct caldera_tensor * x, const float * scale,
-                               const float * zero, uint8_t * codes, struct caldera_tensor * x_hat) {
+                               int64_t group_size, int64_t col0, const float * scale, const float * zero, int64_t nscale,
+                               const struct caldera_tensor * x, struct caldera_tensor * codes,
+                               struct caldera_tensor * x_hat) {
     OPEN();
-    struct staged st[2] = { 0 };
-    IN(0, x, 1); IN(1, x_hat, 0);
-    RUN("uniform_round", uniform_round(d, r, granularity, ngr, group_size, DEV(0), scale, zero, codes, DEV(1)));
-    OUT(1);
+    struct staged st[3] = { 0 };
+    void * ds = NULL, * dz = NULL;
+    IN(0, x, 1); IN(1, x_hat, 0); IN(2, codes, 0);
+    if ((rc = upload_params(ctx, be, d, scale, nscale, &ds)) < 0 || (rc = upload_params(ctx, be, d, zero, nscale, &dz)) < 0) {
+        goto done;
+    }
+    RUN("uniform_round", uniform_round(d, r, granularity, ngr, group_size, col0, DEV(0), ds, dz, DEV(2)->data,
+                                       DEV(2)->ld ? DEV(2)->ld : DEV(2)->ne[1], DEV(1)));
+    OUT(1); OUT(2);
 done:
-    unstage(be, st, 2);
+    if (ds) be->dfree(ds);
+    if (dz) be->dfree(dz);
+    unstage(be, st, 3);
     return rc;
 }
 
@@ -479,5 +505,115 @@ int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const flo
                            int64_t b, double * loss) {
     OPEN();
     if ((rc = be->ldlq_loss(d, xj, qj, dj, m, b, loss)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_loss");
+    return rc;
+}
+
+int caldera_cuda_ldlq_tune_target(struct caldera_ctx * ctx, const float * old, const float * gj, const float * hi,
+                                  int64_t m, int64_t b, float * xs) {
+    OPEN();
+    if ((rc = be->ldlq_tune_target(d, old, gj, hi, m, b, xs)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_target");
+    return rc;
+}
+
+int caldera_cuda_ldlq_tune_guard(struct caldera_ctx * ctx, const float * q, const float * old, const float * hjj,
+                                 int64_t ldh, int64_t m, int64_t b, float * xs, int64_t * kept) {
+    OPEN();
+    if ((rc = be->ldlq_tune_guard(d, q, old, hjj, ldh, m, b, xs, kept)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_guard");
+    return rc;
+}
+
+int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                  float * dt, const float * wt, float * dqt) {
+    OPEN();
+    if ((rc = be->ldlq_tune_update(d, q, m, j0, b, ht, dt, wt, dqt)) < 0) rc = dev_error(ctx, be, d, rc, "ldlq_tune_update");
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused layer: the compressed storage goes up (2 to 4 bits a weight instead of 32), Ŵ is decoded
+// on the device by the kernels' per-element math, and cuBLAS multiplies.
+
+// Device copy of the n bytes at host p (NULL or n == 0: NULL), recorded in bufs for freeing.
+static int kw_up(struct caldera_ctx * ctx, const struct caldera_cuda_backend * be, struct ccu_dev * d, const void * p,
+                 size_t n, void ** bufs, int * nbuf, const void ** out) {
+    *out = NULL;
+    if (!p || n == 0) return 0;
+    void * q = NULL;
+    int rc = be->dmalloc(d, n, &q);
+    if (rc < 0) return dev_error(ctx, be, d, rc, "fused layer: staging");
+    bufs[(*nbuf)++] = q;
+    if ((rc = be->copy2d(d, q, n, p, n, n, 1, 0)) < 0) return dev_error(ctx, be, d, rc, "fused layer: upload");
+    *out = q;
+    return 0;
+}
+
+int caldera_cuda_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
+                           int64_t ldx, float * y, int64_t ldy, int trans, int acc) {
+    OPEN();
+    void * bufs[8] = { 0 };
+    int    nbuf = 0;
+    struct staged st[2] = { 0 };
+    struct caldera_kw dw = *w;
+    const int64_t nb = w->cols / 8, xin = trans ? w->rows : w->cols, yout = trans ? w->cols : w->rows;
+    const size_t  ps = w->scale_dtype == CALDERA_DTYPE_F16 ? 2 : 4;
+    size_t nscale = 1, nzero = 0;
+    if (w->type == CALDERA_KW_E8P) {
+        nscale = w->scale_per_row ? (size_t) w->rows : 1;
+    } else if (w->type == CALDERA_KW_UNIFORM) {
+        const size_t ngr = w->gran == CALDERA_KW_GRAN_GROUP ? (size_t) ((w->cols + w->group_size - 1) / w->group_size) : 0;
+        nscale = w->gran == CALDERA_KW_GRAN_TENSOR ? 1 : w->gran == CALDERA_KW_GRAN_ROW ? (size_t) w->rows
+               : w->gran == CALDERA_KW_GRAN_COLUMN ? (size_t) w->cols : (size_t) w->rows * ngr;
+        nzero = w->zero ? nscale : 0;
+    }
+    const size_t es = w->type == CALDERA_KW_F16 ? 2 : 4;
+    const size_t dense = w->type <= CALDERA_KW_F16 ? ((size_t) (w->rows - 1) * (size_t) w->ld + (size_t) w->cols) * es : 0;
+    const size_t ncode = (size_t) w->rows * (size_t) nb;
+    const size_t nstream = ((size_t) w->rows * (size_t) w->cols * (size_t) w->bits + 7) / 8;
+    void * wd = NULL;   // (rows, cols) decoded Ŵ on the device
+    if (w->type <= CALDERA_KW_F16) {
+        rc = kw_up(ctx, be, d, w->data, dense, bufs, &nbuf, &dw.data);
+    } else if (w->type == CALDERA_KW_E8P) {
+        const void * c = NULL, * g = NULL, * rv = NULL;
+        if ((rc = kw_up(ctx, be, d, w->codes, ncode * 2, bufs, &nbuf, &c)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->codes2, w->bits > 2 ? ncode * (w->bits == 4 ? 2 : 1) : 0, bufs, &nbuf, &dw.codes2)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->e8_grid, 256 * 8 * sizeof(float), bufs, &nbuf, &g)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->e8_rvq1, w->bits == 3 ? 256 * 8 * sizeof(float) : 0, bufs, &nbuf, &rv)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->scale, nscale * ps, bufs, &nbuf, &dw.scale)) < 0) {
+            goto done;
+        }
+        dw.codes = c;
+        dw.e8_grid = g;
+        dw.e8_rvq1 = rv;
+    } else {
+        const void * sm = NULL, * z = NULL;
+        if ((rc = kw_up(ctx, be, d, w->stream, nstream, bufs, &nbuf, &sm)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->scale, nscale * ps, bufs, &nbuf, &dw.scale)) < 0 ||
+            (rc = kw_up(ctx, be, d, w->zero, nzero, bufs, &nbuf, &z)) < 0) {
+            goto done;
+        }
+        dw.stream = sm;
+        dw.zero = z;
+    }
+    if (rc < 0) goto done;
+    if ((rc = be->dmalloc(d, (size_t) w->rows * (size_t) w->cols * sizeof(float), &wd)) < 0) {
+        rc = dev_error(ctx, be, d, rc, "fused layer: staging");
+        goto done;
+    }
+    bufs[nbuf++] = wd;
+    RUN("fused layer decode", kw_decode(d, &dw, wd, w->cols));
+    {
+        struct caldera_tensor tw = caldera_tensor_view_f32(wd, w->rows, w->cols);
+        struct caldera_tensor tx = caldera_tensor_view_f32((float *) x, batch, xin), ty = caldera_tensor_view_f32(y, batch, yout);
+        tw.device = CALDERA_DEVICE_CUDA;
+        tx.ld = ldx;
+        ty.ld = ldy;
+        IN(0, &tx, 1); IN(1, &ty, acc);
+        // y = x Ŵᵀ, or y = x Ŵ (transposed layer)
+        RUN("fused layer gemm", gemm(d, 0, trans ? 0 : 1, 1.0f, DEV(0), &tw, acc ? 1.0f : 0.0f, DEV(1)));
+        OUT(1);
+    }
+done:
+    unstage(be, st, 2);
+    for (int i = 0; i < nbuf; i++) be->dfree(bufs[i]);
     return rc;
 }

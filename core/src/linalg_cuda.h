@@ -51,17 +51,17 @@ int caldera_cuda_trace_quad(struct caldera_ctx * ctx, const struct caldera_tenso
                             double * out);
 
 /**
- * Element-wise quantizer kernels (GPU tests and future device codebooks): E8P rounding of x
- * (rows × cols, cols % 8 == 0; host or device) with per-row scales; scale (nscale = 1 or rows), c1
- * and c2 (rows × cols / 8 u16; c2 only for 3 and 4 bits) are device memory. tab is host memory.
+ * The quantizer kernels behind caldera_round_e8p / caldera_round_uniform (codebook.c), same
+ * arguments: x, codes and x_hat host or device tensors (host ones are staged), scale and zero
+ * host memory (uploaded per call), tab host memory (uploaded once per contents).
  */
-int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits,
-                           const struct caldera_tensor * x, const float * scale, int64_t nscale, uint16_t * c1,
-                           uint16_t * c2, struct caldera_tensor * x_hat);
-/** Uniform rounding of x (rows × cols) by the rule r and the groups of uniform_gid_of; scale, zero (or NULL), codes on the device. */
+int caldera_cuda_e8p_round(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits, const float * scale,
+                           int64_t nscale, const struct caldera_tensor * x, struct caldera_tensor * codes,
+                           struct caldera_tensor * codes2, struct caldera_tensor * x_hat);
 int caldera_cuda_uniform_round(struct caldera_ctx * ctx, const struct uniform_rule * r, int granularity, int64_t ngr,
-                               int64_t group_size, const struct caldera_tensor * x, const float * scale,
-                               const float * zero, uint8_t * codes, struct caldera_tensor * x_hat);
+                               int64_t group_size, int64_t col0, const float * scale, const float * zero, int64_t nscale,
+                               const struct caldera_tensor * x, struct caldera_tensor * codes,
+                               struct caldera_tensor * x_hat);
 
 /** The LDLQ block step's element-wise kernels (ldlq-step.h); every pointer is device memory. */
 int caldera_cuda_ldlq_gather(struct caldera_ctx * ctx, const float * xt, int64_t m, int64_t j0, int64_t b, float * xj);
@@ -70,5 +70,22 @@ int caldera_cuda_ldlq_scatter(struct caldera_ctx * ctx, const float * qj, const 
 /** *loss (host) = Σ_rows (x − q) D_j (x − q)ᵀ. */
 int caldera_cuda_ldlq_loss(struct caldera_ctx * ctx, const float * xj, const float * qj, const float * dj, int64_t m,
                            int64_t b, double * loss);
+
+/** The LDLQ tune step's kernels (ldlq-step.h); device memory but *kept (host). */
+int caldera_cuda_ldlq_tune_target(struct caldera_ctx * ctx, const float * old, const float * gj, const float * hi,
+                                  int64_t m, int64_t b, float * xs);
+int caldera_cuda_ldlq_tune_guard(struct caldera_ctx * ctx, const float * q, const float * old, const float * hjj,
+                                 int64_t ldh, int64_t m, int64_t b, float * xs, int64_t * kept);
+int caldera_cuda_ldlq_tune_update(struct caldera_ctx * ctx, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                  float * dt, const float * wt, float * dqt);
+
+struct caldera_kw;
+/**
+ * caldera_kw_matmul on the GPU (x, y host memory, as there): the compressed storage is uploaded,
+ * Ŵ decoded on the device (ccu_item_kw_decode) and multiplied by cuBLAS; y = x Ŵᵀ (x Ŵ when trans),
+ * y += when acc.
+ */
+int caldera_cuda_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
+                           int64_t ldx, float * y, int64_t ldy, int trans, int acc);
 
 #endif // CALDERA_LINALG_CUDA_H

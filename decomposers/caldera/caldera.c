@@ -140,6 +140,7 @@ struct cal_work {
     struct cal_priv *     p;
     int64_t               m, n, k;
     const float *         h;       // (n, n) dense H, or NULL for H = I
+    struct caldera_tensor hdev;    // device = cuda: H on the GPU (uploaded on first use), or data NULL
     float *               f;       // (n, n) F with F Fᵀ = H (lazily, for downdate / m > n init), NULL = I
     double                flops;   // counted GEMM/SYRK FLOPs of this plugin (quantizers not included)
     // scratch for the LR step
@@ -163,11 +164,25 @@ static int gemm(struct cal_work * wk, enum caldera_trans ta, enum caldera_trans 
     return caldera_linalg_gemm(wk->ctx, ta, tb, alpha, &at, &bt, beta, &ct);
 }
 
-// out (rows, n) = x·H (a copy for H = I).
+// out (rows, n) = x·H (a copy for H = I). Under device = cuda H stays on the GPU for the whole
+// decomposition (it is the one large operand every LR step multiplies by), and only x and out move.
 static int mul_h(struct cal_work * wk, float * x, int64_t rows, float * out) {
     if (!wk->h) {
         memcpy(out, x, (size_t) rows * (size_t) wk->n * sizeof(float));
         return 0;
+    }
+    if (caldera_ctx_device(wk->ctx) == CALDERA_DEVICE_CUDA) {
+        const int64_t n = wk->n, ne[2] = { n, n };
+        struct caldera_tensor hv = lr_view((float *) wk->h, n, n), xt = lr_view(x, rows, n), ot = lr_view(out, rows, n);
+        int rc;
+        if (!wk->hdev.data && ((rc = caldera_tensor_alloc_device(wk->ctx, CALDERA_DEVICE_CUDA, CALDERA_DTYPE_F32, 2, ne,
+                                                                 &wk->hdev)) < 0 ||
+                               (rc = caldera_tensor_copy(wk->ctx, &wk->hdev, &hv)) < 0)) {
+            caldera_tensor_free(&wk->hdev);
+            return caldera_error(wk->inst, rc, "decompose: cannot keep H on the GPU: %s", caldera_ctx_errmsg(wk->ctx));
+        }
+        wk->flops += 2.0 * (double) rows * (double) n * (double) n;
+        return caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &xt, &wk->hdev, 0.0f, &ot);
     }
     return gemm(wk, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, x, rows, wk->n, (float *) wk->h, wk->n, wk->n, 0.0f, out,
                 rows, wk->n);
@@ -840,6 +855,7 @@ fail:
     caldera_free(cl);
     caldera_free(cr);
     caldera_free(wk.f);
+    caldera_tensor_free(&wk.hdev);
     caldera_free(wk.res);
     caldera_free(wk.pm);
     caldera_free(wk.rh);

@@ -57,6 +57,7 @@ struct llm_lin {
     float *                    bias;   // rows, or NULL
     struct caldera_linear_impl impl;   // used when has_impl
     int                        has_impl;
+    struct caldera_tensor      wd;     // device = cuda: rows × cols f32 copy of w / w16 on the GPU, or data NULL
 };
 
 struct llm_layer {
@@ -95,6 +96,7 @@ struct llm_priv {
     float *                   out_norm;    // hidden
     float *                   head;        // vocab × hidden (== emb when tied)
     int                       head_owned;
+    struct caldera_tensor     head_d;      // device = cuda: vocab × hidden copy of head on the GPU, or data NULL
     struct llm_layer *        layers;      // n_layers
     struct llm_lin *          lins;        // n_layers × LLM_LIN_PER_LAYER
     int64_t                   n_lins;
@@ -226,8 +228,10 @@ static void llm_release(struct caldera_inst * inst) {
         caldera_free(l->w);
         caldera_free(l->w16);
         caldera_free(l->bias);
+        caldera_tensor_free(&l->wd);
         if (l->has_impl && l->impl.free) l->impl.free(l->impl.state);
     }
+    caldera_tensor_free(&p->head_d);
     for (int64_t i = 0; p->layers && i < p->d.n_layers; i++) {
         caldera_free(p->layers[i].attn_norm);
         caldera_free(p->layers[i].ffn_norm);
@@ -427,6 +431,7 @@ static int64_t llm_linear_find(struct caldera_inst * inst, const char * name) {
 static void lin_drop(struct llm_lin * l) {
     caldera_freep(&l->w);
     caldera_freep(&l->w16);
+    caldera_tensor_free(&l->wd);
     if (l->has_impl && l->impl.free) l->impl.free(l->impl.state);
     memset(&l->impl, 0, sizeof(l->impl));
     l->has_impl = 0;
@@ -670,6 +675,30 @@ static void mvm_rows(void * arg, int64_t r0, int64_t r1) {
     }
 }
 
+// Under device = cuda: *dev, a device copy of the f32 weight w (rows × cols), or of the f16 w16
+// converted through scratch, made on the first large product and kept until the weight is
+// replaced or the model released, so that the GEMMs of calibration and evaluation do not copy
+// the weights to the GPU every call (only the activations cross the bus).
+static int dev_weight(struct caldera_inst * inst, const char * name, const float * w, const uint16_t * w16, int64_t rows,
+                      int64_t cols, float * scratch, struct caldera_tensor * dev) {
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
+    const int64_t ne[2] = { rows, cols };
+    int rc;
+    if (dev->data) return 0;
+    if (!w) {
+        struct f16_cv_args a = { w16, scratch, cols };
+        caldera_parallel_for(ctx, rows, 16, f16_cv_rows, &a);
+        w = scratch;
+    }
+    struct caldera_tensor h = caldera_tensor_view_f32((float *) w, rows, cols);
+    if ((rc = caldera_tensor_alloc_device(ctx, CALDERA_DEVICE_CUDA, CALDERA_DTYPE_F32, 2, ne, dev)) < 0 ||
+        (rc = caldera_tensor_copy(ctx, dev, &h)) < 0) {
+        caldera_tensor_free(dev);
+        return caldera_error(inst, rc, "%s: cannot keep the weight on the GPU: %s", name, caldera_ctx_errmsg(ctx));
+    }
+    return 0;
+}
+
 // y (n × rows, ld ldy) = x (n × cols, ld ldx) Wᵀ (+ bias)
 static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float * x, int64_t ldx, float * y, int64_t ldy,
                      int64_t n) {
@@ -685,6 +714,12 @@ static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float
     } else if ((l->w || l->w16) && n <= LLM_SMALL_N) {
         struct mv_args a = { p->k, l->w, l->w16, x, y, l->cols, n, ldx, ldy };
         caldera_parallel_for(ctx, l->rows, 32, mv_rows, &a);
+    } else if ((l->w || l->w16) && caldera_ctx_device(ctx) == CALDERA_DEVICE_CUDA) {
+        // cuBLAS with the weight kept on the GPU; x and y are copied per call
+        if ((rc = dev_weight(inst, l->name, l->w, l->w16, l->rows, l->cols, p->f16_scratch, &l->wd)) < 0 ||
+            (rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &l->wd, 0.0f, &ty)) < 0) {
+            return rc;
+        }
     } else if (l->w) {
         struct caldera_tensor tw = caldera_tensor_view_f32(l->w, l->rows, l->cols);
         if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &tw, 0.0f, &ty)) < 0) return rc;
@@ -973,6 +1008,11 @@ static int head_rows(struct caldera_inst * inst, struct llm_work * w, const floa
         if (nc <= LLM_SMALL_N) {
             struct mv_args a = { p->k, p->head, NULL, tx.data, w->lg, p->d.hidden, nc, p->d.hidden, p->d.vocab };
             caldera_parallel_for(ctx, p->d.vocab, 256, mv_rows, &a);
+        } else if (caldera_ctx_device(ctx) == CALDERA_DEVICE_CUDA) {   // the head kept on the GPU
+            if ((rc = dev_weight(inst, "the output head", p->head, NULL, p->d.vocab, p->d.hidden, NULL, &p->head_d)) < 0 ||
+                (rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &p->head_d, 0.0f, &tl)) < 0) {
+                return rc;
+            }
         } else if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &th, 0.0f, &tl)) < 0) {
             return rc;
         }

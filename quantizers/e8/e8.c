@@ -214,45 +214,17 @@ fail:
     return rc;
 }
 
-struct e8_round_job {
-    const struct e8p_tables *       tab;
-    int                             bits;
-    struct caldera_cb_state *       st;
-    int64_t                         b0, nb;   // first block (of the whole row) and block count
-    const struct caldera_tensor *   x;        // (rows, nb * 8)
-    struct caldera_tensor *         x_hat;    // (rows, nb * 8)
-};
-
-static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
-    const struct e8_round_job * job = arg;
-    const struct caldera_cb_state * st = job->st;
-    const int64_t nbt = st->cols / E8P_DIM;
-    for (int64_t i = i0; i < i1; i++) {
-        const float   s   = st->scale[st->nscale == 1 ? 0 : i];
-        const float * xr  = (const float *) job->x->data + i * job->x->ld;
-        float *       yr  = (float *) job->x_hat->data + i * job->x_hat->ld;
-        uint16_t *    c1  = st->codes + i * nbt + job->b0;
-        uint16_t *    c2  = st->codes2 ? st->codes2 + i * nbt + job->b0 : NULL;
-        for (int64_t b = 0; b < job->nb; b++) {
-            uint16_t k1, k2;
-            // Ŵ from the codes with the one decode rule, so dequantize reproduces it exactly
-            e8p_round_scaled(job->tab, job->bits, s, xr + b * E8P_DIM, yr + b * E8P_DIM, &k1, &k2);
-            c1[b] = k1;
-            if (c2) {
-                c2[b] = k2;
-            }
-        }
-    }
-}
-
 static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st, int64_t col0,
                        const struct caldera_tensor * x, struct caldera_tensor * x_hat) {
     const struct e8_priv * p = caldera_inst_priv(inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
     int rc;
     if (!st) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+    // device tensors (ldlq's loop under device = cuda) are checked by the core
+    const int on_dev = x && x->device == CALDERA_DEVICE_CUDA;
+    if (!on_dev && (rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
         return rc;
     }
     const int64_t c = x->ne[1];
@@ -261,17 +233,18 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
                              "cb_round: columns [%" PRId64 ", %" PRId64 ") are not whole blocks of 8 "
                              "inside [0, %" PRId64 ")", col0, col0 + c, st->cols);
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
-        (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0) {
+    if (!on_dev && ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+                    (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0)) {
         return rc;
     }
-    struct e8_round_job job = {
-        .tab = p->tab, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
-        .x = x, .x_hat = x_hat,
-    };
-    int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
-    caldera_parallel_for(caldera_inst_ctx(inst), st->rows, grain, e8_round_rows, &job);
-    return 0;
+    // codes of blocks [col0/8, (col0 + c)/8) of every row: views into the (rows, cols/8) stores
+    const int64_t nbt = st->cols / E8P_DIM, b0 = col0 / E8P_DIM;
+    struct caldera_tensor c1 = { .data = st->codes + b0, .dtype = CALDERA_DTYPE_U16, .device = CALDERA_DEVICE_CPU,
+                                 .ndim = 2, .ne = { st->rows, c / E8P_DIM }, .ld = nbt };
+    struct caldera_tensor c2 = c1;
+    c2.data = st->codes2 ? st->codes2 + b0 : NULL;
+    rc = caldera_round_e8p(ctx, p->tab, (int) p->bits, st->scale, st->nscale, x, &c1, st->codes2 ? &c2 : NULL, x_hat);
+    return rc < 0 ? caldera_error(inst, rc, "cb_round: %s", caldera_ctx_errmsg(ctx)) : 0;
 }
 
 // caldera_pack_add with this plugin's error message.
@@ -514,6 +487,7 @@ static const struct caldera_quantizer_ops e8_ops = {
     .linear_init  = e8_linear_init,
     .linear_apply = e8_linear_apply,
     .linear_free  = e8_linear_free,
+    .cb_device    = 1,
 };
 
 static const struct caldera_plugin e8_plugin = {

@@ -42,4 +42,54 @@ LDLQ_FN double ldlq_row_loss(int64_t r, const float * xj, const float * qj, cons
     return s;
 }
 
+// ---- tune passes (ldlq.c's ldlq_tune): block j's step is X_j = Ŵ_j + G_j H_jj⁻¹, rounded; the
+// current Ŵ_j (old) and G_j are gathered from Ŵᵀ (n, m) and the buffer's Gᵀ (bc, m) by ldlq_gather.
+// Layouts: old, gj, xs, q (m, b); hi (b, b) = H_jj⁻¹; hjj (b, b) with row stride ldh (a view
+// into the damped H); ht, dt, wt (n, m) = Ŵᵀ, Δᵀ, Wᵀ; dqt (b, m).
+
+/** xs[r][k] = Ŵ_j[r][k] + Σ_l G_j[r][l] H_jj⁻¹[l][k], summed in double. */
+LDLQ_FN float ldlq_tune_target(int64_t r, int64_t k, const float * old, const float * gj, const float * hi, int64_t b) {
+    double s = old[r * b + k];
+    for (int64_t l = 0; l < b; l++) {
+        s += (double) gj[r * b + l] * hi[l * b + k];
+    }
+    return (float) s;
+}
+
+/**
+ * Tune guard of row r: its loss as a function of block j's value v is (v − xs) H_jj (v − xs)ᵀ +
+ * const. If the rounded q is worse than the current old, the row's target becomes old (xs row
+ * overwritten), so rounding it again keeps the old codeword; returns 1 then, else 0.
+ */
+LDLQ_FN int ldlq_tune_guard(int64_t r, const float * q, const float * old, float * xs, const float * hjj, int64_t ldh,
+                            int64_t b) {
+    double lnew = 0.0, lold = 0.0;
+    for (int64_t k = 0; k < b; k++) {
+        double tn = 0.0, to = 0.0;
+        for (int64_t l = 0; l < b; l++) {
+            tn += (double) hjj[k * ldh + l] * ((double) q[r * b + l] - xs[r * b + l]);
+            to += (double) hjj[k * ldh + l] * ((double) old[r * b + l] - xs[r * b + l]);
+        }
+        lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
+        lold += to * ((double) old[r * b + k] - xs[r * b + k]);
+    }
+    if (lnew > lold) {
+        for (int64_t k = 0; k < b; k++) {
+            xs[r * b + k] = old[r * b + k];
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/** Column k, row r of block j's new value v = q: dqt = Ŵ_old − v, then Ŵ = v and Δ = W − v. */
+LDLQ_FN void ldlq_tune_update(int64_t k, int64_t r, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                              float * dt, const float * wt, float * dqt) {
+    const float v = q[r * b + k];
+    const int64_t i = (j0 + k) * m + r;
+    dqt[k * m + r] = ht[i] - v;
+    ht[i] = v;
+    dt[i] = wt[i] - v;
+}
+
 #endif // CALDERA_LDLQ_STEP_H

@@ -147,6 +147,7 @@ struct ldlq_work {
     struct caldera_cb_state *            st;
     struct caldera_ctx *                 ctx;
     int64_t                              m, n, b, bc;
+    enum caldera_device                  dev;   // where the LDLQ pass keeps its work matrices
 };
 
 // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (cache-blocked).
@@ -165,34 +166,82 @@ static void transpose(float * dst, int64_t ldd, const float * src, int64_t lds, 
     }
 }
 
+// A (rows, cols) view of a dense work matrix t at (r0, c0), on t's device.
+static struct caldera_tensor subt(const struct caldera_tensor * t, int64_t r0, int64_t c0, int64_t rows, int64_t cols) {
+    struct caldera_tensor v = sub(t->data, t->ne[1], r0, c0, rows, cols);
+    v.device = t->device;
+    return v;
+}
+
+// A zeroed (rows, cols) f32 work matrix on the work device.
+static int work_alloc(const struct ldlq_work * wk, int64_t rows, int64_t cols, struct caldera_tensor * t) {
+    const int64_t ne[2] = { rows, cols };
+    return wk->dev == CALDERA_DEVICE_CPU ? caldera_tensor_alloc(wk->ctx, CALDERA_DTYPE_F32, 2, ne, t)
+                                         : caldera_tensor_alloc_device(wk->ctx, wk->dev, CALDERA_DTYPE_F32, 2, ne, t);
+}
+
+// The work matrix t (on the work device) filled from host memory (rows × cols, ld = cols).
+static int work_upload(const struct ldlq_work * wk, const float * host, int64_t rows, int64_t cols,
+                       struct caldera_tensor * t) {
+    int rc = work_alloc(wk, rows, cols, t);
+    if (rc < 0) {
+        return rc;
+    }
+    struct caldera_tensor h = caldera_tensor_view_f32((float *) host, rows, cols);
+    return caldera_tensor_copy(wk->ctx, t, &h);
+}
+
+// The block loop runs where its work matrices are: on the CPU, or under device = cuda (and a
+// codebook that rounds device tensors) on the GPU, where each step is a kernel of the core
+// (caldera_ldlq_gather / _scatter / _loss, the codebook's caldera_round_*) and the feedback a
+// cuBLAS GEMM; only W, L, the diagonal blocks of D (once) and each finished buffer (to write Ŵ)
+// cross the bus.
 static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * lmat, const float * dblk, double * loss_out) {
-    // lmat (n, n) unit block-lower L; dblk (n/b, b, b) diagonal blocks of D
+    // lmat (n, n) unit block-lower L; dblk (n/b, b, b) diagonal blocks of D (host)
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
     const int64_t ib = b * (b < 16 ? 16 / b : 1);   // inner block: rank-ib updates inside a buffer
-    const size_t  bufsz = (size_t) bc * (size_t) m * sizeof(float);
-    float * xt  = NULL;  // (n, m)  Xᵀ: W plus the feedback so far, transposed
-    float * wt  = NULL;  // (n, m)  Wᵀ
-    float * hbt = NULL;  // (bc, m) Ŵ of the current buffer, transposed
-    float * dbt = NULL;  // (bc, m) Δ = W - Ŵ of the current buffer, transposed
-    float * xj  = NULL;  // (m, b)  block j as the codebook takes it
-    float * qj  = NULL;  // (m, b)  its rounding
+    const int     on_dev = wk->dev != CALDERA_DEVICE_CPU;
+    struct caldera_tensor xt  = { 0 };  // (n, m)  Xᵀ: W plus the feedback so far, transposed
+    struct caldera_tensor wt  = { 0 };  // (n, m)  Wᵀ
+    struct caldera_tensor hbt = { 0 };  // (bc, m) Ŵ of the current buffer, transposed
+    struct caldera_tensor dbt = { 0 };  // (bc, m) Δ = W - Ŵ of the current buffer, transposed
+    struct caldera_tensor xj  = { 0 };  // (m, b)  block j as the codebook takes it
+    struct caldera_tensor qj  = { 0 };  // (m, b)  its rounding
+    struct caldera_tensor lt  = { 0 };  // (n, n)  L on the device (on the CPU a view of lmat)
+    struct caldera_tensor dbd = { 0 };  // (n, b)  the diagonal blocks of D on the device (CPU: a view of dblk)
+    float * host = NULL;                // (n, m)  Wᵀ on the host, then Ŵ of a buffer (device only)
     double  loss = 0.0;
     int     rc = 0;
 
-    xt  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
-    wt  = caldera_malloc((size_t) m * (size_t) n * sizeof(float));
-    hbt = caldera_malloc(bufsz);
-    dbt = caldera_malloc(bufsz);
-    xj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    qj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    if (!xt || !wt || !hbt || !dbt || !xj || !qj) {
-        rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
-                           " work matrices", m, n);
-        goto fail;
+    if (!on_dev) {
+        if ((rc = work_alloc(wk, n, m, &xt)) < 0 || (rc = work_alloc(wk, n, m, &wt)) < 0 ||
+            (rc = work_alloc(wk, bc, m, &hbt)) < 0 || (rc = work_alloc(wk, bc, m, &dbt)) < 0 ||
+            (rc = work_alloc(wk, m, b, &xj)) < 0 || (rc = work_alloc(wk, m, b, &qj)) < 0) {
+            rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
+                               " work matrices", m, n);
+            goto fail;
+        }
+        transpose(wt.data, m, w->data, ldof(w), m, n);
+        memcpy(xt.data, wt.data, (size_t) m * (size_t) n * sizeof(float));
+        lt  = sub((float *) lmat, n, 0, 0, n, n);
+        dbd = sub((float *) dblk, b, 0, 0, n, b);
+    } else {
+        if (!(host = caldera_malloc((size_t) m * (size_t) n * sizeof(float)))) {
+            rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for %" PRId64 "x%" PRId64
+                               " work matrices", m, n);
+            goto fail;
+        }
+        transpose(host, m, w->data, ldof(w), m, n);
+        if ((rc = work_upload(wk, host, n, m, &wt)) < 0 || (rc = work_upload(wk, host, n, m, &xt)) < 0 ||
+            (rc = work_upload(wk, lmat, n, n, &lt)) < 0 || (rc = work_upload(wk, dblk, n, b, &dbd)) < 0 ||
+            (rc = work_alloc(wk, bc, m, &hbt)) < 0 || (rc = work_alloc(wk, bc, m, &dbt)) < 0 ||
+            (rc = work_alloc(wk, m, b, &xj)) < 0 || (rc = work_alloc(wk, m, b, &qj)) < 0) {
+            rc = caldera_error(wk->inst, rc, "quantize: cannot set up the work matrices for %" PRId64 "x%" PRId64
+                               " on the GPU: %s", m, n, caldera_ctx_errmsg(wk->ctx));
+            goto fail;
+        }
     }
-    transpose(wt, m, w->data, ldof(w), m, n);
-    memcpy(xt, wt, (size_t) m * (size_t) n * sizeof(float));
     for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
         c0 = ((c1 - 1) / bc) * bc;
         const int64_t nb = c1 - c0;
@@ -200,29 +249,22 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
             i0 = c0 + ((i1 - c0 - 1) / ib) * ib;
             for (int64_t j0 = i1 - b; j0 >= i0; j0 -= b) {
                 const int64_t jl = j0 - c0;
-                for (int64_t k = 0; k < b; k++) {
-                    for (int64_t r = 0; r < m; r++) {
-                        ldlq_gather(k, r, xt, m, j0, b, xj);
-                    }
+                if ((rc = caldera_ldlq_gather(wk->ctx, &xt, j0, &xj)) < 0) {
+                    goto step_fail;
                 }
-                struct caldera_tensor xq = sub(xj, b, 0, 0, m, b), qt = sub(qj, b, 0, 0, m, b);
-                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xq, &qt)) < 0) {
+                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xj, &qj)) < 0) {
                     goto fail;
                 }
-                for (int64_t k = 0; k < b; k++) {
-                    for (int64_t r = 0; r < m; r++) {
-                        ldlq_scatter(k, r, qj, wt, m, j0, jl, b, hbt, dbt);
-                    }
-                }
                 // loss of block j: Σ_rows (X_j - Ŵ_j) D_j (X_j - Ŵ_j)ᵀ
-                const float * dj = dblk + (j0 / b) * b * b;
-                for (int64_t r = 0; r < m; r++) {
-                    loss += ldlq_row_loss(r, xj, qj, dj, b);
+                struct caldera_tensor dj = subt(&dbd, j0, 0, b, b);
+                if ((rc = caldera_ldlq_scatter(wk->ctx, &qj, &wt, j0, jl, &hbt, &dbt)) < 0 ||
+                    (rc = caldera_ldlq_loss(wk->ctx, &xj, &qj, &dj, &loss)) < 0) {
+                    goto step_fail;
                 }
                 if (j0 > i0) {   // Xᵀ[i0:j0] += L[j, i0:j0]ᵀ Δ_jᵀ  (rank b, inside the inner block)
-                    struct caldera_tensor lj = sub((float *) lmat, n, j0, i0, b, j0 - i0);
-                    struct caldera_tensor dj_t = sub(dbt, m, jl, 0, b, m);
-                    struct caldera_tensor xl = sub(xt, m, i0, 0, j0 - i0, m);
+                    struct caldera_tensor lj = subt(&lt, j0, i0, b, j0 - i0);
+                    struct caldera_tensor dj_t = subt(&dbt, jl, 0, b, m);
+                    struct caldera_tensor xl = subt(&xt, i0, 0, j0 - i0, m);
                     if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &lj, &dj_t, 1.0f,
                                                   &xl)) < 0) {
                         goto fail;
@@ -230,20 +272,28 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
                 }
             }
             if (i0 > c0) {   // Xᵀ[c0:i0] += L[i0:i1, c0:i0]ᵀ Δ_{i0:i1}ᵀ  (rank ib, rest of the buffer)
-                struct caldera_tensor li = sub((float *) lmat, n, i0, c0, i1 - i0, i0 - c0);
-                struct caldera_tensor di = sub(dbt, m, i0 - c0, 0, i1 - i0, m);
-                struct caldera_tensor xl = sub(xt, m, c0, 0, i0 - c0, m);
+                struct caldera_tensor li = subt(&lt, i0, c0, i1 - i0, i0 - c0);
+                struct caldera_tensor di = subt(&dbt, i0 - c0, 0, i1 - i0, m);
+                struct caldera_tensor xl = subt(&xt, c0, 0, i0 - c0, m);
                 if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &li, &di, 1.0f,
                                               &xl)) < 0) {
                     goto fail;
                 }
             }
         }
-        transpose((float *) w_hat->data + c0, ldof(w_hat), hbt, m, nb, m);
+        const float * hb = hbt.data;
+        if (on_dev) {   // the buffer's Ŵᵀ to the host
+            struct caldera_tensor src = subt(&hbt, 0, 0, nb, m), dst = sub(host, m, 0, 0, nb, m);
+            if ((rc = caldera_tensor_copy(wk->ctx, &dst, &src)) < 0) {
+                goto step_fail;
+            }
+            hb = host;
+        }
+        transpose((float *) w_hat->data + c0, ldof(w_hat), hb, m, nb, m);
         if (c0 > 0) {   // Xᵀ[0:c0] += L[B, 0:c0]ᵀ Δ_Bᵀ  (rank |B|, every column on the left)
-            struct caldera_tensor lb = sub((float *) lmat, n, c0, 0, nb, c0);
-            struct caldera_tensor db = sub(dbt, m, 0, 0, nb, m);
-            struct caldera_tensor xl = sub(xt, m, 0, 0, c0, m);
+            struct caldera_tensor lb = subt(&lt, c0, 0, nb, c0);
+            struct caldera_tensor db = subt(&dbt, 0, 0, nb, m);
+            struct caldera_tensor xl = subt(&xt, 0, 0, c0, m);
             if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &lb, &db, 1.0f,
                                           &xl)) < 0) {
                 goto fail;
@@ -251,13 +301,21 @@ static int ldlq_pass(const struct ldlq_work * wk, const struct caldera_tensor * 
         }
     }
     *loss_out = loss;
+    goto fail;
+step_fail:
+    rc = caldera_error(wk->inst, rc, "quantize: LDLQ step: %s", caldera_ctx_errmsg(wk->ctx));
 fail:
-    caldera_free(xt);
-    caldera_free(wt);
-    caldera_free(hbt);
-    caldera_free(dbt);
-    caldera_free(xj);
-    caldera_free(qj);
+    caldera_tensor_free(&xt);
+    caldera_tensor_free(&wt);
+    caldera_tensor_free(&hbt);
+    caldera_tensor_free(&dbt);
+    caldera_tensor_free(&xj);
+    caldera_tensor_free(&qj);
+    if (on_dev) {
+        caldera_tensor_free(&lt);
+        caldera_tensor_free(&dbd);
+    }
+    caldera_free(host);
     return rc;
 }
 
@@ -272,119 +330,104 @@ fail:
 // minimiser in the H_jj norm than the current codeword, and the step would raise that row's loss
 // (seen with E8P); such rows keep their codeword, so a pass never increases the proxy loss.
 
+// Like the pass, the tune passes run where the work matrices are (the CPU, or the GPU under
+// device = cuda): each step is a core kernel (gathers, target, guard, update), the codebook's
+// rounding, and the GEMMs; Ŵᵀ is downloaded once at the end.
 static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * hd, const float * hinv, int64_t iters, int guard) {
-    // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks
+    // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks (host)
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
-    const size_t  big = (size_t) m * (size_t) n * sizeof(float);
-    float * wt  = NULL;  // (n, m)  Wᵀ
-    float * ht  = NULL;  // (n, m)  Ŵᵀ
-    float * dt  = NULL;  // (n, m)  Δᵀ = (W - Ŵ)ᵀ
-    float * gt  = NULL;  // (bc, m) (Δ H[:, B])ᵀ
-    float * old = NULL;  // (m, b)  current Ŵ_j
-    float * gj  = NULL;  // (m, b)  G_j
-    float * xs  = NULL;  // (m, b)  unconstrained minimiser of block j
-    float * q   = NULL;  // (m, b)  its rounding
-    float * dqt = NULL;  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
+    const int     on_dev = wk->dev != CALDERA_DEVICE_CPU;
+    struct caldera_tensor wt  = { 0 };  // (n, m)  Wᵀ
+    struct caldera_tensor ht  = { 0 };  // (n, m)  Ŵᵀ
+    struct caldera_tensor dt  = { 0 };  // (n, m)  Δᵀ = (W - Ŵ)ᵀ
+    struct caldera_tensor gt  = { 0 };  // (bc, m) (Δ H[:, B])ᵀ
+    struct caldera_tensor old = { 0 };  // (m, b)  current Ŵ_j
+    struct caldera_tensor gj  = { 0 };  // (m, b)  G_j
+    struct caldera_tensor xs  = { 0 };  // (m, b)  unconstrained minimiser of block j
+    struct caldera_tensor q   = { 0 };  // (m, b)  its rounding
+    struct caldera_tensor dqt = { 0 };  // (b, m)  (Ŵ_j,old - Ŵ_j,new)ᵀ
+    struct caldera_tensor hdt = { 0 };  // (n, n)  damped H on the work device (CPU: a view of hd)
+    struct caldera_tensor hit = { 0 };  // (n, b)  the inverses on the work device (CPU: a view of hinv)
+    float * host = NULL;                // (3, n, m) Wᵀ, Ŵᵀ, Δᵀ on the host before the upload (device only)
     int rc = 0;
 
-    wt  = caldera_malloc(big);
-    ht  = caldera_malloc(big);
-    dt  = caldera_malloc(big);
-    gt  = caldera_malloc((size_t) bc * (size_t) m * sizeof(float));
-    old = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    gj  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    xs  = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    q   = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    dqt = caldera_malloc((size_t) m * (size_t) b * sizeof(float));
-    if (!wt || !ht || !dt || !gt || !old || !gj || !xs || !q || !dqt) {
-        rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "quantize: out of memory for tune passes (%" PRId64 "x%"
-                           PRId64 ")", m, n);
+    if ((rc = work_alloc(wk, n, m, &wt)) < 0 || (rc = work_alloc(wk, n, m, &ht)) < 0 ||
+        (rc = work_alloc(wk, n, m, &dt)) < 0 || (rc = work_alloc(wk, bc, m, &gt)) < 0 ||
+        (rc = work_alloc(wk, m, b, &old)) < 0 || (rc = work_alloc(wk, m, b, &gj)) < 0 ||
+        (rc = work_alloc(wk, m, b, &xs)) < 0 || (rc = work_alloc(wk, m, b, &q)) < 0 ||
+        (rc = work_alloc(wk, b, m, &dqt)) < 0 ||
+        (on_dev && !(host = caldera_malloc(3 * (size_t) m * (size_t) n * sizeof(float))))) {
+        rc = caldera_error(wk->inst, on_dev && rc < 0 ? rc : CALDERA_ERR_NOMEM, "quantize: %s for tune passes (%" PRId64
+                           "x%" PRId64 ")%s%s", on_dev && rc < 0 ? "cannot set up the work matrices" : "out of memory",
+                           m, n, on_dev && rc < 0 ? ": " : "", on_dev && rc < 0 ? caldera_ctx_errmsg(wk->ctx) : "");
         goto fail;
     }
-    transpose(wt, m, w->data, ldof(w), m, n);
-    transpose(ht, m, w_hat->data, ldof(w_hat), m, n);
-    for (int64_t i = 0; i < m * n; i++) {
-        dt[i] = wt[i] - ht[i];
+    {
+        float * wh = on_dev ? host : wt.data, * hh = on_dev ? host + m * n : ht.data, * dh = on_dev ? host + 2 * m * n : dt.data;
+        transpose(wh, m, w->data, ldof(w), m, n);
+        transpose(hh, m, w_hat->data, ldof(w_hat), m, n);
+        for (int64_t i = 0; i < m * n; i++) {
+            dh[i] = wh[i] - hh[i];
+        }
+        if (on_dev) {
+            struct caldera_tensor hw = sub(wh, m, 0, 0, n, m), hhv = sub(hh, m, 0, 0, n, m), hdv = sub(dh, m, 0, 0, n, m);
+            if ((rc = caldera_tensor_copy(wk->ctx, &wt, &hw)) < 0 || (rc = caldera_tensor_copy(wk->ctx, &ht, &hhv)) < 0 ||
+                (rc = caldera_tensor_copy(wk->ctx, &dt, &hdv)) < 0 || (rc = work_upload(wk, hd, n, n, &hdt)) < 0 ||
+                (rc = work_upload(wk, hinv, n, b, &hit)) < 0) {
+                goto step_fail;
+            }
+        } else {
+            hdt = sub((float *) hd, n, 0, 0, n, n);
+            hit = sub((float *) hinv, b, 0, 0, n, b);
+        }
     }
-    struct caldera_tensor dtt = sub(dt, m, 0, 0, n, m);
     for (int64_t it = 0; it < iters; it++) {
         int64_t kept = 0;
         for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
             c0 = ((c1 - 1) / bc) * bc;
             const int64_t nb = c1 - c0;
-            struct caldera_tensor gtt = sub(gt, m, 0, 0, nb, m);
-            struct caldera_tensor hb  = sub((float *) hd, n, c0, 0, nb, n);
-            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &hb, &dtt, 0.0f,
+            struct caldera_tensor gtt = subt(&gt, 0, 0, nb, m);
+            struct caldera_tensor hb  = subt(&hdt, c0, 0, nb, n);
+            if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &hb, &dt, 0.0f,
                                           &gtt)) < 0) {
                 goto fail;
             }
             for (int64_t j0 = c1 - b; j0 >= c0; j0 -= b) {
                 const int64_t jl = j0 - c0;
-                const float * hi = hinv + (j0 / b) * b * b;
-                const float * hjj = hd + j0 * n + j0;
-                for (int64_t k = 0; k < b; k++) {
-                    const float * hr = ht + (j0 + k) * m, * gr = gt + (jl + k) * m;
-                    for (int64_t r = 0; r < m; r++) {
-                        old[r * b + k] = hr[r];
-                        gj[r * b + k] = gr[r];
-                    }
-                }
+                struct caldera_tensor hi = subt(&hit, j0, 0, b, b);
+                struct caldera_tensor hjj = hdt;   // (b, b) view with ld n
+                hjj.data = (float *) hdt.data + j0 * n + j0;
+                hjj.ne[0] = hjj.ne[1] = b;
+                hjj.ld = n;
                 // xs = Ŵ_j + G_j H_jj⁻¹
-                for (int64_t r = 0; r < m; r++) {
-                    for (int64_t k = 0; k < b; k++) {
-                        double s = old[r * b + k];
-                        for (int64_t l = 0; l < b; l++) {
-                            s += (double) gj[r * b + l] * hi[l * b + k];
-                        }
-                        xs[r * b + k] = (float) s;
-                    }
+                if ((rc = caldera_ldlq_gather(wk->ctx, &ht, j0, &old)) < 0 ||
+                    (rc = caldera_ldlq_gather(wk->ctx, &gt, jl, &gj)) < 0 ||
+                    (rc = caldera_ldlq_tune_target(wk->ctx, &old, &gj, &hi, &xs)) < 0) {
+                    goto step_fail;
                 }
-                struct caldera_tensor xt = sub(xs, b, 0, 0, m, b), qt = sub(q, b, 0, 0, m, b);
-                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xs, &q)) < 0) {
                     goto fail;
                 }
                 if (guard && b > 1) {
-                    // a row's loss as a function of block j's value v: (v - xs) H_jj (v - xs)ᵀ + const
                     int64_t nkeep = 0;
-                    for (int64_t r = 0; r < m; r++) {
-                        double lnew = 0.0, lold = 0.0;
-                        for (int64_t k = 0; k < b; k++) {
-                            double tn = 0.0, to = 0.0;
-                            for (int64_t l = 0; l < b; l++) {
-                                tn += (double) hjj[k * n + l] * ((double) q[r * b + l] - xs[r * b + l]);
-                                to += (double) hjj[k * n + l] * ((double) old[r * b + l] - xs[r * b + l]);
-                            }
-                            lnew += tn * ((double) q[r * b + k] - xs[r * b + k]);
-                            lold += to * ((double) old[r * b + k] - xs[r * b + k]);
-                        }
-                        if (lnew > lold) {
-                            memcpy(xs + r * b, old + r * b, (size_t) b * sizeof(float));
-                            nkeep++;
-                        }
+                    if ((rc = caldera_ldlq_tune_guard(wk->ctx, &q, &old, &hjj, &xs, &nkeep)) < 0) {
+                        goto step_fail;
                     }
                     if (nkeep > 0) {   // round again so the codebook records the kept codes
-                        if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xt, &qt)) < 0) {
+                        if ((rc = wk->ops->cb_round(wk->cb, wk->st, j0, &xs, &q)) < 0) {
                             goto fail;
                         }
                         kept += nkeep;
                     }
                 }
-                for (int64_t k = 0; k < b; k++) {
-                    float * hr = ht + (j0 + k) * m, * dr = dt + (j0 + k) * m, * qr = dqt + k * m;
-                    const float * wr = wt + (j0 + k) * m;
-                    for (int64_t r = 0; r < m; r++) {
-                        float v = q[r * b + k];
-                        qr[r] = hr[r] - v;
-                        hr[r] = v;
-                        dr[r] = wr[r] - v;
-                    }
+                if ((rc = caldera_ldlq_tune_update(wk->ctx, &q, &wt, j0, &ht, &dt, &dqt)) < 0) {
+                    goto step_fail;
                 }
                 if (jl > 0) {   // G_Bᵀ[c0:j0] += H[j, c0:j0]ᵀ (old - new)ᵀ
-                    struct caldera_tensor hj  = sub((float *) hd, n, j0, c0, b, jl);
-                    struct caldera_tensor dq  = sub(dqt, m, 0, 0, b, m);
-                    struct caldera_tensor gl  = sub(gt, m, 0, 0, jl, m);
-                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &hj, &dq, 1.0f,
+                    struct caldera_tensor hj  = subt(&hdt, j0, c0, b, jl);
+                    struct caldera_tensor gl  = subt(&gt, 0, 0, jl, m);
+                    if ((rc = caldera_linalg_gemm(wk->ctx, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, &hj, &dqt, 1.0f,
                                                   &gl)) < 0) {
                         goto fail;
                     }
@@ -394,17 +437,33 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
         caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "tune pass %" PRId64 "/%" PRId64 ": %" PRId64
                          " row-blocks kept by the guard", it + 1, iters, kept);
     }
-    transpose(w_hat->data, ldof(w_hat), ht, m, n, m);
+    if (on_dev) {   // Ŵᵀ to the host
+        struct caldera_tensor hh = sub(host, m, 0, 0, n, m);
+        if ((rc = caldera_tensor_copy(wk->ctx, &hh, &ht)) < 0) {
+            goto step_fail;
+        }
+        transpose(w_hat->data, ldof(w_hat), host, m, n, m);
+    } else {
+        transpose(w_hat->data, ldof(w_hat), ht.data, m, n, m);
+    }
+    goto fail;
+step_fail:
+    rc = caldera_error(wk->inst, rc, "quantize: LDLQ tune step: %s", caldera_ctx_errmsg(wk->ctx));
 fail:
-    caldera_free(wt);
-    caldera_free(ht);
-    caldera_free(dt);
-    caldera_free(gt);
-    caldera_free(old);
-    caldera_free(gj);
-    caldera_free(xs);
-    caldera_free(q);
-    caldera_free(dqt);
+    caldera_tensor_free(&wt);
+    caldera_tensor_free(&ht);
+    caldera_tensor_free(&dt);
+    caldera_tensor_free(&gt);
+    caldera_tensor_free(&old);
+    caldera_tensor_free(&gj);
+    caldera_tensor_free(&xs);
+    caldera_tensor_free(&q);
+    caldera_tensor_free(&dqt);
+    if (on_dev) {
+        caldera_tensor_free(&hdt);
+        caldera_tensor_free(&hit);
+    }
+    caldera_free(host);
     return rc;
 }
 
@@ -443,6 +502,16 @@ static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor
                             .bc = p->buffer_cols < n ? p->buffer_cols : n };
     if (wk.bc % b != 0) {
         wk.bc = n;   // n itself is a multiple of b
+    }
+    // Under device = cuda the LDLQ pass runs on the GPU when the codebook rounds device tensors.
+    wk.dev = CALDERA_DEVICE_CPU;
+    if (caldera_ctx_device(ctx) == CALDERA_DEVICE_CUDA) {
+        if (CALDERA_OPS_HAS_FLAG(ops, struct caldera_quantizer_ops, cb_device)) {
+            wk.dev = CALDERA_DEVICE_CUDA;
+        } else {
+            caldera_inst_log(inst, CALDERA_LOG_INFO, "codebook [%s] rounds host tensors only: the LDLQ pass runs on "
+                             "the CPU (its large GEMMs on the GPU)", caldera_inst_name(p->codebook));
+        }
     }
     // Scales are chosen from W, and from H too when the codebook can use it (uniform's clip search).
     rc = CALDERA_OPS_HAS(ops, struct caldera_quantizer_ops, cb_begin_h) ? ops->cb_begin_h(p->codebook, w, h, &st)

@@ -388,39 +388,17 @@ static int uniform_cb_begin(struct caldera_inst * inst, const struct caldera_ten
     return uniform_begin(inst, w, NULL, state);
 }
 
-struct uniform_round_job {
-    const struct uniform_priv *   p;
-    struct uniform_rule           rule;
-    struct caldera_cb_state *     st;
-    int64_t                       col0;
-    const struct caldera_tensor * x;      // (rows, c)
-    struct caldera_tensor *       x_hat;  // (rows, c)
-};
-
-static void uniform_round_rows(void * arg, int64_t i0, int64_t i1) {
-    const struct uniform_round_job * job = arg;
-    const struct caldera_cb_state * st = job->st;
-    const int64_t c = job->x->ne[1];
-    for (int64_t i = i0; i < i1; i++) {
-        const float * xr = (const float *) job->x->data + i * job->x->ld;
-        float *       yr = (float *) job->x_hat->data + i * job->x_hat->ld;
-        uint8_t *     cr = st->codes + i * st->cols + job->col0;
-        for (int64_t j = 0; j < c; j++) {
-            int64_t g = uniform_gid(job->p, st, i, job->col0 + j);
-            float   d = st->scale[g], z = st->zero ? st->zero[g] : 0.0f;
-            yr[j] = uniform_round(&job->rule, xr[j], d, z, &cr[j]);
-        }
-    }
-}
-
 static int uniform_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st, int64_t col0,
                             const struct caldera_tensor * x, struct caldera_tensor * x_hat) {
     const struct uniform_priv * p = caldera_inst_priv(inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
     int rc;
     if (!st) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "cb_round: no state; call cb_begin first");
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
+    // device tensors (ldlq's loop under device = cuda) are checked by the core
+    const int on_dev = x && x->device == CALDERA_DEVICE_CUDA;
+    if (!on_dev && (rc = caldera_check_matrix(inst, "cb_round", "x", x, st->rows, -1)) < 0) {
         return rc;
     }
     const int64_t c = x->ne[1];
@@ -429,15 +407,17 @@ static int uniform_cb_round(struct caldera_inst * inst, struct caldera_cb_state 
                              "cb_round: columns [%" PRId64 ", %" PRId64 ") are outside [0, %" PRId64 ")",
                              col0, col0 + c, st->cols);
     }
-    if ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
-        (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0) {
+    if (!on_dev && ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
+                    (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0)) {
         return rc;
     }
-    struct uniform_round_job job = { .p = p, .rule = uniform_rule_of(p), .st = st, .col0 = col0,
-                                     .x = x, .x_hat = x_hat };
-    caldera_parallel_for(caldera_inst_ctx(inst), st->rows, 1 + 16384 / (c > 0 ? c : 1),
-                         uniform_round_rows, &job);
-    return 0;
+    const struct uniform_rule rule = uniform_rule_of(p);
+    // codes of columns [col0, col0 + c): a view into the (rows, cols) store
+    struct caldera_tensor codes = { .data = st->codes + col0, .dtype = CALDERA_DTYPE_U8, .device = CALDERA_DEVICE_CPU,
+                                    .ndim = 2, .ne = { st->rows, c }, .ld = st->cols };
+    rc = caldera_round_uniform(ctx, &rule, p->granularity, st->ngr, p->group_size, col0, st->scale, st->zero,
+                               st->nscale, x, &codes, x_hat);
+    return rc < 0 ? caldera_error(inst, rc, "cb_round: %s", caldera_ctx_errmsg(ctx)) : 0;
 }
 
 // Shape of the scale (and zero) tensors: (1), (rows), (cols) or (rows, groups per row).
@@ -760,6 +740,7 @@ static const struct caldera_quantizer_ops uniform_ops = {
     .linear_init  = uniform_linear_init,
     .linear_apply = uniform_linear_apply,
     .linear_free  = uniform_linear_free,
+    .cb_device    = 1,
 };
 
 static const struct caldera_plugin uniform_plugin = {

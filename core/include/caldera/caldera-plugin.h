@@ -618,6 +618,10 @@ struct caldera_quantizer_ops {
                             struct caldera_tensor * y, unsigned flags);
     // release state; NULL state is a no-op
     void    (*linear_free)(struct caldera_inst * inst, void * state);
+    // (optional, appended) nonzero: cb_round also takes x and x_hat as device tensors on the
+    // context's device (it rounds through caldera_round_e8p / caldera_round_uniform), so a wrapper
+    // (ldlq) may keep its block loop there; 0 = host tensors only. Check with CALDERA_OPS_HAS_FLAG.
+    int     cb_device;
 };
 
 /**
@@ -627,6 +631,9 @@ struct caldera_quantizer_ops {
  */
 #define CALDERA_OPS_HAS(ops, type, member) \
     ((ops)->struct_size >= offsetof(type, member) + sizeof((ops)->member) && (ops)->member != NULL)
+/** The same for an appended integer member (a flag): nonzero when present and set. */
+#define CALDERA_OPS_HAS_FLAG(ops, type, member) \
+    ((ops)->struct_size >= offsetof(type, member) + sizeof((ops)->member) && (ops)->member != 0)
 
 struct caldera_decomposer_ops {
     uint32_t struct_size;
@@ -837,6 +844,66 @@ typedef const struct caldera_plugin * (*caldera_plugin_entry_fn)(uint32_t host_a
     const struct caldera_plugin * caldera_builtin_##desc(void);                              \
     const struct caldera_plugin * caldera_builtin_##desc(void) { return &(desc); }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Codebook rounding and the LDLQ block step, on the context's device. A codebook plugin hands
+// the core its rule and scales, and the core runs the one per-element math (quantizers/e8/e8p.h,
+// quantizers/uniform/uniform-rule.h, quantizers/ldlq/ldlq-step.h, compiled for host and device)
+// on the CPU threads, or in the CUDA backend's kernels when one of the tensors is a device tensor
+// or the context's device is cuda and the work pays for copying host operands. The CPU path is
+// the code plugins ran before, so results there do not change; the GPU gives the same bits.
+// Plugins stay free of CUDA code. Matrices are 2-d views with a leading dimension (ld), host or
+// device; per-group parameters (scales, zeros) are host memory.
+
+struct e8p_tables;    ///< quantizers/e8/e8p.h, filled by e8p_tables_build (host memory)
+struct uniform_rule;  ///< quantizers/uniform/uniform-rule.h
+
+/**
+ * E8P rounding of x (rows × cols f32, cols % 8 == 0) to x_hat (rows × cols f32) with block code
+ * rule e8p_round_scaled at @p bits (2, 3 or 4) and per-row scales (nscale = 1: one for all rows,
+ * or rows): codes (rows × cols/8 u16) and, for 3 and 4 bits, codes2 (same shape u16; NULL for
+ * 2 bits). Codes may be views with ld into a larger store.
+ */
+int caldera_round_e8p(struct caldera_ctx * ctx, const struct e8p_tables * tab, int bits, const float * scale,
+                      int64_t nscale, const struct caldera_tensor * x, struct caldera_tensor * codes,
+                      struct caldera_tensor * codes2, struct caldera_tensor * x_hat);
+/**
+ * Uniform rounding of x (rows × cols f32), the columns [col0, col0 + cols) of a weight, with the
+ * rule r: weight (i, col0 + j) takes scale group uniform_gid_of(granularity, ngr, group_size, i,
+ * col0 + j) of scale / zero (zero NULL: 0; both host, nscale entries); codes (rows × cols u8).
+ */
+int caldera_round_uniform(struct caldera_ctx * ctx, const struct uniform_rule * r, int granularity, int64_t ngr,
+                          int64_t group_size, int64_t col0, const float * scale, const float * zero, int64_t nscale,
+                          const struct caldera_tensor * x, struct caldera_tensor * codes,
+                          struct caldera_tensor * x_hat);
+/**
+ * LDLQ block step (ldlq-step.h): xj (m × b) = block j0 of xt (n × m, Xᵀ) as the codebook takes it.
+ * Every tensor is on the same device (no staging: these run inside a loop that keeps its data there).
+ */
+int caldera_ldlq_gather(struct caldera_ctx * ctx, const struct caldera_tensor * xt, int64_t j0,
+                        struct caldera_tensor * xj);
+/** Ŵ_j = qj and Δ_j = W_j − Ŵ_j (qj m × b, wt n × m) into rows jl .. jl + b of hbt, dbt (bc × m). */
+int caldera_ldlq_scatter(struct caldera_ctx * ctx, const struct caldera_tensor * qj, const struct caldera_tensor * wt,
+                         int64_t j0, int64_t jl, struct caldera_tensor * hbt, struct caldera_tensor * dbt);
+/**
+ * *loss += Σ_r (xj − qj)_r D_j (xj − qj)_rᵀ over the m rows, in double (dj b × b); on the CPU the
+ * rows are added to *loss one at a time in order, on the GPU their sum is.
+ */
+int caldera_ldlq_loss(struct caldera_ctx * ctx, const struct caldera_tensor * xj, const struct caldera_tensor * qj,
+                      const struct caldera_tensor * dj, double * loss);
+/** Tune step target (ldlq_tune_target): xs = old + gj hi (old, gj, xs m × b; hi b × b), in double. */
+int caldera_ldlq_tune_target(struct caldera_ctx * ctx, const struct caldera_tensor * old, const struct caldera_tensor * gj,
+                             const struct caldera_tensor * hi, struct caldera_tensor * xs);
+/**
+ * Tune guard (ldlq_tune_guard) of every row: rows whose rounding q is worse than old in the H_jj
+ * norm around xs get xs = old; *kept = their number. hjj (b × b) may have ld > b (a view into H).
+ */
+int caldera_ldlq_tune_guard(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * old,
+                            const struct caldera_tensor * hjj, struct caldera_tensor * xs, int64_t * kept);
+/** Tune update (ldlq_tune_update) of block j0: dqt (b × m) = Ŵ_old − q, then Ŵ = q, Δ = W − q in ht, dt (n × m). */
+int caldera_ldlq_tune_update(struct caldera_ctx * ctx, const struct caldera_tensor * q, const struct caldera_tensor * wt,
+                             int64_t j0, struct caldera_tensor * ht, struct caldera_tensor * dt,
+                             struct caldera_tensor * dqt);
 
 // ---------------------------------------------------------------------------------------------
 // Calling other instances (a REF option) through the core: kind and presence are checked.

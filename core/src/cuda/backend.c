@@ -708,7 +708,8 @@ fail:
 // Quantizer kernels
 
 static int be_e8p_round(struct ccu_dev * d, const struct e8p_tables * tab, int bits, const struct caldera_tensor * x,
-                        const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, struct caldera_tensor * x_hat) {
+                        const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                        struct caldera_tensor * x_hat) {
     int rc = 0;
     ENTER();
     if (!d->tab) CU(cudaMalloc, ((void **) &d->tab, sizeof(*d->tab)));
@@ -718,18 +719,18 @@ static int be_e8p_round(struct ccu_dev * d, const struct e8p_tables * tab, int b
         memcpy(&d->tab_host, tab, sizeof(*tab));
     }
     CK(ccu_k_e8p_round, (d->stream, d->tab, bits, CF(x), LD(x), ROWS(x), COLS(x), scale, nscale, c1, bits > 2 ? c2 : NULL,
-                         F(x_hat), LD(x_hat)));
+                         ldc, F(x_hat), LD(x_hat)));
 fail:
     return rc;
 }
 
 static int be_uniform_round(struct ccu_dev * d, const struct uniform_rule * r, int granularity, int64_t ngr,
-                            int64_t group_size, const struct caldera_tensor * x, const float * scale, const float * zero,
-                            uint8_t * codes, struct caldera_tensor * x_hat) {
+                            int64_t group_size, int64_t col0, const struct caldera_tensor * x, const float * scale,
+                            const float * zero, uint8_t * codes, int64_t ldc, struct caldera_tensor * x_hat) {
     int rc = 0;
     ENTER();
-    CK(ccu_k_uniform_round, (d->stream, r, granularity, ngr, group_size, CF(x), LD(x), ROWS(x), COLS(x), scale, zero,
-                             codes, F(x_hat), LD(x_hat)));
+    CK(ccu_k_uniform_round, (d->stream, r, granularity, ngr, group_size, col0, CF(x), LD(x), ROWS(x), COLS(x), scale,
+                             zero, codes, ldc, F(x_hat), LD(x_hat)));
 fail:
     return rc;
 }
@@ -767,6 +768,48 @@ fail:
     return rc;
 }
 
+static int be_ldlq_tune_target(struct ccu_dev * d, const float * old, const float * gj, const float * hi, int64_t m,
+                               int64_t b, float * xs) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_tune_target, (d->stream, old, gj, hi, m, b, xs));
+fail:
+    return rc;
+}
+
+static int be_ldlq_tune_guard(struct ccu_dev * d, const float * q, const float * old, const float * hjj, int64_t ldh,
+                              int64_t m, int64_t b, float * xs, int64_t * kept) {
+    int rc = 0;
+    unsigned long long * cnt = NULL, host = 0;
+    ENTER();
+    *kept = 0;
+    if ((rc = dev_alloc(d, sizeof(*cnt), (void **) &cnt))) goto fail;
+    CU(cudaMemsetAsync, (cnt, 0, sizeof(*cnt), d->stream));
+    CK(ccu_k_ldlq_tune_guard, (d->stream, q, old, hjj, ldh, m, b, xs, cnt));
+    if ((rc = download(d, &host, cnt, sizeof(host)))) goto fail;
+    *kept = (int64_t) host;
+fail:
+    scratch_free(d, cnt);
+    return rc;
+}
+
+static int be_ldlq_tune_update(struct ccu_dev * d, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                               float * dt, const float * wt, float * dqt) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_ldlq_tune_update, (d->stream, q, m, j0, b, ht, dt, wt, dqt));
+fail:
+    return rc;
+}
+
+static int be_kw_decode(struct ccu_dev * d, const struct caldera_kw * w, float * dst, int64_t ld) {
+    int rc = 0;
+    ENTER();
+    CK(ccu_k_kw_decode, (d->stream, w, dst, ld));
+fail:
+    return rc;
+}
+
 static const struct caldera_cuda_backend backend = {
     .version         = CALDERA_CUDA_BACKEND_VERSION,
     .size            = sizeof(struct caldera_cuda_backend),
@@ -798,6 +841,10 @@ static const struct caldera_cuda_backend backend = {
     .ldlq_gather     = be_ldlq_gather,
     .ldlq_scatter    = be_ldlq_scatter,
     .ldlq_loss       = be_ldlq_loss,
+    .ldlq_tune_target = be_ldlq_tune_target,
+    .ldlq_tune_guard  = be_ldlq_tune_guard,
+    .ldlq_tune_update = be_ldlq_tune_update,
+    .kw_decode        = be_kw_decode,
 };
 
 __attribute__((visibility("default"))) const struct caldera_cuda_backend * caldera_cuda_backend(void);

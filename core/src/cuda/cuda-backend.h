@@ -17,11 +17,12 @@
 
 #include "caldera/caldera-plugin.h"
 
-#define CALDERA_CUDA_BACKEND_VERSION 1
+#define CALDERA_CUDA_BACKEND_VERSION 2
 #define CALDERA_CUDA_BACKEND_SYMBOL  "caldera_cuda_backend"
 
 struct e8p_tables;
 struct uniform_rule;
+struct caldera_kw;
 struct ccu_dev;   // one device: its stream, cuBLAS and cuSOLVER handles, workspace, last error
 
 struct caldera_cuda_backend {
@@ -74,19 +75,20 @@ struct caldera_cuda_backend {
     // Element-wise quantizer kernels (the shared math of e8p.h and uniform-rule.h).
     /**
      * E8P rounding of x (rows × cols, cols % 8 == 0) with per-row scales (nscale 1 or rows, device):
-     * codes c1 (and c2 for 3 and 4 bits; may be NULL for 2) as (rows, cols / 8) u16, x_hat = s · decode.
-     * @p tab is host memory; it is uploaded once per device and per contents.
+     * codes c1 (and c2 for 3 and 4 bits; may be NULL for 2) as (rows, cols / 8) u16 with row stride
+     * ldc, x_hat = s · decode. @p tab is host memory; it is uploaded once per device and per contents.
      */
     int (*e8p_round)(struct ccu_dev * dev, const struct e8p_tables * tab, int bits, const struct caldera_tensor * x,
-                     const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, struct caldera_tensor * x_hat);
+                     const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                     struct caldera_tensor * x_hat);
     /**
-     * Uniform rounding of x (rows × cols) with the rule r: scale groups by (granularity, ngr,
-     * group_size) as uniform_gid_of; scale / zero (zero may be NULL) and the u8 codes (rows × cols)
-     * are device memory.
+     * Uniform rounding of x (rows × cols), the weight's columns [col0, col0 + cols), with the rule r:
+     * scale groups by (granularity, ngr, group_size) as uniform_gid_of; scale / zero (zero may be
+     * NULL) and the u8 codes (rows × cols, row stride ldc) are device memory.
      */
     int (*uniform_round)(struct ccu_dev * dev, const struct uniform_rule * r, int granularity, int64_t ngr,
-                         int64_t group_size, const struct caldera_tensor * x, const float * scale, const float * zero,
-                         uint8_t * codes, struct caldera_tensor * x_hat);
+                         int64_t group_size, int64_t col0, const struct caldera_tensor * x, const float * scale,
+                         const float * zero, uint8_t * codes, int64_t ldc, struct caldera_tensor * x_hat);
     /**
      * LDLQ block step (ldlq-step.h; all pointers device memory, layouts as there): gather block j0 of
      * xt into xj; or Ŵ_j, Δ_j into buffer rows jl.. of hbt, dbt; or Σ_rows of the block's loss (to
@@ -97,6 +99,15 @@ struct caldera_cuda_backend {
                         int64_t b, float * hbt, float * dbt);
     int (*ldlq_loss)(struct ccu_dev * dev, const float * xj, const float * qj, const float * dj, int64_t m, int64_t b,
                      double * loss);
+    /** LDLQ tune step (ldlq-step.h): the target xs, the guard (rows kept to the host *kept), the update. */
+    int (*ldlq_tune_target)(struct ccu_dev * dev, const float * old, const float * gj, const float * hi, int64_t m,
+                            int64_t b, float * xs);
+    int (*ldlq_tune_guard)(struct ccu_dev * dev, const float * q, const float * old, const float * hjj, int64_t ldh,
+                           int64_t m, int64_t b, float * xs, int64_t * kept);
+    int (*ldlq_tune_update)(struct ccu_dev * dev, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                            float * dt, const float * wt, float * dqt);
+    /** Fused layer: dst (device, rows × cols, row stride ld) = Ŵ of w, a descriptor whose pointers are device memory. */
+    int (*kw_decode)(struct ccu_dev * dev, const struct caldera_kw * w, float * dst, int64_t ld);
 };
 
 /** The module's one exported symbol. */

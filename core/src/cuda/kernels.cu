@@ -174,37 +174,39 @@ extern "C" int ccu_k_scale_rows(void * stream, float * x, int64_t rows, int64_t 
 
 // One thread per 8 weights.
 __global__ void k_e8p_round(const struct e8p_tables * tab, int bits, const float * x, int64_t ldx, int64_t rows,
-                            int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, float * y,
-                            int64_t ldy) {
+                            int64_t nb, const float * scale, int64_t nscale, uint16_t * c1, uint16_t * c2, int64_t ldc,
+                            float * y, int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * nb; q += (int64_t) gridDim.x * blockDim.x) {
-        ccu_item_e8p_round(q, tab, bits, x, ldx, nb, scale, nscale, c1, c2, y, ldy);
+        ccu_item_e8p_round(q, tab, bits, x, ldx, nb, scale, nscale, c1, c2, ldc, y, ldy);
     }
 }
 
 extern "C" int ccu_k_e8p_round(void * stream, const struct e8p_tables * tab, int bits, const float * x, int64_t ldx,
                                int64_t rows, int64_t cols, const float * scale, int64_t nscale, uint16_t * c1,
-                               uint16_t * c2, float * y, int64_t ldy) {
+                               uint16_t * c2, int64_t ldc, float * y, int64_t ldy) {
     int64_t nb = cols / E8P_DIM;
     if (rows == 0 || nb == 0) return 0;
     k_e8p_round<<<grid_for(rows * nb), THREADS, 0, (cudaStream_t) stream>>>(tab, bits, x, ldx, rows, nb, scale, nscale,
-                                                                            c1, c2, y, ldy);
+                                                                            c1, c2, ldc, y, ldy);
     return launched();
 }
 
-__global__ void k_uniform_round(struct uniform_rule r, int granularity, int64_t ngr, int64_t group_size, const float * x,
-                                int64_t ldx, int64_t rows, int64_t cols, const float * scale, const float * zero,
-                                uint8_t * codes, float * y, int64_t ldy) {
+__global__ void k_uniform_round(struct uniform_rule r, int granularity, int64_t ngr, int64_t group_size, int64_t col0,
+                                const float * x, int64_t ldx, int64_t rows, int64_t cols, const float * scale,
+                                const float * zero, uint8_t * codes, int64_t ldc, float * y, int64_t ldy) {
     for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < rows * cols; q += (int64_t) gridDim.x * blockDim.x) {
-        ccu_item_uniform_round(q, &r, granularity, ngr, group_size, x, ldx, cols, scale, zero, codes, y, ldy);
+        ccu_item_uniform_round(q, &r, granularity, ngr, group_size, col0, x, ldx, cols, scale, zero, codes, ldc, y, ldy);
     }
 }
 
 extern "C" int ccu_k_uniform_round(void * stream, const struct uniform_rule * r, int granularity, int64_t ngr,
-                                   int64_t group_size, const float * x, int64_t ldx, int64_t rows, int64_t cols,
-                                   const float * scale, const float * zero, uint8_t * codes, float * y, int64_t ldy) {
+                                   int64_t group_size, int64_t col0, const float * x, int64_t ldx, int64_t rows,
+                                   int64_t cols, const float * scale, const float * zero, uint8_t * codes, int64_t ldc,
+                                   float * y, int64_t ldy) {
     if (rows == 0 || cols == 0) return 0;
-    k_uniform_round<<<grid_for(rows * cols), THREADS, 0, (cudaStream_t) stream>>>(*r, granularity, ngr, group_size, x, ldx,
-                                                                                rows, cols, scale, zero, codes, y, ldy);
+    k_uniform_round<<<grid_for(rows * cols), THREADS, 0, (cudaStream_t) stream>>>(*r, granularity, ngr, group_size, col0, x,
+                                                                                ldx, rows, cols, scale, zero, codes, ldc,
+                                                                                y, ldy);
     return launched();
 }
 
@@ -244,5 +246,60 @@ extern "C" int ccu_k_ldlq_row_loss(void * stream, const float * xj, const float 
                                    double * loss) {
     if (m == 0) return 0;
     k_ldlq_row_loss<<<grid_for(m), THREADS, 0, (cudaStream_t) stream>>>(xj, qj, dj, m, b, loss);
+    return launched();
+}
+
+__global__ void k_ldlq_tune_target(const float * old, const float * gj, const float * hi, int64_t m, int64_t b, float * xs) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_tune_target(q, old, gj, hi, b, xs);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_target(void * stream, const float * old, const float * gj, const float * hi, int64_t m,
+                                      int64_t b, float * xs) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_target<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(old, gj, hi, m, b, xs);
+    return launched();
+}
+
+// One thread per row.
+__global__ void k_ldlq_tune_guard(const float * q, const float * old, const float * hjj, int64_t ldh, int64_t m, int64_t b,
+                                  float * xs, unsigned long long * kept) {
+    for (int64_t r = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; r < m; r += (int64_t) gridDim.x * blockDim.x) {
+        if (ldlq_tune_guard(r, q, old, xs, hjj, ldh, b)) atomicAdd(kept, 1ull);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_guard(void * stream, const float * q, const float * old, const float * hjj, int64_t ldh,
+                                     int64_t m, int64_t b, float * xs, unsigned long long * kept) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_guard<<<grid_for(m), THREADS, 0, (cudaStream_t) stream>>>(q, old, hjj, ldh, m, b, xs, kept);
+    return launched();
+}
+
+__global__ void k_ldlq_tune_update(const float * qv, int64_t m, int64_t j0, int64_t b, float * ht, float * dt,
+                                   const float * wt, float * dqt) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < m * b; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_ldlq_tune_update(q, qv, m, j0, b, ht, dt, wt, dqt);
+    }
+}
+
+extern "C" int ccu_k_ldlq_tune_update(void * stream, const float * q, int64_t m, int64_t j0, int64_t b, float * ht,
+                                      float * dt, const float * wt, float * dqt) {
+    if (m == 0 || b == 0) return 0;
+    k_ldlq_tune_update<<<grid_for(m * b), THREADS, 0, (cudaStream_t) stream>>>(q, m, j0, b, ht, dt, wt, dqt);
+    return launched();
+}
+
+// One thread per weight: w is a copy of the descriptor with device pointers.
+__global__ void k_kw_decode(struct caldera_kw w, float * dst, int64_t ld) {
+    for (int64_t q = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; q < w.rows * w.cols; q += (int64_t) gridDim.x * blockDim.x) {
+        ccu_item_kw_decode(q, &w, dst, ld);
+    }
+}
+
+extern "C" int ccu_k_kw_decode(void * stream, const struct caldera_kw * w, float * dst, int64_t ld) {
+    if (w->rows == 0 || w->cols == 0) return 0;
+    k_kw_decode<<<grid_for(w->rows * w->cols), THREADS, 0, (cudaStream_t) stream>>>(*w, dst, ld);
     return launched();
 }

@@ -88,4 +88,9 @@ KW_FN float kw_f16_to_f32(uint16_t h) {
     return f;
 }
 
+/** Parameter i (a scale or zero) stored as f16 (is_f16) or f32. */
+KW_FN float kw_param(int is_f16, const void * p, int64_t i) {
+    return is_f16 ? kw_f16_to_f32(((const uint16_t *) p)[i]) : ((const float *) p)[i];
+}
+
 #endif // CALDERA_KERNEL_MATH_H

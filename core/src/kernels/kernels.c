@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "../internal.h"
+#include "../linalg_cuda.h"
 #include "kernels-impl.h"
 
 #ifdef CALDERA_KW_X86
@@ -385,6 +386,11 @@ int caldera_kw_matmul(struct caldera_ctx * ctx, const struct caldera_kw * w, con
     }
     if (batch == 0) {
         return 0;
+    }
+    // device = cuda: the CUDA variant (core/src/cuda) when the product pays for the copies
+    if (ctx && caldera_cuda_route(ctx, 2.0 * (double) batch * (double) w->rows * (double) w->cols,
+                           (const struct caldera_tensor * const[]) { NULL })) {
+        return caldera_cuda_kw_matmul(ctx, w, x, batch, ldx, y, ldy, trans, acc);
     }
     if (trans) {
         return kw_matmul_t(ctx, w, x, batch, ldx, y, ldy, acc);
