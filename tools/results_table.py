@@ -77,7 +77,7 @@ def main():
                         d.write(f"{r['bits']:.6f} {r['ppl']:.6f} {r['err']:.6f} \"{lab}\"\n")
         gp = (f"set terminal pngcairo noenhanced size 1000,650\nset output '{a.plot}'\n"
               "set xlabel 'bits per weight (the 210 linear weights)'\nset ylabel 'perplexity (WikiText-2, ctx 2048, 20 windows)'\n"
-              "set logscale y\nset grid\nset key top right\nset offsets graph 0.08, graph 0.08, graph 0.1, 0\n"
+              "set logscale y\nset ytics (10, 15, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 500, 1000)\nset grid\nset key top right\nset offsets graph 0.08, graph 0.08, graph 0.1, 0\n"
               f"plot '{tmp}/caldera.dat' using 1:2:3 with yerrorbars pt 7 lc rgb '#1f77b4' title 'caldera', "
               f"'' using 1:2:4 with labels offset 0,1 font ',8' notitle, "
               f"'{tmp}/llama.cpp.dat' using 1:2:3 with yerrorbars pt 5 lc rgb '#d62728' title 'llama.cpp (imatrix)', "
