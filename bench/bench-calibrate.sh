@@ -13,14 +13,15 @@ model="${CALDERA_CACHE:-$HOME/.cache/caldera}/smollm2/SmolLM2-135M-Instruct.Q4_1
 [ -f "$model" ] || { echo "bench-calibrate: $model not fetched (scripts/fetch-model.sh)" >&2; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-echo "| run | calibrate s (wall) | whole run (wall) | user + sys CPU s | peak RSS MB | load average |"
-echo "|---|---|---|---|---|---|"
+echo "| run | calibrate s (wall) | calibrate CPU s | whole run (wall) | user + sys CPU s | peak RSS MB | load average |"
+echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$runs"); do
     /usr/bin/time -v "$build/core/cli/caldera-pipe" bench/calibrate_smollm2.ini --set "caldera.report=$tmp/r.json" "$@" \
         > "$tmp/out.txt" 2> "$tmp/time.txt"
-    cal=$(grep -o '"calibrate": [0-9.e+-]*' "$tmp/r.json" | awk '{printf "%.1f", $2}')
+    cal=$(sed -n '/"phase_seconds"/,/}/p' "$tmp/r.json" | grep -o '"calibrate": [0-9.e+-]*' | awk '{printf "%.1f", $2}')
+    calcpu=$(sed -n '/"phase_cpu_seconds"/,/}/p' "$tmp/r.json" | grep -o '"calibrate": [0-9.e+-]*' | awk '{printf "%.1f", $2}')
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/{print $2}' "$tmp/time.txt")
     rss=$(awk -F': ' '/Maximum resident set size/{printf "%.0f", $2/1024}' "$tmp/time.txt")
     cpu=$(awk -F': ' '/User time|System time/{s += $2} END {printf "%.1f", s}' "$tmp/time.txt")
-    echo "| $r | $cal | $wall | $cpu | $rss | $(cut -d' ' -f1 /proc/loadavg) |"
+    echo "| $r | $cal | ${calcpu:--} | $wall | $cpu | $rss | $(cut -d' ' -f1 /proc/loadavg) |"
 done

@@ -5,7 +5,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libinih-dev libjansson-dev libpcre2-dev check python3
       clang libclang-rt-14-dev   # clang + its libFuzzer runtime: the fuzz harnesses (scripts/fuzz.sh) only
-      gnuplot-nox)               # caldera-pipe compare --plot (optional: the plot is skipped without it)
+      gnuplot-nox                # caldera-pipe compare --plot (optional: the plot is skipped without it)
+      jq)                        # bench/ablate-caldera.sh's table (optional)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -238,6 +238,7 @@ static const char * CAL_INI =
     "stages = q\n"
     "model = tmod\n"
     "calibration = calib\n"
+    "threads = 1\n"              // hrec records by call order: one weight at a time
     "\n"
     "[calib]\n"
     "text = a.txt, bdir\n"        // relative to the pipeline file's folder
@@ -632,7 +633,7 @@ START_TEST(test_stories260k) {
     const char * model = CALDERA_SHARED_DATA "/stories260K/stories260K.bin";
     char ini[2000];
     snprintf(ini, sizeof(ini),
-             "[caldera]\nreader = m\nstages = q\ncalibration = calib\neval = ev\n"
+             "[caldera]\nreader = m\nstages = q\ncalibration = calib\neval = ev\nthreads = 1\n"   // hrec: call order
              "[m]\nplugin = llama2c\npath = %s\n"
              "[calib]\ntext = story.txt\nsequences = 4\nlength = 64\ncache = hc\n"
              "[ev]\ntext = story.txt\nlayout = lf\nctx = 64\nwindows = 4\ncache = ec\n"
@@ -746,7 +747,7 @@ START_TEST(test_smollm2) {
     dir = tu_tmpdir();
     char ini[2000];
     snprintf(ini, sizeof(ini),
-             "[caldera]\nreader = m\nstages = q\nmax_tensors = 7\ncalibration = calib\neval = ev\n"
+             "[caldera]\nreader = m\nstages = q\nmax_tensors = 7\ncalibration = calib\neval = ev\nthreads = 1\n"   // hrec: call order
              "[m]\nplugin = gguf\npath = %s\n"
              "[calib]\ntext = %s/wiki-calib, %s/austen\nsequences = 4\nlength = 64\ncache = hc\n"
              "[ev]\ntext = eval.txt\nlayout = lf\nctx = 64\nwindows = 2\ncache = ec\n"

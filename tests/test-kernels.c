@@ -100,6 +100,7 @@ static void check_quantizer(struct caldera_ctx * ctx, struct caldera_inst * q, i
     double * sc   = malloc((size_t) (BMAX * mx) * sizeof(double));
     ck_assert(x && y && yref && sc);
     const int64_t batches[2] = { 1, BMAX };
+    caldera_kernel_set_q8(0);   // f32 activations: the tight bound
     for (int isa = 0; isa < CALDERA_ISA_COUNT; isa++) {
         if (!caldera_kernel_isa_supported(isa)) {
             continue;
@@ -132,6 +133,50 @@ static void check_quantizer(struct caldera_ctx * ctx, struct caldera_inst * q, i
             check_close(y, yref, sc, bt * n, KW_TOL, msg);
         }
     }
+    // int8 activations (E8P 2/4-bit GEMV; a no-op for other types): within the closed-form bound
+    // of the activation rounding, Σ_c |Ŵ_rc| d_k(c)/2 with d_k = max|x| of the 32-column block
+    // (+ KW_TOL · Σ|Ŵ x| for the f32 sums), and every variant equal to the C one within KW_TOL.
+    float *  yc = malloc((size_t) m * sizeof(float));
+    double * qb = malloc((size_t) m * sizeof(double));
+    ck_assert(yc && qb);
+    tu_fill_normal(x, n, 1.0f, seed + 61);
+    ref_product(w_deq.data, m, n, x, 1, 0, yref, sc);
+    for (int64_t r = 0; r < m; r++) {
+        qb[r] = 0.0;
+        for (int64_t c0 = 0; c0 < n; c0 += 32) {
+            double amax = 0.0, wabs = 0.0;
+            for (int64_t c = c0; c < c0 + 32 && c < n; c++) {
+                amax = fabs(x[c]) > amax ? fabs(x[c]) : amax;
+                wabs += fabs(((const float *) w_deq.data)[r * n + c]);
+            }
+            qb[r] += wabs * amax / 127.0 / 2.0;
+        }
+    }
+    caldera_kernel_set_q8(1);
+    for (int isa = 0; isa < CALDERA_ISA_COUNT; isa++) {
+        if (!caldera_kernel_isa_supported(isa)) {
+            continue;
+        }
+        ck_assert_int_eq(caldera_kernel_set_isa(isa), 0);
+        struct caldera_tensor xt = caldera_tensor_view_f32(x, 1, n), yt = caldera_tensor_view_f32(y, 1, m);
+        ck_assert_int_eq(ops->linear_apply(q, st, &xt, &yt, 0), 0);
+        for (int64_t r = 0; r < m; r++) {
+            double err = fabs((double) y[r] - yref[r]);
+            ck_assert_msg(err <= qb[r] * (1.0 + 1e-6) + KW_TOL * sc[r] + KW_TOL_ABS, "%s %lldx%lld %s int8: row %lld: "
+                          "%.9g vs %.9g (|err| %.3g > bound %.3g)", what, (long long) m, (long long) n,
+                          caldera_kernel_isa_name(isa), (long long) r, (double) y[r], yref[r], err, qb[r]);
+            if (isa == CALDERA_ISA_C) {
+                yc[r] = y[r];
+            } else {
+                ck_assert_msg(fabs((double) y[r] - yc[r]) <= KW_TOL * sc[r] + KW_TOL_ABS, "%s %lldx%lld %s int8: row %lld: "
+                              "%.9g vs the C variant's %.9g", what, (long long) m, (long long) n,
+                              caldera_kernel_isa_name(isa), (long long) r, (double) y[r], (double) yc[r]);
+            }
+        }
+    }
+    caldera_kernel_set_q8(-1);
+    free(yc);
+    free(qb);
     caldera_kernel_set_isa(-1);
     ops->linear_free(q, st);
     free(x);
@@ -418,6 +463,7 @@ START_TEST(test_decomposers) {
         float *  x = malloc((size_t) (bt * n) * sizeof(float)), * y = malloc((size_t) (bt * m) * sizeof(float));
         double * yref = malloc((size_t) (bt * m) * sizeof(double)), * sc = malloc((size_t) (bt * m) * sizeof(double));
         tu_fill_normal(x, bt * n, 1.0f, 1000 + c);
+        caldera_kernel_set_q8(0);   // f32 activations (check_quantizer covers the int8 path)
         for (int isa = 0; isa < CALDERA_ISA_COUNT; isa++) {
             if (!caldera_kernel_isa_supported(isa)) {
                 continue;
@@ -435,6 +481,7 @@ START_TEST(test_decomposers) {
                 check_close(y, yref, sc, b * m, 4 * KW_TOL, msg);
             }
         }
+        caldera_kernel_set_q8(-1);
         caldera_kernel_set_isa(-1);
         ops->linear_free(d, st);
         free(x);

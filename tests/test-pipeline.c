@@ -539,6 +539,8 @@ static struct caldera_pipeline * resume_pipeline(struct caldera_ctx * ctx, struc
     ck_assert_int_eq(caldera_config_set(*cfg, a), 0);
     snprintf(a, sizeof(a), "q.step=%s", step);
     ck_assert_int_eq(caldera_config_set(*cfg, a), 0);
+    // one weight at a time, so that "cancelled at the third call" checkpoints exactly three weights
+    ck_assert_int_eq(caldera_config_set(*cfg, "caldera.threads=1"), 0);
     int rc = caldera_pipeline_init(ctx, *cfg, &pl);
     for (int64_t i = 0; i < caldera_config_ndiag(*cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(*cfg, i));
     ck_assert_int_eq(rc, 0);
@@ -750,6 +752,44 @@ START_TEST(test_hessian_missing_is_an_error) {
 }
 END_TEST
 
+// A settings section that [caldera] no longer names because of an empty override (--set caldera.eval=)
+// is ignored with a warning, so that switching evaluation or calibration off is one override; one
+// that nothing names without such an override is an error like any unused section.
+START_TEST(test_settings_section_switched_off) {
+    struct caldera_ctx * ctx = pctx();
+    static const char * ini = "[caldera]\nreader = src\nstages = q\neval = ev\n[src]\nplugin = synthetic\nlayers = 1\n"
+                              "hidden = 32\nffn = 48\n[q]\nplugin = tq\n[ev]\nctx = 64\nwindows = 2\n";
+    for (int k = 0; k < 3; k++) {
+        struct caldera_config * cfg;
+        struct caldera_pipeline * pl = NULL;
+        ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+        ck_assert_int_eq(caldera_config_parse_string(cfg, "ev.ini", ini), 0);
+        if (k == 0) ck_assert_int_eq(caldera_config_set(cfg, "caldera.eval="), 0);
+        if (k == 1) ck_assert_int_eq(caldera_config_set(cfg, "caldera.eval=q"), 0);
+        if (k == 2) {   // [ev] holds eval settings, but the eval key names another (nonexistent) section
+            ck_assert_int_eq(caldera_config_set(cfg, "caldera.eval=ev2"), 0);
+        }
+        int rc = caldera_pipeline_init(ctx, cfg, &pl);
+        if (k == 0) {
+            for (int64_t i = 0; i < caldera_config_ndiag(cfg); i++) fprintf(stderr, "%s\n", caldera_config_diag(cfg, i));
+            ck_assert_int_eq(rc, 0);
+            ck_assert_int_eq(caldera_config_ndiag(cfg), 0);
+            caldera_pipeline_free(pl);
+        } else {
+            ck_assert_int_eq(rc, CALDERA_ERR_CONFIG);
+            int found = 0;
+            for (int64_t d = 0; d < caldera_config_ndiag(cfg); d++) {
+                found |= !strcmp(caldera_config_diag(cfg, d), "ev.ini:12: [ev] section of eval settings is never used; allowed: "
+                                 "[caldera] eval = ev (or eval = with an empty value to switch it off)");
+            }
+            ck_assert_msg(found, "first diag: %s", caldera_config_diag(cfg, 0));
+        }
+        caldera_config_free(cfg);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * pipeline_suite(void) {
     Suite * s = suite_create("pipeline");
     TCase * tc = tcase_create("pipeline");
@@ -767,6 +807,7 @@ static Suite * pipeline_suite(void) {
     tcase_add_test(tc, test_nonfinite_named);
     tcase_add_test(tc, test_config_limits);
     tcase_add_test(tc, test_hessian_missing_is_an_error);
+    tcase_add_test(tc, test_settings_section_switched_off);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -220,14 +220,21 @@ static void print_report(const char * json_text) {
                    json_real_value(json_object_get(o, "ppl")), json_real_value(json_object_get(o, "ppl_err")),
                    (long long) json_integer_value(json_object_get(o, "tokens_scored")), "");
         }
-        printf("eval: %s protocol, ctx %lld, %lld windows (0: all) of %s\n", json_string_value(json_object_get(ev, "protocol")),
-               (long long) json_integer_value(json_object_get(ev, "ctx")), (long long) json_integer_value(json_object_get(ev, "windows")),
-               json_string_value(json_object_get(ev, "text")));
+        long long nw = (long long) json_integer_value(json_object_get(ev, "windows"));
+        char wtxt[64] = "every window";
+        if (nw > 0) snprintf(wtxt, sizeof(wtxt), "the first %lld windows", nw);
+        printf("eval: %s protocol, ctx %lld, %s of %s\n", json_string_value(json_object_get(ev, "protocol")),
+               (long long) json_integer_value(json_object_get(ev, "ctx")), wtxt, json_string_value(json_object_get(ev, "text")));
     }
     json_t * ph = json_object_get(rep, "phase_seconds");
     if (ph) {
         printf("phases: calibrate %.1f s, compress %.1f s, evaluate %.1f s\n", json_real_value(json_object_get(ph, "calibrate")),
                json_real_value(json_object_get(ph, "compress")), json_real_value(json_object_get(ph, "evaluate")));
+    }
+    json_t * pc = json_object_get(rep, "phase_cpu_seconds");
+    if (pc) {
+        printf("phases (CPU): calibrate %.1f s, compress %.1f s, evaluate %.1f s\n", json_real_value(json_object_get(pc, "calibrate")),
+               json_real_value(json_object_get(pc, "compress")), json_real_value(json_object_get(pc, "evaluate")));
     }
     json_decref(rep);
 }

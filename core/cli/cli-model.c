@@ -45,7 +45,7 @@ int cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** a
     const char * a    = argv[*i];
     const char * next = *i + 1 < argc ? argv[*i + 1] : NULL;
     static const char * const with_value[] = { "--model", "--tokenizer", "--format", "--weights", "--threads", "--plugin-path",
-                                               "--compressed" };
+                                               "--compressed", "--head" };
     int takes = 0;
     for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++) takes |= strcmp(a, with_value[k]) == 0;
     if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
@@ -67,6 +67,13 @@ int cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** a
     else if (!strcmp(a, "--format")) m->format = next;
     else if (!strcmp(a, "--plugin-path")) m->paths[m->npaths++] = next;
     else if (!strcmp(a, "--compressed")) m->compressed = next;
+    else if (!strcmp(a, "--head")) {
+        if (strcmp(next, "f32") != 0 && strcmp(next, "f16") != 0 && strcmp(next, "q8") != 0) {
+            fprintf(stderr, "caldera-pipe %s: --head '%s'; allowed: f32, f16, q8\n", cmd, next);
+            return -1;
+        }
+        m->head = next;
+    }
     else if (!strcmp(a, "--weights")) {
         if (strcmp(next, "f32") != 0 && strcmp(next, "f16") != 0) {
             fprintf(stderr, "caldera-pipe %s: --weights '%s'; allowed: f32, f16\n", cmd, next);
@@ -120,6 +127,10 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
         return CLI_EXIT_RUNTIME;
     }
     caldera_model_ops_of(m->inst, &m->ops);
+    if (m->head && caldera_inst_set(m->inst, "head", m->head) < 0) {
+        fprintf(stderr, "caldera-pipe %s: --head %s: %s\n", cmd, m->head, caldera_ctx_errmsg(m->ctx));
+        return CLI_EXIT_USAGE;
+    }
     if (m->dense && !m->compressed) {
         fprintf(stderr, "caldera-pipe %s: --dense needs --compressed FILE\n", cmd);
         return CLI_EXIT_USAGE;

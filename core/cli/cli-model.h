@@ -25,6 +25,7 @@ struct cli_model {
     const char *          compressed;  // --compressed FILE: caldera-pipe output whose layers replace the model's
     int                   dense;       // --dense: reconstruct those layers to dense f32 (no fused kernels)
     struct caldera_compressed * cmp;   // what the replaced layers use (freed after the model)
+    const char *          head;        // --head f32|f16|q8: the model's output head storage (option "head")
 };
 
 /**
@@ -36,7 +37,8 @@ int  cli_model_option(struct cli_model * m, const char * cmd, int argc, char ** 
 #define CLI_COMPRESSED_USAGE \
     "  --compressed FILE     run the linear layers of a caldera-pipe output FILE (its compressed weights, mapped,\n" \
     "                        through the fused CPU kernels); --model gives the rest (tokenizer, norms, embeddings)\n" \
-    "  --dense               with --compressed: reconstruct those layers to dense f32 instead (reference path)\n"
+    "  --dense               with --compressed: reconstruct those layers to dense f32 instead (reference path)\n" \
+    "  --head f32|f16|q8     storage of the output head for the logits (default f32; q8: int8, a scale per 32)\n"
 /** Context, plugins, model: 0, or an exit code (message printed). */
 int  cli_model_open(struct cli_model * m, const char * cmd);
 void cli_model_close(struct cli_model * m);

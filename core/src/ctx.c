@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,65 +176,93 @@ int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...)
 const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return ctx ? ctx->errmsg : ""; }
 
 // ---------------------------------------------------------------------------------------------
-// Parallel loop: a pool of threads-1 workers that sleep on a condition variable between jobs
-// (no spinning: OpenMP's spin-waiting made 2 threads 4-13x slower than 1 on a loaded 2-core VM,
-// and OpenBLAS's pthread build runs its own pool beside ours). Chunks are contiguous ranges
-// handed out in order; a parallel_for called from inside a job runs serially.
+// Parallel loop: a pool of threads-1 workers that help with whatever job is current. A job is
+// `chunks` contiguous ranges handed out through one atomic ticket (job number << 32 | next chunk):
+// a worker claims a chunk by a compare-and-swap that fails once the job has changed, so the caller
+// never waits for a worker that has not woken up (on a loaded machine it may not run for
+// milliseconds; the caller then does every chunk itself), only for chunks already being run.
+// Between jobs a worker spins briefly (POOL_SPIN polls with a pause, a few microseconds) and then
+// sleeps on a condition variable: a decoded token runs a few hundred short loops, and a futex
+// wake-up per loop cost more than the loops; unbounded spinning (OpenMP's) made 2 threads 4-13x
+// slower than 1 on a loaded 2-core VM, and OpenBLAS's pthread build runs its own pool beside ours.
+// A parallel_for called from inside a job runs serially.
+
+#define POOL_SPIN 4000
 
 struct caldera_pool {
     pthread_t *     th;
     int             n;          // workers (the caller is the other thread)
     pthread_mutex_t mu;
-    pthread_cond_t  cv_work, cv_done;
-    uint64_t        gen;
-    int             stop;
-    int             pending;    // workers still on the current job
-    void (*fn)(void *, int64_t, int64_t);
-    void *          arg;
-    int64_t         items, chunks;
-    atomic_llong    next;
+    pthread_cond_t  cv_work;
+    atomic_uint     gen;        // job number (mod 2^32)
+    atomic_ullong   ticket;     // gen << 32 | next chunk to hand out
+    atomic_llong    done;       // chunks of the current job finished
+    atomic_int      stop;
+    atomic_int      sleepers;   // workers waiting on cv_work
+    // the current job (written by the caller before the ticket; read by workers before a claim)
+    _Atomic(void (*)(void *, int64_t, int64_t)) fn;
+    _Atomic(void *) arg;
+    atomic_llong    items, chunks;
 };
 
 static _Thread_local int in_pool_job;
 
-static void pool_run_chunks(struct caldera_pool * p) {
+static inline void pool_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// Claim and run chunks of job g until none is left (or the job has changed).
+static void pool_run_chunks(struct caldera_pool * p, unsigned g) {
     in_pool_job = 1;
     for (;;) {
-        long long c = atomic_fetch_add(&p->next, 1);
-        if (c >= p->chunks) break;
-        int64_t i0 = p->items * c / p->chunks, i1 = p->items * (c + 1) / p->chunks;
-        if (i1 > i0) p->fn(p->arg, i0, i1);
+        unsigned long long t = atomic_load(&p->ticket);
+        if ((unsigned) (t >> 32) != g) break;
+        void (*fn)(void *, int64_t, int64_t) = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        void *  arg    = atomic_load_explicit(&p->arg, memory_order_relaxed);
+        int64_t items  = atomic_load_explicit(&p->items, memory_order_relaxed);
+        int64_t chunks = atomic_load_explicit(&p->chunks, memory_order_relaxed);
+        int64_t c      = (int64_t) (t & 0xFFFFFFFFull);
+        if (c >= chunks) break;
+        if (!atomic_compare_exchange_weak(&p->ticket, &t, t + 1)) continue;   // lost the race, or a new job
+        int64_t i0 = items * c / chunks, i1 = items * (c + 1) / chunks;
+        if (i1 > i0) fn(arg, i0, i1);
+        atomic_fetch_add(&p->done, 1);
     }
     in_pool_job = 0;
 }
 
+// A lost wake-up is excluded by the seq_cst pairs (sleepers++, read gen) here and (gen++, read
+// sleepers) in the caller.
 static void * pool_worker(void * arg) {
     struct caldera_pool * p = arg;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
+    unsigned seen = 0;
     for (;;) {
-        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_work, &p->mu);
-        if (p->stop) break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        pool_run_chunks(p);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+        for (int i = 0; i < POOL_SPIN && atomic_load(&p->gen) == seen && !atomic_load(&p->stop); i++) pool_pause();
+        if (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = atomic_load(&p->gen);
+        pool_run_chunks(p, seen);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
 void caldera_pool_free(struct caldera_pool * p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n; i++) pthread_join(p->th[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_work);
-    pthread_cond_destroy(&p->cv_done);
     caldera_free(p->th);
     caldera_free(p);
 }
@@ -247,7 +277,6 @@ static struct caldera_pool * pool_new(int workers) {
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
     for (int i = 0; i < workers; i++) {
         if (pthread_create(&p->th[i], NULL, pool_worker, p) != 0) break;
         p->n++;
@@ -276,20 +305,28 @@ void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
     struct caldera_pool * p = ctx->pool;
     // up to 4 chunks per thread so that uneven chunks balance; never smaller than grain
     int64_t chunks = pieces < 4 * (int64_t) threads ? pieces : 4 * (int64_t) threads;
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->arg = arg;
-    p->items = n;
-    p->chunks = chunks;
-    atomic_store(&p->next, 0);
-    p->pending = p->n;
-    p->gen++;
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
-    pool_run_chunks(p);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    unsigned g = atomic_load(&p->gen) + 1u;
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&p->items, n, memory_order_relaxed);
+    atomic_store_explicit(&p->chunks, chunks, memory_order_relaxed);
+    atomic_store(&p->done, 0);
+    atomic_store(&p->ticket, (unsigned long long) g << 32);   // publishes the job (seq_cst)
+    atomic_store(&p->gen, g);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_work);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pool_run_chunks(p, g);
+    // every chunk is claimed; wait for the ones a worker is still running
+    for (long i = 0; atomic_load(&p->done) < chunks; i++) {
+        if (i < POOL_SPIN) {
+            pool_pause();
+        } else {
+            sched_yield();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
 // Hessian when there is one; the rest copied), checkpoint each finished weight, measure bits per
 // parameter and (data-aware) error, and finish the writers with the report in their metadata.
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "pipeline.h"
 
 struct tensor_result {
@@ -264,152 +266,282 @@ static int read_hessian(struct caldera_pipeline * pl, struct pl_run * run, const
                              "compressed weight, or hessian_missing = identity (H = I)", hname, name, caldera_inst_name(hsrc));
 }
 
+// Weights are compressed by one worker per thread (two weights at once on two cores), each weight
+// on one thread with single-threaded BLAS, and committed (checkpoint, writers, model, report, log)
+// strictly in the reader's order by whichever thread finishes the next one. So the output bytes,
+// the report and every number are those of a one-thread run: nothing depends on the thread count
+// (the result of one weight never depends on how its BLAS calls were split). Measured on SmolLM2
+// (docs/results.md): whole weights in parallel beat splitting each weight's small GEMMs and its
+// 8-column E8P blocks over two threads, where OpenBLAS's waiting threads ate most of a core.
+// Sequential calibration needs the weights before a layer committed before the layer's Hessian,
+// so it runs one worker, as does device = cuda.
+
+struct cslot {   // one selected weight in flight
+    struct caldera_tensor w, h, w_hat;
+    int                   w_owned, h_owned, from_ckpt, done, rc;
+    struct caldera_pack * pack;
+    struct tensor_result  res;
+    double                t0;
+};
+
+struct cjob {
+    struct caldera_pipeline * pl;
+    struct pl_run *           run;
+    pthread_mutex_t           mu;
+    pthread_cond_t            cv;
+    int64_t                   nt, nsel;
+    int64_t *                 sel;          // (nsel) reader index of each selected weight, in order
+    unsigned char *           is_sel;       // (nt)
+    struct cslot *            slots;        // (nsel)
+    int64_t                   next_job;     // next selected weight to start
+    int64_t                   next_commit;  // next reader index to commit (copy or write)
+    int64_t                   committed;    // selected weights committed
+    int64_t                   window;       // started but uncommitted weights at most (memory bound)
+    int                       want_hat;
+    int                       stop;         // a weight failed or the run was cancelled: start no more
+    int                       rc;           // the first failure in commit order (or the cancellation)
+    double                    t_start;
+};
+
+static void cslot_release(struct cslot * s) {
+    caldera_pack_free(s->pack);
+    s->pack = NULL;
+    caldera_tensor_free(&s->w_hat);
+    if (s->w_owned) caldera_tensor_free(&s->w);
+    if (s->h_owned) caldera_tensor_free(&s->h);
+    memset(&s->w, 0, sizeof(s->w));
+    memset(&s->h, 0, sizeof(s->h));
+    s->w_owned = s->h_owned = 0;
+}
+
+// Under the lock: the checkpointed result of slot j, or its W and H read for compress_one.
+static int cslot_prepare(struct cjob * cj, int64_t j) {
+    struct caldera_pipeline * pl = cj->pl;
+    struct pl_run * run = cj->run;
+    struct caldera_ctx * ctx = pl->ctx;
+    struct pipeline_opts * o = popts(pl);
+    const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
+    struct cslot * s = &cj->slots[j];
+    struct caldera_tensor_info ti;
+    int64_t t = cj->sel[j];
+    int rc;
+    s->t0 = pl_now();
+    if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) return rc;
+    const char * name = ti.hf_name ? ti.hf_name : ti.name;
+    if ((rc = caldera_pack_init(&s->pack)) < 0) return rc;
+    if (run->ckpt) {
+        struct caldera_ckpt_result cr;
+        if (cj->want_hat && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &s->w_hat)) < 0) return rc;
+        rc = caldera_ckpt_load(run->ckpt, t, name, s->pack, &cr, cj->want_hat ? &s->w_hat : NULL);
+        if (rc == 0) {
+            s->res = (struct tensor_result) { cr.bits, cr.rel_fro, cr.rel_h, cr.seconds, cr.has_h };
+            s->w.ne[0] = ti.ne[0];
+            s->w.ne[1] = ti.ne[1];
+            s->from_ckpt = 1;
+            return 0;
+        }
+        if (rc != CALDERA_ERR_NOT_FOUND) return rc;
+        caldera_tensor_free(&s->w_hat);
+    }
+    if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &s->w, &s->w_owned)) < 0) return rc;
+    if ((rc = check_finite_named(ctx, "weight", name, &s->w)) < 0) return rc;
+    if ((run->hsrc || run->seq) && (rc = read_hessian(pl, run, name, s->w.ne[1], &s->h, &s->h_owned)) < 0) return rc;
+    return 0;
+}
+
+// Under the lock: slot j's results into the checkpoint, the writers, the model and the report.
+static int cslot_commit(struct cjob * cj, int64_t j) {
+    struct caldera_pipeline * pl = cj->pl;
+    struct pl_run * run = cj->run;
+    struct caldera_ctx * ctx = pl->ctx;
+    struct pipeline_opts * o = popts(pl);
+    const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
+    struct cslot * s = &cj->slots[j];
+    struct caldera_tensor_info ti;
+    int64_t t = cj->sel[j];
+    int rc;
+    if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) return rc;
+    const char * name = ti.hf_name ? ti.hf_name : ti.name;
+    if (!s->from_ckpt) {
+        s->res.seconds = pl_now() - s->t0;
+        if (run->ckpt && (rc = caldera_ckpt_save(run->ckpt, t, name, s->pack, &(struct caldera_ckpt_result) { s->res.bits,
+                              s->res.rel_fro, s->res.rel_h, s->res.seconds, s->res.has_h }, cj->want_hat ? &s->w_hat : NULL)) < 0) {
+            return rc;
+        }
+    } else {
+        run->resumed++;
+    }
+    for (int64_t k = 0; run->writer_open && k < caldera_pack_count(s->pack); k++) {
+        struct caldera_tensor pt;
+        caldera_pack_get(s->pack, k, &pt);
+        char * full = caldera_asprintf("%s.%s", name, caldera_pack_name(s->pack, k));
+        if (!full) return CALDERA_ERR_NOMEM;
+        rc = write_tensor(o->writer, full, &pt);
+        caldera_free(full);
+        if (rc < 0) return rc;
+    }
+    if (run->dense_open && (rc = write_tensor(o->dense_writer, name, &s->w_hat)) < 0) return rc;
+    if ((pl->eval || run->seq) && run->model) {   // the model runs with Ŵ in place of W from now on
+        int64_t li = run->mops->linear_find(run->model, name);
+        if (li < 0) {
+            return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "weight %s is no linear layer of the %s model, so the evaluation "
+                                     "cannot use its reconstruction; allowed: include only linear layers, or no [eval]", name, o->model);
+        }
+        if ((rc = run->mops->set_linear_weight(run->model, li, &s->w_hat, 1)) < 0) return rc;
+        run->replaced++;
+    }
+    const struct tensor_result * res = &s->res;
+    double params = (double) (s->w.ne[0] * s->w.ne[1]);
+    run->sum_bits_params += res->bits * params;
+    run->sum_params += params;
+    run->sum_err += res->rel_fro;
+    if (res->rel_fro > run->worst) run->worst = res->rel_fro;
+    if (res->has_h) {
+        run->n_h++;
+        run->sum_err_h += res->rel_h;
+        if (res->rel_h > run->worst_h) run->worst_h = res->rel_h;
+    }
+    run->ndone++;
+    json_t * tj = json_pack("{s:s, s:[I,I], s:f, s:f, s:f, s:b, s:f}", "name", name, "shape", (json_int_t) s->w.ne[0],
+                            (json_int_t) s->w.ne[1], "bits_per_param", res->bits, "rel_err", res->rel_fro, "rel_err_h", res->rel_h,
+                            "data_aware", res->has_h, "seconds", res->seconds);
+    if (tj) json_array_append_new(run->tensors, tj);
+    double el = pl_now() - cj->t_start, eta = run->ndone ? el / (double) run->ndone * (double) (cj->nsel - run->ndone) : 0;
+    char herr[48] = "";
+    if (res->has_h) snprintf(herr, sizeof(herr), ", data-aware %.4f", res->rel_h);
+    caldera_log(ctx, CALDERA_LOG_INFO, "[%lld/%lld] %s (%lld x %lld): %.3f bits/param, rel. error %.4f%s (%.2f s; %.2f weights/s, ETA %.0f s)",
+                (long long) run->ndone, (long long) cj->nsel, name, (long long) s->w.ne[0], (long long) s->w.ne[1], res->bits,
+                res->rel_fro, herr, res->seconds, el > 0 ? (double) run->ndone / el : 0.0, eta);
+    return 0;
+}
+
+// Under the lock: commit everything that is ready, in the reader's order (copies included).
+static void cjob_commit_ready(struct cjob * cj) {
+    struct caldera_pipeline * pl = cj->pl;
+    struct pipeline_opts * o = popts(pl);
+    const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
+    while (cj->rc == 0 && cj->next_commit < cj->nt) {
+        int64_t t = cj->next_commit;
+        int rc = 0;
+        if (!cj->is_sel[t]) {
+            if (cj->run->writer_open || cj->run->dense_open) {
+                struct caldera_tensor_info ti;
+                if ((rc = rops->tensor_info(o->reader, t, &ti)) == 0) rc = copy_tensor(pl, cj->run, t, &ti, ti.hf_name ? ti.hf_name : ti.name);
+            }
+        } else {
+            struct cslot * s = &cj->slots[cj->committed];
+            if (!s->done) break;
+            rc = s->rc < 0 ? s->rc : cslot_commit(cj, cj->committed);
+            cslot_release(s);
+            cj->committed++;
+        }
+        if (rc < 0) {
+            cj->rc = rc;
+            break;
+        }
+        cj->next_commit++;
+    }
+}
+
+static void cjob_worker(void * arg, int64_t i0, int64_t i1) {
+    struct cjob * cj = arg;
+    struct caldera_ctx * ctx = cj->pl->ctx;
+    struct pipeline_opts * o = popts(cj->pl);
+    (void) i0;
+    (void) i1;
+    pthread_mutex_lock(&cj->mu);
+    for (;;) {
+        cjob_commit_ready(cj);
+        if (cj->rc < 0 || cj->stop || cj->next_job >= cj->nsel) break;
+        if (caldera_ctx_cancelled(ctx)) {   // the weights in flight still finish and are committed (checkpointed)
+            cj->stop = 1;
+            break;
+        }
+        if (cj->next_job >= cj->committed + cj->window) {
+            pthread_cond_wait(&cj->cv, &cj->mu);
+            continue;
+        }
+        int64_t j = cj->next_job++;
+        struct cslot * s = &cj->slots[j];
+        int rc = cslot_prepare(cj, j);
+        pthread_mutex_unlock(&cj->mu);
+        char name[512] = "";
+        if (rc == 0 && !s->from_ckpt) {
+            struct caldera_tensor_info ti;
+            const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
+            pthread_mutex_lock(&cj->mu);
+            if ((rc = rops->tensor_info(o->reader, cj->sel[j], &ti)) == 0) caldera_strlcpy(name, ti.hf_name ? ti.hf_name : ti.name, sizeof(name));
+            pthread_mutex_unlock(&cj->mu);
+            if (rc == 0) rc = compress_one(cj->pl, name, &s->w, s->h.data ? &s->h : NULL, s->pack, &s->w_hat, &s->res);
+        }
+        pthread_mutex_lock(&cj->mu);
+        if (rc < 0 && *name) {
+            char msg[CALDERA_ERRMSG_MAX];
+            caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
+            caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) s->w.ne[0], (long long) s->w.ne[1], msg);
+        }
+        s->rc = rc;
+        s->done = 1;
+        if (rc < 0) cj->stop = 1;   // the weights before it are still committed (and checkpointed)
+        pthread_cond_broadcast(&cj->cv);
+    }
+    pthread_cond_broadcast(&cj->cv);
+    pthread_mutex_unlock(&cj->mu);
+}
+
 int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
-    int rc = 0;
-    struct caldera_pack * pack = NULL;
-    struct caldera_tensor w = { 0 }, h = { 0 }, w_hat = { 0 };
-    int w_owned = 0, h_owned = 0;
-    const int writer_open = run->writer_open, dense_open = run->dense_open;
-    struct caldera_ckpt * ckpt = run->ckpt;
     const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
-    // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
-    const int want_hat = dense_open || ((pl->eval || run->seq) && run->model);
+    struct cjob cj = { .pl = pl, .run = run };
+    int rc = 0, sync = 0;
     double t_phase = pl_now(), t_cal0 = run->t_calibrate;   // sequential calibration inside is counted as calibration
     if (!(run->tensors = json_array())) return CALDERA_ERR_NOMEM;
-    json_t * tensors = run->tensors;
-    int64_t nt = rops->n_tensors(o->reader), nsel = 0, ndone = 0;
+    cj.nt = rops->n_tensors(o->reader);
+    cj.is_sel = caldera_calloc((size_t) (cj.nt > 0 ? cj.nt : 1), 1);
+    cj.sel = caldera_calloc((size_t) (cj.nt > 0 ? cj.nt : 1), sizeof(int64_t));
+    cj.slots = caldera_calloc((size_t) (cj.nt > 0 ? cj.nt : 1), sizeof(struct cslot));
+    if (!cj.is_sel || !cj.sel || !cj.slots) { rc = CALDERA_ERR_NOMEM; goto done; }
     run->model_params = 0;
-    for (int64_t t = 0; t < nt; t++) {
+    for (int64_t t = 0; t < cj.nt; t++) {
         struct caldera_tensor_info ti;
         if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
-        if (pl_selected(o, &ti) && (o->max_tensors == 0 || nsel < o->max_tensors)) nsel++;
+        if (pl_selected(o, &ti) && (o->max_tensors == 0 || cj.nsel < o->max_tensors)) {
+            cj.is_sel[t] = 1;
+            cj.sel[cj.nsel++] = t;
+        }
         int64_t ne = 1;
         for (int d = 0; d < ti.ndim; d++) ne *= ti.ne[d];
         run->model_params += (double) ne;
     }
-    // Frobenius errors over every weight; H-weighted ones only over weights that had a Hessian.
-    double t_start = pl_now(), sum_bits_params = 0, sum_params = 0, worst = 0, sum_err = 0, worst_h = 0, sum_err_h = 0;
-    int64_t counted = 0, n_h = 0, resumed = 0;
-    run->t_start = t_start;
-    for (int64_t t = 0; t < nt; t++) {
-        if (caldera_ctx_cancelled(ctx)) { rc = caldera_ctx_error(ctx, CALDERA_ERR_CANCELLED, "cancelled after %lld weights", (long long) ndone); goto done; }
-        struct caldera_tensor_info ti;
-        if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
-        const char * name = ti.hf_name ? ti.hf_name : ti.name;
-        int sel = pl_selected(o, &ti) && (o->max_tensors == 0 || counted < o->max_tensors);
-        if (!sel) {
-            if ((writer_open || dense_open) && (rc = copy_tensor(pl, run, t, &ti, name)) < 0) goto done;
-            continue;
-        }
-        counted++;
-        double t0 = pl_now();
-        struct tensor_result res = { 0 };
-        if ((rc = caldera_pack_init(&pack)) < 0) goto done;
-        int from_ckpt = 0;
-        if (ckpt) {
-            struct caldera_ckpt_result cr;
-            if (want_hat && (rc = caldera_tensor_alloc_f32(ctx, ti.ne[0], ti.ne[1], &w_hat)) < 0) goto done;
-            rc = caldera_ckpt_load(ckpt, t, name, pack, &cr, want_hat ? &w_hat : NULL);
-            if (rc == 0) {
-                res = (struct tensor_result) { cr.bits, cr.rel_fro, cr.rel_h, cr.seconds, cr.has_h };
-                w.ne[0] = ti.ne[0];
-                w.ne[1] = ti.ne[1];
-                from_ckpt = 1;
-                resumed++;
-            } else if (rc != CALDERA_ERR_NOT_FOUND) {
-                goto done;
-            } else {
-                caldera_tensor_free(&w_hat);
-            }
-            rc = 0;
-        }
-        if (!from_ckpt) {
-            if ((rc = rops->read_tensor(o->reader, t, CALDERA_DTYPE_F32, &w, &w_owned)) < 0) goto done;
-            if ((rc = check_finite_named(ctx, "weight", name, &w)) < 0) goto done;
-            const struct caldera_tensor * hp = NULL;
-            if ((run->hsrc || run->seq) && (rc = read_hessian(pl, run, name, w.ne[1], &h, &h_owned)) < 0) goto done;
-            if (h.data) hp = &h;
-            rc = compress_one(pl, name, &w, hp, pack, &w_hat, &res);
-            if (rc < 0) {
-                char msg[CALDERA_ERRMSG_MAX];
-                caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
-                caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) w.ne[0], (long long) w.ne[1], msg);
-                goto done;
-            }
-            if (ckpt && (rc = caldera_ckpt_save(ckpt, t, name, pack, &(struct caldera_ckpt_result) { res.bits, res.rel_fro,
-                                                  res.rel_h, pl_now() - t0, res.has_h }, want_hat ? &w_hat : NULL)) < 0) {
-                goto done;
-            }
-        }
-        if (!from_ckpt) res.seconds = pl_now() - t0;
-        for (int64_t k = 0; writer_open && k < caldera_pack_count(pack); k++) {
-            struct caldera_tensor pt;
-            caldera_pack_get(pack, k, &pt);
-            char * full = caldera_asprintf("%s.%s", name, caldera_pack_name(pack, k));
-            if (!full) { rc = CALDERA_ERR_NOMEM; goto done; }
-            rc = write_tensor(o->writer, full, &pt);
-            caldera_free(full);
-            if (rc < 0) goto done;
-        }
-        if (dense_open && (rc = write_tensor(o->dense_writer, name, &w_hat)) < 0) goto done;
-        if ((pl->eval || run->seq) && run->model) {   // the model runs with Ŵ in place of W from now on
-            int64_t li = run->mops->linear_find(run->model, name);
-            if (li < 0) {
-                rc = caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "weight %s is no linear layer of the %s model, so the evaluation "
-                                       "cannot use its reconstruction; allowed: include only linear layers, or no [eval]", name,
-                                       o->model);
-                goto done;
-            }
-            if ((rc = run->mops->set_linear_weight(run->model, li, &w_hat, 1)) < 0) goto done;
-            run->replaced++;
-        }
-        double params = (double) (w.ne[0] * w.ne[1]);
-        sum_bits_params += res.bits * params;
-        sum_params += params;
-        sum_err += res.rel_fro;
-        if (res.rel_fro > worst) worst = res.rel_fro;
-        if (res.has_h) {
-            n_h++;
-            sum_err_h += res.rel_h;
-            if (res.rel_h > worst_h) worst_h = res.rel_h;
-        }
-        ndone++;
-        json_t * tj = json_pack("{s:s, s:[I,I], s:f, s:f, s:f, s:b, s:f}", "name", name, "shape", (json_int_t) w.ne[0],
-                                (json_int_t) w.ne[1], "bits_per_param", res.bits, "rel_err", res.rel_fro, "rel_err_h", res.rel_h,
-                                "data_aware", res.has_h, "seconds", res.seconds);
-        if (tj) json_array_append_new(tensors, tj);
-        double el = pl_now() - t_start, eta = ndone ? el / (double) ndone * (double) (nsel - ndone) : 0;
-        char herr[48] = "";
-        if (res.has_h) snprintf(herr, sizeof(herr), ", data-aware %.4f", res.rel_h);
-        caldera_log(ctx, CALDERA_LOG_INFO, "[%lld/%lld] %s (%lld x %lld): %.3f bits/param, rel. error %.4f%s (%.2f s; %.2f weights/s, ETA %.0f s)",
-                    (long long) ndone, (long long) nsel, name, (long long) w.ne[0], (long long) w.ne[1], res.bits, res.rel_fro,
-                    herr, res.seconds, el > 0 ? (double) ndone / el : 0.0, eta);
-        caldera_pack_free(pack);
-        pack = NULL;
-        caldera_tensor_free(&w_hat);
-        if (w_owned) caldera_tensor_free(&w);
-        if (h_owned) caldera_tensor_free(&h);
-        memset(&w, 0, sizeof(w));
-        memset(&h, 0, sizeof(h));
-        w_owned = h_owned = 0;
+    // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
+    cj.want_hat = run->dense_open || ((pl->eval || run->seq) && run->model);
+    // one worker under device = cuda: the device's handles and staging buffers are per context
+    int workers = run->seq || caldera_ctx_device(ctx) != CALDERA_DEVICE_CPU ? 1 : caldera_ctx_threads(ctx);
+    if (workers > cj.nsel) workers = cj.nsel > 0 ? (int) cj.nsel : 1;
+    cj.window = 2 * (int64_t) workers;
+    run->t_start = cj.t_start = pl_now();
+    pthread_mutex_init(&cj.mu, NULL);
+    pthread_cond_init(&cj.cv, NULL);
+    sync = 1;
+    if (workers > 1) caldera_blas_set_threads(1);   // one weight per thread; BLAS inside it on that thread
+    caldera_parallel_for(ctx, workers, 1, cjob_worker, &cj);
+    if (workers > 1) caldera_blas_set_threads(caldera_ctx_threads(ctx));
+    rc = cj.rc;
+    for (int64_t j = 0; rc == 0 && cj.stop && j < cj.nsel; j++) rc = cj.slots[j].rc;   // a failure is in commit order
+    if (rc == 0 && cj.stop) {
+        rc = caldera_ctx_error(ctx, CALDERA_ERR_CANCELLED, "cancelled after %lld weights", (long long) run->ndone);
     }
-    run->ndone = ndone;
-    run->n_h = n_h;
-    run->resumed = resumed;
-    run->sum_bits_params = sum_bits_params;
-    run->sum_params = sum_params;
-    run->sum_err = sum_err;
-    run->worst = worst;
-    run->sum_err_h = sum_err_h;
-    run->worst_h = worst_h;
 done:
     run->t_compress = pl_now() - t_phase - (run->t_calibrate - t_cal0);
-    caldera_pack_free(pack);
-    caldera_tensor_free(&w_hat);
-    if (w_owned) caldera_tensor_free(&w);
-    if (h_owned) caldera_tensor_free(&h);
+    for (int64_t j = 0; cj.slots && j < cj.nsel; j++) cslot_release(&cj.slots[j]);
+    if (sync) {
+        pthread_mutex_destroy(&cj.mu);
+        pthread_cond_destroy(&cj.cv);
+    }
+    caldera_free(cj.slots);
+    caldera_free(cj.sel);
+    caldera_free(cj.is_sel);
     return rc;
 }
 

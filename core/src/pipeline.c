@@ -123,6 +123,24 @@ static struct pl_section * pl_find(struct caldera_pipeline * pl, const char * na
 static const char * plugin_of(struct caldera_inst * inst) { return caldera_inst_plugin(inst)->name; }
 
 // Suggest the registered plugin name nearest to name.
+// Bit 0 set when every key of section name is a calibration setting, bit 1 when every one is an eval setting
+// (0: no key, or an unknown one): how a section without a plugin key is recognised as settings.
+static int settings_kind(struct caldera_config * cfg, const char * name) {
+    const struct caldera_plugin * descs[2] = { caldera_calibration_descriptor(), caldera_eval_descriptor() };
+    int mask = 0;
+    for (int k = 0; k < 2; k++) {
+        int64_t nkeys = 0, known = 0;
+        for (int64_t i = 0; i < cfg->n_entries; i++) {
+            const struct cfg_entry * e = &cfg->entries[i];
+            if (strcmp(e->section, name) != 0) continue;
+            nkeys++;
+            known += caldera_options_find(descs[k]->options, e->key, NULL) != NULL;
+        }
+        if (nkeys > 0 && known == nkeys) mask |= 1 << k;
+    }
+    return mask;
+}
+
 static const char * nearest_plugin(struct caldera_ctx * ctx, const char * name) {
     const char * best = NULL;
     int bd = 1 << 30;
@@ -484,6 +502,29 @@ int caldera_pipeline_init(struct caldera_ctx * ctx, struct caldera_config * cfg,
         if (s == pl->calib_sec || s == pl->eval_sec) continue;
         struct cfg_entry * pe = caldera_config_find(cfg, s->name, "plugin");
         if (!pe) {
+            // A settings section that [caldera] does not name: switched off by an empty calibration or eval (e.g.
+            // --set caldera.eval=), it is ignored with a warning, so that an ablation is one override; otherwise
+            // (the key absent, or naming another section) it is an error, like any section that is never used.
+            int mask = settings_kind(cfg, s->name), kind = -1;
+            for (int k = 0; k < 2; k++) {   // the kind switched off, else the first that fits
+                if ((mask >> k & 1) && (kind < 0 || (cores[k].e && !*cores[k].e->value))) kind = k;
+            }
+            if (kind >= 0) {
+                struct cfg_entry * ke = cores[kind].e;
+                if (ke && !*ke->value) {
+                    caldera_log(ctx, CALDERA_LOG_WARN, "%s:%d: [%s]: section ignored: [caldera] %s is empty, so these %s settings are "
+                                "not used", s->file, s->line, s->name, kind ? "eval" : "calibration", kind ? "eval" : "calibration");
+                    for (int64_t k = 0; k < cfg->n_entries; k++) {
+                        if (!strcmp(cfg->entries[k].section, s->name)) cfg->entries[k].used = 1;
+                    }
+                    s->referenced = 1;
+                } else {
+                    caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "section of %s settings is never used; allowed: [caldera] %s = %s "
+                                         "(or %s = with an empty value to switch it off)", kind ? "eval" : "calibration",
+                                         kind ? "eval" : "calibration", s->name, kind ? "eval" : "calibration");
+                }
+                continue;
+            }
             caldera_config_diagf(cfg, s->file, s->line, s->name, NULL, "no 'plugin = NAME' key; caldera-pipe --list-plugins lists them (settings "
                                  "sections have none: they are named by [caldera] calibration or eval)");
             continue;
@@ -700,6 +741,12 @@ double pl_now(void) {
     return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
+double pl_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
 int pl_find_tensor(struct caldera_inst * fmt, const char * name, int64_t * index) {
     const struct caldera_format_ops * ops = caldera_inst_plugin(fmt)->ops;
     int64_t n = ops->n_tensors(fmt);
@@ -787,6 +834,9 @@ static int report_phases(struct caldera_pipeline * pl, struct pl_run * run) {
     run->eval_json = NULL;
     json_t * ph = json_pack("{s:f, s:f, s:f}", "calibrate", run->t_calibrate, "compress", run->t_compress, "evaluate", run->t_evaluate);
     if (!ph || json_object_set_new(pl->report, "phase_seconds", ph) < 0) return CALDERA_ERR_NOMEM;
+    // CPU seconds of all threads: on a shared machine the wall times above measure the load too
+    ph = json_pack("{s:f, s:f, s:f}", "calibrate", run->c_calibrate, "compress", run->c_compress, "evaluate", run->c_evaluate);
+    if (!ph || json_object_set_new(pl->report, "phase_cpu_seconds", ph) < 0) return CALDERA_ERR_NOMEM;
     return report_text(pl);
 }
 
@@ -823,14 +873,23 @@ int caldera_pipeline_run(struct caldera_pipeline * pl) {
     if (!pl->reader_open && (rc = pl_open_reader(pl, o->reader, &pl->reader_open)) < 0) goto done;
     if (o->hessians && o->hessians != o->reader && !pl->hess_open && (rc = pl_open_reader(pl, o->hessians, &pl->hess_open)) < 0) goto done;
     run.hsrc = o->hessians;
+    double c0 = pl_cpu_now();
     if (pl->calib && (rc = pl_phase_calibrate(pl, &run)) < 0) goto done;
+    double c1 = pl_cpu_now();
+    run.c_calibrate = c1 - c0;
     if (pl->eval && (rc = pl_phase_evaluate_original(pl, &run)) < 0) goto done;
+    double c2 = pl_cpu_now();
+    run.c_evaluate = c2 - c1;
+    // (sequential calibration, which runs inside the compress phase, is counted here)
     if ((rc = pl_outputs_open(pl, &run)) < 0) goto done;
     if ((rc = pl_phase_compress(pl, &run)) < 0) goto done;
     if ((rc = report_build(pl, &run)) < 0) goto done;
     if ((rc = report_text(pl)) < 0) goto done;
     if ((rc = pl_outputs_finish(pl, &run)) < 0) goto done;
+    double c3 = pl_cpu_now();
+    run.c_compress = c3 - c2;
     if (pl->eval && (rc = pl_phase_evaluate(pl, &run)) < 0) goto done;
+    run.c_evaluate += pl_cpu_now() - c3;
     if ((pl->calib || pl->eval) && (rc = report_phases(pl, &run)) < 0) goto done;
     // The report file last: it exists only when the model files it describes do.
     if (o->report && *o->report && pl->report_json) {

@@ -86,12 +86,14 @@ struct pl_run {
     json_t *                          eval_original;// the original model's perplexity (until eval_json owns it)
     int64_t                           replaced;     // linears of the model replaced by their reconstruction
     double                            t_calibrate, t_compress, t_evaluate;   // seconds per phase
+    double                            c_calibrate, c_compress, c_evaluate;   // process CPU seconds per phase (all threads)
 };
 
 static inline struct pipeline_opts * popts(const struct caldera_pipeline * pl) { return caldera_inst_priv(pl->self); }
 
 // pipeline.c
 double       pl_now(void);   // monotonic seconds
+double       pl_cpu_now(void);   // CPU seconds of the process (all threads)
 const char * pl_format_path(struct caldera_inst * inst, char ** owned);
 int          pl_selected(const struct pipeline_opts * o, const struct caldera_tensor_info * ti);
 int          pl_open_reader(struct caldera_pipeline * pl, struct caldera_inst * inst, int * flag);

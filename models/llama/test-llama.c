@@ -151,6 +151,7 @@ struct rig {
 };
 
 static int g_plain_c;   // 1: rig_open sets simd = false (the portable kernels)
+static const char * g_head;   // rig_open sets option head to this after loading (as caldera-pipe --head)
 
 static int rig_open(struct rig * r, const char * weights) {
     memset(r, 0, sizeof(*r));
@@ -163,7 +164,9 @@ static int rig_open(struct rig * r, const char * weights) {
     if (g_plain_c) ck_assert_int_eq(caldera_inst_set(r->model, "simd", "false"), 0);
     ck_assert_int_eq(caldera_inst_start(r->model), 0);
     ck_assert_int_eq(caldera_model_ops_of(r->model, &r->ops), 0);
-    return r->ops->load(r->model, r->reader);
+    int rc = r->ops->load(r->model, r->reader);
+    if (rc == 0 && g_head) ck_assert_int_eq(caldera_inst_set(r->model, "head", g_head), 0);
+    return rc;
 }
 
 static void rig_close(struct rig * r) {
@@ -396,6 +399,43 @@ START_TEST(test_decode_equals_forward) {
     tiny_make(&g_tiny, 2, 48, 64, 6, 2, 53, 1, 0, "", 0, 8);             // no biases: q/k/v in one loop
     check_decode(NULL);
     check_decode("f16");
+    tiny_free(&g_tiny);
+}
+END_TEST
+
+// The compact heads (option head, set after loading): the batch forward equals the double
+// reference computed with the head rounded independently here (q8: per 32 columns d = max|w|/127,
+// w = d·round(w/d); f16: IEEE half), and decoding (f16 / int8 rows) equals the batch forward (f32
+// gemm on the same values), with the AVX and the portable kernels.
+START_TEST(test_compact_heads) {
+    tiny_make(&g_tiny, 2, 64, 80, 4, 2, 61, 1, 0, "", 0, 21);   // tied head, hidden a multiple of 32
+    const int64_t n = g_tiny.d.vocab * g_tiny.d.hidden;
+    float *       hq = malloc((size_t) n * sizeof(float));
+    for (int mode = 0; mode < 2; mode++) {
+        if (mode == 0) {
+            for (int64_t b = 0; b < n; b += 32) {
+                double amax = 0;
+                for (int64_t i = b; i < b + 32; i++) amax = fmax(amax, fabs(g_tiny.emb[i]));
+                double d = (float) (amax / 127.0);
+                for (int64_t i = b; i < b + 32; i++) hq[i] = (float) (d * nearbyint(g_tiny.emb[i] / d));
+            }
+        } else {
+            uint16_t * h16 = malloc((size_t) n * sizeof(uint16_t));
+            ck_assert_int_eq(caldera_convert_from_f32(CALDERA_DTYPE_F16, g_tiny.emb, n, h16), 0);
+            ck_assert_int_eq(caldera_convert_to_f32(CALDERA_DTYPE_F16, h16, n, hq), 0);
+            free(h16);
+        }
+        g_head = mode == 0 ? "q8" : "f16";
+        g_tiny.head = hq;   // the reference's head; the plugin still reads the tied embedding
+        check_vs_reference(NULL, LOGIT_TOL);
+        g_tiny.head = NULL;
+        check_decode(NULL);
+        g_plain_c = 1;
+        check_decode(NULL);
+        g_plain_c = 0;
+    }
+    g_head = NULL;
+    free(hq);
     tiny_free(&g_tiny);
 }
 END_TEST
@@ -779,6 +819,7 @@ static Suite * llama_suite(void) {
     tcase_add_test(tc, test_observer_and_groups);
     tcase_add_test(tc, test_replace_layers);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_compact_heads);
     suite_add_tcase(s, tc);
     tc = tcase_create("stories260K");
     tcase_add_test(tc, test_stories_greedy);

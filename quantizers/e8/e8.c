@@ -8,7 +8,7 @@
 
 #include "caldera/caldera-kernels.h"
 #include "caldera/caldera-plugin.h"
-#include "e8p.h"
+#include "e8p-batch.h"
 
 enum e8_scale_mode { E8_SCALE_TENSOR = 0, E8_SCALE_ROW = 1 };
 enum e8_scale_dtype { E8_DTYPE_F16 = 0, E8_DTYPE_F32 = 1 };
@@ -21,6 +21,8 @@ struct e8_priv {
     struct e8p_tables *  tab;            // built by init
     float *              kgrid;          // (256, 8) stored patterns (nibble − 8)/2, nibble order (kernels)
     float *              krvq1;          // (256, 8) "E8 1-bit" points permuted to nibble order (kernels)
+    uint8_t *            key2idx;        // (E8P_NKEYS) pattern index of each base-4 key (batched encode)
+    void (*encode8)(const struct e8p_tables *, const uint8_t *, const float (*)[E8P_DIM], int, uint16_t *);
 };
 
 /** Codebook state: the scales chosen from the whole W, and the codes rounded so far. */
@@ -69,6 +71,12 @@ static int e8_init(struct caldera_inst * inst) {
                              sizeof(*p->tab));
     }
     e8p_tables_build(p->tab);
+    if (!(p->key2idx = caldera_malloc(E8P_NKEYS))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the key index");
+    }
+    e8p_key_index_build(p->tab, p->key2idx);
+    // 8 blocks per call with AVX2 where the CPU has it: the same codes as the scalar search
+    p->encode8 = e8p_have_avx2() ? e8p_encode8_avx2 : e8p_encode8_scalar;
     // The fused kernels' tables (caldera-kernels.h): everything in the stored nibble order, where
     // nibble j holds output coordinate perm[j], perm = [0,2,4,6,1,3,5,7].
     p->kgrid = caldera_malloc(2 * E8P_NABS * E8P_DIM * sizeof(float));
@@ -89,6 +97,7 @@ static void e8_uninit(struct caldera_inst * inst) {
     struct e8_priv * p = caldera_inst_priv(inst);
     caldera_freep(&p->tab);
     caldera_freep(&p->kgrid);
+    caldera_freep(&p->key2idx);
     p->krvq1 = NULL;
 }
 
@@ -214,6 +223,80 @@ fail:
     return rc;
 }
 
+struct e8_round_job {
+    const struct e8_priv *          p;
+    int                             bits;
+    struct caldera_cb_state *       st;
+    int64_t                         b0, nb;   // first block (of the whole row) and block count
+    const struct caldera_tensor *   x;        // (rows, nb * 8)
+    struct caldera_tensor *         x_hat;    // (rows, nb * 8)
+};
+
+// Rows [i0, i1): every block rounded as e8p_round_scaled does, 8 blocks per encode8 call (the blocks
+// of one row, or with one block per row, as in LDLQ, the blocks of 8 rows). Same codes and values
+// as e8p_round_scaled block by block.
+static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
+    const struct e8_round_job * job = arg;
+    const struct caldera_cb_state * st = job->st;
+    const struct e8p_tables * t = job->p->tab;
+    const int64_t nbt = st->cols / E8P_DIM;
+    const int64_t total = (i1 - i0) * job->nb;   // blocks, row-major over (row, block)
+    float    xs[8][E8P_DIM], r[8][E8P_DIM];
+    float    sc[8];
+    int64_t  at[8][2];
+    uint16_t k1[8], k2[8];
+    for (int64_t q0 = 0; q0 < total; q0 += 8) {
+        const int n = (int) (total - q0 < 8 ? total - q0 : 8);
+        for (int l = 0; l < n; l++) {
+            const int64_t i = i0 + (q0 + l) / job->nb, b = (q0 + l) % job->nb;
+            const float s = st->scale[st->nscale == 1 ? 0 : i];
+            const float inv = s > 0.0f ? 1.0f / s : 0.0f;   // a zero row: every x is 0
+            const float * xr = (const float *) job->x->data + i * job->x->ld + b * E8P_DIM;
+            for (int k = 0; k < E8P_DIM; k++) {
+                xs[l][k] = xr[k] * inv;
+            }
+            sc[l] = s;
+            at[l][0] = i;
+            at[l][1] = b;
+            k2[l] = 0;
+        }
+        job->p->encode8(t, job->p->key2idx, (const float (*)[E8P_DIM]) xs, n, k1);
+        if (job->bits == 4) {
+            for (int l = 0; l < n; l++) {
+                float v[E8P_DIM];
+                e8p_decode(t, k1[l], v);
+                for (int k = 0; k < E8P_DIM; k++) {
+                    r[l][k] = (xs[l][k] - v[k]) * E8P_RESID_SCALE_4BIT;
+                }
+            }
+            job->p->encode8(t, job->p->key2idx, (const float (*)[E8P_DIM]) r, n, k2);
+        } else if (job->bits == 3) {
+            for (int l = 0; l < n; l++) {
+                float v[E8P_DIM], v2[E8P_DIM];
+                e8p_decode(t, k1[l], v);
+                for (int k = 0; k < E8P_DIM; k++) {
+                    r[l][k] = (xs[l][k] - v[k]) * E8P_RESID_SCALE_3BIT;
+                }
+                k2[l] = e8p_rvq1_encode(t, r[l], v2);
+            }
+        }
+        for (int l = 0; l < n; l++) {
+            const int64_t i = at[l][0], b = at[l][1];
+            float v[E8P_DIM];
+            // Ŵ from the codes with the one decode rule, so dequantize reproduces it exactly
+            e8p_decode_bits(t, job->bits, k1[l], k2[l], v);
+            float * yr = (float *) job->x_hat->data + i * job->x_hat->ld + b * E8P_DIM;
+            for (int k = 0; k < E8P_DIM; k++) {
+                yr[k] = sc[l] * v[k];
+            }
+            st->codes[i * nbt + job->b0 + b] = k1[l];
+            if (st->codes2) {
+                st->codes2[i * nbt + job->b0 + b] = k2[l];
+            }
+        }
+    }
+}
+
 static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st, int64_t col0,
                        const struct caldera_tensor * x, struct caldera_tensor * x_hat) {
     const struct e8_priv * p = caldera_inst_priv(inst);
@@ -236,6 +319,17 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
     if (!on_dev && ((rc = caldera_check_matrix(inst, "cb_round", "x_hat", x_hat, st->rows, c)) < 0 ||
                     (rc = caldera_check_finite(inst, "cb_round", "x", x)) < 0)) {
         return rc;
+    }
+    if (!on_dev && caldera_ctx_device(ctx) == CALDERA_DEVICE_CPU) {
+        // on the CPU: 8 blocks per search call (AVX2 where the CPU has it), the same codes and
+        // values as the core's caldera_round_e8p (one block at a time)
+        struct e8_round_job job = {
+            .p = p, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
+            .x = x, .x_hat = x_hat,
+        };
+        int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
+        caldera_parallel_for(ctx, st->rows, grain, e8_round_rows, &job);
+        return 0;
     }
     // codes of blocks [col0/8, (col0 + c)/8) of every row: views into the (rows, cols/8) stores
     const int64_t nbt = st->cols / E8P_DIM, b0 = col0 / E8P_DIM;

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "e8p.h"
+#include "e8p-batch.h"
 #include "testutil.h"
 
 // Squared-distance slack when comparing the fast search with double-precision brute force:
@@ -232,6 +232,52 @@ START_TEST(test_encode_fast_vs_simple) {
         }
     }
     ck_assert_int_le(diff, 20);
+}
+END_TEST
+
+START_TEST(test_encode8_same_codes) {
+    // The 8-lane AVX2 search (e8p-batch.c) against the scalar e8p_encode: bit-identical codes on
+    // 400,000 vectors: Gaussian at many scales, vectors with tied magnitudes (the rank's tie rule),
+    // zeros, half-integers (exact ties between codewords) and partly filled batches.
+    const struct e8p_tables * t = tables();
+    static uint8_t key2idx[E8P_NKEYS];
+    e8p_key_index_build(t, key2idx);
+    if (!e8p_have_avx2()) {
+        fprintf(stderr, "test_encode8_same_codes: no AVX2 on this CPU; the scalar batch is checked alone\n");
+    }
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 2024);
+    int64_t checked = 0;
+    for (int r = 0; r < 50000; r++) {
+        float x[8][8];
+        const int n = 1 + r % 8;
+        for (int l = 0; l < 8; l++) {
+            const double sc = 0.05 * (1 + (r * 8 + l) % 60);
+            for (int i = 0; i < 8; i++) {
+                switch ((r + l) % 5) {
+                case 0: x[l][i] = (float) (sc * caldera_rng_normal(&rng)); break;
+                case 1: x[l][i] = (float) ((i % 3) * 0.5 - 0.5) * (caldera_rng_uniform(&rng) < 0.5 ? -1.0f : 1.0f); break;
+                case 2: x[l][i] = (float) (0.25 * (int) (8.0 * caldera_rng_uniform(&rng)) - 1.0); break;
+                case 3: x[l][i] = i < 4 ? 0.0f : (float) (sc * caldera_rng_normal(&rng)); break;
+                default: x[l][i] = (float) (3.0 * sc * caldera_rng_normal(&rng)); break;
+                }
+            }
+        }
+        uint16_t ca[8], cs[8];
+        e8p_encode8_scalar(t, key2idx, (const float (*)[8]) x, n, cs);
+        if (e8p_have_avx2()) {
+            e8p_encode8_avx2(t, key2idx, (const float (*)[8]) x, n, ca);
+        } else {
+            memcpy(ca, cs, sizeof(ca));
+        }
+        for (int l = 0; l < n; l++) {
+            float out[8];
+            ck_assert_uint_eq(cs[l], e8p_encode(t, x[l], out));
+            ck_assert_msg(ca[l] == cs[l], "vector %d lane %d: batch code %u, scalar %u", r, l, ca[l], cs[l]);
+            checked++;
+        }
+    }
+    ck_assert_int_gt(checked, 200000);
 }
 END_TEST
 
@@ -838,6 +884,7 @@ static Suite * e8_suite(void) {
     tcase_add_test(tc, test_codebook_set);
     tcase_add_test(tc, test_encode_bruteforce);
     tcase_add_test(tc, test_encode_fast_vs_simple);
+    tcase_add_test(tc, test_encode8_same_codes);
     tcase_add_test(tc, test_rvq1_set_and_search);
     tcase_add_test(tc, test_residual_variants_decode);
     suite_add_tcase(s, tc);

@@ -334,7 +334,7 @@ fail:
 // device = cuda): each step is a core kernel (gathers, target, guard, update), the codebook's
 // rounding, and the GEMMs; Ŵᵀ is downloaded once at the end.
 static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
-                     const float * hd, const float * hinv, int64_t iters, int guard) {
+                     const float * hd, const float * hinv, int64_t iters, int guard, int64_t * iters_run) {
     // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks (host)
     const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
     const int     on_dev = wk->dev != CALDERA_DEVICE_CPU;
@@ -382,8 +382,9 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
             hit = sub((float *) hinv, b, 0, 0, n, b);
         }
     }
+    *iters_run = 0;
     for (int64_t it = 0; it < iters; it++) {
-        int64_t kept = 0;
+        int64_t kept = 0, changed = 0;
         for (int64_t c1 = n, c0; c1 > 0; c1 = c0) {
             c0 = ((c1 - 1) / bc) * bc;
             const int64_t nb = c1 - c0;
@@ -424,6 +425,12 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
                 if ((rc = caldera_ldlq_tune_update(wk->ctx, &q, &wt, j0, &ht, &dt, &dqt)) < 0) {
                     goto step_fail;
                 }
+                for (int64_t k = 0; !on_dev && !changed && k < b; k++) {   // (old - new) of the block
+                    const float * dr = (const float *) dqt.data + k * ldof(&dqt);
+                    for (int64_t r = 0; r < m; r++) {
+                        changed += dr[r] != 0.0f;
+                    }
+                }
                 if (jl > 0) {   // G_Bᵀ[c0:j0] += H[j, c0:j0]ᵀ (old - new)ᵀ
                     struct caldera_tensor hj  = subt(&hdt, j0, c0, b, jl);
                     struct caldera_tensor gl  = subt(&gt, 0, 0, jl, m);
@@ -435,7 +442,14 @@ static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * 
             }
         }
         caldera_inst_log(wk->inst, CALDERA_LOG_DEBUG, "tune pass %" PRId64 "/%" PRId64 ": %" PRId64
-                         " row-blocks kept by the guard", it + 1, iters, kept);
+                         " row-blocks kept by the guard%s", it + 1, iters, kept, on_dev || changed ? "" : ", no weight changed");
+        *iters_run = it + 1;
+        // Fixed point (CPU): a pass is a function of W, Ŵ and H alone, so a pass that changed no
+        // weight would repeat itself in every later pass; stopping here gives the same result as
+        // running them all (on SmolLM2 the passes stop changing after a few of 10).
+        if (!on_dev && changed == 0) {
+            break;
+        }
     }
     if (on_dev) {   // Ŵᵀ to the host
         struct caldera_tensor hh = sub(host, m, 0, 0, n, m);
@@ -590,9 +604,11 @@ static int ldlq_quantize(struct caldera_inst * inst, const struct caldera_tensor
                     goto fail;
                 }
             }
-            if ((rc = ldlq_tune(&wk, w, w_hat, hdd, hinv, p->tune_iters, p->tune_guard)) < 0) {
+            int64_t run = 0;
+            if ((rc = ldlq_tune(&wk, w, w_hat, hdd, hinv, p->tune_iters, p->tune_guard, &run)) < 0) {
                 goto fail;
             }
+            caldera_meta_set_int(caldera_pack_meta(pack), "ldlq.tune_iters_run", CALDERA_META_I64, run);
         }
     }
     if ((rc = ops->cb_end(p->codebook, st, pack)) < 0) {

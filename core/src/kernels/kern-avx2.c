@@ -232,6 +232,82 @@ T_AVX2 void caldera_kw_avx2_fwht(float * x, int64_t n) {
     }
 }
 
+// Σ_k d_k <tab[codes], xq_k> − corr over one row: 4 codewords (one block of 32 columns) per
+// step, u8 × s8 pairs by vpmaddubsw (|pair| <= 2·34·127, no saturation), then vpmaddwd to 8
+// int32 lanes of 4 columns each, converted and scaled by the block's d.
+T_AVX2 float caldera_kw_avx2_e8p_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint64_t * tab = q->tab;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256i w0 = _mm256_set_epi64x((long long) tab[c[b + 3]], (long long) tab[c[b + 2]], (long long) tab[c[b + 1]],
+                                       (long long) tab[c[b]]);
+        __m256i w1 = _mm256_set_epi64x((long long) tab[c[b + 7]], (long long) tab[c[b + 6]], (long long) tab[c[b + 5]],
+                                       (long long) tab[c[b + 4]]);
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b))), ones);
+        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b + 32))),
+                                       ones);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(q->dl + 2 * b + 8), a1);
+    }
+    for (; b < nb; b += 4) {   // nb % 4 == 0 (cols % 32 == 0)
+        __m256i w0 = _mm256_set_epi64x((long long) tab[c[b + 3]], (long long) tab[c[b + 2]], (long long) tab[c[b + 1]],
+                                       (long long) tab[c[b]]);
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b))), ones);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b), a0);
+    }
+    return hsum8(_mm256_add_ps(a0, a1)) - q->corr;
+}
+
+// The RHT core 8-wide with FMA: for each output row a, 32 columns at a time in four registers
+// accumulated over the k source rows (H entries are ±1 scaled, but a multiply keeps it general).
+T_AVX2 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
+                                     float scale) {
+    if (p2 % 8 != 0) {
+        caldera_kw_rht_core_c(h, k, p2, src, dst, trans, scale);
+        return;
+    }
+    for (int64_t a = 0; a < k; a++) {
+        float * d = dst + a * p2;
+        int64_t l = 0;
+        for (; l + 32 <= p2; l += 32) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int64_t b = 0; b < k; b++) {
+                const __m256  hv = _mm256_set1_ps((trans ? h[b * k + a] : h[a * k + b]) * scale);
+                const float * s  = src + b * p2 + l;
+                a0 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s), a0);
+                a1 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 8), a1);
+                a2 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 16), a2);
+                a3 = _mm256_fmadd_ps(hv, _mm256_loadu_ps(s + 24), a3);
+            }
+            _mm256_storeu_ps(d + l, a0);
+            _mm256_storeu_ps(d + l + 8, a1);
+            _mm256_storeu_ps(d + l + 16, a2);
+            _mm256_storeu_ps(d + l + 24, a3);
+        }
+        for (; l < p2; l += 8) {
+            __m256 a0 = _mm256_setzero_ps();
+            for (int64_t b = 0; b < k; b++) {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps((trans ? h[b * k + a] : h[a * k + b]) * scale),
+                                     _mm256_loadu_ps(src + b * p2 + l), a0);
+            }
+            _mm256_storeu_ps(d + l, a0);
+        }
+    }
+}
+
+T_AVX2 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) {
+        y[i] += a * x[i];
+    }
+}
+
 const struct kw_variant caldera_kw_variant_avx2 = {
     .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
     .e8p_decode     = caldera_kw_avx2_e8p_decode,
@@ -240,6 +316,9 @@ const struct kw_variant caldera_kw_variant_avx2 = {
     .f16_decode     = avx2_f16_decode,
     .dot            = avx2_dot,
     .fwht           = caldera_kw_avx2_fwht,
+    .axpy           = caldera_kw_avx2_axpy,
+    .e8p_q8_row     = caldera_kw_avx2_e8p_q8_row,
+    .rht_core       = caldera_kw_avx2_rht_core,
 };
 
 #endif // CALDERA_KW_X86

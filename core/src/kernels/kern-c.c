@@ -52,6 +52,23 @@ static void c_e8p_gemv(const struct caldera_kw * w, const float * xp, const floa
     }
 }
 
+// Σ_k d_k <tab[codes] bytes, xq_k> over one row of codes (integer sums per block, then scaled).
+static float c_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
+    float d = 0.0f;
+    for (int64_t b0 = 0; b0 < nb; b0 += KW_Q8_BLOCK / 8) {
+        int32_t isum = 0;
+        for (int64_t b = b0; b < b0 + KW_Q8_BLOCK / 8; b++) {
+            const uint8_t * t = (const uint8_t *) &q->tab[c[b]];
+            const int8_t *  x = q->xq + 8 * b;
+            for (int j = 0; j < 8; j++) {
+                isum += (int32_t) t[j] * (int32_t) x[j];
+            }
+        }
+        d += q->dl[2 * b0] * (float) isum;
+    }
+    return d - q->corr;
+}
+
 static void c_e8p_decode(const struct caldera_kw * w, int64_t r0, int64_t r1, float * dst, int64_t ld) {
     const int64_t nb   = w->cols / 8;
     const float   irho = w->bits > 2 ? 1.0f / w->e8_rho : 0.0f;
@@ -135,6 +152,29 @@ static void c_fwht(float * x, int64_t n) {
     }
 }
 
+static void c_axpy(float a, const float * x, float * y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        y[i] += a * x[i];
+    }
+}
+
+void caldera_kw_rht_core_c(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
+                           float scale) {
+    for (int64_t a = 0; a < k; a++) {
+        float * d = dst + a * p2;
+        for (int64_t l = 0; l < p2; l++) {
+            d[l] = 0.0f;
+        }
+        for (int64_t b = 0; b < k; b++) {
+            const float   hv = (trans ? h[b * k + a] : h[a * k + b]) * scale;
+            const float * s  = src + b * p2;
+            for (int64_t l = 0; l < p2; l++) {
+                d[l] += hv * s[l];
+            }
+        }
+    }
+}
+
 const struct kw_variant caldera_kw_variant_c = {
     .e8p_gemv       = c_e8p_gemv,
     .e8p_decode     = c_e8p_decode,
@@ -143,4 +183,7 @@ const struct kw_variant caldera_kw_variant_c = {
     .f16_decode     = c_f16_decode,
     .dot            = c_dot,
     .fwht           = c_fwht,
+    .axpy           = c_axpy,
+    .e8p_q8_row     = c_q8_row,
+    .rht_core       = caldera_kw_rht_core_c,
 };

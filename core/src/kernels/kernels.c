@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,11 +101,24 @@ int caldera_kernel_set_isa(int isa) {
     return 0;
 }
 
+#ifdef CALDERA_KW_X86
+static int kw_has_vnni(void) {
+    static atomic_int cached = -1;
+    int v = atomic_load(&cached);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+#endif
+
 const struct kw_variant * caldera_kw_variant(void) {
     switch (caldera_kernel_isa()) {
 #ifdef CALDERA_KW_X86
     case CALDERA_ISA_AVX2:   return &caldera_kw_variant_avx2;
-    case CALDERA_ISA_AVX512: return &caldera_kw_variant_avx512;
+    case CALDERA_ISA_AVX512: return kw_has_vnni() ? &caldera_kw_variant_avx512 : &caldera_kw_variant_avx512_novnni;
 #endif
     default:                 return &caldera_kw_variant_c;
     }
@@ -255,6 +269,7 @@ struct kw_gemv_job {
     const float *             xs;  // E8P: block sums (cols/8)
     float *                   y;   // (rows)
     int                       acc;
+    struct kw_q8x             q8;  // E8P with int8 activations (tab set), else unused
 };
 
 static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
@@ -271,7 +286,20 @@ static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
         j->v->f16_gemv(w, j->x, r0, r1, j->y + r0, j->acc);
         break;
     case CALDERA_KW_E8P:
-        j->v->e8p_gemv(w, j->xp, j->xs, r0, r1, j->y + r0, j->acc);
+        if (j->q8.tab) {
+            const int64_t nb   = w->cols / 8;
+            const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
+            for (int64_t r = r0; r < r1; r++) {
+                float d = j->v->e8p_q8_row(&j->q8, w->codes + r * nb, nb);
+                if (w->bits == 4) {
+                    d += irho * j->v->e8p_q8_row(&j->q8, (const uint16_t *) w->codes2 + r * nb, nb);
+                }
+                const float v = 0.25f * kw_e8p_scale(w, r) * d;
+                j->y[r] = j->acc ? j->y[r] + v : v;
+            }
+        } else {
+            j->v->e8p_gemv(w, j->xp, j->xs, r0, r1, j->y + r0, j->acc);
+        }
         break;
     case CALDERA_KW_UNIFORM: {
         float buf[KW_SEG];
@@ -289,16 +317,110 @@ static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Int8 activations for the E8P GEMV (kernels-impl.h: struct kw_q8x)
+
+static atomic_int kw_q8_forced = -1;
+
+int caldera_kernel_q8(void) {
+    int f = atomic_load(&kw_q8_forced);
+    if (f >= 0) {
+        return f;
+    }
+    const char * env = getenv("CALDERA_KERNELS_Q8");   // off by default: see README.md, "Int8 activations"
+    return env && !strcmp(env, "1");
+}
+
+void caldera_kernel_set_q8(int on) {
+    atomic_store(&kw_q8_forced, on < 0 ? -1 : on != 0);
+}
+
+// The table 4·value + 17 of every code, built from the first grid seen; other grids are
+// compared with that one once (a grid the table does not represent exactly gets no int8 path).
+#define KW_Q8_GRIDS 16
+static uint64_t            kw_q8_tab[65536];
+static float               kw_q8_grid[256 * 8];
+static int                 kw_q8_state;           // 0: not built, 1: built, -1: the grid is not on the 1/4 lattice
+static const float *       kw_q8_ok[KW_Q8_GRIDS];  // grid pointers known equal to kw_q8_grid
+static atomic_int          kw_q8_nok;
+static pthread_mutex_t     kw_q8_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int kw_q8_build(const float * grid) {
+    for (uint32_t c = 0; c < 65536; c++) {
+        uint8_t b[8];
+        for (int j = 0; j < 8; j++) {
+            float v4 = 4.0f * kw_e8p_value(grid, (uint16_t) c, j);
+            if (!(v4 >= -KW_Q8_OFFSET && v4 <= KW_Q8_OFFSET) || v4 != nearbyintf(v4)) {
+                return -1;
+            }
+            b[j] = (uint8_t) (int) (v4 + KW_Q8_OFFSET);
+        }
+        memcpy(&kw_q8_tab[c], b, 8);
+    }
+    memcpy(kw_q8_grid, grid, sizeof(kw_q8_grid));
+    return 1;
+}
+
+// The table for w's grid, or NULL.
+static const uint64_t * kw_q8_table(const struct caldera_kw * w) {
+    int n = atomic_load(&kw_q8_nok);
+    for (int i = 0; i < n; i++) {
+        if (kw_q8_ok[i] == w->e8_grid) {
+            return kw_q8_tab;
+        }
+    }
+    const uint64_t * t = NULL;
+    pthread_mutex_lock(&kw_q8_mu);
+    if (kw_q8_state == 0) {
+        kw_q8_state = kw_q8_build(w->e8_grid);
+    }
+    if (kw_q8_state > 0 && !memcmp(kw_q8_grid, w->e8_grid, sizeof(kw_q8_grid))) {
+        t = kw_q8_tab;
+        n = atomic_load(&kw_q8_nok);
+        if (n < KW_Q8_GRIDS) {
+            kw_q8_ok[n] = w->e8_grid;
+            atomic_store(&kw_q8_nok, n + 1);
+        }
+    }
+    pthread_mutex_unlock(&kw_q8_mu);
+    return t;
+}
+
+// xq, dl (cols/4) and corr of xp (cols, nibble order), blocks of KW_Q8_BLOCK.
+static void kw_q8_quantize(const float * xp, int64_t cols, int8_t * xq, float * dl, float * corr) {
+    float c = 0.0f;
+    for (int64_t k0 = 0; k0 < cols; k0 += KW_Q8_BLOCK) {
+        float amax = 0.0f;
+        for (int64_t i = k0; i < k0 + KW_Q8_BLOCK; i++) {
+            amax = fabsf(xp[i]) > amax ? fabsf(xp[i]) : amax;
+        }
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t     s = 0;
+        for (int64_t i = k0; i < k0 + KW_Q8_BLOCK; i++) {
+            int32_t q = (int32_t) lrintf(xp[i] * id);
+            q = q > 127 ? 127 : q < -127 ? -127 : q;
+            xq[i] = (int8_t) q;
+            s += q;
+        }
+        for (int64_t i = k0 / 4; i < (k0 + KW_Q8_BLOCK) / 4; i++) {
+            dl[i] = d;
+        }
+        c += d * (float) (KW_Q8_OFFSET * s);
+    }
+    *corr = c;
+}
+
 // Rows per GEMV chunk: at least this many weights, so that small layers stay on one thread
 // (waking the pool costs more than a 64k-weight GEMV).
 #define KW_GEMV_GRAIN 131072
 
 static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
-    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc };
+    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 } };
     float * xp = NULL;
     if (w->type == CALDERA_KW_E8P) {
         const int64_t nb = w->cols / 8;
-        if (!(xp = caldera_malloc((size_t) (w->cols + nb) * sizeof(float)))) {
+        // nb floats of block sums, cols/4 of block scales, cols bytes of int8 x
+        if (!(xp = caldera_malloc((size_t) (w->cols + nb + w->cols / 4 + w->cols / 4) * sizeof(float)))) {
             return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", w->cols);
         }
         float * xs = xp + w->cols;
@@ -312,6 +434,13 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
         }
         job.xp = xp;
         job.xs = xs;
+        if (w->bits != 3 && w->cols % KW_Q8_BLOCK == 0 && caldera_kernel_q8() && (job.q8.tab = kw_q8_table(w))) {
+            float *  dl = xs + nb;
+            int8_t * xq = (int8_t *) (dl + w->cols / 4);
+            kw_q8_quantize(xp, w->cols, xq, dl, &job.q8.corr);
+            job.q8.xq = xq;
+            job.q8.dl = dl;
+        }
     }
     caldera_parallel_for(ctx, w->rows, 1 + KW_GEMV_GRAIN / w->cols, kw_gemv_run, &job);
     caldera_free(xp);
@@ -334,9 +463,40 @@ static int64_t kw_tile_rows(const struct caldera_kw * w, int64_t batch) {
     return rt > w->rows ? w->rows : rt;
 }
 
+// y (cols) (+)= Ŵᵀ x (rows), one thread: each row decoded to f32 (a stack segment) and added with
+// weight x[r]. For the low-rank factor Lᵀ (rank × m, a few thousand codewords): no BLAS call (its
+// threads would spin beside the pool's) and no tile allocation per token.
+static int kw_gemv_t(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
+    const struct kw_variant * v = caldera_kw_variant();
+    float   seg[2 * KW_SEG];
+    float * row = w->cols <= 2 * KW_SEG ? seg : caldera_malloc((size_t) w->cols * sizeof(float));
+    if (!row) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", w->cols);
+    }
+    if (!acc) {
+        memset(y, 0, (size_t) w->cols * sizeof(float));
+    }
+    for (int64_t r = 0; r < w->rows; r++) {
+        const float * src = row;
+        if (w->type == CALDERA_KW_F32) {
+            src = (const float *) w->data + r * w->ld;
+        } else {
+            kw_decode_rows(v, w, r, r + 1, row, w->cols);
+        }
+        v->axpy(x[r], src, y, w->cols);
+    }
+    if (row != seg) {
+        caldera_free(row);
+    }
+    return 0;
+}
+
 // Y (batch × cols) (+)= X (batch × rows) Ŵ: row tiles of Ŵ decoded, then sgemv / sgemm.
 static int kw_matmul_t(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, int64_t batch,
                        int64_t ldx, float * y, int64_t ldy, int acc) {
+    if (batch == 1) {
+        return kw_gemv_t(ctx, w, x, y, acc);
+    }
     if (w->type == CALDERA_KW_F32) {
         if (batch == 1) {
             cblas_sgemv(CblasRowMajor, CblasTrans, (blasint) w->rows, (blasint) w->cols, 1.0f, w->data, (blasint) w->ld,
@@ -469,32 +629,15 @@ static inline float kw_sign(const struct caldera_kw_rht * t, int64_t i) {
     return (t->sign[i >> 3] >> (i & 7)) & 1u ? -1.0f : 1.0f;
 }
 
-// dst (k, p2) = H_K src (trans = 0) or H_Kᵀ src (trans = 1), both (k, p2) contiguous, times scale.
-static void kw_core(const struct caldera_kw_rht * t, const float * src, float * dst, int trans, float scale) {
-    const int64_t k = t->k, p2 = t->p2;
-    for (int64_t a = 0; a < k; a++) {
-        float * d = dst + a * p2;
-        for (int64_t l = 0; l < p2; l++) {
-            d[l] = 0.0f;
-        }
-        for (int64_t b = 0; b < k; b++) {
-            const float   h = (trans ? t->hk[b * k + a] : t->hk[a * k + b]) * scale;
-            const float * s = src + b * p2;
-            for (int64_t l = 0; l < p2; l++) {
-                d[l] += h * s[l];
-            }
-        }
-    }
-}
-
 static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
     struct kw_rht_job *           j = arg;
     const struct caldera_kw_rht * t = j->t;
     const int64_t n = t->n, np = t->np;
     const float   scale = (float) (1.0 / sqrt((double) np));
     const int     core  = j->phase == 0 && t->k > 1;   // the K×K core per row (else batched, or none)
+    float   stack_tmp[2048];   // a decoded token: no allocation per call
     float * tmp = NULL;
-    if (core && !(tmp = caldera_malloc((size_t) np * sizeof(float)))) {
+    if (core && !(tmp = np <= 2048 ? stack_tmp : caldera_malloc((size_t) np * sizeof(float)))) {
         atomic_store(&j->nomem, 1);
         return;
     }
@@ -514,7 +657,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             }
             if (core) {
                 memcpy(tmp, o, (size_t) np * sizeof(float));
-                kw_core(t, tmp, o, 1, scale);
+                j->v->rht_core(t->hk, t->k, t->p2, tmp, o, 1, scale);
             } else if (t->k == 1) {
                 for (int64_t c = 0; c < np; c++) {
                     o[c] *= scale;
@@ -535,7 +678,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             const float * src = yt;
             float         sc  = j->phase == 2 ? 1.0f : scale;   // phase 2: the batched core scaled
             if (core) {
-                kw_core(t, yt, tmp, 0, scale);
+                j->v->rht_core(t->hk, t->k, t->p2, yt, tmp, 0, scale);
                 src = tmp;
                 sc  = 1.0f;
             }
@@ -545,7 +688,9 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             }
         }
     }
-    caldera_free(tmp);
+    if (tmp != stack_tmp) {
+        caldera_free(tmp);
+    }
 }
 
 // The K×K core for many rows at once: X (batch × n', stride ld) viewed (batch, K, p2) becomes
