@@ -3,6 +3,9 @@
 // as a Hugging Face-style safetensors folder: model.safetensors with HF tensor names,
 // config.json from the model description and tokenizer_config.json. The folder is built under
 // a temporary name and renamed into place, so OUTPUT_DIR appears only when complete.
+// An OUTPUT ending in .gguf is one dense GGUF file instead (the gguf writer: llama.cpp names and
+// q/k row order, the source's metadata and tokenizer carried over; written to a temporary file and
+// renamed), for example the original weights of a block-quantized GGUF as f32 for llama-quantize.
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -22,8 +25,9 @@
 
 static void usage(FILE * f) {
     fprintf(f,
-            "usage: caldera-convert INPUT OUTPUT_DIR [options]\n"
-            "Export a model as a Hugging Face-style safetensors folder (model.safetensors, config.json).\n"
+            "usage: caldera-convert INPUT OUTPUT_DIR|OUTPUT.gguf [options]\n"
+            "Export a model as a Hugging Face-style safetensors folder (model.safetensors, config.json),\n"
+            "or, when the output name ends in .gguf, as one dense GGUF file (llama.cpp names and layout).\n"
             "\n"
             "  --dtype f32|f16      dtype of the written tensors (default f32)\n"
             "  --from NAME          format plugin that reads INPUT (default: chosen by probing INPUT)\n"
@@ -31,7 +35,7 @@ static void usage(FILE * f) {
             "  -q, --quiet          no progress lines\n"
             "  -h, --help           this help\n"
             "\n"
-            "OUTPUT_DIR must not exist, or be an empty folder. Exit status: 0 ok, 1 failure, 2 usage error.\n");
+            "OUTPUT_DIR must not exist, or be an empty folder; OUTPUT.gguf must not exist. Exit status: 0 ok, 1 failure, 2 usage error.\n");
 }
 
 // A format plugin by name (--from), or the best probe_path score among the registered ones.
@@ -215,6 +219,9 @@ int main(int argc, char ** argv) {
         return EXIT_USAGE;
     }
     const char * input = argv[optind], * output = argv[optind + 1];
+    size_t       olen = strlen(output);
+    int          gguf_out = olen > 5 && strcmp(output + olen - 5, ".gguf") == 0;
+    const char * wname = gguf_out ? "gguf" : "safetensors";
 
     struct caldera_ctx * ctx = NULL;
     struct caldera_inst * rd = NULL, * wr = NULL;
@@ -233,8 +240,8 @@ int main(int argc, char ** argv) {
         ret = usage_err ? EXIT_USAGE : EXIT_RUNTIME;
         goto done;
     }
-    if (!caldera_registry_find(ctx, "safetensors")) {
-        fprintf(stderr, "caldera-convert: the safetensors plugin is not available\n");
+    if (!caldera_registry_find(ctx, wname)) {
+        fprintf(stderr, "caldera-convert: the %s plugin is not available\n", wname);
         goto done;
     }
     if ((rc = caldera_inst_create(ctx, rp->name, "input", &rd)) < 0 || (rc = caldera_inst_start(rd)) < 0) goto ctx_fail;
@@ -244,13 +251,19 @@ int main(int argc, char ** argv) {
     struct caldera_model_desc desc;
     int have_desc = rops->model_desc && rops->model_desc(rd, &desc) == 0;
 
-    // Output folder: built as OUTPUT_DIR.tmp.<pid> beside it, renamed at the end.
+    // Output folder: built as OUTPUT_DIR.tmp.<pid> beside it, renamed at the end. A .gguf output:
+    // the gguf writer makes its own temporary file and renames it when finished.
     struct stat st;
-    if (stat(output, &st) == 0 && (!S_ISDIR(st.st_mode) || rmdir(output) != 0)) {
+    if (gguf_out && stat(output, &st) == 0) {
+        fprintf(stderr, "caldera-convert: %s exists; remove it first\n", output);
+        goto done;
+    }
+    if (!gguf_out && stat(output, &st) == 0 && (!S_ISDIR(st.st_mode) || rmdir(output) != 0)) {
         fprintf(stderr, "caldera-convert: %s exists and is not an empty folder; remove it first\n", output);
         goto done;
     }
-    size_t tl = strlen(output) + 32;
+    size_t tl = olen + 32;
+    if (gguf_out) goto make_writer;
     if (!(tmp = malloc(tl))) goto oom;
     snprintf(tmp, tl, "%s.tmp.%ld", output, (long) getpid());
     if (mkdir(tmp, 0755) != 0) {
@@ -263,21 +276,22 @@ int main(int argc, char ** argv) {
         goto oom;
     }
 
+make_writer:;
     struct caldera_meta * wmeta = NULL;
     if ((rc = caldera_meta_init(&wmeta)) < 0) goto ctx_fail;
     if ((smeta && caldera_meta_copy(wmeta, smeta) < 0) ||
-        caldera_meta_set_string(wmeta, "format", "pt") < 0 ||  // what transformers expects of a checkpoint
+        (!gguf_out && caldera_meta_set_string(wmeta, "format", "pt") < 0) ||  // what transformers expects of a checkpoint
         caldera_meta_set_string(wmeta, "caldera.source_format", rp->name) < 0 ||
         caldera_meta_set_string(wmeta, "caldera.version", caldera_version()) < 0) {
         caldera_meta_free(wmeta);
         goto oom;
     }
-    if ((rc = caldera_inst_create(ctx, "safetensors", "output", &wr)) < 0 || (rc = caldera_inst_start(wr)) < 0) {
+    if ((rc = caldera_inst_create(ctx, wname, "output", &wr)) < 0 || (rc = caldera_inst_start(wr)) < 0) {
         caldera_meta_free(wmeta);
         goto ctx_fail;
     }
-    wops = caldera_registry_find(ctx, "safetensors")->ops;
-    rc = wops->create(wr, st_path, wmeta);
+    wops = caldera_registry_find(ctx, wname)->ops;
+    rc = wops->create(wr, gguf_out ? output : st_path, wmeta);
     caldera_meta_free(wmeta);
     if (rc < 0) goto ctx_fail;
     writing = 1;
@@ -303,6 +317,7 @@ int main(int argc, char ** argv) {
     }
     writing = 0;
     if ((rc = wops->finish(wr, 1)) < 0) goto ctx_fail;
+    if (gguf_out) goto written;
     if (have_desc && write_config(cfg_path, &desc, smeta, dtype_name) != 0) goto done;
     if (smeta && caldera_meta_find(smeta, "tokenizer.ggml.tokens") >= 0 &&
         write_tokenizer_config(tok_path, smeta, have_desc ? desc.ctx_len : 0) != 0) {
@@ -314,6 +329,7 @@ int main(int argc, char ** argv) {
         goto done;
     }
     tmp_made = 0;
+written:
     if (!quiet) {
         fprintf(stderr, "caldera-convert: wrote %s (%s, %" PRId64 " tensors, %.1f MB of %s) in %.2f s\n", output, rp->name, nt,
                 (double) bytes / 1e6, dtype_name, now() - t0);

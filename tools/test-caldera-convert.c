@@ -72,7 +72,7 @@ static int64_t find_name(struct caldera_ctx * ctx, const char * plugin, struct c
     for (int64_t i = 0; i < ops->n_tensors(inst); i++) {
         struct caldera_tensor_info ti;
         ck_assert_int_eq(ops->tensor_info(inst, i, &ti), 0);
-        if (strcmp(ti.name, name) == 0) return i;
+        if (strcmp(ti.hf_name && ti.hf_name[0] ? ti.hf_name : ti.name, name) == 0) return i;   // gguf: HF name beside the GGUF one
     }
     return -1;
 }
@@ -90,15 +90,17 @@ static int count_tmp(const char * dir) {
 
 // Every tensor of the source (by HF name) equals the export: f32 bit for bit, or its f16
 // rounding when f16 is set. Returns the number of tensors compared.
-static int64_t compare_all(struct caldera_ctx * ctx, const char * splugin, struct caldera_inst * src,
-                           struct caldera_inst * out, int f16) {
-    const struct caldera_format_ops * so = fops(ctx, splugin), * oo = fops(ctx, "safetensors");
+// Every tensor of src, read back from out (format plugin oplugin) by its HF name: same shape, and
+// bit-identical f32 (or the f16 rounding of each value).
+static int64_t compare_in(struct caldera_ctx * ctx, const char * splugin, struct caldera_inst * src, const char * oplugin,
+                          struct caldera_inst * out, int f16) {
+    const struct caldera_format_ops * so = fops(ctx, splugin), * oo = fops(ctx, oplugin);
     int64_t n = so->n_tensors(src);
     ck_assert_int_eq(oo->n_tensors(out), n);
     for (int64_t i = 0; i < n; i++) {
         struct caldera_tensor_info si, oi;
         ck_assert_int_eq(so->tensor_info(src, i, &si), 0);
-        int64_t j = find_name(ctx, "safetensors", out, si.hf_name);
+        int64_t j = find_name(ctx, oplugin, out, si.hf_name);
         ck_assert_msg(j >= 0, "%s missing from the export", si.hf_name);
         ck_assert_int_eq(oo->tensor_info(out, j, &oi), 0);
         ck_assert_int_eq(oi.dtype, f16 ? CALDERA_DTYPE_F16 : CALDERA_DTYPE_F32);
@@ -120,6 +122,11 @@ static int64_t compare_all(struct caldera_ctx * ctx, const char * splugin, struc
         if (ob) caldera_tensor_free(&b);
     }
     return n;
+}
+
+static int64_t compare_all(struct caldera_ctx * ctx, const char * splugin, struct caldera_inst * src,
+                           struct caldera_inst * out, int f16) {
+    return compare_in(ctx, splugin, src, "safetensors", out, f16);
 }
 
 START_TEST(test_stories_export_bit_exact) {
@@ -214,6 +221,38 @@ START_TEST(test_f16_and_reexport) {
 }
 END_TEST
 
+// OUTPUT.gguf: one dense GGUF file (llama.cpp names and q/k order), read back by the gguf reader
+// (which undoes the order) bit-exact against the source; an existing file is refused, untouched.
+START_TEST(test_gguf_output) {
+    struct caldera_ctx * ctx = tu_ctx();
+    char out[1024];
+    snprintf(out, sizeof(out), "%s", tu_path(tu_tmpdir(), "stories.gguf"));
+    ck_assert_msg(run(STORIES, out, "-q", NULL) == 0, "stderr: %s", errbuf);
+    struct caldera_inst * src = open_model(ctx, "llama2c", STORIES);
+    struct caldera_inst * dst = open_model(ctx, "gguf", out);
+    ck_assert_int_eq(compare_in(ctx, "llama2c", src, "gguf", dst, 0), 47);
+    struct caldera_tensor_info ti;
+    ck_assert_int_eq(fops(ctx, "gguf")->tensor_info(dst, find_name(ctx, "gguf", dst, "model.layers.0.self_attn.q_proj.weight"), &ti), 0);
+    ck_assert_str_eq(ti.name, "blk.0.attn_q.weight");
+    struct caldera_model_desc d;
+    ck_assert_int_eq(fops(ctx, "gguf")->model_desc(dst, &d), 0);
+    ck_assert_int_eq(d.n_layers, 5);
+    ck_assert_int_eq(d.n_kv_heads, 4);
+    caldera_inst_free(dst);
+    size_t len0 = 0, len1 = 0;
+    char * before = tu_read_file(out, &len0);
+    ck_assert_int_eq(run(STORIES, out, "-q", NULL), 1);
+    ck_assert_ptr_nonnull(strstr(errbuf, "exists; remove it first"));
+    char * after = tu_read_file(out, &len1);
+    ck_assert(before && after && len0 == len1 && memcmp(before, after, len0) == 0);
+    caldera_free(before);
+    caldera_free(after);
+    ck_assert_int_eq(count_tmp(tu_tmpdir()), 0);
+    caldera_inst_free(src);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_usage_errors) {
     char out[1024];
     snprintf(out, sizeof(out), "%s", tu_path(tu_tmpdir(), "never"));
@@ -299,6 +338,7 @@ static Suite * convert_suite(int smollm2) {
     } else {
         tcase_add_test(tc, test_stories_export_bit_exact);
         tcase_add_test(tc, test_f16_and_reexport);
+        tcase_add_test(tc, test_gguf_output);
         tcase_add_test(tc, test_usage_errors);
         tcase_add_test(tc, test_runtime_errors);
     }

@@ -41,8 +41,8 @@ static void compare_usage(FILE * out) {
     fprintf(out,
             "usage: caldera-pipe compare A.ini B.ini ... [options]\n"
             "Run every pipeline (each in its own process, writers redirected to a temporary folder) and print\n"
-            "one Markdown table: method, bits per parameter (over the compressed layers; over the whole output\n"
-            "file), mean and worst relative and data-aware error, perplexity ± (the pipelines' [eval] settings\n"
+            "one Markdown table: method, bits per parameter (the compressed weights' stored bits over their\n"
+            "parameters; the whole output file's bits over all the model's parameters), mean and worst relative and data-aware error, perplexity ± (the pipelines' [eval] settings\n"
             "must agree; the original model is its own row), calibration (computed or from the cache),\n"
             "compression and wall time, peak memory of the process.\n"
             "options:\n"
@@ -210,10 +210,10 @@ struct cmp_row {
     double       v[11];
 };
 enum { C_BITS, C_FBITS, C_REL, C_RELW, C_RELH, C_RELHW, C_PPL, C_PPLE, C_COMP, C_WALL, C_MEM };
-static const char * const col_md[11] = { "bits/param (layers)", "bits/param (file)", "rel. err mean", "rel. err worst",
+static const char * const col_md[11] = { "bits/param (compressed weights)", "bits/param (whole file, all params)", "rel. err mean", "rel. err worst",
                                          "data-aware mean", "data-aware worst", "perplexity", "±", "compress (s)", "wall (s)",
                                          "peak MiB" };
-static const char * const col_key[11] = { "bits_per_param", "file_bits_per_param", "mean_rel_err", "worst_rel_err",
+static const char * const col_key[11] = { "bits_per_param", "file_bits_per_model_param", "mean_rel_err", "worst_rel_err",
                                           "mean_rel_err_h", "worst_rel_err_h", "ppl", "ppl_err", "compress_seconds",
                                           "wall_seconds", "peak_rss_mib" };
 static const int col_prec[11] = { 4, 4, 5, 5, 5, 5, 4, 4, 2, 2, 1 };
@@ -287,7 +287,7 @@ static int has_gnuplot(void) {
     return found;
 }
 
-// Perplexity against bits per parameter (over the compressed layers), the original as a line.
+// Perplexity against bits per parameter (over the compressed weights), the original as a line.
 static int plot(const char * png, const char * tmp, const struct cmp_row * rows, int n) {
     char * dat = NULL, * gp = NULL;
     int    code = 0, points = 0;
@@ -308,7 +308,7 @@ static int plot(const char * png, const char * tmp, const struct cmp_row * rows,
         goto out;
     }
     if (!(f = fopen(gp, "w"))) { code = CLI_EXIT_RUNTIME; goto out; }
-    fprintf(f, "set terminal pngcairo noenhanced size 900,600\nset output '%s'\nset xlabel 'bits per parameter (compressed layers)'\n"
+    fprintf(f, "set terminal pngcairo noenhanced size 900,600\nset output '%s'\nset xlabel 'bits per parameter (compressed weights)'\n"
                "set ylabel 'perplexity'\nset logscale y\nset grid\nset key top right\nset offsets graph 0.1, graph 0.1, 0, 0\n", png);
     if (!isnan(orig)) fprintf(f, "plot '%s' using 1:2:3 with yerrorbars title 'compressed', '' using 1:2:4 with labels offset 0,1 notitle, "
                                  "%.6f title 'original' with lines dt 2\n", dat, orig);
@@ -469,8 +469,8 @@ int cli_compare(int argc, char ** argv) {
         r->method = cps[p].name;
         r->calib = !json_is_object(cal) ? "-" : json_is_true(json_object_get(cal, "cache_hit")) ? "cached" : "computed";
         r->v[C_BITS] = jnum(s, "bits_per_param");
-        double params = jnum(s, "params");
-        r->v[C_FBITS] = cps[p].file_bytes >= 0 && params > 0 ? cps[p].file_bytes * 8.0 / params : NAN;
+        double model_params = jnum(s, "model_params");   // compressed and copied: the file holds them all
+        r->v[C_FBITS] = cps[p].file_bytes >= 0 && model_params > 0 ? cps[p].file_bytes * 8.0 / model_params : NAN;
         r->v[C_REL] = jnum(s, "mean_rel_err");
         r->v[C_RELW] = jnum(s, "worst_rel_err");
         int with_h = json_integer_value(json_object_get(s, "weights_with_hessian")) > 0;
@@ -497,7 +497,9 @@ int cli_compare(int argc, char ** argv) {
                (long long) json_integer_value(json_object_get(eval, "ctx")), (long long) json_integer_value(json_object_get(eval, "windows")),
                json_string_value(json_object_get(eval, "text")));
     }
-    printf("bits/param (file): the whole output file's size in bits over the compressed parameters; peak MiB: the "
+    printf("bits/param (compressed weights): their stored bits (codes, scales, factors, side data) over their parameters; "
+           "bits/param (whole file, all params): the writer's output file size in bits (copied tensors, headers and metadata "
+           "included) over every parameter of the model (compressed and copied); peak MiB: the "
            "pipeline process's maximum resident set\n");
     if (md && (code = write_file(md, "--md", mdtext)) != 0) goto out;
     if (csv && (code = write_file(csv, "--csv", csvtext)) != 0) goto out;

@@ -502,6 +502,7 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     cj.sel = caldera_calloc((size_t) (cj.nt > 0 ? cj.nt : 1), sizeof(int64_t));
     cj.slots = caldera_calloc((size_t) (cj.nt > 0 ? cj.nt : 1), sizeof(struct cslot));
     if (!cj.is_sel || !cj.sel || !cj.slots) { rc = CALDERA_ERR_NOMEM; goto done; }
+    run->model_params = 0;
     for (int64_t t = 0; t < cj.nt; t++) {
         struct caldera_tensor_info ti;
         if ((rc = rops->tensor_info(o->reader, t, &ti)) < 0) goto done;
@@ -509,6 +510,9 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
             cj.is_sel[t] = 1;
             cj.sel[cj.nsel++] = t;
         }
+        int64_t ne = 1;
+        for (int d = 0; d < ti.ndim; d++) ne *= ti.ne[d];
+        run->model_params += (double) ne;
     }
     // Ŵ is kept (and checkpointed) when a dense file is written or the model is evaluated with it.
     cj.want_hat = run->dense_open || ((pl->eval || run->seq) && run->model);

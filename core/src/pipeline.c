@@ -813,6 +813,11 @@ static int report_build(struct caldera_pipeline * pl, struct pl_run * run) {
                              run->n_h ? json_real(run->worst_h) : json_null(), "seconds", pl_now() - run->t_start);
     run->tensors = NULL;   // owned by rep now
     if (!rep) return CALDERA_ERR_NOMEM;
+    // every parameter of the model read (compressed and copied): the denominator of a whole file's bits per parameter
+    if (json_object_set_new(json_object_get(rep, "summary"), "model_params", json_real(run->model_params)) < 0) {
+        json_decref(rep);
+        return CALDERA_ERR_NOMEM;
+    }
     if (pl->report) json_decref(pl->report);
     pl->report = rep;
     return 0;

@@ -71,6 +71,7 @@ struct pl_run {
     // over weights that had a Hessian.
     int64_t               ndone, n_h, resumed;
     double                sum_bits_params, sum_params, sum_err, worst, sum_err_h, worst_h;
+    double                model_params; // every tensor of the model read (compressed or copied), in elements
     double                t_start;      // when the compress phase started
     // The model (forward pass) when calibration or evaluation needs it.
     struct caldera_inst *             model;
