@@ -15,31 +15,7 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/caldera-crash-kill.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 fail() { echo "test-crash-kill: FAIL: $*" >&2; exit 1; }
 
-cat >"$W/p.ini" <<INI
-; 14 weights of a synthetic 2-layer model: RHT + LDLQ over 4-bit uniform, Hessians from the model
-[caldera]
-reader     = src
-hessians   = src
-writer     = out
-stages     = rht, q
-[src]
-plugin = synthetic
-layers = 2
-hidden = 128
-ffn    = 256
-seed   = 3
-[rht]
-plugin = rht
-seed   = 7
-[u4]
-plugin = uniform
-bits   = 4
-[q]
-plugin   = ldlq
-codebook = u4
-[out]
-plugin = safetensors
-INI
+cp "$(dirname "$0")/fixtures/synthetic-ldlq-u4.ini" "$W/p.ini"   # 14 weights, RHT + LDLQ over uniform 4-bit
 OUT=$W/out/model.safetensors
 REP=$W/out/report.json
 CK=$W/ckpt

@@ -18,31 +18,7 @@ mount -t tmpfs -o size=256k tmpfs "$W/full" 2>/dev/null || skip "mount -t tmpfs 
 mount -t tmpfs -o size=16m tmpfs "$W/ro" || skip "mount -t tmpfs failed"
 fail() { echo "test-disk-full: FAIL: $*" >&2; exit 1; }
 
-cat >"$W/p.ini" <<INI
-; 14 weights (about 1.5 MB of output): does not fit in 256 KiB
-[caldera]
-reader    = src
-hessians  = src
-writer    = out
-stages    = rht, q
-[src]
-plugin = synthetic
-layers = 2
-hidden = 128
-ffn    = 256
-seed   = 3
-[rht]
-plugin = rht
-seed   = 7
-[u4]
-plugin = uniform
-bits   = 4
-[q]
-plugin   = ldlq
-codebook = u4
-[out]
-plugin = safetensors
-INI
+cp "$(dirname "$0")/fixtures/synthetic-ldlq-u4.ini" "$W/p.ini"   # about 1.5 MB of output: does not fit in 256 KiB
 run() {  # run DIR CHECKPOINT: output and report in DIR
     "$PIPE" "$W/p.ini" --threads 1 -q --set "out.path=$1/model.safetensors" --set "caldera.report=$1/report.json" \
         --set "caldera.checkpoint=$2" >"$W/out.txt" 2>"$W/err.txt"
