@@ -366,6 +366,14 @@ enum caldera_device caldera_ctx_device(const struct caldera_ctx * ctx);
 void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
                           void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
 
+/**
+ * caldera_parallel_for whose fn may call the linalg functions: BLAS runs single-threaded inside
+ * it (one call per thread at a time; the context's BLAS threads are restored after), so that
+ * many small independent products run one per thread instead of each split over the threads.
+ */
+void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
+                               void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
+
 /** xoshiro256** generator seeded with splitmix64; identical streams on every platform. */
 struct caldera_rng { uint64_t s[4]; };
 void     caldera_rng_seed(struct caldera_rng * rng, uint64_t seed);
