@@ -370,6 +370,7 @@ void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
  * caldera_parallel_for whose fn may call the linalg functions: BLAS runs single-threaded inside
  * it (one call per thread at a time; the context's BLAS threads are restored after), so that
  * many small independent products run one per thread instead of each split over the threads.
+ * Serial (fn(arg, 0, n)) when the context's device is not the CPU.
  */
 void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
                                void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
