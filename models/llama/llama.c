@@ -11,7 +11,8 @@
 //   logits = rmsnorm(x) · norm  headᵀ   (head = embed when tied)
 // Weights are read through a format reader as f32 with Hugging Face names and layout (the
 // gguf and llama2c readers undo their q/k row permutations). Prompt processing runs every linear
-// as one gemm over all tokens of a batch; attention is two gemms per head and query block.
+// as one gemm over all tokens of a batch; attention is two gemms per KV head and query block (the
+// query heads of a KV head stacked), the blocks one per thread.
 // Decoding keeps a KV cache (layers × positions × nkv·hd, f32).
 #include <math.h>
 #include <float.h>
