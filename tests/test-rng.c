@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Random numbers and the parallel loop (ctx.c): fixed xoshiro256** streams, the normal
-// distribution's moments, seed_mix, and parallel_for covering [0, n) exactly once.
+// distribution's moments, seed_mix, parallel_for covering [0, n) exactly once, and parallel_for_blas
+// running gemms inside its threads.
 #include "testutil.h"
 
 #include <math.h>
