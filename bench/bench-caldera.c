@@ -118,7 +118,7 @@ int main(int argc, char ** argv) {
     }
     struct caldera_ctx * ctx = NULL;
     if (caldera_ctx_init(&ctx) < 0) return 1;
-    caldera_ctx_set_log_level(ctx, CALDERA_LOG_WARN);
+    caldera_ctx_set_log_level(ctx, getenv("BENCH_DEBUG") ? CALDERA_LOG_DEBUG : CALDERA_LOG_WARN);
     if (threads > 0) caldera_ctx_set_threads(ctx, threads);
     // the weight and its Hessian from the synthetic format, then the RHT (seed 42)
     const char * skv[] = { "layers", "1", "hidden", hidden, "ffn", ffn, "kv_dim", kvdim, "seed", "1", NULL };
@@ -190,7 +190,7 @@ int main(int argc, char ** argv) {
     struct caldera_tensor wh = { 0 };
     caldera_tensor_alloc_f32(ctx, m, n, &wh);
     double best_t = INFINITY, best_cpu = INFINITY, bits = 0, err = 0, flr = 0, fq = 0, flops_own = 0;
-    int64_t inner_run = 0, outer_run = 0;
+    int64_t inner_run = 0, outer_run = 0, tune_run = -1;
     for (int r = 0; r < reps; r++) {
         struct caldera_pack * pack = NULL;
         caldera_pack_init(&pack);
@@ -209,19 +209,23 @@ int main(int argc, char ** argv) {
         caldera_meta_get_float(meta, "caldera.flops", &flops_own);
         caldera_meta_get_int(meta, "caldera.inner_iters_run", &inner_run);
         caldera_meta_get_int(meta, "caldera.outer_iters_run", &outer_run);
+        caldera_meta_get_int(meta, "caldera.q_tune_iters_run", &tune_run);
         err = rel_h(ctx, &wt, &wh, &ht);
         caldera_pack_free(pack);
     }
     // FLOPs: caldera's own GEMM/SYRK (counted in the plugin) + per Q step the ldlq count of
     // quantizers/ldlq/README.md: LDL n³/3 + pass m·n·(n−8) + 2·m·n² per tune pass (E8P rounding not counted).
-    // Q steps actually run: outer_iters_run (the loop stops at a fixed point before a repeated Q step)
-    double fl_q = (double) outer_run * ((double) n * n * n / 3.0 + (double) m * n * (double) (n - 8) + 2.0 * tune * (double) m * n * n);
+    // Q steps actually run: outer_iters_run (the loop stops at a fixed point before a repeated Q step);
+    // tune passes actually run: caldera.q_tune_iters_run (ldlq stops at the passes' fixed point, so
+    // counting `tune` per Q step would count passes that did not run)
+    const double passes = tune_run >= 0 ? (double) tune_run : (double) outer_run * tune;
+    double fl_q = (double) outer_run * ((double) n * n * n / 3.0 + (double) m * n * (double) (n - 8)) + 2.0 * passes * (double) m * n * n;
     double gf = (flops_own + fl_q) / best_t / 1e9, gfc = (flops_own + fl_q) / best_cpu / 1e9;
-    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 | GFLOP per CPU-s, of sgemm's |\n",
+    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune (passes run) | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 | GFLOP per CPU-s, of sgemm's |\n",
            reps, (long long) (m < n ? m : n));
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d | %d | %.3f | %.2f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
-           weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune,
+    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d (%lld) | %d | %.3f | %.2f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
+           weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune, (long long) tune_run,
            caldera_ctx_threads(ctx), best_t, best_cpu, bits, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
            100.0 * gf / s2048, gfc, 100.0 * gfc / s576c, 100.0 * gfc / s2048c);
     printf("\nsgemm rate (same run): %.1f GFLOP/s at %lld³, %.1f GFLOP/s at 2048³ (per CPU-second: %.1f, %.1f)\n", s576,

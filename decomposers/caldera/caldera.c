@@ -702,6 +702,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     double c0 = den;
     double cur_err2 = INFINITY;   // error of (current Q, current LR) once known
     int64_t inner_total = 0, outer_run = 0;
+    int64_t q_tune_run = 0;   // tune passes the Q steps ran (ldlq's "ldlq.tune_iters_run"), for FLOP counts
     if (p->q && k > 0 && p->downdate && !(hq = caldera_malloc((size_t) n * (size_t) n * sizeof(float)))) {
         rc = caldera_error(inst, CALDERA_ERR_NOMEM, "decompose: out of memory for the downdated H");
         goto fail;
@@ -776,6 +777,10 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
             goto fail;
         }
         cur_q = qp;
+        int64_t tr = 0;
+        if (caldera_meta_get_int(caldera_pack_meta(qp), "ldlq.tune_iters_run", &tr) == 0) {
+            q_tune_run += tr;
+        }
         // --- the new state's error, by P = (Ws − Q) H, which is also the next LR step's input ---
         for (int64_t i = 0; i < m * n; i++) {
             wk.res[i] = ws[i] - qd[i];
@@ -841,6 +846,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     caldera_meta_set_int(meta, "caldera.inner_iters_run", CALDERA_META_I64, inner_total);
     caldera_meta_set_int(meta, "caldera.outer_iters_run", CALDERA_META_I64, outer_run);
     caldera_meta_set_float(meta, "caldera.flops", CALDERA_META_F64, wk.flops);
+    caldera_meta_set_int(meta, "caldera.q_tune_iters_run", CALDERA_META_I64, q_tune_run);
     caldera_inst_log(inst, CALDERA_LOG_DEBUG, "%" PRId64 "x%" PRId64 " rank %" PRId64 ": rel. error (H) first LR %.5f, "
                      "first Q %.5f, best %.5f; %" PRId64 " inner iterations", m, n, k, first_lr, first_q,
                      sqrt(fmax(best, 0.0) / dnz), inner_total);
