@@ -22,6 +22,8 @@ struct e8_priv {
     float *              kgrid;          // (256, 8) stored patterns (nibble − 8)/2, nibble order (kernels)
     float *              krvq1;          // (256, 8) "E8 1-bit" points permuted to nibble order (kernels)
     uint8_t *            key2idx;        // (E8P_NKEYS) pattern index of each base-4 key (batched encode)
+    float *              dtab;           // (256, 8) stored pattern values in output order (batched decode)
+    int                  avx2;           // the CPU has AVX2: e8p_round8_avx2 for 2 and 4 bits
     void (*encode8)(const struct e8p_tables *, const uint8_t *, const float (*)[E8P_DIM], int, uint16_t *);
 };
 
@@ -75,8 +77,13 @@ static int e8_init(struct caldera_inst * inst) {
         return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the key index");
     }
     e8p_key_index_build(p->tab, p->key2idx);
+    if (!(p->dtab = caldera_malloc(E8P_NABS * E8P_DIM * sizeof(float)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the decode table");
+    }
+    e8p_decode_table_build(p->tab, p->dtab);
     // 8 blocks per call with AVX2 where the CPU has it: the same codes as the scalar search
-    p->encode8 = e8p_have_avx2() ? e8p_encode8_avx2 : e8p_encode8_scalar;
+    p->avx2 = e8p_have_avx2();
+    p->encode8 = p->avx2 ? e8p_encode8_avx2 : e8p_encode8_scalar;
     // The fused kernels' tables (caldera-kernels.h): everything in the stored nibble order, where
     // nibble j holds output coordinate perm[j], perm = [0,2,4,6,1,3,5,7].
     p->kgrid = caldera_malloc(2 * E8P_NABS * E8P_DIM * sizeof(float));
@@ -98,6 +105,7 @@ static void e8_uninit(struct caldera_inst * inst) {
     caldera_freep(&p->tab);
     caldera_freep(&p->kgrid);
     caldera_freep(&p->key2idx);
+    caldera_freep(&p->dtab);
     p->krvq1 = NULL;
 }
 
@@ -245,6 +253,30 @@ static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
     float    sc[8];
     int64_t  at[8][2];
     uint16_t k1[8], k2[8];
+    if (job->p->avx2 && job->bits != 3) {
+        // 2 and 4 bits with AVX2: scaling, both searches, decode and Ŵ in one call per 8 blocks
+        const float * xp[8];
+        float *       yp[8];
+        for (int64_t q0 = 0; q0 < total; q0 += 8) {
+            const int n = (int) (total - q0 < 8 ? total - q0 : 8);
+            for (int l = 0; l < n; l++) {
+                const int64_t i = i0 + (q0 + l) / job->nb, b = (q0 + l) % job->nb;
+                sc[l] = st->scale[st->nscale == 1 ? 0 : i];
+                xp[l] = (const float *) job->x->data + i * job->x->ld + b * E8P_DIM;
+                yp[l] = (float *) job->x_hat->data + i * job->x_hat->ld + b * E8P_DIM;
+                at[l][0] = i;
+                at[l][1] = b;
+            }
+            e8p_round8_avx2(t, job->p->key2idx, job->p->dtab, job->bits, xp, sc, n, yp, k1, k2);
+            for (int l = 0; l < n; l++) {
+                st->codes[at[l][0] * nbt + job->b0 + at[l][1]] = k1[l];
+                if (st->codes2) {
+                    st->codes2[at[l][0] * nbt + job->b0 + at[l][1]] = k2[l];
+                }
+            }
+        }
+        return;
+    }
     for (int64_t q0 = 0; q0 < total; q0 += 8) {
         const int n = (int) (total - q0 < 8 ? total - q0 : 8);
         for (int l = 0; l < n; l++) {

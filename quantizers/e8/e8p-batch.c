@@ -16,6 +16,14 @@ void e8p_key_index_build(const struct e8p_tables * t, uint8_t * key2idx) {
     }
 }
 
+void e8p_decode_table_build(const struct e8p_tables * t, float * dtab) {
+    for (int a = 0; a < E8P_NABS; a++) {
+        for (int i = 0; i < E8P_DIM; i++) {
+            dtab[a * E8P_DIM + i] = (float) ((int) ((t->packed[a] >> (4 * E8P_SH(i))) & 0xFu) - 8) * 0.5f;
+        }
+    }
+}
+
 void e8p_encode8_scalar(const struct e8p_tables * t, const uint8_t * key2idx, const float x[8][E8P_DIM], int n,
                         uint16_t codes[8]) {
     (void) key2idx;
@@ -209,7 +217,60 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
     }
 }
 
+// e8p_decode of one code as a vector: the stored values, negated where the (parity-fixed) sign
+// bit is set (a sign flip, as -v), plus the shift: the same floats as the scalar decode.
+T_AVX2 static inline __m256 e8p_decode_avx2(const float * dtab, uint32_t code) {
+    const __m256i bit = _mm256_setr_epi32(1 << E8P_SH(0), 1 << E8P_SH(1), 1 << E8P_SH(2), 1 << E8P_SH(3),
+                                          1 << E8P_SH(4), 1 << E8P_SH(5), 1 << E8P_SH(6), 1 << E8P_SH(7));
+    uint32_t       signs = code & 0xFFu;
+    const uint32_t p = (uint32_t) __builtin_parity(signs);
+    signs ^= p;
+    __m256  v = _mm256_loadu_ps(dtab + (size_t) (code >> 8) * E8P_DIM);
+    __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int) signs), bit), bit);
+    v = _mm256_xor_ps(v, _mm256_and_ps(_mm256_castsi256_ps(m), _mm256_set1_ps(-0.0f)));
+    return _mm256_add_ps(v, _mm256_set1_ps(p ? -0.25f : 0.25f));
+}
+
+T_AVX2 void e8p_round8_avx2(const struct e8p_tables * t, const uint8_t * key2idx, const float * dtab, int bits,
+                            const float * const x[8], const float s[8], int n, float * const y[8], uint16_t c1[8],
+                            uint16_t c2[8]) {
+    float xs[8][E8P_DIM], r[8][E8P_DIM];
+    __m256 v1[8];
+    for (int l = 0; l < n; l++) {   // x / s as x * (1/s)
+        const float inv = s[l] > 0.0f ? 1.0f / s[l] : 0.0f;
+        _mm256_storeu_ps(xs[l], _mm256_mul_ps(_mm256_loadu_ps(x[l]), _mm256_set1_ps(inv)));
+    }
+    e8p_encode8_avx2(t, key2idx, (const float (*)[E8P_DIM]) xs, n, c1);
+    for (int l = 0; l < n; l++) {
+        v1[l] = e8p_decode_avx2(dtab, c1[l]);
+        c2[l] = 0;
+    }
+    if (bits == 4) {   // residual (x − v1) · rho, its code, value v1 + v2 / rho
+        const __m256 rho = _mm256_set1_ps(E8P_RESID_SCALE_4BIT);
+        for (int l = 0; l < n; l++) {
+            _mm256_storeu_ps(r[l], _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xs[l]), v1[l]), rho));
+        }
+        e8p_encode8_avx2(t, key2idx, (const float (*)[E8P_DIM]) r, n, c2);
+        for (int l = 0; l < n; l++) {
+            v1[l] = _mm256_add_ps(v1[l], _mm256_div_ps(e8p_decode_avx2(dtab, c2[l]), rho));
+        }
+    }
+    for (int l = 0; l < n; l++) {
+        _mm256_storeu_ps(y[l], _mm256_mul_ps(_mm256_set1_ps(s[l]), v1[l]));
+    }
+}
+
 #else
+
+void e8p_round8_avx2(const struct e8p_tables * t, const uint8_t * key2idx, const float * dtab, int bits,
+                     const float * const x[8], const float s[8], int n, float * const y[8], uint16_t c1[8],
+                     uint16_t c2[8]) {
+    (void) key2idx;
+    (void) dtab;
+    for (int l = 0; l < n; l++) {
+        e8p_round_scaled(t, bits, s[l], x[l], y[l], &c1[l], &c2[l]);
+    }
+}
 
 int e8p_have_avx2(void) {
     return 0;

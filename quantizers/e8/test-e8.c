@@ -281,6 +281,52 @@ START_TEST(test_encode8_same_codes) {
 }
 END_TEST
 
+START_TEST(test_round8_same_as_scalar) {
+    // e8p_round8_avx2 (the e8 plugin's rounding of 8 blocks at once: scaling, both searches, the
+    // vector decode and Ŵ) against e8p_round_scaled block by block: bit-identical codes and values
+    // for 2 and 4 bits, zero scales (a zero row) and partly filled batches included.
+    if (!e8p_have_avx2()) {
+        fprintf(stderr, "test_round8_same_as_scalar: no AVX2 on this CPU; skipped\n");
+        return;
+    }
+    const struct e8p_tables * t = tables();
+    static uint8_t key2idx[E8P_NKEYS];
+    static float   dtab[E8P_NABS * E8P_DIM];
+    e8p_key_index_build(t, key2idx);
+    e8p_decode_table_build(t, dtab);
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 77);
+    int64_t checked = 0;
+    for (int r = 0; r < 20000; r++) {
+        const int bits = r % 2 ? 4 : 2, n = 1 + r % 8;
+        float x[8][8], y[8][8], ys[8][8], s[8];
+        const float * xp[8];
+        float * yp[8];
+        for (int l = 0; l < 8; l++) {
+            s[l] = (r + l) % 23 == 0 ? 0.0f : (float) (0.01 + 0.5 * caldera_rng_uniform(&rng));
+            const double sd = 0.02 * (1 + (r + 3 * l) % 40);
+            for (int i = 0; i < 8; i++) {
+                x[l][i] = (r + l) % 7 == 0 ? (float) (0.25 * (int) (8.0 * caldera_rng_uniform(&rng)) - 1.0) * s[l]
+                                           : (float) (sd * caldera_rng_normal(&rng));
+            }
+            xp[l] = x[l];
+            yp[l] = y[l];
+        }
+        uint16_t c1[8], c2[8];
+        e8p_round8_avx2(t, key2idx, dtab, bits, xp, s, n, yp, c1, c2);
+        for (int l = 0; l < n; l++) {
+            uint16_t d1, d2;
+            e8p_round_scaled(t, bits, s[l], x[l], ys[l], &d1, &d2);
+            ck_assert_msg(c1[l] == d1 && c2[l] == d2, "batch %d lane %d (%d bits): codes %u/%u, scalar %u/%u", r, l,
+                          bits, c1[l], c2[l], d1, d2);
+            ck_assert_msg(memcmp(y[l], ys[l], sizeof(ys[l])) == 0, "batch %d lane %d: values differ", r, l);
+            checked++;
+        }
+    }
+    ck_assert_int_gt(checked, 80000);
+}
+END_TEST
+
 // The "E8 1-bit" set built from its definition here: E8 points with norm^2 <= 2 (integer
 // vectors with even sum from {-1,0,1}^8, and (+-1/2)^8 with even sum) plus +-2e_i but -2e_7.
 static int rvq1_reference(double (*set)[8]) {
@@ -885,6 +931,7 @@ static Suite * e8_suite(void) {
     tcase_add_test(tc, test_encode_bruteforce);
     tcase_add_test(tc, test_encode_fast_vs_simple);
     tcase_add_test(tc, test_encode8_same_codes);
+    tcase_add_test(tc, test_round8_same_as_scalar);
     tcase_add_test(tc, test_rvq1_set_and_search);
     tcase_add_test(tc, test_residual_variants_decode);
     suite_add_tcase(s, tc);
