@@ -6,7 +6,7 @@
 // Not a test: prints a Markdown table.
 //   usage: bench-caldera [-w weight] [-k rank] [-O outer] [-I inner] [-T tune] [-f e8|e8row|uniform|f16]
 //                        [-d 0|1 downdate] [-s 0|1 warm start] [-t threads] [-r reps] [-q (QuIP#-style row)] [-N (no sgemm reference, for profiling)]
-//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits] [-B Q's e8 bits]
+//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits] [-B Q's e8 bits] [-C ldlq buffer_cols]
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -92,9 +92,9 @@ int main(int argc, char ** argv) {
     const char * weight = "model.layers.0.self_attn.q_proj.weight";
     const char * fac = "e8";
     int rank = 32, outer = 20, inner = 50, tune = 10, downdate = 0, warm = 1, threads = 0, reps = 2, quip = 0, nosgemm = 0;
-    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0", * qbits = "2";
+    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0", * qbits = "2", * bufcols = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:B:N")) != -1) {
+    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:B:NC:")) != -1) {
         switch (opt) {
         case 'w': weight = optarg; break;
         case 'k': rank = atoi(optarg); break;
@@ -113,6 +113,7 @@ int main(int argc, char ** argv) {
         case 'b': target = optarg; break;
         case 'B': qbits = optarg; break;
         case 'N': nosgemm = 1; break;
+        case 'C': bufcols = optarg; break;
         default: fprintf(stderr, "usage: see the comment at the top of bench/bench-caldera.c\n"); return 2;
         }
     }
@@ -159,7 +160,7 @@ int main(int argc, char ** argv) {
     const char * e8kv[] = { "bits", qbits, NULL };
     struct caldera_inst * e8 = mk(ctx, "e8", "e8p", e8kv);
     caldera_inst_start(e8);
-    const char * qkv[] = { "tune_iters", tb, NULL };
+    const char * qkv[] = { "tune_iters", tb, bufcols ? "buffer_cols" : NULL, bufcols, NULL };
     struct caldera_inst * q = mk(ctx, "ldlq", "q", qkv);
     caldera_inst_set_ref(q, "codebook", e8);
     if (caldera_inst_start(q) < 0) die(ctx, "ldlq");
@@ -224,7 +225,7 @@ int main(int argc, char ** argv) {
     printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune (passes run) | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 | GFLOP per CPU-s, of sgemm's |\n",
            reps, (long long) (m < n ? m : n));
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d (%lld) | %d | %.3f | %.2f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
+    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d (%lld) | %d | %.3f | %.3f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
            weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune, (long long) tune_run,
            caldera_ctx_threads(ctx), best_t, best_cpu, bits, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
            100.0 * gf / s2048, gfc, 100.0 * gfc / s576c, 100.0 * gfc / s2048c);
