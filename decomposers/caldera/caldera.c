@@ -379,13 +379,14 @@ fail:
     return rc;
 }
 
-// FNV-1a over the bits of a float array: identifies a repeated quantized R (a cycle of the
-// deterministic inner map R_t -> R_t+1).
+// FNV-1a style over the bits of a float array, one 32-bit word per step: identifies a repeated
+// quantized R (a cycle of the deterministic inner map R_t -> R_t+1).
 static uint64_t hash_floats(const float * x, int64_t n) {
     uint64_t h = 1469598103934665603ull;
-    const unsigned char * b = (const unsigned char *) x;
-    for (size_t i = 0; i < (size_t) n * sizeof(float); i++) {
-        h = (h ^ b[i]) * 1099511628211ull;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof(u));
+        h = (h ^ u) * 1099511628211ull;
     }
     return h;
 }
