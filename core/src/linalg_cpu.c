@@ -280,51 +280,6 @@ int caldera_linalg_eigh(struct caldera_ctx * ctx, const struct caldera_tensor * 
     return 0;
 }
 
-int caldera_linalg_eigh_top(struct caldera_ctx * ctx, const struct caldera_tensor * a, int64_t k, float * w,
-                            struct caldera_tensor * v) {
-    int rc;
-    if ((rc = check_square(ctx, "eigh_top", "A", a)) || (rc = check_mat(ctx, "eigh_top", "V", v))) return rc;
-    const int64_t n = a->ne[0];
-    if (k < 0 || k > n || v->ne[0] != n || v->ne[1] != k) return dims_error(ctx, "eigh_top");
-    if (k == 0) return 0;
-    float * ac = NULL, * wa = NULL, * z = NULL;
-    lapack_int * isuppz = NULL;
-    if (a->device != CALDERA_DEVICE_CPU || v->device != CALDERA_DEVICE_CPU) {
-        return caldera_ctx_error(ctx, CALDERA_ERR_UNSUPPORTED, "eigh_top: A and V must be host tensors (LAPACK's "
-                                 "syevr runs on the CPU); allowed: device cpu");
-    }
-    if (has_nonfinite(a)) return caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "eigh_top: matrix has NaN or Inf entries");
-    ac = dense_copy(a);
-    wa = caldera_malloc((size_t) n * sizeof(float));
-    z = caldera_malloc((size_t) n * (size_t) k * sizeof(float));
-    isuppz = caldera_malloc((size_t) (2 * k) * sizeof(lapack_int));
-    if (!ac || !wa || !z || !isuppz) {
-        rc = CALDERA_ERR_NOMEM;
-        goto done;
-    }
-    lapack_int found = 0;
-    // MRRR (syevr) for eigenvalues n-k+1 .. n (ascending) and their vectors only
-    lapack_int info = LAPACKE_ssyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'L', (lapack_int) n, ac, (lapack_int) n, 0.0f, 0.0f,
-                                     (lapack_int) (n - k + 1), (lapack_int) n, 0.0f, &found, wa, z, (lapack_int) k,
-                                     isuppz);
-    if (info != 0 || found != (lapack_int) k) {
-        rc = caldera_ctx_error(ctx, CALDERA_ERR_NUMERIC, "eigh_top: eigensolver did not converge (info %d, %d of %"
-                               PRId64 " found)", (int) info, (int) found, k);
-        goto done;
-    }
-    float * vd = v->data;
-    for (int64_t i = 0; i < n; i++) {
-        for (int64_t j = 0; j < k; j++) vd[i * LDA(v) + j] = z[i * k + (k - 1 - j)];
-    }
-    for (int64_t j = 0; j < k; j++) w[j] = wa[k - 1 - j];
-done:
-    caldera_free(ac);
-    caldera_free(wa);
-    caldera_free(z);
-    caldera_free(isuppz);
-    return rc;
-}
-
 int caldera_linalg_svd(struct caldera_ctx * ctx, const struct caldera_tensor * a, struct caldera_tensor * u, float * s,
                        struct caldera_tensor * vt) {
     int rc = check_mat(ctx, "svd", "A", a);

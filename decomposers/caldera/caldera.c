@@ -308,8 +308,8 @@ static int lr_init(struct cal_work * wk) {
     float * sm = NULL, * vv = NULL, * w = NULL, * z = NULL;
     int rc;
     sm = caldera_malloc((size_t) s * (size_t) s * sizeof(float));
-    vv = caldera_malloc((size_t) s * (size_t) k * sizeof(float));   // (s, k) top-k vectors
-    w  = caldera_malloc((size_t) k * sizeof(float));                 // (k) top-k values, descending
+    vv = caldera_malloc((size_t) s * (size_t) s * sizeof(float));
+    w  = caldera_malloc((size_t) s * sizeof(float));
     if (!sm || !vv || !w) {
         rc = caldera_error(wk->inst, CALDERA_ERR_NOMEM, "decompose: out of memory for the rank-%" PRId64 " start", k);
         goto fail;
@@ -345,21 +345,25 @@ static int lr_init(struct cal_work * wk) {
             goto fail;
         }
     }
-    // only the k largest eigenpairs (syevr forms k vectors, not s): component j is column j
-    struct caldera_tensor st = lr_view(sm, s, s), vt = lr_view(vv, s, k);
-    if ((rc = caldera_linalg_eigh_top(wk->ctx, &st, k, w, &vt)) < 0) {
+    struct caldera_tensor st = lr_view(sm, s, s), vt = lr_view(vv, s, s);
+    if ((rc = caldera_linalg_eigh(wk->ctx, &st, w, &vt)) < 0) {
         rc = caldera_error(wk->inst, rc, "decompose: eigendecomposition for the rank-%" PRId64 " start failed", k);
         goto fail;
     }
-    const float wmax = w[0] > 0.0f ? w[0] : 0.0f;
+    // eigenvalues ascending: component j of the result is column s-1-j
+    const float wmax = w[s - 1] > 0.0f ? w[s - 1] : 0.0f;
     if (m <= n) {
-        memcpy(wk->l, vv, (size_t) m * (size_t) k * sizeof(float));
+        for (int64_t i = 0; i < m; i++) {
+            for (int64_t j = 0; j < k; j++) {
+                wk->l[i * k + j] = vv[i * s + (s - 1 - j)];
+            }
+        }
     } else {
         float * vk = sm;   // (n, k) top-k right vectors scaled by 1/σ, reusing sm
         for (int64_t i = 0; i < n; i++) {
             for (int64_t j = 0; j < k; j++) {
-                float lam = w[j];
-                vk[i * k + j] = lam > 1e-12f * wmax && lam > 0.0f ? vv[i * k + j] / sqrtf(lam) : 0.0f;
+                float lam = w[s - 1 - j];
+                vk[i * k + j] = lam > 1e-12f * wmax && lam > 0.0f ? vv[i * s + (s - 1 - j)] / sqrtf(lam) : 0.0f;
             }
         }
         if ((rc = gemm(wk, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, z, m, n, vk, n, k, 0.0f, wk->l, m, k)) < 0) {

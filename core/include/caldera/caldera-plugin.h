@@ -414,12 +414,6 @@ int caldera_linalg_block_ldl(struct caldera_ctx * ctx, const struct caldera_tens
 int caldera_linalg_eigh(struct caldera_ctx * ctx, const struct caldera_tensor * a, float * w,
                         struct caldera_tensor * v);
 /**
- * The k largest eigenpairs of a symmetric A (n×n), 0 <= k <= n: w (k) descending, V (n×k) their
- * vectors as columns. Cheaper than caldera_linalg_eigh when k is small (only k vectors are formed).
- */
-int caldera_linalg_eigh_top(struct caldera_ctx * ctx, const struct caldera_tensor * a, int64_t k, float * w,
-                            struct caldera_tensor * v);
-/**
  * Thin SVD A = U diag(s) Vᵀ, A (m×n), k = min(m, n): U (m×k), s (k, descending), vt (k×n).
  * Any of u / vt may be NULL when not needed.
  */
