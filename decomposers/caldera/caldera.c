@@ -239,35 +239,29 @@ fail:
     return rc;
 }
 
-// k×k SPD solve X = G⁻¹ B (B k×cols, X k×cols; tmp k×k scratch) as one GEMM with the explicit
-// inverse: G is k×k (k ≤ a few hundred) and B has m or n columns, where two triangular solves
-// (strsm with a small triangle and many right-hand sides) run at a fraction of the GEMM rate.
-// A singular G (a quantized factor lost rank) is retried with a ridge of 1e-6 · mean(diag G), the
-// reference's pinv fallback in spirit. Counted FLOPs: the GEMM's 2·k²·cols (the inversion, k³, not).
-static int solve_spd(struct cal_work * wk, const float * g, const float * b, float * x, int64_t cols, float * tmp) {
+// k×k SPD solve G X = B (B k×cols overwritten); a singular G (a quantized factor lost rank) is
+// retried with a ridge of 1e-6 · mean(diag G), the reference's pinv fallback in spirit.
+static int solve_spd(struct cal_work * wk, const float * g, float * b, int64_t cols, float * tmp) {
     const int64_t k = wk->k;
     memcpy(tmp, g, (size_t) k * (size_t) k * sizeof(float));
-    struct caldera_tensor gt = lr_view(tmp, k, k);
-    int rc = caldera_linalg_spd_inverse(wk->ctx, &gt);
-    if (rc == CALDERA_ERR_NUMERIC) {
-        double mean = 0.0;
-        for (int64_t i = 0; i < k; i++) {
-            mean += g[i * k + i];
-        }
-        mean = mean > 0.0 ? mean / (double) k : 1.0;
-        memcpy(tmp, g, (size_t) k * (size_t) k * sizeof(float));
-        for (int64_t i = 0; i < k; i++) {
-            tmp[i * k + i] += (float) (1e-6 * mean);
-        }
-        if ((rc = caldera_linalg_spd_inverse(wk->ctx, &gt)) < 0) {
-            return caldera_error(wk->inst, CALDERA_ERR_NUMERIC, "decompose: a %" PRId64 "x%" PRId64 " normal matrix of "
-                                 "the LR update is singular even with a ridge (a factor is zero or not finite)", k, k);
-        }
-    }
-    if (rc < 0) {
+    struct caldera_tensor gt = lr_view(tmp, k, k), bt = lr_view(b, k, cols);
+    int rc = caldera_linalg_spd_solve(wk->ctx, &gt, &bt);
+    if (rc != CALDERA_ERR_NUMERIC) {
         return rc;
     }
-    return gemm(wk, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, tmp, k, k, (float *) b, k, cols, 0.0f, x, k, cols);
+    double mean = 0.0;
+    for (int64_t i = 0; i < k; i++) {
+        mean += g[i * k + i];
+    }
+    mean = mean > 0.0 ? mean / (double) k : 1.0;
+    for (int64_t i = 0; i < k; i++) {
+        tmp[i * k + i] += (float) (1e-6 * mean);
+    }
+    if ((rc = caldera_linalg_spd_solve(wk->ctx, &gt, &bt)) < 0) {
+        return caldera_error(wk->inst, CALDERA_ERR_NUMERIC, "decompose: a %" PRId64 "x%" PRId64 " normal matrix of the "
+                             "LR update is singular even with a ridge (a factor is zero or not finite)", k, k);
+    }
+    return 0;
 }
 
 // For the pair (l (m,k), r (k,n)) against Res with P = Res·H and c0 = tr(Res H Resᵀ): fill rh, g, at
@@ -410,9 +404,11 @@ static int quant_factor(struct cal_work * wk, struct caldera_pack * pack, int wh
 static int step_l(struct cal_work * wk, float * tmp) {
     const int64_t m = wk->m, k = wk->k;
     int rc;
-    if ((rc = solve_spd(wk, wk->g, wk->at, wk->lt, m, tmp)) < 0) {
+    memcpy(wk->lt, wk->at, (size_t) k * (size_t) m * sizeof(float));
+    if ((rc = solve_spd(wk, wk->g, wk->lt, m, tmp)) < 0) {
         return rc;
     }
+    wk->flops += 2.0 * (double) k * k * m;
     lr_transpose(wk->l, wk->lt, m, k, m);
     return 0;
 }
@@ -425,10 +421,11 @@ static int step_r(struct cal_work * wk, const float * l, float * tmp) {
     struct caldera_tensor lt = lr_view((float *) l, m, k), ct = lr_view(wk->c, k, k);
     wk->flops += (double) m * k * k;
     if ((rc = caldera_linalg_syrk(wk->ctx, CALDERA_TRANS, 1.0f, &lt, 0.0f, &ct)) < 0 ||
-        (rc = gemm(wk, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, (float *) l, m, k, wk->res, m, n, 0.0f, wk->rh, k, n)) < 0 ||
-        (rc = solve_spd(wk, wk->c, wk->rh, wk->r, n, tmp)) < 0) {
+        (rc = gemm(wk, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, (float *) l, m, k, wk->res, m, n, 0.0f, wk->r, k, n)) < 0 ||
+        (rc = solve_spd(wk, wk->c, wk->r, n, tmp)) < 0) {
         return rc;
     }
+    wk->flops += 2.0 * (double) k * k * n;
     return 0;
 }
 
