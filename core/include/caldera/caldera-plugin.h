@@ -185,6 +185,14 @@ struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_
 /** Number of elements (product of ne[0..ndim-1]). */
 int64_t caldera_tensor_nelements(const struct caldera_tensor * t);
 /**
+ * Checked element count of a shape read from untrusted bytes: *n = ne[0]·…·ne[ndim−1]. Returns 0,
+ * or -1 when a dimension is negative or when the product of the non-zero dimensions overflows
+ * int64_t, whatever the order: a shape such as (2^56, 256, 0) has no elements but is refused,
+ * since code that multiplies some of its dimensions (rows = ne[0]·ne[1]) would overflow.
+ * On -1, *bad_dim (if not NULL) is the dimension at which the check failed.
+ */
+int caldera_shape_nelements(int32_t ndim, const int64_t * ne, int64_t * n, int32_t * bad_dim);
+/**
  * Allocate an owning CPU tensor (zero-filled, 64-byte aligned): the result's data is freed with
  * caldera_tensor_free. ne has ndim entries.
  */
