@@ -6,7 +6,7 @@
 // Not a test: prints a Markdown table.
 //   usage: bench-caldera [-w weight] [-k rank] [-O outer] [-I inner] [-T tune] [-f e8|e8row|uniform|f16]
 //                        [-d 0|1 downdate] [-s 0|1 warm start] [-t threads] [-r reps] [-q (QuIP#-style row)] [-N (no sgemm reference, for profiling)]
-//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits] [-B Q's e8 bits]
+//                        [-H hidden] [-F ffn] [-K kv_dim] [-b target_bits] [-B Q's e8 bits] [-C ldlq buffer_cols]
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -92,9 +92,9 @@ int main(int argc, char ** argv) {
     const char * weight = "model.layers.0.self_attn.q_proj.weight";
     const char * fac = "e8";
     int rank = 32, outer = 20, inner = 50, tune = 10, downdate = 0, warm = 1, threads = 0, reps = 2, quip = 0, nosgemm = 0;
-    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0", * qbits = "2";
+    const char * hidden = "576", * ffn = "1536", * kvdim = "192", * target = "0", * qbits = "2", * bufcols = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:B:N")) != -1) {
+    while ((opt = getopt(argc, argv, "w:k:O:I:T:f:d:s:t:r:qH:F:K:b:B:NC:")) != -1) {
         switch (opt) {
         case 'w': weight = optarg; break;
         case 'k': rank = atoi(optarg); break;
@@ -113,12 +113,13 @@ int main(int argc, char ** argv) {
         case 'b': target = optarg; break;
         case 'B': qbits = optarg; break;
         case 'N': nosgemm = 1; break;
+        case 'C': bufcols = optarg; break;
         default: fprintf(stderr, "usage: see the comment at the top of bench/bench-caldera.c\n"); return 2;
         }
     }
     struct caldera_ctx * ctx = NULL;
     if (caldera_ctx_init(&ctx) < 0) return 1;
-    caldera_ctx_set_log_level(ctx, CALDERA_LOG_WARN);
+    caldera_ctx_set_log_level(ctx, getenv("BENCH_DEBUG") ? CALDERA_LOG_DEBUG : CALDERA_LOG_WARN);
     if (threads > 0) caldera_ctx_set_threads(ctx, threads);
     // the weight and its Hessian from the synthetic format, then the RHT (seed 42)
     const char * skv[] = { "layers", "1", "hidden", hidden, "ffn", ffn, "kv_dim", kvdim, "seed", "1", NULL };
@@ -159,7 +160,7 @@ int main(int argc, char ** argv) {
     const char * e8kv[] = { "bits", qbits, NULL };
     struct caldera_inst * e8 = mk(ctx, "e8", "e8p", e8kv);
     caldera_inst_start(e8);
-    const char * qkv[] = { "tune_iters", tb, NULL };
+    const char * qkv[] = { "tune_iters", tb, bufcols ? "buffer_cols" : NULL, bufcols, NULL };
     struct caldera_inst * q = mk(ctx, "ldlq", "q", qkv);
     caldera_inst_set_ref(q, "codebook", e8);
     if (caldera_inst_start(q) < 0) die(ctx, "ldlq");
@@ -190,7 +191,7 @@ int main(int argc, char ** argv) {
     struct caldera_tensor wh = { 0 };
     caldera_tensor_alloc_f32(ctx, m, n, &wh);
     double best_t = INFINITY, best_cpu = INFINITY, bits = 0, err = 0, flr = 0, fq = 0, flops_own = 0;
-    int64_t inner_run = 0, outer_run = 0;
+    int64_t inner_run = 0, outer_run = 0, tune_run = -1;
     for (int r = 0; r < reps; r++) {
         struct caldera_pack * pack = NULL;
         caldera_pack_init(&pack);
@@ -209,19 +210,23 @@ int main(int argc, char ** argv) {
         caldera_meta_get_float(meta, "caldera.flops", &flops_own);
         caldera_meta_get_int(meta, "caldera.inner_iters_run", &inner_run);
         caldera_meta_get_int(meta, "caldera.outer_iters_run", &outer_run);
+        caldera_meta_get_int(meta, "caldera.q_tune_iters_run", &tune_run);
         err = rel_h(ctx, &wt, &wh, &ht);
         caldera_pack_free(pack);
     }
     // FLOPs: caldera's own GEMM/SYRK (counted in the plugin) + per Q step the ldlq count of
     // quantizers/ldlq/README.md: LDL n³/3 + pass m·n·(n−8) + 2·m·n² per tune pass (E8P rounding not counted).
-    // Q steps actually run: outer_iters_run (the loop stops at a fixed point before a repeated Q step)
-    double fl_q = (double) outer_run * ((double) n * n * n / 3.0 + (double) m * n * (double) (n - 8) + 2.0 * tune * (double) m * n * n);
+    // Q steps actually run: outer_iters_run (the loop stops at a fixed point before a repeated Q step);
+    // tune passes actually run: caldera.q_tune_iters_run (ldlq stops at the passes' fixed point, so
+    // counting `tune` per Q step would count passes that did not run)
+    const double passes = tune_run >= 0 ? (double) tune_run : (double) outer_run * tune;
+    double fl_q = (double) outer_run * ((double) n * n * n / 3.0 + (double) m * n * (double) (n - 8)) + 2.0 * passes * (double) m * n * n;
     double gf = (flops_own + fl_q) / best_t / 1e9, gfc = (flops_own + fl_q) / best_cpu / 1e9;
-    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 | GFLOP per CPU-s, of sgemm's |\n",
+    printf("| weight | m×n | rank | factors | outer × inner (run) | downdate | warm | tune (passes run) | threads | time s (best of %d) | CPU s | bits/param | rel. err (H) | first LR / first Q | GFLOP | GFLOP/s | of sgemm %lld / 2048 | GFLOP per CPU-s, of sgemm's |\n",
            reps, (long long) (m < n ? m : n));
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d | %d | %.3f | %.2f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
-           weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune,
+    printf("| %s | %lldx%lld | %d | %s 4-bit | %d × %d (%lld outer, %lld inner) | %d | %d | %d (%lld) | %d | %.3f | %.3f | %.4f | %.5f | %.5f / %.5f | %.1f | %.1f | %.0f%% / %.0f%% | %.1f, %.0f%% / %.0f%% |\n",
+           weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune, (long long) tune_run,
            caldera_ctx_threads(ctx), best_t, best_cpu, bits, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
            100.0 * gf / s2048, gfc, 100.0 * gfc / s576c, 100.0 * gfc / s2048c);
     printf("\nsgemm rate (same run): %.1f GFLOP/s at %lld³, %.1f GFLOP/s at 2048³ (per CPU-second: %.1f, %.1f)\n", s576,

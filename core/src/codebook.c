@@ -231,6 +231,93 @@ int caldera_ldlq_loss(struct caldera_ctx * ctx, const struct caldera_tensor * xj
     return 0;
 }
 
+// The tune step's per-row double-precision work for blocks of 8 (E8P) with AVX2: the k-th output of
+// a row is a vector lane, and each lane sums its terms in the order of ldlq-step.h's scalar loops
+// (mul, then add, no FMA), so the results are bit-identical to ldlq_tune_target / ldlq_tune_guard.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LDLQ_AVX2 1
+
+static int ldlq_have_avx2(void) {
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return have;
+}
+
+// x (m, 8) = old + g · hi, per element in double: s = old[r][k]; s += g[r][l] · hi[l][k] for l = 0..7.
+__attribute__((target("avx2"))) static void tune_target8_avx2(const float * old, const float * g, const float * hi,
+                                                                int64_t m, float * x) {
+    __m256d h[8][2];
+    for (int l = 0; l < 8; l++) {
+        h[l][0] = _mm256_cvtps_pd(_mm_loadu_ps(hi + l * 8));
+        h[l][1] = _mm256_cvtps_pd(_mm_loadu_ps(hi + l * 8 + 4));
+    }
+    for (int64_t r = 0; r < m; r++) {
+        __m256d s0 = _mm256_cvtps_pd(_mm_loadu_ps(old + r * 8)), s1 = _mm256_cvtps_pd(_mm_loadu_ps(old + r * 8 + 4));
+        for (int l = 0; l < 8; l++) {
+            const __m256d gl = _mm256_set1_pd((double) g[r * 8 + l]);
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(gl, h[l][0]));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(gl, h[l][1]));
+        }
+        _mm_storeu_ps(x + r * 8, _mm256_cvtpd_ps(s0));
+        _mm_storeu_ps(x + r * 8 + 4, _mm256_cvtpd_ps(s1));
+    }
+}
+
+// The guard of ldlq_tune_guard for every row: t_k = Σ_l h[k][l] (v_l − xs_l) for v = q and v = old
+// (lanes k), then the two quadratic forms summed over k in order in scalar double.
+__attribute__((target("avx2"))) static int64_t tune_guard8_avx2(const float * q, const float * old, float * xs,
+                                                                 const float * hjj, int64_t ldh, int64_t m) {
+    __m256d hc[8][2];   // column l of H_jj: hc[l] = (h[0][l], ..., h[7][l])
+    for (int l = 0; l < 8; l++) {
+        double c[8];
+        for (int k = 0; k < 8; k++) {
+            c[k] = (double) hjj[k * ldh + l];
+        }
+        hc[l][0] = _mm256_loadu_pd(c);
+        hc[l][1] = _mm256_loadu_pd(c + 4);
+    }
+    int64_t kept = 0;
+    for (int64_t r = 0; r < m; r++) {
+        const float * qr = q + r * 8, * orow = old + r * 8;
+        float *       xr = xs + r * 8;
+        const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(xr)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(xr + 4));
+        double dn[8], dold[8], tn[8], to[8];
+        _mm256_storeu_pd(dn, _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(qr)), x0));
+        _mm256_storeu_pd(dn + 4, _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(qr + 4)), x1));
+        _mm256_storeu_pd(dold, _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(orow)), x0));
+        _mm256_storeu_pd(dold + 4, _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(orow + 4)), x1));
+        __m256d n0 = _mm256_setzero_pd(), n1 = n0, o0 = n0, o1 = n0;
+        for (int l = 0; l < 8; l++) {
+            const __m256d a = _mm256_set1_pd(dn[l]), b = _mm256_set1_pd(dold[l]);
+            n0 = _mm256_add_pd(n0, _mm256_mul_pd(hc[l][0], a));
+            n1 = _mm256_add_pd(n1, _mm256_mul_pd(hc[l][1], a));
+            o0 = _mm256_add_pd(o0, _mm256_mul_pd(hc[l][0], b));
+            o1 = _mm256_add_pd(o1, _mm256_mul_pd(hc[l][1], b));
+        }
+        _mm256_storeu_pd(tn, _mm256_mul_pd(n0, _mm256_loadu_pd(dn)));
+        _mm256_storeu_pd(tn + 4, _mm256_mul_pd(n1, _mm256_loadu_pd(dn + 4)));
+        _mm256_storeu_pd(to, _mm256_mul_pd(o0, _mm256_loadu_pd(dold)));
+        _mm256_storeu_pd(to + 4, _mm256_mul_pd(o1, _mm256_loadu_pd(dold + 4)));
+        double lnew = 0.0, lold = 0.0;
+        for (int k = 0; k < 8; k++) {
+            lnew += tn[k];
+            lold += to[k];
+        }
+        if (lnew > lold) {
+            memcpy(xr, orow, 8 * sizeof(float));
+            kept++;
+        }
+    }
+    return kept;
+}
+#else
+#define LDLQ_AVX2 0
+#endif
+
 int caldera_ldlq_tune_target(struct caldera_ctx * ctx, const struct caldera_tensor * old, const struct caldera_tensor * gj,
                              const struct caldera_tensor * hi, struct caldera_tensor * xs) {
     int rc = check_step(ctx, "caldera_ldlq_tune_target", (const struct caldera_tensor * const[]) { old, gj, hi, xs },
@@ -245,6 +332,12 @@ int caldera_ldlq_tune_target(struct caldera_ctx * ctx, const struct caldera_tens
     }
     if (old->device == CALDERA_DEVICE_CUDA) return caldera_cuda_ldlq_tune_target(ctx, old->data, gj->data, hi->data, m, b, xs->data);
     float * x = xs->data;
+#if LDLQ_AVX2
+    if (b == 8 && ldlq_have_avx2()) {
+        tune_target8_avx2(old->data, gj->data, hi->data, m, x);
+        return 0;
+    }
+#endif
     for (int64_t r = 0; r < m; r++) {
         for (int64_t k = 0; k < b; k++) x[r * b + k] = ldlq_tune_target(r, k, old->data, gj->data, hi->data, b);
     }
@@ -268,6 +361,12 @@ int caldera_ldlq_tune_guard(struct caldera_ctx * ctx, const struct caldera_tenso
     if (q->device == CALDERA_DEVICE_CUDA) {
         return caldera_cuda_ldlq_tune_guard(ctx, q->data, old->data, hjj->data, ld_of(hjj), m, b, xs->data, kept);
     }
+#if LDLQ_AVX2
+    if (b == 8 && ldlq_have_avx2()) {
+        *kept = tune_guard8_avx2(q->data, old->data, xs->data, hjj->data, ld_of(hjj), m);
+        return 0;
+    }
+#endif
     int64_t n = 0;
     for (int64_t r = 0; r < m; r++) n += ldlq_tune_guard(r, q->data, old->data, xs->data, hjj->data, ld_of(hjj), b);
     *kept = n;

@@ -153,9 +153,17 @@ int caldera_tensor_check_finite(const struct caldera_tensor * t, int64_t * first
     int64_t rows = cols ? caldera_tensor_nelements(t) / cols : 0;
     int64_t ld   = row_stride(t);
     if (t->dtype == CALDERA_DTYPE_F32) {
+        // all exponent bits set: Inf or NaN; a branch-free scan (vectorised) first, then the
+        // first bad element of a row that has one
         for (int64_t r = 0; r < rows; r++) {
             const float * p = (const float *) t->data + r * ld;
+            uint32_t any = 0;
             for (int64_t c = 0; c < cols; c++) {
+                uint32_t u;
+                memcpy(&u, p + c, sizeof(u));
+                any |= (uint32_t) ((u & 0x7f800000u) == 0x7f800000u);
+            }
+            for (int64_t c = 0; any && c < cols; c++) {
                 if (!isfinite(p[c])) {
                     if (first_bad) *first_bad = r * cols + c;
                     return CALDERA_ERR_NUMERIC;

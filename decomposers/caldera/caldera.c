@@ -373,13 +373,14 @@ fail:
     return rc;
 }
 
-// FNV-1a over the bits of a float array: identifies a repeated quantized R (a cycle of the
-// deterministic inner map R_t -> R_t+1).
+// FNV-1a style over the bits of a float array, one 32-bit word per step: identifies a repeated
+// quantized R (a cycle of the deterministic inner map R_t -> R_t+1).
 static uint64_t hash_floats(const float * x, int64_t n) {
     uint64_t h = 1469598103934665603ull;
-    const unsigned char * b = (const unsigned char *) x;
-    for (size_t i = 0; i < (size_t) n * sizeof(float); i++) {
-        h = (h ^ b[i]) * 1099511628211ull;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof(u));
+        h = (h ^ u) * 1099511628211ull;
     }
     return h;
 }
@@ -702,6 +703,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     double c0 = den;
     double cur_err2 = INFINITY;   // error of (current Q, current LR) once known
     int64_t inner_total = 0, outer_run = 0;
+    int64_t q_tune_run = 0;   // tune passes the Q steps ran (ldlq's "ldlq.tune_iters_run"), for FLOP counts
     if (p->q && k > 0 && p->downdate && !(hq = caldera_malloc((size_t) n * (size_t) n * sizeof(float)))) {
         rc = caldera_error(inst, CALDERA_ERR_NOMEM, "decompose: out of memory for the downdated H");
         goto fail;
@@ -776,6 +778,10 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
             goto fail;
         }
         cur_q = qp;
+        int64_t tr = 0;
+        if (caldera_meta_get_int(caldera_pack_meta(qp), "ldlq.tune_iters_run", &tr) == 0) {
+            q_tune_run += tr;
+        }
         // --- the new state's error, by P = (Ws − Q) H, which is also the next LR step's input ---
         for (int64_t i = 0; i < m * n; i++) {
             wk.res[i] = ws[i] - qd[i];
@@ -841,6 +847,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     caldera_meta_set_int(meta, "caldera.inner_iters_run", CALDERA_META_I64, inner_total);
     caldera_meta_set_int(meta, "caldera.outer_iters_run", CALDERA_META_I64, outer_run);
     caldera_meta_set_float(meta, "caldera.flops", CALDERA_META_F64, wk.flops);
+    caldera_meta_set_int(meta, "caldera.q_tune_iters_run", CALDERA_META_I64, q_tune_run);
     caldera_inst_log(inst, CALDERA_LOG_DEBUG, "%" PRId64 "x%" PRId64 " rank %" PRId64 ": rel. error (H) first LR %.5f, "
                      "first Q %.5f, best %.5f; %" PRId64 " inner iterations", m, n, k, first_lr, first_q,
                      sqrt(fmax(best, 0.0) / dnz), inner_total);

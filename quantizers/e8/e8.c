@@ -22,6 +22,8 @@ struct e8_priv {
     float *              kgrid;          // (256, 8) stored patterns (nibble − 8)/2, nibble order (kernels)
     float *              krvq1;          // (256, 8) "E8 1-bit" points permuted to nibble order (kernels)
     uint8_t *            key2idx;        // (E8P_NKEYS) pattern index of each base-4 key (batched encode)
+    float *              dtab;           // (256, 8) stored pattern values in output order (batched decode)
+    int                  avx2;           // the CPU has AVX2: e8p_round8_avx2 for 2 and 4 bits
     void (*encode8)(const struct e8p_tables *, const uint8_t *, const float (*)[E8P_DIM], int, uint16_t *);
 };
 
@@ -32,7 +34,16 @@ struct caldera_cb_state {
     float *    scale;       // (nscale) effective scales, already rounded to scale_dtype
     uint16_t * codes;       // (rows, cols / 8) E8P12 codes
     uint16_t * codes2;      // (rows, cols / 8) second-stage codes (3 and 4 bits), else NULL
+    // The last narrow call's input and output (ldlq rounds one block of columns at a time, and its
+    // tune guard rounds a block again with most rows unchanged): a block whose 8 inputs are
+    // bit-identical to the last call's at the same columns keeps its codes and value unsearched.
+    float *    memo_x;      // (rows, E8_MEMO_COLS) input of the last call of <= E8_MEMO_COLS columns
+    float *    memo_y;      // (rows, E8_MEMO_COLS) its output
+    int64_t    memo_col0;   // its first column, or -1: no memo
+    int64_t    memo_c;      // its width
 };
+
+#define E8_MEMO_COLS 16
 
 #define OFF(x) offsetof(struct e8_priv, x)
 
@@ -75,8 +86,13 @@ static int e8_init(struct caldera_inst * inst) {
         return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the key index");
     }
     e8p_key_index_build(p->tab, p->key2idx);
+    if (!(p->dtab = caldera_malloc(E8P_NABS * E8P_DIM * sizeof(float)))) {
+        return caldera_error(inst, CALDERA_ERR_NOMEM, "init: cannot allocate the decode table");
+    }
+    e8p_decode_table_build(p->tab, p->dtab);
     // 8 blocks per call with AVX2 where the CPU has it: the same codes as the scalar search
-    p->encode8 = e8p_have_avx2() ? e8p_encode8_avx2 : e8p_encode8_scalar;
+    p->avx2 = e8p_have_avx2();
+    p->encode8 = p->avx2 ? e8p_encode8_avx2 : e8p_encode8_scalar;
     // The fused kernels' tables (caldera-kernels.h): everything in the stored nibble order, where
     // nibble j holds output coordinate perm[j], perm = [0,2,4,6,1,3,5,7].
     p->kgrid = caldera_malloc(2 * E8P_NABS * E8P_DIM * sizeof(float));
@@ -98,6 +114,7 @@ static void e8_uninit(struct caldera_inst * inst) {
     caldera_freep(&p->tab);
     caldera_freep(&p->kgrid);
     caldera_freep(&p->key2idx);
+    caldera_freep(&p->dtab);
     p->krvq1 = NULL;
 }
 
@@ -142,6 +159,8 @@ static void e8_cb_free(struct caldera_inst * inst, struct caldera_cb_state * st)
     caldera_free(st->scale);
     caldera_free(st->codes);
     caldera_free(st->codes2);
+    caldera_free(st->memo_x);
+    caldera_free(st->memo_y);
     caldera_free(st);
 }
 
@@ -183,6 +202,7 @@ static int e8_cb_begin(struct caldera_inst * inst, const struct caldera_tensor *
     }
     st->rows   = m;
     st->cols   = n;
+    st->memo_col0 = -1;
     st->nscale = p->scale_mode == E8_SCALE_ROW ? m : 1;
     if (!(st->scale = caldera_malloc((size_t) st->nscale * sizeof(float))) ||
         !(st->codes = caldera_calloc((size_t) (m * nb), sizeof(uint16_t)))) {
@@ -230,6 +250,8 @@ struct e8_round_job {
     int64_t                         b0, nb;   // first block (of the whole row) and block count
     const struct caldera_tensor *   x;        // (rows, nb * 8)
     struct caldera_tensor *         x_hat;    // (rows, nb * 8)
+    int                             memo;     // record this call in st->memo_x / memo_y (a narrow call)
+    int                             reuse;    // the memo holds the last call at these columns
 };
 
 // Rows [i0, i1): every block rounded as e8p_round_scaled does, 8 blocks per encode8 call (the blocks
@@ -245,6 +267,49 @@ static void e8_round_rows(void * arg, int64_t i0, int64_t i1) {
     float    sc[8];
     int64_t  at[8][2];
     uint16_t k1[8], k2[8];
+    if (job->p->avx2 && job->bits != 3) {
+        // 2 and 4 bits with AVX2: scaling, both searches, decode and Ŵ in one call per 8 blocks
+        const float * xp[8];
+        float *       yp[8];
+        for (int64_t q0 = 0; q0 < total;) {
+            int64_t q1 = q0;   // blocks looked at: up to 8 to round, the memo's repeats skipped
+            int n = 0;
+            for (; q1 < total && n < 8; q1++) {
+                const int64_t i = i0 + q1 / job->nb, b = q1 % job->nb;
+                const float * xb = (const float *) job->x->data + i * job->x->ld + b * E8P_DIM;
+                float * yb = (float *) job->x_hat->data + i * job->x_hat->ld + b * E8P_DIM;
+                float * mx = job->memo ? st->memo_x + i * E8_MEMO_COLS + b * E8P_DIM : NULL;
+                if (job->reuse && memcmp(xb, mx, E8P_DIM * sizeof(float)) == 0) {
+                    memmove(yb, st->memo_y + i * E8_MEMO_COLS + b * E8P_DIM, E8P_DIM * sizeof(float));
+                    continue;   // the codes at (i, b) are still that call's
+                }
+                if (mx) {
+                    memcpy(mx, xb, E8P_DIM * sizeof(float));   // before yb is written (x_hat may be x)
+                }
+                sc[n] = st->scale[st->nscale == 1 ? 0 : i];
+                xp[n] = mx ? mx : xb;
+                yp[n] = yb;
+                at[n][0] = i;
+                at[n][1] = b;
+                n++;
+            }
+            q0 = q1;
+            if (n == 0) {
+                continue;
+            }
+            e8p_round8_avx2(t, job->p->key2idx, job->p->dtab, job->bits, xp, sc, n, yp, k1, k2);
+            for (int l = 0; l < n; l++) {
+                if (job->memo) {
+                    memcpy(st->memo_y + at[l][0] * E8_MEMO_COLS + at[l][1] * E8P_DIM, yp[l], E8P_DIM * sizeof(float));
+                }
+                st->codes[at[l][0] * nbt + job->b0 + at[l][1]] = k1[l];
+                if (st->codes2) {
+                    st->codes2[at[l][0] * nbt + job->b0 + at[l][1]] = k2[l];
+                }
+            }
+        }
+        return;
+    }
     for (int64_t q0 = 0; q0 < total; q0 += 8) {
         const int n = (int) (total - q0 < 8 ? total - q0 : 8);
         for (int l = 0; l < n; l++) {
@@ -323,14 +388,25 @@ static int e8_cb_round(struct caldera_inst * inst, struct caldera_cb_state * st,
     if (!on_dev && caldera_ctx_device(ctx) == CALDERA_DEVICE_CPU) {
         // on the CPU: 8 blocks per search call (AVX2 where the CPU has it), the same codes and
         // values as the core's caldera_round_e8p (one block at a time)
+        const int narrow = p->avx2 && p->bits != 3 && c <= E8_MEMO_COLS;
+        if (narrow && !st->memo_x) {
+            const size_t bytes = (size_t) st->rows * E8_MEMO_COLS * sizeof(float);
+            if (!(st->memo_x = caldera_malloc(bytes)) || !(st->memo_y = caldera_malloc(bytes))) {
+                caldera_freep(&st->memo_x);
+                return caldera_error(inst, CALDERA_ERR_NOMEM, "cb_round: out of memory for %" PRId64 " rows", st->rows);
+            }
+        }
         struct e8_round_job job = {
             .p = p, .bits = (int) p->bits, .st = st, .b0 = col0 / E8P_DIM, .nb = c / E8P_DIM,
-            .x = x, .x_hat = x_hat,
+            .x = x, .x_hat = x_hat, .memo = narrow, .reuse = narrow && st->memo_col0 == col0 && st->memo_c == c,
         };
         int64_t grain = job.nb > 0 ? 1 + 512 / job.nb : st->rows;
         caldera_parallel_for(ctx, st->rows, grain, e8_round_rows, &job);
+        st->memo_col0 = narrow ? col0 : -1;
+        st->memo_c = c;
         return 0;
     }
+    st->memo_col0 = -1;   // codes written below are not the memo's
     // codes of blocks [col0/8, (col0 + c)/8) of every row: views into the (rows, cols/8) stores
     const int64_t nbt = st->cols / E8P_DIM, b0 = col0 / E8P_DIM;
     struct caldera_tensor c1 = { .data = st->codes + b0, .dtype = CALDERA_DTYPE_U16, .device = CALDERA_DEVICE_CPU,

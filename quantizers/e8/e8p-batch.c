@@ -16,6 +16,14 @@ void e8p_key_index_build(const struct e8p_tables * t, uint8_t * key2idx) {
     }
 }
 
+void e8p_decode_table_build(const struct e8p_tables * t, float * dtab) {
+    for (int a = 0; a < E8P_NABS; a++) {
+        for (int i = 0; i < E8P_DIM; i++) {
+            dtab[a * E8P_DIM + i] = (float) ((int) ((t->packed[a] >> (4 * E8P_SH(i))) & 0xFu) - 8) * 0.5f;
+        }
+    }
+}
+
 void e8p_encode8_scalar(const struct e8p_tables * t, const uint8_t * key2idx, const float x[8][E8P_DIM], int n,
                         uint16_t codes[8]) {
     (void) key2idx;
@@ -113,33 +121,61 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
                                     _mm256_set1_ps(12.0f)));
         __m256 lim = _mm256_add_ps(best_cost, _mm256_mul_ps(_mm256_set1_ps(1e-5f), _mm256_add_ps(_mm256_set1_ps(1.0f), yy)));
         const __m256 need = _mm256_cmp_ps(lb12, lim, _CMP_NGT_UQ);
-        if (!_mm256_movemask_ps(need)) {
+        const int needm = _mm256_movemask_ps(need) & ((1 << n) - 1);
+        if (!needm) {
             continue;
         }
-        // the 29 norm-12 patterns in those lanes, scored and compared in order as e8p_encode does
-        for (int j = E8P_NABS_D8; j < E8P_NABS; j++) {
-            __m256 m[E8P_DIM];
-            for (int i = 0; i < E8P_DIM; i++) {
-                m[i] = _mm256_mul_ps(ay[i], _mm256_set1_ps(t->absv[i][j]));
-            }
-            __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(m[0], m[1]), _mm256_add_ps(m[2], m[3])),
-                                     _mm256_add_ps(_mm256_add_ps(m[4], m[5]), _mm256_add_ps(m[6], m[7])));
-            __m256 a = _mm256_min_ps(m[0], m[1]), b = _mm256_min_ps(m[2], m[3]);
-            __m256 c = _mm256_min_ps(m[4], m[5]), e = _mm256_min_ps(m[6], m[7]);
-            a = _mm256_min_ps(a, b);
-            c = _mm256_min_ps(c, e);
-            __m256 mn = _mm256_min_ps(a, c);
-            __m256 pen = _mm256_blendv_ps(_mm256_set1_ps(t->pen_even[j]), _mm256_set1_ps(t->pen_odd[j]), ypar);
-            __m256 sc = _mm256_sub_ps(yy, _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), d),
-                                                                      _mm256_set1_ps(t->norm2[j])),
-                                                        _mm256_mul_ps(pen, mn)));
-            __m256 better = _mm256_and_ps(need, _mm256_cmp_ps(sc, best_cost, _CMP_LT_OQ));
-            best_cost = _mm256_blendv_ps(best_cost, sc, better);
-            __m256i bi = _mm256_castps_si256(better);
-            best_p    = _mm256_blendv_epi8(best_p, _mm256_set1_epi32(p), bi);
-            best_type = _mm256_blendv_epi8(best_type, _mm256_set1_epi32(-1), bi);
-            best_j12  = _mm256_blendv_epi8(best_j12, _mm256_set1_epi32(j), bi);
+        // The 29 norm-12 patterns, for each lane whose bound does not rule them out (1.6 lanes of 8
+        // on average where any does): the lane's scores 8 patterns per vector, each with the
+        // per-pattern arithmetic of e8p_encode, then compared in pattern order as it does.
+        float ayl[E8P_DIM][8], yyl[8], bc[8];
+        int32_t bpl[8], btl[8], bjl[8], ypl[8];
+        for (int i = 0; i < E8P_DIM; i++) {
+            _mm256_storeu_ps(ayl[i], ay[i]);
         }
+        _mm256_storeu_ps(yyl, yy);
+        _mm256_storeu_ps(bc, best_cost);
+        _mm256_storeu_si256((__m256i *) bpl, best_p);
+        _mm256_storeu_si256((__m256i *) btl, best_type);
+        _mm256_storeu_si256((__m256i *) bjl, best_j12);
+        _mm256_storeu_si256((__m256i *) ypl, _mm256_castps_si256(ypar));
+        for (int l = 0; l < n; l++) {
+            if (!((needm >> l) & 1)) {
+                continue;
+            }
+            const float * pen = ypl[l] ? t->pen_odd : t->pen_even;
+            const __m256 yyv = _mm256_set1_ps(yyl[l]);
+            float sc[32];   // patterns 224..255; 227..255 are the norm-12 ones
+            for (int j0 = E8P_NABS - 32; j0 < E8P_NABS; j0 += 8) {
+                __m256 m[E8P_DIM];
+                for (int i = 0; i < E8P_DIM; i++) {
+                    m[i] = _mm256_mul_ps(_mm256_set1_ps(ayl[i][l]), _mm256_loadu_ps(&t->absv[i][j0]));
+                }
+                __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(m[0], m[1]), _mm256_add_ps(m[2], m[3])),
+                                         _mm256_add_ps(_mm256_add_ps(m[4], m[5]), _mm256_add_ps(m[6], m[7])));
+                __m256 a = _mm256_min_ps(m[0], m[1]), b = _mm256_min_ps(m[2], m[3]);
+                __m256 c = _mm256_min_ps(m[4], m[5]), e = _mm256_min_ps(m[6], m[7]);
+                a = _mm256_min_ps(a, b);
+                c = _mm256_min_ps(c, e);
+                __m256 mn = _mm256_min_ps(a, c);
+                __m256 v = _mm256_sub_ps(yyv, _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), d),
+                                                                          _mm256_loadu_ps(&t->norm2[j0])),
+                                                            _mm256_mul_ps(_mm256_loadu_ps(&pen[j0]), mn)));
+                _mm256_storeu_ps(sc + (j0 - (E8P_NABS - 32)), v);
+            }
+            for (int j = E8P_NABS_D8; j < E8P_NABS; j++) {
+                if (sc[j - (E8P_NABS - 32)] < bc[l]) {
+                    bc[l]  = sc[j - (E8P_NABS - 32)];
+                    bpl[l] = p;
+                    btl[l] = -1;
+                    bjl[l] = j;
+                }
+            }
+        }
+        best_cost = _mm256_loadu_ps(bc);
+        best_p    = _mm256_loadu_si256((const __m256i *) bpl);
+        best_type = _mm256_loadu_si256((const __m256i *) btl);
+        best_j12  = _mm256_loadu_si256((const __m256i *) bjl);
     }
     // The sorted match of the best type as a pattern: digit of coordinate i from the rank of |y_i|
     // (ties: lower coordinate first), then the code as in e8p_code_of.
@@ -209,7 +245,60 @@ T_AVX2 void e8p_encode8_avx2(const struct e8p_tables * t, const uint8_t * key2id
     }
 }
 
+// e8p_decode of one code as a vector: the stored values, negated where the (parity-fixed) sign
+// bit is set (a sign flip, as -v), plus the shift: the same floats as the scalar decode.
+T_AVX2 static inline __m256 e8p_decode_avx2(const float * dtab, uint32_t code) {
+    const __m256i bit = _mm256_setr_epi32(1 << E8P_SH(0), 1 << E8P_SH(1), 1 << E8P_SH(2), 1 << E8P_SH(3),
+                                          1 << E8P_SH(4), 1 << E8P_SH(5), 1 << E8P_SH(6), 1 << E8P_SH(7));
+    uint32_t       signs = code & 0xFFu;
+    const uint32_t p = (uint32_t) __builtin_parity(signs);
+    signs ^= p;
+    __m256  v = _mm256_loadu_ps(dtab + (size_t) (code >> 8) * E8P_DIM);
+    __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int) signs), bit), bit);
+    v = _mm256_xor_ps(v, _mm256_and_ps(_mm256_castsi256_ps(m), _mm256_set1_ps(-0.0f)));
+    return _mm256_add_ps(v, _mm256_set1_ps(p ? -0.25f : 0.25f));
+}
+
+T_AVX2 void e8p_round8_avx2(const struct e8p_tables * t, const uint8_t * key2idx, const float * dtab, int bits,
+                            const float * const x[8], const float s[8], int n, float * const y[8], uint16_t c1[8],
+                            uint16_t c2[8]) {
+    float xs[8][E8P_DIM], r[8][E8P_DIM];
+    __m256 v1[8];
+    for (int l = 0; l < n; l++) {   // x / s as x * (1/s)
+        const float inv = s[l] > 0.0f ? 1.0f / s[l] : 0.0f;
+        _mm256_storeu_ps(xs[l], _mm256_mul_ps(_mm256_loadu_ps(x[l]), _mm256_set1_ps(inv)));
+    }
+    e8p_encode8_avx2(t, key2idx, (const float (*)[E8P_DIM]) xs, n, c1);
+    for (int l = 0; l < n; l++) {
+        v1[l] = e8p_decode_avx2(dtab, c1[l]);
+        c2[l] = 0;
+    }
+    if (bits == 4) {   // residual (x − v1) · rho, its code, value v1 + v2 / rho
+        const __m256 rho = _mm256_set1_ps(E8P_RESID_SCALE_4BIT);
+        for (int l = 0; l < n; l++) {
+            _mm256_storeu_ps(r[l], _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xs[l]), v1[l]), rho));
+        }
+        e8p_encode8_avx2(t, key2idx, (const float (*)[E8P_DIM]) r, n, c2);
+        for (int l = 0; l < n; l++) {
+            v1[l] = _mm256_add_ps(v1[l], _mm256_div_ps(e8p_decode_avx2(dtab, c2[l]), rho));
+        }
+    }
+    for (int l = 0; l < n; l++) {
+        _mm256_storeu_ps(y[l], _mm256_mul_ps(_mm256_set1_ps(s[l]), v1[l]));
+    }
+}
+
 #else
+
+void e8p_round8_avx2(const struct e8p_tables * t, const uint8_t * key2idx, const float * dtab, int bits,
+                     const float * const x[8], const float s[8], int n, float * const y[8], uint16_t c1[8],
+                     uint16_t c2[8]) {
+    (void) key2idx;
+    (void) dtab;
+    for (int l = 0; l < n; l++) {
+        e8p_round_scaled(t, bits, s[l], x[l], y[l], &c1[l], &c2[l]);
+    }
+}
 
 int e8p_have_avx2(void) {
     return 0;

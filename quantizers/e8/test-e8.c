@@ -281,6 +281,52 @@ START_TEST(test_encode8_same_codes) {
 }
 END_TEST
 
+START_TEST(test_round8_same_as_scalar) {
+    // e8p_round8_avx2 (the e8 plugin's rounding of 8 blocks at once: scaling, both searches, the
+    // vector decode and Ŵ) against e8p_round_scaled block by block: bit-identical codes and values
+    // for 2 and 4 bits, zero scales (a zero row) and partly filled batches included.
+    if (!e8p_have_avx2()) {
+        fprintf(stderr, "test_round8_same_as_scalar: no AVX2 on this CPU; skipped\n");
+        return;
+    }
+    const struct e8p_tables * t = tables();
+    static uint8_t key2idx[E8P_NKEYS];
+    static float   dtab[E8P_NABS * E8P_DIM];
+    e8p_key_index_build(t, key2idx);
+    e8p_decode_table_build(t, dtab);
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 77);
+    int64_t checked = 0;
+    for (int r = 0; r < 20000; r++) {
+        const int bits = r % 2 ? 4 : 2, n = 1 + r % 8;
+        float x[8][8], y[8][8], ys[8][8], s[8];
+        const float * xp[8];
+        float * yp[8];
+        for (int l = 0; l < 8; l++) {
+            s[l] = (r + l) % 23 == 0 ? 0.0f : (float) (0.01 + 0.5 * caldera_rng_uniform(&rng));
+            const double sd = 0.02 * (1 + (r + 3 * l) % 40);
+            for (int i = 0; i < 8; i++) {
+                x[l][i] = (r + l) % 7 == 0 ? (float) (0.25 * (int) (8.0 * caldera_rng_uniform(&rng)) - 1.0) * s[l]
+                                           : (float) (sd * caldera_rng_normal(&rng));
+            }
+            xp[l] = x[l];
+            yp[l] = y[l];
+        }
+        uint16_t c1[8], c2[8];
+        e8p_round8_avx2(t, key2idx, dtab, bits, xp, s, n, yp, c1, c2);
+        for (int l = 0; l < n; l++) {
+            uint16_t d1, d2;
+            e8p_round_scaled(t, bits, s[l], x[l], ys[l], &d1, &d2);
+            ck_assert_msg(c1[l] == d1 && c2[l] == d2, "batch %d lane %d (%d bits): codes %u/%u, scalar %u/%u", r, l,
+                          bits, c1[l], c2[l], d1, d2);
+            ck_assert_msg(memcmp(y[l], ys[l], sizeof(ys[l])) == 0, "batch %d lane %d: values differ", r, l);
+            checked++;
+        }
+    }
+    ck_assert_int_gt(checked, 80000);
+}
+END_TEST
+
 // The "E8 1-bit" set built from its definition here: E8 points with norm^2 <= 2 (integer
 // vectors with even sum from {-1,0,1}^8, and (+-1/2)^8 with even sum) plus +-2e_i but -2e_7.
 static int rvq1_reference(double (*set)[8]) {
@@ -595,6 +641,65 @@ START_TEST(test_ld_views) {
 }
 END_TEST
 
+START_TEST(test_codebook_memo) {
+    // cb_round keeps the last narrow call's input and output and skips the search for blocks whose
+    // input repeats bit for bit at the same columns: a block column rounded with other input,
+    // then half-repeated input, then W's own (in place: x_hat = x), then the rest gives quantize's
+    // pack and values exactly.
+    struct caldera_ctx * ctx = tu_ctx();
+    const int64_t m = 20, n = 48;
+    for (int b = 2; b <= 4; b += 2) {
+        char bits[2] = { (char) ('0' + b), 0 };
+        struct caldera_tensor w = tu_randn(ctx, m, n, 23), wh, xh, junk = tu_randn(ctx, m, 8, 5), mix, mixh, own;
+        struct caldera_pack * p1, * p2;
+        run_quant(ctx, bits, &w, &wh, &p1);
+        struct caldera_inst * q = mk(ctx, bits, NULL, NULL);
+        const struct caldera_quantizer_ops * ops = NULL;
+        ck_assert_int_eq(caldera_quantizer_codebook(q, &ops), 0);
+        struct caldera_cb_state * st = NULL;
+        ck_assert_int_eq(ops->cb_begin(q, &w, &st), 0);
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, n, &xh), 0);
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, 8, &mix), 0);
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, 8, &mixh), 0);
+        ck_assert_int_eq(caldera_tensor_alloc_f32(ctx, m, 8, &own), 0);
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t k = 0; k < 8; k++) {
+                const float wv = ((float *) w.data)[r * n + 16 + k];
+                ((float *) mix.data)[r * 8 + k] = r % 2 ? wv : ((float *) junk.data)[r * 8 + k];
+                ((float *) own.data)[r * 8 + k] = wv;
+            }
+        }
+        ck_assert_int_eq(ops->cb_round(q, st, 16, &junk, &mixh), 0);
+        ck_assert_int_eq(ops->cb_round(q, st, 16, &mix, &mixh), 0);    // even rows repeat junk's
+        ck_assert_int_eq(ops->cb_round(q, st, 16, &own, &own), 0);     // odd rows repeat, in place
+        for (int64_t r = 0; r < m; r++) {
+            ck_assert(memcmp((float *) own.data + r * 8, (float *) wh.data + r * n + 16, 8 * sizeof(float)) == 0);
+        }
+        struct caldera_tensor x1 = w, y1 = xh, x3 = w, y3 = xh;
+        x1.ne[1] = y1.ne[1] = 16;
+        x3.data = (float *) w.data + 24;
+        y3.data = (float *) xh.data + 24;
+        x3.ne[1] = y3.ne[1] = 24;
+        ck_assert_int_eq(ops->cb_round(q, st, 0, &x1, &y1), 0);
+        ck_assert_int_eq(ops->cb_round(q, st, 24, &x3, &y3), 0);
+        ck_assert_int_eq(caldera_pack_init(&p2), 0);
+        ck_assert_int_eq(ops->cb_end(q, st, p2), 0);
+        assert_packs_equal(p1, p2);
+        for (int64_t r = 0; r < m; r++) {
+            ck_assert(memcmp((float *) xh.data + r * n, (float *) wh.data + r * n, 16 * sizeof(float)) == 0);
+            ck_assert(memcmp((float *) xh.data + r * n + 24, (float *) wh.data + r * n + 24, 24 * sizeof(float)) == 0);
+        }
+        ops->cb_free(q, st);
+        caldera_inst_free(q);
+        caldera_pack_free(p1);
+        caldera_pack_free(p2);
+        caldera_tensor_free(&w); caldera_tensor_free(&wh); caldera_tensor_free(&xh); caldera_tensor_free(&junk);
+        caldera_tensor_free(&mix); caldera_tensor_free(&mixh); caldera_tensor_free(&own);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_codebook_level) {
     // cb_begin + cb_round in pieces (out of order, one block rounded twice) + cb_end gives the
     // pack and values of quantize; rounding a block again with other input overwrites its codes.
@@ -885,6 +990,7 @@ static Suite * e8_suite(void) {
     tcase_add_test(tc, test_encode_bruteforce);
     tcase_add_test(tc, test_encode_fast_vs_simple);
     tcase_add_test(tc, test_encode8_same_codes);
+    tcase_add_test(tc, test_round8_same_as_scalar);
     tcase_add_test(tc, test_rvq1_set_and_search);
     tcase_add_test(tc, test_residual_variants_decode);
     suite_add_tcase(s, tc);
@@ -896,6 +1002,7 @@ static Suite * e8_suite(void) {
     tcase_add_test(tc, test_shape_rejected);
     tcase_add_test(tc, test_ld_views);
     tcase_add_test(tc, test_codebook_level);
+    tcase_add_test(tc, test_codebook_memo);
     tcase_add_test(tc, test_zero_rows);
     tcase_add_test(tc, test_scale_rules);
     tcase_add_test(tc, test_errors);

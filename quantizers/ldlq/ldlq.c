@@ -140,6 +140,8 @@ static double ldlq_bits(struct caldera_inst * inst, int64_t rows, int64_t cols) 
 // Cost: Σ_j m·b·j0 = m·n·(n-b)/2 multiply-adds, i.e. ≈ m·n² FLOPs per matrix, almost all in
 // the per-buffer GEMMs. The result does not depend on buffer_cols (up to f32 summation order).
 
+#define LDLQ_TUNE_COLS 64   // widest buffer of a tune pass (ldlq_tune)
+
 struct ldlq_work {
     struct caldera_inst *                inst;
     struct caldera_inst *                cb;
@@ -336,7 +338,12 @@ fail:
 static int ldlq_tune(const struct ldlq_work * wk, const struct caldera_tensor * w, struct caldera_tensor * w_hat,
                      const float * hd, const float * hinv, int64_t iters, int guard, int64_t * iters_run) {
     // hd (n, n) damped H; hinv (n/b, b, b) inverses of its diagonal blocks (host)
-    const int64_t m = wk->m, n = wk->n, b = wk->b, bc = wk->bc;
+    // Buffers of at most LDLQ_TUNE_COLS columns: a pass costs the per-buffer GEMMs (2·m·n² FLOPs
+    // whatever the width) plus the in-buffer rank-b updates (≈ m·n·width, at rank-b GEMM speed,
+    // each rewriting a width×m block), so narrow buffers do less work; 64 keeps the GEMMs' M large
+    // enough to run at full rate.
+    const int64_t m = wk->m, n = wk->n, b = wk->b;
+    const int64_t tcols = LDLQ_TUNE_COLS - LDLQ_TUNE_COLS % b, bc = wk->bc < tcols || tcols < b ? wk->bc : tcols;
     const int     on_dev = wk->dev != CALDERA_DEVICE_CPU;
     struct caldera_tensor wt  = { 0 };  // (n, m)  Wᵀ
     struct caldera_tensor ht  = { 0 };  // (n, m)  Ŵᵀ

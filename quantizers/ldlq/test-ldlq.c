@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ldlq-step.h"
 #include "testutil.h"
 
 #define LOSS_TOL      1e-4   // relative: LDL loss identity vs tr(E Hd Eᵀ) (f32 factors, f64 sums)
@@ -618,6 +619,57 @@ START_TEST(test_strided_views) {
 }
 END_TEST
 
+START_TEST(test_tune_step_kernels) {
+    // The core's tune-step entry points on the CPU (for b = 8 an AVX2 path where the CPU has it)
+    // against the scalar work items of ldlq-step.h, bit for bit: targets, guard decisions (both
+    // ways: q or old nearer in the H_jj norm) and the rewritten rows; b = 8 and b = 4, H_jj a view
+    // with ld > b.
+    struct caldera_ctx * ctx = tu_ctx();
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 31);
+    for (int64_t b = 4; b <= 8; b += 4) {
+        const int64_t m = 67, ldh = 3 * b;
+        float * old = malloc((size_t) (m * b) * sizeof(float)), * g = malloc((size_t) (m * b) * sizeof(float));
+        float * hi = malloc((size_t) (b * b) * sizeof(float)), * hbig = malloc((size_t) (b * ldh) * sizeof(float));
+        float * xs = malloc((size_t) (m * b) * sizeof(float)), * xr = malloc((size_t) (m * b) * sizeof(float));
+        float * q = malloc((size_t) (m * b) * sizeof(float));
+        for (int64_t i = 0; i < m * b; i++) {
+            old[i] = (float) caldera_rng_normal(&rng);
+            g[i] = (float) (0.3 * caldera_rng_normal(&rng));
+        }
+        for (int64_t i = 0; i < b * b; i++) hi[i] = (float) (0.2 * caldera_rng_normal(&rng));
+        for (int64_t k = 0; k < b; k++) {   // a symmetric positive definite H_jj inside a wider matrix
+            for (int64_t l = 0; l < ldh; l++) hbig[k * ldh + l] = 0.0f;
+            for (int64_t l = 0; l <= k; l++) {
+                float v = l == k ? (float) (b + caldera_rng_uniform(&rng)) : (float) (0.5 * caldera_rng_normal(&rng));
+                hbig[k * ldh + b + l] = hbig[l * ldh + b + k] = v;
+            }
+        }
+        struct caldera_tensor to = caldera_tensor_view_f32(old, m, b), tg = caldera_tensor_view_f32(g, m, b);
+        struct caldera_tensor th = caldera_tensor_view_f32(hi, b, b), tx = caldera_tensor_view_f32(xs, m, b);
+        struct caldera_tensor tq = caldera_tensor_view_f32(q, m, b), thj = caldera_tensor_view_f32(hbig + b, b, b);
+        thj.ld = ldh;
+        ck_assert_int_eq(caldera_ldlq_tune_target(ctx, &to, &tg, &th, &tx), 0);
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t k = 0; k < b; k++) {
+                const float e = ldlq_tune_target(r, k, old, g, hi, b);
+                ck_assert_msg(memcmp(&xs[r * b + k], &e, sizeof(e)) == 0, "b %d target (%d, %d)", (int) b, (int) r, (int) k);
+                q[r * b + k] = xs[r * b + k] + (float) (0.4 * caldera_rng_normal(&rng));
+            }
+        }
+        memcpy(xr, xs, (size_t) (m * b) * sizeof(float));
+        int64_t kept = -1, kept_ref = 0;
+        ck_assert_int_eq(caldera_ldlq_tune_guard(ctx, &tq, &to, &thj, &tx, &kept), 0);
+        for (int64_t r = 0; r < m; r++) kept_ref += ldlq_tune_guard(r, q, old, xr, hbig + b, ldh, b);
+        ck_assert_int_eq(kept, kept_ref);
+        ck_assert(kept > 0 && kept < m);   // both decisions exercised
+        ck_assert(memcmp(xs, xr, (size_t) (m * b) * sizeof(float)) == 0);
+        free(old); free(g); free(hi); free(hbig); free(xs); free(xr); free(q);
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * ldlq_suite(void) {
     Suite * s = suite_create("ldlq");
     TCase * tc = tcase_create("scalar");
@@ -630,6 +682,7 @@ static Suite * ldlq_suite(void) {
     tcase_add_test(tc, test_odd_shapes_and_buffers);
     tcase_add_test(tc, test_bits_delegate);
     tcase_add_test(tc, test_strided_views);
+    tcase_add_test(tc, test_tune_step_kernels);
     suite_add_tcase(s, tc);
     TCase * te = tcase_create("errors");
     tcase_add_test(te, test_err_config);
