@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Random numbers and the parallel loop (ctx.c): fixed xoshiro256** streams, the normal
-// distribution's moments, seed_mix, and parallel_for covering [0, n) exactly once.
+// distribution's moments, seed_mix, parallel_for covering [0, n) exactly once, and parallel_for_blas
+// running gemms inside its threads.
 #include "testutil.h"
 
 #include <math.h>
@@ -114,6 +115,66 @@ START_TEST(test_parallel_for) {
 }
 END_TEST
 
+// caldera_parallel_for_blas: every item's gemm, run inside the threads with single-threaded BLAS,
+// against an f64 reference; each index once.
+#define PFB_ITEMS 24
+#define PFB_TOL   1e-5   // relative to the largest |C| of the item: f32 sums of 64..160 products
+struct pfb { struct caldera_ctx * ctx; float * a, * b, * c; int64_t m[PFB_ITEMS], k, n; atomic_int hits[PFB_ITEMS]; atomic_int bad; };
+
+static void pfb_fn(void * arg, int64_t i0, int64_t i1) {
+    struct pfb * p = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        atomic_fetch_add(&p->hits[i], 1);
+        struct caldera_tensor ta = caldera_tensor_view_f32(p->a + i * 160 * p->k, p->m[i], p->k);   // (m_i, k)
+        struct caldera_tensor tb = caldera_tensor_view_f32(p->b, p->n, p->k);                         // (n, k)
+        struct caldera_tensor tc = caldera_tensor_view_f32(p->c + i * 160 * p->n, p->m[i], p->n);    // (m_i, n)
+        if (caldera_linalg_gemm(p->ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &ta, &tb, 0.0f, &tc) != 0) atomic_fetch_add(&p->bad, 1);
+    }
+}
+
+START_TEST(test_parallel_for_blas) {
+    struct caldera_ctx * ctx = tu_ctx();
+    struct pfb * p = calloc(1, sizeof(*p));
+    ck_assert_ptr_nonnull(p);
+    p->ctx = ctx;
+    p->k = 72;
+    p->n = 200;
+    p->a = malloc((size_t) (PFB_ITEMS * 160 * p->k) * sizeof(float));
+    p->b = malloc((size_t) (p->n * p->k) * sizeof(float));
+    p->c = malloc((size_t) (PFB_ITEMS * 160 * p->n) * sizeof(float));
+    ck_assert(p->a && p->b && p->c);
+    struct caldera_rng rng;
+    caldera_rng_seed(&rng, 11);
+    for (int64_t i = 0; i < PFB_ITEMS * 160 * p->k; i++) p->a[i] = (float) caldera_rng_normal(&rng);
+    for (int64_t i = 0; i < p->n * p->k; i++) p->b[i] = (float) caldera_rng_normal(&rng);
+    for (int i = 0; i < PFB_ITEMS; i++) p->m[i] = 64 + 4 * i;   // 64 .. 156 rows
+    for (int t = 1; t <= 3; t++) {
+        caldera_ctx_set_threads(ctx, t);
+        for (int i = 0; i < PFB_ITEMS; i++) atomic_init(&p->hits[i], 0);
+        atomic_init(&p->bad, 0);
+        memset(p->c, 0, (size_t) (PFB_ITEMS * 160 * p->n) * sizeof(float));
+        caldera_parallel_for_blas(ctx, PFB_ITEMS, 1, pfb_fn, p);
+        ck_assert_int_eq(atomic_load(&p->bad), 0);
+        for (int i = 0; i < PFB_ITEMS; i++) {
+            ck_assert_int_eq(atomic_load(&p->hits[i]), 1);
+            double emax = 0, cmax = 0;
+            for (int64_t r = 0; r < p->m[i]; r++) {
+                for (int64_t j = 0; j < p->n; j++) {
+                    double ref = 0;
+                    for (int64_t q = 0; q < p->k; q++) ref += (double) p->a[(i * 160 + r) * p->k + q] * p->b[j * p->k + q];
+                    double e = fabs(p->c[(i * 160 + r) * p->n + j] - ref);
+                    emax = e > emax ? e : emax;
+                    cmax = fabs(ref) > cmax ? fabs(ref) : cmax;
+                }
+            }
+            ck_assert_msg(emax <= PFB_TOL * cmax, "threads %d, item %d: error %g of max |C| %g", t, i, emax, cmax);
+        }
+    }
+    free(p->a), free(p->b), free(p->c), free(p);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * rng_suite(void) {
     Suite * s = suite_create("rng");
     TCase * tc = tcase_create("rng");
@@ -121,6 +182,7 @@ static Suite * rng_suite(void) {
     tcase_add_test(tc, test_rng_distributions);
     tcase_add_test(tc, test_seed_mix);
     tcase_add_test(tc, test_parallel_for);
+    tcase_add_test(tc, test_parallel_for_blas);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -3,6 +3,7 @@
 // CALIB_BLOCK_TOKENS tokens (BLAS-3) added into an f64 sum (error bound in calibrate.h); and the
 // content hash that keys the Hessian cache.
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,25 @@ void calib_acc_free(struct calib_acc * acc) {
     memset(acc, 0, sizeof(*acc));
 }
 
+// hr += sr over the lower triangle, rows [i0, i1) (packed f64 rows hr, row-major f32 sr)
+struct acc_rows_args { double * h; const float * s; int64_t n; };
+static void acc_rows(void * arg, int64_t i0, int64_t i1) {
+    const struct acc_rows_args * a = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        double *      hr = a->h + i * (i + 1) / 2;
+        const float * sr = a->s + i * a->n;
+        for (int64_t j = 0; j <= i; j++) hr[j] += sr[j];
+    }
+}
+
+// The rows of a triangle of n rows split into the pieces [cut[k], cut[k+1]) of equal area.
+#define ACC_PIECES 8
+struct acc_tri_args { struct acc_rows_args r; int64_t cut[ACC_PIECES + 1]; };
+static void acc_pieces(void * arg, int64_t k0, int64_t k1) {
+    const struct acc_tri_args * a = arg;
+    for (int64_t k = k0; k < k1; k++) acc_rows((void *) &a->r, a->cut[k], a->cut[k + 1]);
+}
+
 int calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct caldera_tensor * x, float * scratch) {
     int64_t n = acc->n;
     if (x->ndim != 2 || x->dtype != CALDERA_DTYPE_F32 || x->ne[1] != n) {
@@ -34,13 +54,13 @@ int calib_acc_add(struct caldera_ctx * ctx, struct calib_acc * acc, const struct
         struct caldera_tensor xb = *x;   // rows [t0, t0 + b): (b × n), ld kept
         xb.data = (float *) x->data + t0 * x->ld;
         xb.ne[0] = b;
-        int rc = caldera_linalg_syrk(ctx, CALDERA_TRANS, 1.0f, &xb, 0.0f, &s);   // s = xbᵀ xb: 2·b·n(n+1)/2 flops
+        // s = xbᵀ xb, its lower triangle: 2·b·n(n+1)/2 flops
+        int rc = caldera_linalg_syrk_lower(ctx, CALDERA_TRANS, 1.0f, &xb, 0.0f, &s);
         if (rc < 0) return rc;
-        for (int64_t i = 0; i < n; i++) {
-            double * hr = acc->h + i * (i + 1) / 2;
-            const float * sr = scratch + i * n;
-            for (int64_t j = 0; j <= i; j++) hr[j] += sr[j];
-        }
+        // h += s on the threads, in pieces of equal area (each element's sum keeps its order)
+        struct acc_tri_args ta = { .r = { acc->h, scratch, n } };
+        for (int k = 0; k <= ACC_PIECES; k++) ta.cut[k] = (int64_t) ((double) n * sqrt((double) k / ACC_PIECES) + 0.5);
+        caldera_parallel_for(ctx, ACC_PIECES, 1, acc_pieces, &ta);
         acc->tokens += b;
     }
     return 0;

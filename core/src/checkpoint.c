@@ -223,11 +223,8 @@ int caldera_ckpt_load(struct caldera_ckpt * c, int64_t index, const char * name,
             take(&r, ne, 8 * (size_t) nd) || take(&r, &bytes, 8) || bytes > r.n - r.at) {
             goto bad;
         }
-        int64_t cnt = 1;
-        for (uint32_t d = 0; d < nd; d++) {
-            if (ne[d] < 0 || (ne[d] > 0 && cnt > INT64_MAX / ne[d])) goto bad;
-            cnt *= ne[d];
-        }
+        int64_t cnt;
+        if (caldera_shape_nelements((int32_t) nd, ne, &cnt, NULL) < 0) goto bad;
         size_t need;
         if (caldera_dtype_nbytes((enum caldera_dtype) dt, cnt, &need) < 0 || need != bytes) goto bad;
         void * data;

@@ -331,6 +331,22 @@ void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
     }
 }
 
+void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
+                               void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg) {
+    int threads = ctx ? ctx->threads : 1;
+    if (ctx && ctx->device != CALDERA_DEVICE_CPU) {   // linalg may route to the device: its handles are per context
+        fn(arg, 0, n);
+        return;
+    }
+    if (threads <= 1 || in_pool_job || n / (grain < 1 ? 1 : grain) <= 1) {   // serial: BLAS keeps its threads
+        caldera_parallel_for(ctx, n, grain, fn, arg);
+        return;
+    }
+    caldera_blas_set_threads(1);
+    caldera_parallel_for(ctx, n, grain, fn, arg);
+    caldera_blas_set_threads(threads);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random numbers: xoshiro256** (Blackman & Vigna), seeded with splitmix64.
 

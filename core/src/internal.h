@@ -95,6 +95,10 @@ void caldera_log_prefixed(struct caldera_ctx * ctx, enum caldera_log_level level
 
 // linalg
 void caldera_blas_set_threads(int n);
+// caldera_linalg_syrk that leaves C's strict upper triangle as it was (no mirror; the CUDA path
+// mirrors anyway): for callers that read only the lower one.
+int  caldera_linalg_syrk_lower(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha, const struct caldera_tensor * a,
+                               float beta, struct caldera_tensor * c);
 
 // Atomic file output: write to "<path>.tmp.<pid>" and rename on commit.
 struct caldera_atomic_file {

@@ -92,8 +92,8 @@ static void mirror_lower(struct caldera_tensor * c) {
     }
 }
 
-int caldera_linalg_syrk(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha, const struct caldera_tensor * a,
-                        float beta, struct caldera_tensor * c) {
+static int syrk(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha, const struct caldera_tensor * a, float beta,
+                struct caldera_tensor * c, int mirror) {
     int rc;
     if ((rc = check_mat(ctx, "syrk", "A", a)) || (rc = check_square(ctx, "syrk", "C", c))) return rc;
     int64_t n = trans ? a->ne[1] : a->ne[0], k = trans ? a->ne[0] : a->ne[1];
@@ -111,8 +111,18 @@ int caldera_linalg_syrk(struct caldera_ctx * ctx, enum caldera_trans trans, floa
     }
     cblas_ssyrk(CblasRowMajor, CblasLower, trans ? CblasTrans : CblasNoTrans, (blasint) n, (blasint) k, alpha, a->data,
                 (blasint) LDA(a), beta, c->data, (blasint) LDA(c));
-    mirror_lower(c);
+    if (mirror) mirror_lower(c);
     return 0;
+}
+
+int caldera_linalg_syrk(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha, const struct caldera_tensor * a,
+                        float beta, struct caldera_tensor * c) {
+    return syrk(ctx, trans, alpha, a, beta, c, 1);
+}
+
+int caldera_linalg_syrk_lower(struct caldera_ctx * ctx, enum caldera_trans trans, float alpha, const struct caldera_tensor * a,
+                              float beta, struct caldera_tensor * c) {
+    return syrk(ctx, trans, alpha, a, beta, c, 0);
 }
 
 int caldera_linalg_cholesky(struct caldera_ctx * ctx, struct caldera_tensor * a) {

@@ -519,7 +519,10 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     // one worker under device = cuda: the device's handles and staging buffers are per context
     int workers = run->seq || caldera_ctx_device(ctx) != CALDERA_DEVICE_CPU ? 1 : caldera_ctx_threads(ctx);
     if (workers > cj.nsel) workers = cj.nsel > 0 ? (int) cj.nsel : 1;
-    cj.window = 2 * (int64_t) workers;
+    // 4 per worker: a layer's three long MLP weights beside its four short attention ones need a
+    // worker to run 6 past the oldest uncommitted weight, or it waits (2 per worker left one core
+    // idle ~1 s per layer); each started slot holds W, H and Ŵ of one weight (≤ 17 MB for SmolLM2)
+    cj.window = 4 * (int64_t) workers;
     run->t_start = cj.t_start = pl_now();
     pthread_mutex_init(&cj.mu, NULL);
     pthread_cond_init(&cj.cv, NULL);

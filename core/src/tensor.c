@@ -19,6 +19,20 @@ struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_
     return t;
 }
 
+int caldera_shape_nelements(int32_t ndim, const int64_t * ne, int64_t * n, int32_t * bad_dim) {
+    int64_t nz = 1;   // product of the non-zero dimensions
+    int     zero = 0;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (ne[i] < 0 || (ne[i] > 0 && __builtin_mul_overflow(nz, ne[i], &nz))) {
+            if (bad_dim) *bad_dim = i;
+            return -1;
+        }
+        zero |= ne[i] == 0;
+    }
+    *n = zero ? 0 : nz;
+    return 0;
+}
+
 int64_t caldera_tensor_nelements(const struct caldera_tensor * t) {
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->ne[i];
@@ -36,12 +50,11 @@ int caldera_tensor_alloc_device(struct caldera_ctx * ctx, enum caldera_device de
     if (ndim < 1 || ndim > CALDERA_MAX_DIMS) {
         return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "tensor rank %d; allowed: 1..%d", ndim, CALDERA_MAX_DIMS);
     }
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (ne[i] < 0 || (ne[i] > 0 && n > INT64_MAX / ne[i])) {
-            return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "tensor dimension %d = %lld invalid or too large", i, (long long) ne[i]);
-        }
-        n *= ne[i];
+    int64_t n;
+    int32_t bad;
+    if (caldera_shape_nelements(ndim, ne, &n, &bad) < 0) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_RANGE, "tensor dimension %d = %lld invalid or too large", (int) bad,
+                                 (long long) ne[bad]);
     }
     size_t bytes;
     int rc = caldera_dtype_nbytes(dtype, n, &bytes);

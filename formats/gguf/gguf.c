@@ -554,15 +554,18 @@ static int read_tensor_infos(struct gguf_priv * p, struct rd * r, struct caldera
                                p->path, t->name, nd, CALDERA_MAX_DIMS);
             goto fail;
         }
-        int64_t nel = 1;
+        int64_t nel = 1, sne[CALDERA_MAX_DIMS];
+        int32_t bad = 0;
         for (uint32_t d = 0; d < nd; d++) {
             if ((rc = rd_u64(r, &dims[d], what)) < 0) goto fail;
-            if (dims[d] > (uint64_t) INT64_MAX || (dims[d] > 0 && nel > INT64_MAX / (int64_t) dims[d])) {
-                rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': dimension %" PRIu32 " = %" PRIu64
-                                   " makes the element count overflow 64 bits", p->path, t->name, d, dims[d]);
-                goto fail;
-            }
-            nel *= (int64_t) dims[d];
+            sne[d] = dims[d] > (uint64_t) INT64_MAX ? -1 : (int64_t) dims[d];
+        }
+        // the product of the non-zero dimensions must fit, even when another one is 0
+        if (caldera_shape_nelements((int32_t) nd, sne, &nel, &bad) < 0) {
+            rc = caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': dimension %" PRId32 " = %" PRIu64
+                               " makes the element count overflow 64 bits (the product of the non-zero dimensions "
+                               "must fit in int64)", p->path, t->name, bad, dims[bad]);
+            goto fail;
         }
         snprintf(what, sizeof(what), "the type of tensor '%.60s'", t->name);
         if ((rc = rd_u32(r, &tid, what)) < 0) goto fail;
@@ -1244,12 +1247,11 @@ static int gguf_write_tensor(struct caldera_inst * inst, const char * name, cons
             return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s' was already written; names must be unique", name);
         }
     }
-    int64_t nel = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        if (t->ne[d] < 0 || (t->ne[d] > 0 && nel > INT64_MAX / t->ne[d])) {
-            return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s': dimension %d = %" PRId64 " invalid", name, d, t->ne[d]);
-        }
-        nel *= t->ne[d];
+    int64_t nel;
+    int32_t bad;
+    if (caldera_shape_nelements(t->ndim, t->ne, &nel, &bad) < 0) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "tensor '%s': dimension %d = %" PRId64 " invalid", name, (int) bad,
+                             t->ne[bad]);
     }
     const int64_t row = t->ne[t->ndim - 1];
     if (row % ty->blck != 0) {

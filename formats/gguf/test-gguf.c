@@ -1500,6 +1500,42 @@ START_TEST(test_regress_qk_perm_zero_dim) {
 }
 END_TEST
 
+// Found by the campaign of 30 November 2026 (tests/fuzz/regress/gguf/fuzz-zero-dim-product-overflow.gguf,
+// a harness input: its first byte is the harness's option byte). A tensor of GGUF dims (0, 256, 2^56)
+// has no elements, but its non-zero dimensions overflow int64 in product: it passed open, and code that
+// multiplies some of the dimensions would overflow. It is refused, naming the dimension.
+START_TEST(test_regress_zero_dim_product_overflow) {
+    size_t len = 0;
+    char * b   = tu_read_file(REGRESS("fuzz-zero-dim-product-overflow.gguf"), &len);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_gt(len, 1);
+    const char * path = tu_path(tu_tmpdir(), "zero-dim-product-overflow.gguf");
+    FILE *       f    = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(b + 1, 1, len - 1, f), len - 1);
+    ck_assert_int_eq(fclose(f), 0);
+    free(b);
+    struct h h = h_new();
+    assert_err(&h, h.ops->open(h.inst, path), CALDERA_ERR_FORMAT,
+               "tensor 'w': dimension 2 = 72057594037927936 makes the element count overflow 64 bits");
+    h_free(&h);
+    // the check itself, in any order of the dimensions; a zero with small others stays valid
+    const int64_t bad[][3] = { { 0, 256, (int64_t) 1 << 56 }, { (int64_t) 1 << 56, 256, 0 }, { 256, 0, (int64_t) 1 << 56 } };
+    int64_t       n        = -1;
+    int32_t       at       = -1;
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(caldera_shape_nelements(3, bad[i], &n, &at), -1);
+    ck_assert_int_eq(at, 2);
+    const int64_t ok[3] = { (int64_t) 1 << 54, 256, 0 }, neg[2] = { 4, -1 };
+    ck_assert_int_eq(caldera_shape_nelements(3, ok, &n, NULL), 0);
+    ck_assert_int_eq(n, 0);
+    ck_assert_int_eq(caldera_shape_nelements(2, neg, &n, &at), -1);
+    ck_assert_int_eq(at, 1);
+    const int64_t big[2] = { (int64_t) 1 << 31, ((int64_t) 1 << 32) - 1 };
+    ck_assert_int_eq(caldera_shape_nelements(2, big, &n, NULL), 0);
+    ck_assert_int_eq(n, INT64_MAX - ((int64_t) 1 << 31) + 1);   // 2^63 − 2^31
+}
+END_TEST
+
 // Hyper-parameters (typed metadata) that are negative or absurd: an error naming key and value
 // (hidden = INT64_MIN with n_heads = -1 trapped in hidden / n_heads in the safetensors reader).
 START_TEST(test_regress_hparams) {
@@ -1569,6 +1605,7 @@ static Suite * gguf_suite(void) {
     tcase_add_test(tc, test_fuzz_corruption);
     tcase_add_test(tc, test_regress_qk_perm_zero_dim);
     tcase_add_test(tc, test_regress_hparams);
+    tcase_add_test(tc, test_regress_zero_dim_product_overflow);
     suite_add_tcase(s, tc);
     return s;
 }

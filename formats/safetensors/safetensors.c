@@ -280,11 +280,12 @@ static int st_parse_tensor(struct caldera_inst * inst, int32_t fi, const char * 
             return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
                                  fp, name, d);
         }
-        if (e > (uint64_t) INT64_MAX || __builtin_mul_overflow(n, (int64_t) e, &n)) {
-            return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': the product of the shape overflows 64 bits",
-                                 fp, name);
-        }
-        t.ne[d] = (int64_t) e;
+        t.ne[d] = e > (uint64_t) INT64_MAX ? -1 : (int64_t) e;
+    }
+    // the product of the non-zero dimensions must fit, even when another one is 0
+    if (caldera_shape_nelements((int32_t) nd, t.ne, &n, NULL) < 0) {
+        return caldera_error(inst, CALDERA_ERR_FORMAT, "%s: tensor '%s': the product of the shape overflows 64 bits",
+                             fp, name);
     }
     if (nd == 0) {  // a scalar is presented as a 1-element vector (our tensors have 1..4 dims)
         t.ne[0] = 1;
@@ -1369,11 +1370,9 @@ static int st_write_tensor(struct caldera_inst * inst, const char * name, const 
         return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor: tensor '%s': rank %d; allowed 1..%d", name,
                              (int) t->ndim, CALDERA_MAX_DIMS);
     }
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        if (t->ne[d] < 0 || __builtin_mul_overflow(n, t->ne[d], &n)) {
-            return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor: tensor '%s': invalid shape", name);
-        }
+    int64_t n;
+    if (caldera_shape_nelements(t->ndim, t->ne, &n, NULL) < 0) {
+        return caldera_error(inst, CALDERA_ERR_INVAL, "write_tensor: tensor '%s': invalid shape", name);
     }
     size_t esz = caldera_dtype_block_bytes(t->dtype);
     struct st_wentry e = { 0 };

@@ -1117,6 +1117,14 @@ START_TEST(test_sidecar_json_limit) {
 END_TEST
 
 // "{}" and no data: qsort was called with a NULL base (UB, fatal under UBSan). Now: 0 tensors.
+// Campaign of 30 November 2026: shape [0, 256, 2^56] has no elements, but its non-zero dimensions
+// overflow int64 in product; it was accepted (the product was checked in order, and 0 · x never overflows).
+START_TEST(test_regress_zero_dim_product_overflow) {
+    expect_open_fail(REGRESS("fuzz-zero-dim-product-overflow.safetensors"), CALDERA_ERR_FORMAT,
+                     "tensor 'w': the product of the shape overflows 64 bits");
+}
+END_TEST
+
 START_TEST(test_regress_empty_header) {
     struct caldera_ctx * ctx = tu_ctx();
     struct caldera_inst * inst = new_inst(ctx);
@@ -1157,6 +1165,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_corruption_never_crashes);
     tcase_add_test(tc, test_regress_hparams_int64_min);
     tcase_add_test(tc, test_regress_empty_header);
+    tcase_add_test(tc, test_regress_zero_dim_product_overflow);
     tcase_add_test(tc, test_sidecar_json_limit);
     suite_add_tcase(s, tc);
     return s;

@@ -11,10 +11,12 @@
 //   logits = rmsnorm(x) · norm  headᵀ   (head = embed when tied)
 // Weights are read through a format reader as f32 with Hugging Face names and layout (the
 // gguf and llama2c readers undo their q/k row permutations). Prompt processing runs every linear
-// as one gemm over all tokens of a batch; attention is two gemms per head and query block.
+// as one gemm over all tokens of a batch; attention is two gemms per KV head and query block (the
+// query heads of a KV head stacked), the blocks one per thread.
 // Decoding keeps a KV cache (layers × positions × nkv·hd, f32).
 #include <math.h>
 #include <float.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -75,7 +77,7 @@ struct llm_work {
     float * a;    // T × qd       attention output
     float * g;    // T × ffn
     float * u;    // T × ffn
-    float * s;    // LLM_QBLOCK × n_keys
+    float * s;    // slots × attn_slot_floats(n_keys): attention scratch, one slot per thread
     float * lg;   // LLM_LOGIT_ROWS × vocab
 };
 
@@ -118,7 +120,7 @@ struct llm_priv {
     float *                   f16_scratch; // rows × cols of the largest f16 linear (pp with f16)
     const struct llm_kernels * k;          // dot products and softmax (pick_kernels)
     struct llm_work           wk;          // activation buffers kept between calls
-    int64_t                   wk_T, wk_keys;
+    int64_t                   wk_T, wk_keys, wk_slots;
 };
 
 #define OFF(x) offsetof(struct llm_priv, x)
@@ -908,45 +910,95 @@ static void sattn_heads(void * arg, int64_t h0, int64_t h1) {
     }
 }
 
-// Attention of n queries (rows of q, positions p0 .. p0+n-1) over keys 0 .. p0+n-1 (rows of k, v
-// with leading dimension ldkv), into o (n × qd). s: scratch of LLM_QBLOCK × (p0 + n) floats.
-static int attention(struct caldera_inst * inst, const float * q, const float * k, const float * v, int64_t ldkv,
-                     int64_t n, int64_t p0, float * o, float * s) {
-    struct llm_priv *    p   = caldera_inst_priv(inst);
-    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
-    int64_t              rep = p->d.n_heads / p->d.n_kv_heads;
-    float                scale = (float) (1.0 / sqrt((double) p->hd));
-    int                  rc;
-    if (n <= LLM_SMALL_N && p->d.n_heads <= LLM_QBLOCK) {
-        struct sattn_args a = { p, q, k, v, o, s, ldkv, n, p0 };
-        caldera_parallel_for(ctx, p->d.n_heads, 1, sattn_heads, &a);
-        return 0;
-    }
-    for (int64_t h = 0; h < p->d.n_heads; h++) {
-        int64_t g = h / rep;
-        for (int64_t i0 = 0; i0 < n; i0 += LLM_QBLOCK) {
-            int64_t               bn = n - i0 < LLM_QBLOCK ? n - i0 : LLM_QBLOCK;
-            int64_t               nk = p0 + i0 + bn;   // keys visible to the block's last row
-            struct caldera_tensor tq = { .data = (void *) (q + i0 * p->qd + h * p->hd), .dtype = CALDERA_DTYPE_F32, .ndim = 2,
-                                         .ne = { bn, p->hd }, .ld = p->qd };
-            struct caldera_tensor tk = { .data = (void *) (k + g * p->hd), .dtype = CALDERA_DTYPE_F32, .ndim = 2,
-                                         .ne = { nk, p->hd }, .ld = ldkv };
-            struct caldera_tensor tv = { .data = (void *) (v + g * p->hd), .dtype = CALDERA_DTYPE_F32, .ndim = 2,
-                                         .ne = { nk, p->hd }, .ld = ldkv };
-            struct caldera_tensor ts = caldera_tensor_view_f32(s, bn, nk);
-            struct caldera_tensor to = { .data = o + i0 * p->qd + h * p->hd, .dtype = CALDERA_DTYPE_F32, .ndim = 2,
-                                         .ne = { bn, p->hd }, .ld = p->qd };
-            if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, scale, &tq, &tk, 0.0f, &ts)) < 0) return rc;
-            struct smax_args sa = { p->k, s, nk, p0 + i0 };
-            if (bn * nk >= 8192) {
-                caldera_parallel_for(ctx, bn, 8, smax_rows, &sa);
-            } else {
+// Attention of n_seq sequences of n queries each (rows of q, positions p0 .. p0+n-1 of each)
+// over keys 0 .. p0+n-1 (rows of k, v with leading dimension ldkv; sequence sq's at k + sq ·
+// kv_stride, kv_stride 0 in cache mode), into o (n_seq·n × qd). s: attn_slot_floats(p, nk) floats
+// per thread. The rep query heads of a KV head are stacked into one block of rep · bn rows, so
+// each (sequence, KV head, query block of ≤ LLM_QBLOCK rows) is one item of two gemms,
+//   S = scale · Qs Kᵀ (rep·bn × nk), causal softmax of its rows, Os = S V (rep·bn × hd),
+// and the items run one per thread (single-threaded BLAS each), the most keys first. An element
+// of S or O is the same dot product, in the same order, as with one gemm per head.
+static int64_t attn_slot_floats(const struct llm_priv * p, int64_t n_keys) {
+    int64_t rep = p->d.n_heads / p->d.n_kv_heads;
+    return rep * LLM_QBLOCK * (n_keys + 2 * p->hd);   // S (rep·QB × nk), Qs and Os (rep·QB × hd)
+}
+
+struct battn_args {
+    struct caldera_inst * inst;
+    const float * q, * k, * v;
+    float *       o, * s;
+    int64_t       ldkv, kv_stride, n, p0, n_seq, n_blocks, n_items, slot_floats;
+    atomic_llong  next;   // next item to claim
+    atomic_int    rc;     // first failure
+};
+
+static void battn_items(void * arg, int64_t t0, int64_t t1) {
+    struct battn_args *  a   = arg;
+    struct llm_priv *    p   = caldera_inst_priv(a->inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(a->inst);
+    int64_t              rep = p->d.n_heads / p->d.n_kv_heads, hd = p->hd, nkv = p->d.n_kv_heads;
+    float                scale = (float) (1.0 / sqrt((double) hd));
+    for (int64_t t = t0; t < t1; t++) {
+        float * qs = a->s + t * a->slot_floats;   // rep·bn × hd
+        float * os = qs + rep * LLM_QBLOCK * hd;  // rep·bn × hd
+        float * ss = os + rep * LLM_QBLOCK * hd;  // rep·bn × nk
+        for (int64_t it; atomic_load(&a->rc) == 0 && (it = atomic_fetch_add(&a->next, 1)) < a->n_items;) {
+            int64_t blk = a->n_blocks - 1 - it / (a->n_seq * nkv);   // the last (most keys) first
+            int64_t sq = it % (a->n_seq * nkv) / nkv, g = it % nkv;
+            int64_t i0 = blk * LLM_QBLOCK, bn = a->n - i0 < LLM_QBLOCK ? a->n - i0 : LLM_QBLOCK;
+            int64_t nk = a->p0 + i0 + bn, mr = rep * bn;   // keys visible to the block's last row; stacked rows
+            const float * qb = a->q + (sq * a->n + i0) * p->qd + g * rep * hd;
+            float *       ob = a->o + (sq * a->n + i0) * p->qd + g * rep * hd;
+            for (int64_t j = 0; j < rep; j++) {
+                for (int64_t r = 0; r < bn; r++) memcpy(qs + (j * bn + r) * hd, qb + r * p->qd + j * hd, (size_t) hd * sizeof(float));
+            }
+            struct caldera_tensor tq = caldera_tensor_view_f32(qs, mr, hd);
+            struct caldera_tensor tk = { .data = (void *) (a->k + sq * a->kv_stride + g * hd), .dtype = CALDERA_DTYPE_F32,
+                                         .ndim = 2, .ne = { nk, hd }, .ld = a->ldkv };
+            struct caldera_tensor tv = { .data = (void *) (a->v + sq * a->kv_stride + g * hd), .dtype = CALDERA_DTYPE_F32,
+                                         .ndim = 2, .ne = { nk, hd }, .ld = a->ldkv };
+            struct caldera_tensor ts = caldera_tensor_view_f32(ss, mr, nk);
+            struct caldera_tensor to = caldera_tensor_view_f32(os, mr, hd);
+            int rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, scale, &tq, &tk, 0.0f, &ts);
+            for (int64_t j = 0; rc == 0 && j < rep; j++) {
+                struct smax_args sa = { p->k, ss + j * bn * nk, nk, a->p0 + i0 };
                 smax_rows(&sa, 0, bn);
             }
-            if ((rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &ts, &tv, 0.0f, &to)) < 0) return rc;
+            if (rc == 0) rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_NO_TRANS, 1.0f, &ts, &tv, 0.0f, &to);
+            if (rc < 0) {
+                int zero = 0;
+                atomic_compare_exchange_strong(&a->rc, &zero, rc);
+                break;
+            }
+            for (int64_t j = 0; j < rep; j++) {
+                for (int64_t r = 0; r < bn; r++) memcpy(ob + r * p->qd + j * hd, os + (j * bn + r) * hd, (size_t) hd * sizeof(float));
+            }
         }
     }
-    return 0;
+}
+
+static int attention(struct caldera_inst * inst, const float * q, const float * k, const float * v, int64_t ldkv,
+                     int64_t kv_stride, int64_t n_seq, int64_t n, int64_t p0, float * o, float * s, int64_t slots) {
+    struct llm_priv *    p   = caldera_inst_priv(inst);
+    struct caldera_ctx * ctx = caldera_inst_ctx(inst);
+    if (n <= LLM_SMALL_N && p->d.n_heads <= LLM_QBLOCK) {
+        for (int64_t sq = 0; sq < n_seq; sq++) {
+            struct sattn_args a = { p, q + sq * n * p->qd, k + sq * kv_stride, v + sq * kv_stride, o + sq * n * p->qd, s, ldkv, n, p0 };
+            caldera_parallel_for(ctx, p->d.n_heads, 1, sattn_heads, &a);
+        }
+        return 0;
+    }
+    int64_t n_blocks = (n + LLM_QBLOCK - 1) / LLM_QBLOCK;
+    struct battn_args a = { .inst = inst, .q = q, .k = k, .v = v, .o = o, .s = s, .ldkv = ldkv, .kv_stride = kv_stride, .n = n,
+                            .p0 = p0, .n_seq = n_seq, .n_blocks = n_blocks, .n_items = n_seq * p->d.n_kv_heads * n_blocks,
+                            .slot_floats = attn_slot_floats(p, p0 + n) };
+    atomic_init(&a.next, 0);
+    atomic_init(&a.rc, 0);
+    int64_t th = caldera_ctx_threads(ctx);
+    if (th > slots) th = slots;
+    if (th > a.n_items) th = a.n_items;
+    caldera_parallel_for_blas(ctx, th, 1, battn_items, &a);
+    return atomic_load(&a.rc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -959,13 +1011,15 @@ static int attention(struct caldera_inst * inst, const float * q, const float * 
 static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T, int64_t n_keys, int batch_kv, int logits) {
     struct llm_priv * p = caldera_inst_priv(inst);
     int64_t           H = p->d.hidden;
-    if (p->wk.x && T <= p->wk_T && n_keys <= p->wk_keys && (!batch_kv || p->wk.k) && (!logits || p->wk.lg)) {
+    int64_t           slots = caldera_ctx_threads(caldera_inst_ctx(inst));   // attention scratch: one per thread
+    if (p->wk.x && T <= p->wk_T && n_keys <= p->wk_keys && slots <= p->wk_slots && (!batch_kv || p->wk.k) && (!logits || p->wk.lg)) {
         *w = p->wk;
         return 0;
     }
     if (p->wk.x) {   // grow: never smaller than what was there
         T      = T > p->wk_T ? T : p->wk_T;
         n_keys = n_keys > p->wk_keys ? n_keys : p->wk_keys;
+        slots  = slots > p->wk_slots ? slots : p->wk_slots;
         batch_kv |= p->wk.k != NULL;
         logits |= p->wk.lg != NULL;
         work_free(&p->wk);
@@ -977,7 +1031,7 @@ static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T
     w->a = caldera_malloc((size_t) (T * p->qd) * sizeof(float));
     w->g = caldera_malloc((size_t) (T * p->d.ffn) * sizeof(float));
     w->u = caldera_malloc((size_t) (T * p->d.ffn) * sizeof(float));
-    w->s = caldera_malloc((size_t) (LLM_QBLOCK * n_keys) * sizeof(float));
+    w->s = caldera_malloc((size_t) (slots * attn_slot_floats(p, n_keys)) * sizeof(float));
     int ok = w->x && w->h && w->q && w->a && w->g && w->u && w->s;
     if (batch_kv) {
         w->k = caldera_malloc((size_t) (T * p->kvd) * sizeof(float));
@@ -990,12 +1044,13 @@ static int work_alloc(struct caldera_inst * inst, struct llm_work * w, int64_t T
     }
     if (!ok) {
         work_free(w);
-        p->wk_T = p->wk_keys = 0;
+        p->wk_T = p->wk_keys = p->wk_slots = 0;
         return caldera_error(inst, CALDERA_ERR_NOMEM, "cannot allocate the activations of %" PRId64 " tokens", T);
     }
     p->wk      = *w;
     p->wk_T    = T;
     p->wk_keys = n_keys;
+    p->wk_slots = slots;
     return 0;
 }
 
@@ -1068,11 +1123,10 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
         struct rope_args rk = { p, kd + sq * n_tok * p->kvd, p->kvd, p->d.n_kv_heads, p0 };
         caldera_parallel_for(ctx, n_tok, 4, rope_rows, &rq);
         caldera_parallel_for(ctx, n_tok, 4, rope_rows, &rk);
-        const float * kb = kc ? kc : kd + sq * n_tok * p->kvd;
-        const float * vb = vc ? vc : vd + sq * n_tok * p->kvd;
-        if ((rc = attention(inst, w->q + sq * n_tok * p->qd, kb, vb, p->kvd, n_tok, p0, w->a + sq * n_tok * p->qd, w->s)) < 0) {
-            return rc;
-        }
+    }
+    if ((rc = attention(inst, w->q, kc ? kc : kd, vc ? vc : vd, p->kvd, kc ? 0 : n_tok * p->kvd, n_seq, n_tok, p0, w->a, w->s,
+                        p->wk_slots)) < 0) {
+        return rc;
     }
     if ((rc = observe(inst, ob, &L->lin[LLM_O], w->a, T)) < 0) return rc;
     if ((rc = lin_apply(inst, &L->lin[LLM_O], w->a, p->qd, w->h, H, T)) < 0) return rc;

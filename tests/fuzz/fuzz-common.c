@@ -92,14 +92,20 @@ static void check_view(const struct caldera_tensor_info * ti, const struct calde
     }
 }
 
+// A reader must refuse a shape whose non-zero dimensions overflow int64 in product, in any order
+// (a zero dimension does not excuse the others: code multiplies subsets of them).
 static int64_t info_elems(const struct caldera_tensor_info * ti) {
-    int64_t n = 1;
+    int64_t nz = 1;
+    int     zero = 0;
     for (int d = 0; d < ti->ndim; d++) {
         if (ti->ne[d] < 0) fz_die("tensor_info: negative dimension");
-        if (ti->ne[d] == 0) return 0;
-        if (__builtin_mul_overflow(n, ti->ne[d], &n)) fz_die("tensor_info: element count overflows");
+        if (ti->ne[d] == 0) {
+            zero = 1;
+        } else if (__builtin_mul_overflow(nz, ti->ne[d], &nz)) {
+            fz_die("tensor_info: element count overflows");
+        }
     }
-    return n;
+    return zero ? 0 : nz;
 }
 
 void fz_drive_format(const char * plugin, const char * path, const char * const * options, size_t input_bytes) {

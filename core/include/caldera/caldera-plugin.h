@@ -185,6 +185,14 @@ struct caldera_tensor caldera_tensor_view_f32(float * data, int64_t rows, int64_
 /** Number of elements (product of ne[0..ndim-1]). */
 int64_t caldera_tensor_nelements(const struct caldera_tensor * t);
 /**
+ * Checked element count of a shape read from untrusted bytes: *n = ne[0]·…·ne[ndim−1]. Returns 0,
+ * or -1 when a dimension is negative or when the product of the non-zero dimensions overflows
+ * int64_t, whatever the order: a shape such as (2^56, 256, 0) has no elements but is refused,
+ * since code that multiplies some of its dimensions (rows = ne[0]·ne[1]) would overflow.
+ * On -1, *bad_dim (if not NULL) is the dimension at which the check failed.
+ */
+int caldera_shape_nelements(int32_t ndim, const int64_t * ne, int64_t * n, int32_t * bad_dim);
+/**
  * Allocate an owning CPU tensor (zero-filled, 64-byte aligned): the result's data is freed with
  * caldera_tensor_free. ne has ndim entries.
  */
@@ -365,6 +373,15 @@ enum caldera_device caldera_ctx_device(const struct caldera_ctx * ctx);
  */
 void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
                           void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
+
+/**
+ * caldera_parallel_for whose fn may call the linalg functions: BLAS runs single-threaded inside
+ * it (one call per thread at a time; the context's BLAS threads are restored after), so that
+ * many small independent products run one per thread instead of each split over the threads.
+ * Serial (fn(arg, 0, n)) when the context's device is not the CPU.
+ */
+void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
+                               void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
 
 /** xoshiro256** generator seeded with splitmix64; identical streams on every platform. */
 struct caldera_rng { uint64_t s[4]; };
