@@ -13,8 +13,14 @@
 #   perplexity           caldera: the pipeline's [eval] (caldera-pipe's runtime); llama.cpp:
 #                        llama-perplexity (and caldera-pipe eval where our reader takes the types)
 #
-# usage: results_table.py --peers peers.csv [--plot out.png] [--model-params N]
-#                         NAME=REPORT.json[:OUTPUT_FILE] ...
+# --prior CSV carries rows of an earlier table (the CSV this tool writes, e.g. the one committed
+# beside docs/results.md): a method that this run does not give (no report named), or a llama.cpp
+# type whose perplexity peers.csv lacks, takes the earlier row's figures, and its `source` column
+# says "earlier table" (otherwise it names the report or peers CSV the row comes from). Nothing is
+# carried for what this run measures.
+#
+# usage: results_table.py --peers peers.csv [--prior table.csv] [--csv table.csv] [--json table.json]
+#                         [--plot out.png] [--model-params N] [NAME=REPORT.json[:OUTPUT_FILE] ...]
 import argparse
 import csv
 import json
@@ -27,8 +33,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", required=True)
     ap.add_argument("--plot")
+    ap.add_argument("--prior")
+    ap.add_argument("--csv")
+    ap.add_argument("--json")
     ap.add_argument("--model-params", type=float, default=134515008)
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*")
     a = ap.parse_args()
     rows, orig = [], None
     for spec in a.runs:
@@ -43,29 +52,37 @@ def main():
             orig = (o["ppl"], o["ppl_err"])
         rows.append(dict(method=name, kind="caldera", bits=s["bits_per_param"], fbits=fb,
                          dam=s.get("mean_rel_err_h"), daw=s.get("worst_rel_err_h"),
-                         ppl=c["ppl"] if c else None, err=c["ppl_err"] if c else None, by="caldera-pipe ([eval])", note=""))
+                         ppl=c["ppl"] if c else None, err=c["ppl_err"] if c else None, by="caldera-pipe ([eval])", note="",
+                         source=os.path.basename(rep)))
     for p in csv.DictReader(open(a.peers)):
         if p["type"] == "original-f32":
             continue
         done = p["ppl_llama"] not in ("", "-")
-        by = "llama-perplexity"
-        if p["ppl_caldera"] not in ("", "-"):
-            by += f"; caldera-pipe eval {float(p['ppl_caldera']):.4f} ± {float(p['ppl_caldera_err']):.4f}"
+        cev = "" if p["ppl_caldera"] in ("", "-") else \
+            f"caldera-pipe eval {float(p['ppl_caldera']):.4f} ± {float(p['ppl_caldera_err']):.4f}"
+        by = "; ".join(x for x in ("llama-perplexity" if done else "", cev) if x) or "not measured"
         rows.append(dict(method=f"llama.cpp {p['type']}", kind="llama.cpp", bits=float(p["linear_bits"]),
                          fbits=float(p["file_bits"]), dam=None, daw=None,
                          ppl=float(p["ppl_llama"]) if done else None, err=float(p["ppl_llama_err"]) if done else None,
-                         by=by if done else "not measured", note=p["linear_types"]))
+                         by=by, note=p["linear_types"], source=os.path.basename(a.peers), cev=cev))
+    if a.prior:
+        carry(rows, a.prior)
     rows.sort(key=lambda x: x["bits"])
+    if orig is None and a.prior:
+        orig = next(((float(p["ppl"]), float(p["ppl_err"])) for p in csv.DictReader(open(a.prior))
+                     if p["method"] == "original"), None)
+    if a.csv or a.json:
+        write_table(rows, orig, a.csv, a.json)
     f = lambda v, d: "-" if v is None else f"{v:.{d}f}"
     print("| method | bits/param (210 linear) | bits/param (whole file) | data-aware mean / worst | perplexity | ± | "
-          "evaluator | linear weights' types (llama.cpp) |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+          "evaluator | linear weights' types (llama.cpp) | source |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|")
     if orig:
-        print(f"| original (Q4_1 dequantized to f32) | 32 | - | - | {orig[0]:.4f} | {orig[1]:.4f} | caldera-pipe | |")
+        print(f"| original (Q4_1 dequantized to f32) | 32 | - | - | {orig[0]:.4f} | {orig[1]:.4f} | caldera-pipe | | |")
     for r in rows:
         da = "-" if r["dam"] is None else f"{r['dam']:.4f} / {r['daw']:.4f}"
         print(f"| {r['method']} | {r['bits']:.4f} | {f(r['fbits'], 4)} | {da} | {f(r['ppl'], 4)} | {f(r['err'], 4)} | "
-              f"{r['by']} | {r['note']} |")
+              f"{r['by']} | {r['note']} | {r['source']} |")
     if a.plot:
         tmp = a.plot + ".d"
         os.makedirs(tmp, exist_ok=True)
@@ -91,6 +108,47 @@ def main():
         for n in ("caldera.dat", "llama.cpp.dat"):
             os.remove(os.path.join(tmp, n))
         os.rmdir(tmp)
+
+
+FIELDS = ("method", "kind", "bits", "fbits", "dam", "daw", "ppl", "err", "by", "note", "source")
+
+
+def num(v):
+    return None if v in ("", "-", None) else float(v)
+
+
+def carry(rows, path):
+    """Fill what this run lacks from an earlier table (see the header)."""
+    have = {r["method"]: r for r in rows}
+    for p in csv.DictReader(open(path)):
+        if p["method"] == "original":
+            continue
+        r = have.get(p["method"])
+        if r is None:   # a method this run does not give: the earlier row whole
+            r = dict(method=p["method"], kind=p["kind"], bits=float(p["bits"]), fbits=num(p["fbits"]),
+                     dam=num(p["dam"]), daw=num(p["daw"]), ppl=num(p["ppl"]), err=num(p["err"]), by=p["by"],
+                     note=p["note"], source="earlier table")
+            rows.append(r)
+            have[r["method"]] = r
+        elif r["ppl"] is None and num(p["ppl"]) is not None:   # bits of this run, perplexity of the earlier one
+            by = "; ".join(x for x in (p["by"].split(";")[0], r.get("cev", "")) if x)
+            r.update(ppl=num(p["ppl"]), err=num(p["err"]), by=by, source="earlier table (perplexity)")
+
+
+def write_table(rows, orig, path_csv, path_json):
+    out = [dict(method="original", kind="original", bits=32.0, fbits=None, dam=None, daw=None, ppl=orig[0],
+                err=orig[1], by="caldera-pipe", note="", source="")] if orig else []
+    out += [{k: r[k] for k in FIELDS} for r in rows]
+    if path_csv:
+        with open(path_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+            w.writeheader()
+            for r in out:
+                w.writerow({k: "-" if r[k] is None else r[k] for k in FIELDS})
+    if path_json:
+        with open(path_json, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":
