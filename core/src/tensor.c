@@ -105,6 +105,9 @@ int caldera_tensor_copy(struct caldera_ctx * ctx, struct caldera_tensor * dst, c
     if (src->device != CALDERA_DEVICE_CPU || dst->device != CALDERA_DEVICE_CPU) return caldera_cuda_copy(ctx, dst, src);
     int64_t cols = src->ndim ? src->ne[src->ndim - 1] : 1;
     int64_t rows = cols ? caldera_tensor_nelements(src) / (cols ? cols : 1) : 0;
+    // no elements: nothing to copy, and no row buffer of `cols` floats (a shape such as (0, 2^56)
+    // from a file would otherwise allocate 2^58 bytes for nothing)
+    if (rows == 0 || cols == 0) return 0;
     int64_t sld = row_stride(src), dld = row_stride(dst);
     size_t  ses = caldera_dtype_block_bytes(src->dtype), des = caldera_dtype_block_bytes(dst->dtype);
     if (src->dtype == dst->dtype) {

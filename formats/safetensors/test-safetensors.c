@@ -1135,6 +1135,29 @@ START_TEST(test_regress_empty_header) {
 }
 END_TEST
 
+// CI's fuzz step of 30 November 2026: shape [0, 25, 2^56] (no elements; the non-zero dimensions fit
+// in int64) read as another dtype made tensor_copy allocate a row buffer of 2^56 floats. A tensor
+// with no elements now reads in every dtype without allocating for its rows.
+START_TEST(test_regress_zero_rows_huge_cols) {
+    struct caldera_ctx *  ctx  = tu_ctx();
+    struct caldera_inst * inst = new_inst(ctx);
+    ck_assert_int_eq(ops_of(ctx)->open(inst, REGRESS("fuzz-zero-rows-huge-cols-alloc.safetensors")), 0);
+    ck_assert_int_eq(ops_of(ctx)->n_tensors(inst), 1);
+    const enum caldera_dtype want[] = { CALDERA_DTYPE_F32, CALDERA_DTYPE_F16, CALDERA_DTYPE_BF16 };
+    for (int k = 0; k < 3; k++) {
+        struct caldera_tensor t;
+        int                   owned = 0;
+        ck_assert_msg(ops_of(ctx)->read_tensor(inst, 0, want[k], &t, &owned) == 0, "%s", caldera_ctx_errmsg(ctx));
+        ck_assert_int_eq(t.ndim, 3);
+        ck_assert_int_eq(t.ne[0], 0);
+        ck_assert_int_eq(t.ne[2], (int64_t) 1 << 56);
+        if (owned) caldera_tensor_free(&t);
+    }
+    caldera_inst_free(inst);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * safetensors_suite(void) {
     Suite * s = suite_create("safetensors");
     TCase * tc = tcase_create("roundtrip");
@@ -1166,6 +1189,7 @@ static Suite * safetensors_suite(void) {
     tcase_add_test(tc, test_regress_hparams_int64_min);
     tcase_add_test(tc, test_regress_empty_header);
     tcase_add_test(tc, test_regress_zero_dim_product_overflow);
+    tcase_add_test(tc, test_regress_zero_rows_huge_cols);
     tcase_add_test(tc, test_sidecar_json_limit);
     suite_add_tcase(s, tc);
     return s;
