@@ -146,6 +146,17 @@ void caldera_inst_log(const struct caldera_inst * inst, enum caldera_log_level l
     va_end(ap);
 }
 
+// A thread that set a buffer of its own (a worker of a phase that runs several jobs at once) gets
+// its errors there instead of in the context's one message, so that concurrent failures neither mix
+// nor overwrite each other; caldera_ctx_errmsg on that thread reads the same buffer.
+static _Thread_local char * tl_errmsg;
+
+char * caldera_ctx_thread_errmsg(char * buf) {
+    char * old = tl_errmsg;
+    tl_errmsg  = buf;
+    return old;
+}
+
 int caldera_error(const struct caldera_inst * inst, int code, const char * fmt, ...) {
     if (!inst || !inst->ctx) return code;
     struct caldera_ctx * ctx = inst->ctx;
@@ -158,8 +169,8 @@ int caldera_error(const struct caldera_inst * inst, int code, const char * fmt, 
     va_start(ap, fmt);
     vsnprintf(msg + n, sizeof(msg) - n, fmt, ap);
     va_end(ap);
-    memcpy(ctx->errmsg, msg, sizeof(msg));
-    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
+    memcpy(tl_errmsg ? tl_errmsg : ctx->errmsg, msg, sizeof(msg));
+    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), msg);
     return code;
 }
 
@@ -170,12 +181,12 @@ int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    memcpy(ctx->errmsg, msg, sizeof(msg));
-    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), ctx->errmsg);
+    memcpy(tl_errmsg ? tl_errmsg : ctx->errmsg, msg, sizeof(msg));
+    caldera_log(ctx, CALDERA_LOG_DEBUG, "error (%s): %s", caldera_status_str(code), msg);
     return code;
 }
 
-const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return ctx ? ctx->errmsg : ""; }
+const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return !ctx ? "" : tl_errmsg ? tl_errmsg : ctx->errmsg; }
 
 // ---------------------------------------------------------------------------------------------
 // Parallel loop: a pool of threads-1 workers that help with whatever job is current. A job is

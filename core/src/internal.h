@@ -9,6 +9,9 @@
 #include "caldera/caldera.h"
 
 #define CALDERA_ERRMSG_MAX 2048
+// Errors raised on the calling thread go to buf (CALDERA_ERRMSG_MAX bytes; NULL: the context's
+// message again) until it is reset; returns the previous buffer. For workers running jobs at once.
+char * caldera_ctx_thread_errmsg(char * buf);
 
 // Where a registered plugin came from, in increasing precedence: a later place overrides an
 // earlier one of the same name (with a notice); the same place twice is a duplicate-name error.

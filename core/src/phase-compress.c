@@ -282,6 +282,7 @@ struct cslot {   // one selected weight in flight
     struct caldera_pack * pack;
     struct tensor_result  res;
     double                t0;
+    char                  err[CALDERA_ERRMSG_MAX];   // its failure's message (workers fail at once)
 };
 
 struct cjob {
@@ -431,7 +432,8 @@ static void cjob_commit_ready(struct cjob * cj) {
         } else {
             struct cslot * s = &cj->slots[cj->committed];
             if (!s->done) break;
-            rc = s->rc < 0 ? s->rc : cslot_commit(cj, cj->committed);
+            // a failed weight: its own message, whatever the other workers raised meanwhile
+            rc = s->rc < 0 ? caldera_ctx_error(pl->ctx, s->rc, "%s", s->err) : cslot_commit(cj, cj->committed);
             cslot_release(s);
             cj->committed++;
         }
@@ -464,21 +466,25 @@ static void cjob_worker(void * arg, int64_t i0, int64_t i1) {
         int64_t j = cj->next_job++;
         struct cslot * s = &cj->slots[j];
         int rc = cslot_prepare(cj, j);
+        if (rc < 0) caldera_strlcpy(s->err, caldera_ctx_errmsg(ctx), sizeof(s->err));
         pthread_mutex_unlock(&cj->mu);
         char name[512] = "";
         if (rc == 0 && !s->from_ckpt) {
+            char * prev = caldera_ctx_thread_errmsg(s->err);   // this weight's errors into its slot
             struct caldera_tensor_info ti;
             const struct caldera_format_ops * rops = caldera_inst_plugin(o->reader)->ops;
             pthread_mutex_lock(&cj->mu);
             if ((rc = rops->tensor_info(o->reader, cj->sel[j], &ti)) == 0) caldera_strlcpy(name, ti.hf_name ? ti.hf_name : ti.name, sizeof(name));
             pthread_mutex_unlock(&cj->mu);
             if (rc == 0) rc = compress_one(cj->pl, name, &s->w, s->h.data ? &s->h : NULL, s->pack, &s->w_hat, &s->res);
+            caldera_ctx_thread_errmsg(prev);
         }
         pthread_mutex_lock(&cj->mu);
         if (rc < 0 && *name) {
             char msg[CALDERA_ERRMSG_MAX];
-            caldera_strlcpy(msg, caldera_ctx_errmsg(ctx), sizeof(msg));
-            caldera_ctx_error(ctx, rc, "weight %s (%lld x %lld): %s", name, (long long) s->w.ne[0], (long long) s->w.ne[1], msg);
+            caldera_strlcpy(msg, s->err, sizeof(msg));
+            int n = snprintf(s->err, sizeof(s->err), "weight %s (%lld x %lld): ", name, (long long) s->w.ne[0], (long long) s->w.ne[1]);
+            if (n > 0 && (size_t) n < sizeof(s->err)) caldera_strlcpy(s->err + n, msg, sizeof(s->err) - (size_t) n);
         }
         s->rc = rc;
         s->done = 1;
@@ -531,7 +537,9 @@ int pl_phase_compress(struct caldera_pipeline * pl, struct pl_run * run) {
     caldera_parallel_for(ctx, workers, 1, cjob_worker, &cj);
     if (workers > 1) caldera_blas_set_threads(caldera_ctx_threads(ctx));
     rc = cj.rc;
-    for (int64_t j = 0; rc == 0 && cj.stop && j < cj.nsel; j++) rc = cj.slots[j].rc;   // a failure is in commit order
+    for (int64_t j = 0; rc == 0 && cj.stop && j < cj.nsel; j++) {   // a failure is in commit order, with its message
+        if ((rc = cj.slots[j].rc) < 0) caldera_ctx_error(ctx, rc, "%s", cj.slots[j].err);
+    }
     if (rc == 0 && cj.stop) {
         rc = caldera_ctx_error(ctx, CALDERA_ERR_CANCELLED, "cancelled after %lld weights", (long long) run->ndone);
     }
