@@ -58,6 +58,16 @@ done:
     return best;
 }
 
+// FNV-1a over the bits of n floats (to compare builds' outputs).
+static uint64_t fnv_bits(const float * x, int64_t n) {
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char * b = (const unsigned char *) x;
+    for (int64_t i = 0; i < n * (int64_t) sizeof(float); i++) {
+        h = (h ^ b[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
 static void die(struct caldera_ctx * ctx, const char * what) {
     fprintf(stderr, "bench-caldera: %s: %s\n", what, caldera_ctx_errmsg(ctx));
     exit(1);
@@ -192,6 +202,7 @@ int main(int argc, char ** argv) {
     caldera_tensor_alloc_f32(ctx, m, n, &wh);
     double best_t = INFINITY, best_cpu = INFINITY, bits = 0, err = 0, flr = 0, fq = 0, flops_own = 0;
     int64_t inner_run = 0, outer_run = 0, tune_run = -1;
+    uint64_t what = 0;   // hash of the last repetition's Ŵ
     for (int r = 0; r < reps; r++) {
         struct caldera_pack * pack = NULL;
         caldera_pack_init(&pack);
@@ -212,6 +223,7 @@ int main(int argc, char ** argv) {
         caldera_meta_get_int(meta, "caldera.outer_iters_run", &outer_run);
         caldera_meta_get_int(meta, "caldera.q_tune_iters_run", &tune_run);
         err = rel_h(ctx, &wt, &wh, &ht);
+        what = fnv_bits(wh.data, m * n);
         caldera_pack_free(pack);
     }
     // FLOPs: caldera's own GEMM/SYRK (counted in the plugin) + per Q step the ldlq count of
@@ -229,7 +241,8 @@ int main(int argc, char ** argv) {
            weight, (long long) m, (long long) n, rank, fac, outer, inner, (long long) outer_run, (long long) inner_run, downdate, warm, tune, (long long) tune_run,
            caldera_ctx_threads(ctx), best_t, best_cpu, bits, err, flr, fq, (flops_own + fl_q) / 1e9, gf, 100.0 * gf / s576,
            100.0 * gf / s2048, gfc, 100.0 * gfc / s576c, 100.0 * gfc / s2048c);
-    printf("\nsgemm rate (same run): %.1f GFLOP/s at %lld³, %.1f GFLOP/s at 2048³ (per CPU-second: %.1f, %.1f)\n", s576,
+    printf("\nŴ: FNV-1a hash of its bits %016" PRIx64 " (equal hashes: the same decomposition bit for bit)\n", what);
+    printf("sgemm rate (same run): %.1f GFLOP/s at %lld³, %.1f GFLOP/s at 2048³ (per CPU-second: %.1f, %.1f)\n", s576,
            (long long) (m < n ? m : n), s2048, s576c, s2048c);
     if (quip) {
         // QuIP#-style at equal bits: e8 4-bit residual codebook would be 4 bits; the fair 2-bit row is ldlq/e8 alone

@@ -11,6 +11,7 @@
 #include "caldera/caldera-plugin.h"
 #include "../common/lowrank-fused.h"
 #include "../common/lowrank.h"
+#include "thin-gemm.h"
 
 struct cal_priv {
     struct caldera_inst * q;            // REF (optional): matrix quantizer of Q; none = low rank only
@@ -155,7 +156,26 @@ struct cal_work {
     float * r;     // (k, n) R (unquantized)
     float * lq;    // (m, k) quantized L of the current inner iterate
     float * rq;    // (k, n) quantized R
+    // thin products (thin-gemm.h) on the CPU: the rank-k operand packed, the large one in place
+    int                   thin;      // device = cpu: thin_gemm for products of at least thin_min r·N·K
+    double                thin_min;  // THIN_GEMM_MIN_MNK (tests: 0, every product thin)
+    enum thin_gemm_kernel kern;
+    float * pt;    // (n, m) Pᵀ, kept with P when R·Pᵀ is a thin product
+    float * xp;    // (max(m, n), r8) the packed rank-k operand
 };
+
+// Whether the r×N product with inner dimension K is a thin product (see thin-gemm.h): on the CPU
+// and large enough that OpenBLAS would have run its blocked path, whose bits thin_gemm repeats.
+static int thin_ok(const struct cal_work * wk, int64_t r, int64_t n, int64_t k_dim) {
+    return wk->thin && (double) r * (double) n * (double) k_dim >= wk->thin_min;
+}
+
+// P changed: refresh Pᵀ for the thin R·Pᵀ.
+static void refresh_pt(struct cal_work * wk) {
+    if (wk->pt) {
+        lr_transpose(wk->pt, wk->pm, wk->n, wk->m, wk->n);
+    }
+}
 
 static int gemm(struct cal_work * wk, enum caldera_trans ta, enum caldera_trans tb, float alpha, float * a, int64_t ar,
                 int64_t ac, float * b, int64_t br, int64_t bc, float beta, float * c, int64_t cr, int64_t cc) {
@@ -240,28 +260,39 @@ fail:
 }
 
 // k×k SPD solve G X = B (B k×cols overwritten); a singular G (a quantized factor lost rank) is
-// retried with a ridge of 1e-6 · mean(diag G), the reference's pinv fallback in spirit.
+// retried with a ridge of 1e-6 · mean(diag G), the reference's pinv fallback in spirit. On the CPU
+// (k <= THIN_SOLVE_MAX_K) the Cholesky factor is LAPACK's and the two substitutions are
+// thin_chol_solve (LAPACK's spotrs arithmetic without its transposes); else caldera_linalg_spd_solve.
 static int solve_spd(struct cal_work * wk, const float * g, float * b, int64_t cols, float * tmp) {
     const int64_t k = wk->k;
-    memcpy(tmp, g, (size_t) k * (size_t) k * sizeof(float));
+    const int thin = wk->thin && k <= THIN_SOLVE_MAX_K;
     struct caldera_tensor gt = lr_view(tmp, k, k), bt = lr_view(b, k, cols);
-    int rc = caldera_linalg_spd_solve(wk->ctx, &gt, &bt);
-    if (rc != CALDERA_ERR_NUMERIC) {
-        return rc;
+    int rc;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        memcpy(tmp, g, (size_t) k * (size_t) k * sizeof(float));
+        if (attempt == 1) {
+            double mean = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                mean += g[i * k + i];
+            }
+            mean = mean > 0.0 ? mean / (double) k : 1.0;
+            for (int64_t i = 0; i < k; i++) {
+                tmp[i * k + i] += (float) (1e-6 * mean);
+            }
+        }
+        if (!thin) {
+            rc = caldera_linalg_spd_solve(wk->ctx, &gt, &bt);
+        } else if (caldera_tensor_check_finite(&bt, NULL) != 0) {
+            rc = CALDERA_ERR_NUMERIC;   // as spd_solve: a right-hand side with NaN or Inf
+        } else if ((rc = caldera_linalg_cholesky(wk->ctx, &gt)) == 0) {
+            thin_chol_solve(wk->kern, k, tmp, b, cols, cols);
+        }
+        if (rc != CALDERA_ERR_NUMERIC) {
+            return rc;
+        }
     }
-    double mean = 0.0;
-    for (int64_t i = 0; i < k; i++) {
-        mean += g[i * k + i];
-    }
-    mean = mean > 0.0 ? mean / (double) k : 1.0;
-    for (int64_t i = 0; i < k; i++) {
-        tmp[i * k + i] += (float) (1e-6 * mean);
-    }
-    if ((rc = caldera_linalg_spd_solve(wk->ctx, &gt, &bt)) < 0) {
-        return caldera_error(wk->inst, CALDERA_ERR_NUMERIC, "decompose: a %" PRId64 "x%" PRId64 " normal matrix of the "
-                             "LR update is singular even with a ridge (a factor is zero or not finite)", k, k);
-    }
-    return 0;
+    return caldera_error(wk->inst, CALDERA_ERR_NUMERIC, "decompose: a %" PRId64 "x%" PRId64 " normal matrix of the "
+                         "LR update is singular even with a ridge (a factor is zero or not finite)", k, k);
 }
 
 // For the pair (l (m,k), r (k,n)) against Res with P = Res·H and c0 = tr(Res H Resᵀ): fill rh, g, at
@@ -273,9 +304,23 @@ static int pair_error(struct cal_work * wk, const float * l, float * r, double c
         *err2 = c0;
         return 0;
     }
-    if ((rc = mul_h(wk, r, k, wk->rh)) < 0 ||
-        (rc = gemm(wk, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, wk->rh, k, n, r, k, n, 0.0f, wk->g, k, k)) < 0 ||
-        (rc = gemm(wk, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, r, k, n, wk->pm, m, n, 0.0f, wk->at, k, m)) < 0) {
+    const int thin_rh = wk->h && thin_ok(wk, k, n, n), thin_at = wk->pt && thin_ok(wk, k, m, n);
+    if (thin_rh || thin_at) {
+        thin_gemm_pack(1, n, k, r, n, wk->xp);   // Rᵀ, shared by R·H and R·Pᵀ
+    }
+    if (thin_rh) {
+        wk->flops += 2.0 * (double) k * (double) n * (double) n;
+        thin_gemm(wk->ctx, wk->kern, n, k, n, wk->xp, wk->h, n, wk->rh, n);
+    } else if ((rc = mul_h(wk, r, k, wk->rh)) < 0) {
+        return rc;
+    }
+    if (thin_at) {
+        wk->flops += 2.0 * (double) k * (double) m * (double) n;
+        thin_gemm(wk->ctx, wk->kern, n, k, m, wk->xp, wk->pt, m, wk->at, m);
+    } else if ((rc = gemm(wk, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, r, k, n, wk->pm, m, n, 0.0f, wk->at, k, m)) < 0) {
+        return rc;
+    }
+    if ((rc = gemm(wk, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, wk->rh, k, n, r, k, n, 0.0f, wk->g, k, k)) < 0) {
         return rc;
     }
     struct caldera_tensor lt = lr_view((float *) l, m, k), ct = lr_view(wk->c, k, k);
@@ -420,9 +465,18 @@ static int step_r(struct cal_work * wk, const float * l, float * tmp) {
     int rc;
     struct caldera_tensor lt = lr_view((float *) l, m, k), ct = lr_view(wk->c, k, k);
     wk->flops += (double) m * k * k;
-    if ((rc = caldera_linalg_syrk(wk->ctx, CALDERA_TRANS, 1.0f, &lt, 0.0f, &ct)) < 0 ||
-        (rc = gemm(wk, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, (float *) l, m, k, wk->res, m, n, 0.0f, wk->r, k, n)) < 0 ||
-        (rc = solve_spd(wk, wk->c, wk->r, n, tmp)) < 0) {
+    if ((rc = caldera_linalg_syrk(wk->ctx, CALDERA_TRANS, 1.0f, &lt, 0.0f, &ct)) < 0) {
+        return rc;
+    }
+    if (thin_ok(wk, k, n, m)) {
+        wk->flops += 2.0 * (double) k * (double) n * (double) m;
+        thin_gemm_pack(0, m, k, l, k, wk->xp);
+        thin_gemm(wk->ctx, wk->kern, m, k, n, wk->xp, wk->res, n, wk->r, n);
+    } else if ((rc = gemm(wk, CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f, (float *) l, m, k, wk->res, m, n, 0.0f, wk->r, k,
+                          n)) < 0) {
+        return rc;
+    }
+    if ((rc = solve_spd(wk, wk->c, wk->r, n, tmp)) < 0) {
         return rc;
     }
     wk->flops += 2.0 * (double) k * k * n;
@@ -668,6 +722,20 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     wk.rq = caldera_malloc(kn);
     cl = caldera_calloc(1, mk);
     cr = caldera_calloc(1, kn);
+    wk.thin = caldera_ctx_device(ctx) == CALDERA_DEVICE_CPU;
+    wk.thin_min = THIN_GEMM_MIN_MNK;
+    wk.kern = thin_gemm_best();
+    if (k > 0 && wk.thin) {
+        const int64_t big = m > n ? m : n;
+        const int need_pt = thin_ok(&wk, k, m, n);
+        wk.xp = caldera_malloc((size_t) big * (size_t) thin_gemm_r8(k) * sizeof(float));
+        wk.pt = need_pt ? caldera_malloc(mn) : NULL;
+        if (!wk.xp || (need_pt && !wk.pt)) {
+            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "decompose: out of memory for %" PRId64 "x%" PRId64 " (rank %"
+                               PRId64 ") work matrices", m, n, k);
+            goto fail;
+        }
+    }
     if (!ws || !qd || !wk.res || !wk.pm || !wk.rh || !wk.g || !wk.at || !wk.c || !wk.lt || !wk.l || !wk.r || !wk.lq ||
         !wk.rq || !cl || !cr) {
         rc = caldera_error(inst, CALDERA_ERR_NOMEM, "decompose: out of memory for %" PRId64 "x%" PRId64 " (rank %" PRId64
@@ -698,6 +766,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
     if ((rc = mul_h(&wk, wk.res, m, wk.pm)) < 0) {
         goto fail;
     }
+    refresh_pt(&wk);
     const double den = dot(wk.res, wk.pm, m * n);
     const double dnz = den > 0.0 ? den : 1.0;
     double c0 = den;
@@ -789,6 +858,7 @@ static int cal_decompose(struct caldera_inst * inst, const struct caldera_tensor
         if ((rc = mul_h(&wk, wk.res, m, wk.pm)) < 0) {
             goto fail;
         }
+        refresh_pt(&wk);
         c0 = dot(wk.res, wk.pm, m * n);
         double e2 = c0;
         if (k > 0 && (rc = pair_error(&wk, cl, cr, c0, &e2)) < 0) {
@@ -874,6 +944,8 @@ fail:
     caldera_free(wk.r);
     caldera_free(wk.lq);
     caldera_free(wk.rq);
+    caldera_free(wk.pt);
+    caldera_free(wk.xp);
     return rc;
 }
 

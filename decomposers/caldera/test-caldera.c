@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "testutil.h"
 #include "caldera/caldera-plugin.h"
@@ -215,8 +216,11 @@ END_TEST
 
 // The closed-form updates equal SVD-based least squares: L = argmin ‖(Res − L R) H½‖ and
 // R = argmin ‖Res − L R‖ (= argmin ‖(Res − L R) H½‖); pair_error equals the direct tr(E H Eᵀ).
+// Twice: with BLAS products, and with every rank-k product by thin_gemm (thin_min = 0, so that
+// these small shapes take it: 4 rows padded to 8, 14 and 18 columns in masked panels).
 START_TEST(test_closed_form_updates) {
     const int64_t m = 14, n = 18, k = 4;
+    const int thin = _i;
     const char * kv[] = { "rank", "4", NULL };
     struct setup s;
     setup(&s, "", 0, "", 0, kv);
@@ -224,13 +228,21 @@ START_TEST(test_closed_form_updates) {
     struct caldera_tensor res = tu_randn(s.ctx, m, n, 3), r = tu_randn(s.ctx, k, n, 4), l0 = tu_randn(s.ctx, m, k, 5);
     struct caldera_tensor h = tu_hessian(s.ctx, n, 9, 0.05, 6);
     struct cal_work wk = { .inst = s.cal, .ctx = s.ctx, .p = caldera_inst_priv(s.cal), .m = m, .n = n, .k = k, .h = h.data };
-    float * buf[11];
-    for (int i = 0; i < 11; i++) buf[i] = calloc((size_t) (m * n), sizeof(float));
+    float * buf[13];
+    for (int i = 0; i < 13; i++) buf[i] = calloc((size_t) (m * n), sizeof(float));
     wk.res = buf[0]; wk.pm = buf[1]; wk.rh = buf[2]; wk.g = buf[3]; wk.at = buf[4]; wk.c = buf[5];
     wk.lt = buf[6]; wk.l = buf[7]; wk.r = buf[8];
+    if (thin) {
+        wk.thin = 1;
+        wk.thin_min = 0.0;
+        wk.kern = thin_gemm_best();
+        wk.pt = buf[11];
+        wk.xp = buf[12];   // (max(m, n), 8) fits in m·n
+    }
     float * tmp = buf[9];
     memcpy(wk.res, res.data, (size_t) (m * n) * sizeof(float));
     ck_assert_int_eq(mul_h(&wk, wk.res, m, wk.pm), 0);
+    refresh_pt(&wk);
     double c0 = dot(wk.res, wk.pm, m * n), e2;
     // pair_error of (l0, r) against the direct trace
     ck_assert_int_eq(pair_error(&wk, l0.data, r.data, c0, &e2), 0);
@@ -274,7 +286,7 @@ START_TEST(test_closed_form_updates) {
         nr += b * b;
     }
     ck_assert_msg(sqrt(d / nr) < LS_TOL, "R-step vs lstsq: %g", sqrt(d / nr));
-    for (int i = 0; i < 11; i++) free(buf[i]);
+    for (int i = 0; i < 13; i++) free(buf[i]);
     struct caldera_tensor * ts[] = { &res, &r, &l0, &h, &f, &rf, &resf, &rft, &resft, &lref, &rref };
     for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) caldera_tensor_free(ts[i]);
     teardown(&s);
@@ -515,12 +527,187 @@ START_TEST(test_oom_sweep) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------
+// thin-gemm.c: the kernels against double-precision references, against each other (the same
+// bits by construction), and against OpenBLAS where its sgemm/strsm have the blocks they repeat.
+
+#define THIN_TOL  2e-5   // |C − C_ref| / Σ_p |x_p b_p|: f32 sums in blocks of <= 320 (about 320 u)
+#define SOLVE_TOL 1e-4   // relative error of X against the double solve (G well conditioned)
+
+char * openblas_get_corename(void);   // OpenBLAS (the core's BLAS)
+
+// OpenBLAS's blocked sgemm and its strsm kernels are the ones thin-gemm.c repeats on these cores.
+static int blas_blocks_known(void) {
+    const char * c = openblas_get_corename();
+    return c && (strcasecmp(c, "Cooperlake") == 0 || strcasecmp(c, "SkylakeX") == 0);
+}
+
+static float urand(uint64_t * st) {
+    *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+    return (float) ((double) (*st >> 40) / (double) (1ull << 24)) - 0.5f;
+}
+
+START_TEST(test_thin_gemm) {
+    // BLAS on one thread (as in a pipeline's compress phase): threaded OpenBLAS halves a K
+    // remainder of 321..639 without rounding to 16 (the same blocks for SmolLM2's 192, 576, 1536)
+    struct caldera_ctx * ctx = tu_ctx(), * ctx2 = tu_ctx();
+    caldera_ctx_set_threads(ctx2, 2);
+    caldera_ctx_set_threads(ctx, 1);   // last: BLAS's thread count is the process's
+    const int known = blas_blocks_known();
+    const enum thin_gemm_kernel best = thin_gemm_best();
+    // (r, N, K): padded and whole row tiles, masked and whole panels, one and several K blocks
+    // (320; 321..639 halved; 700 = 320 + 2 × 190; 1536 = 3 × 320 + 2 × 288); the last four are
+    // at least THIN_GEMM_MIN_MNK, CALDERA's 576 × 576 rank-32 products among them
+    static const int64_t shapes[][3] = { { 1, 1, 1 }, { 4, 17, 7 }, { 13, 100, 320 }, { 9, 48, 321 }, { 3, 5, 700 },
+                                         { 32, 576, 576 }, { 13, 1536, 576 }, { 32, 192, 1536 }, { 8, 1000, 1000 } };
+    uint64_t st = 7;
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        const int64_t r = shapes[si][0], n = shapes[si][1], kd = shapes[si][2], r8 = thin_gemm_r8(r);
+        for (int trans = 0; trans < 2; trans++) {
+            const int64_t ldx = trans ? kd + 3 : r + 2, ldb = n + 5;   // padded leading dimensions
+            float * x = calloc((size_t) ((trans ? r : kd) * ldx), sizeof(float));
+            float * b = calloc((size_t) (kd * ldb), sizeof(float));
+            float * xp = calloc((size_t) (kd * r8), sizeof(float));
+            float * c[3], * cb = calloc((size_t) (r * n), sizeof(float));
+            for (int64_t i = 0; i < (trans ? r : kd) * ldx; i++) x[i] = urand(&st);
+            for (int64_t i = 0; i < kd * ldb; i++) b[i] = urand(&st);
+            thin_gemm_pack(trans, kd, r, x, ldx, xp);
+            for (int kern = 0; kern <= (int) best; kern++) {
+                c[kern] = calloc((size_t) (r * (n + 1)), sizeof(float));
+                thin_gemm(kern == (int) best ? ctx2 : NULL, kern, kd, r, n, xp, b, ldb, c[kern], n + 1);   // panels on 2 threads
+            }
+            double worst = 0;
+            for (int64_t i = 0; i < r; i++) {
+                for (int64_t j = 0; j < n; j++) {
+                    double ref = 0, mag = 0;
+                    for (int64_t p = 0; p < kd; p++) {
+                        double xv = trans ? x[i * ldx + p] : x[p * ldx + i];
+                        ref += xv * b[p * ldb + j];
+                        mag += fabs(xv * b[p * ldb + j]);
+                    }
+                    double e = fabs(c[0][i * (n + 1) + j] - ref) / (mag > 0 ? mag : 1);
+                    worst = e > worst ? e : worst;
+                }
+            }
+            ck_assert_msg(worst < THIN_TOL, "r %d N %d K %d trans %d: error %g", (int) r, (int) n, (int) kd, trans, worst);
+            for (int kern = 1; kern <= (int) best; kern++) {
+                for (int64_t i = 0; i < r; i++) {
+                    ck_assert_msg(memcmp(c[kern] + i * (n + 1), c[0] + i * (n + 1), (size_t) n * sizeof(float)) == 0,
+                                  "kernel %d differs from the scalar one (r %d N %d K %d)", kern, (int) r, (int) n, (int) kd);
+                }
+            }
+            if (known && (double) r * (double) n * (double) kd >= THIN_GEMM_MIN_MNK) {
+                // the same product through cblas: C = op(X)ᵀ-as-stored · B
+                struct caldera_tensor xt = { .data = x, .dtype = CALDERA_DTYPE_F32, .ndim = 2,
+                                             .ne = { trans ? r : kd, trans ? kd : r }, .ld = ldx };
+                struct caldera_tensor bt = { .data = b, .dtype = CALDERA_DTYPE_F32, .ndim = 2, .ne = { kd, n }, .ld = ldb };
+                struct caldera_tensor ct = caldera_tensor_view_f32(cb, r, n);
+                ck_assert_int_eq(caldera_linalg_gemm(ctx, trans ? CALDERA_NO_TRANS : CALDERA_TRANS, CALDERA_NO_TRANS, 1.0f,
+                                                     &xt, &bt, 0.0f, &ct), 0);
+                for (int64_t i = 0; i < r; i++) {
+                    ck_assert_msg(memcmp(c[0] + i * (n + 1), cb + i * n, (size_t) n * sizeof(float)) == 0,
+                                  "r %d N %d K %d trans %d: not OpenBLAS's bits", (int) r, (int) n, (int) kd, trans);
+                }
+            }
+            for (int kern = 0; kern <= (int) best; kern++) free(c[kern]);
+            free(x); free(b); free(xp); free(cb);
+        }
+    }
+    if (!known) {
+        fprintf(stderr, "test_thin_gemm: BLAS core '%s': identity with its sgemm not checked\n", openblas_get_corename());
+    }
+    caldera_ctx_free(ctx);
+    caldera_ctx_free(ctx2);
+}
+END_TEST
+
+START_TEST(test_thin_chol_solve) {
+    struct caldera_ctx * ctx = tu_ctx();
+    caldera_ctx_set_threads(ctx, 1);
+    const int known = blas_blocks_known();
+    const enum thin_gemm_kernel best = thin_gemm_best();
+    static const int64_t ks[] = { 1, 3, 16, 17, 32, 45, 100, 320 };
+    static const int64_t colss[] = { 1, 15, 16, 33, 576 };
+    uint64_t st = 11;
+    for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
+        for (size_t ci = 0; ci < sizeof(colss) / sizeof(colss[0]); ci++) {
+            const int64_t k = ks[ki], cols = colss[ci], ldb = cols + 3;
+            if (k == 320 && cols != 33) continue;   // the largest block once is enough
+            float * a = calloc((size_t) (k * k), sizeof(float)), * g = calloc((size_t) (k * k), sizeof(float));
+            float * lf = calloc((size_t) (k * k), sizeof(float)), * b = calloc((size_t) (k * ldb), sizeof(float));
+            float * x[3], * xb = calloc((size_t) (k * ldb), sizeof(float));
+            for (int64_t i = 0; i < k * k; i++) a[i] = urand(&st);
+            for (int64_t i = 0; i < k; i++)   // G = A Aᵀ + k/4 I: SPD, condition number a few dozen
+                for (int64_t j = 0; j < k; j++) {
+                    double acc = i == j ? 0.25 * (double) k : 0.0;
+                    for (int64_t p = 0; p < k; p++) acc += (double) a[i * k + p] * a[j * k + p];
+                    g[i * k + j] = (float) acc;
+                }
+            for (int64_t i = 0; i < k * ldb; i++) b[i] = urand(&st);
+            memcpy(lf, g, (size_t) (k * k) * sizeof(float));
+            struct caldera_tensor lt = caldera_tensor_view_f32(lf, k, k);
+            ck_assert_int_eq(caldera_linalg_cholesky(ctx, &lt), 0);
+            for (int kern = 0; kern <= (int) best; kern++) {
+                x[kern] = malloc((size_t) (k * ldb) * sizeof(float));
+                memcpy(x[kern], b, (size_t) (k * ldb) * sizeof(float));
+                thin_chol_solve(kern, k, lf, x[kern], ldb, cols);
+            }
+            // against the double-precision solution of G X = B (Gaussian elimination, G SPD)
+            double * gd = calloc((size_t) (k * k), sizeof(double)), * y = calloc((size_t) k, sizeof(double));
+            double worst = 0;
+            for (int64_t j = 0; j < cols; j++) {
+                for (int64_t i = 0; i < k * k; i++) gd[i] = g[i];
+                for (int64_t i = 0; i < k; i++) y[i] = b[i * ldb + j];
+                for (int64_t p = 0; p < k; p++)
+                    for (int64_t i = p + 1; i < k; i++) {
+                        double f = gd[i * k + p] / gd[p * k + p];
+                        for (int64_t q = p; q < k; q++) gd[i * k + q] -= f * gd[p * k + q];
+                        y[i] -= f * y[p];
+                    }
+                for (int64_t i = k - 1; i >= 0; i--) {
+                    for (int64_t q = i + 1; q < k; q++) y[i] -= gd[i * k + q] * y[q];
+                    y[i] /= gd[i * k + i];
+                }
+                double d = 0, nx = 0;
+                for (int64_t i = 0; i < k; i++) {
+                    d += (x[0][i * ldb + j] - y[i]) * (x[0][i * ldb + j] - y[i]);
+                    nx += y[i] * y[i];
+                }
+                worst = fmax(worst, sqrt(d / nx));
+            }
+            ck_assert_msg(worst < SOLVE_TOL, "k %d cols %d: relative error %g", (int) k, (int) cols, worst);
+            for (int kern = 1; kern <= (int) best; kern++) {
+                for (int64_t i = 0; i < k; i++) {
+                    ck_assert_msg(memcmp(x[kern] + i * ldb, x[0] + i * ldb, (size_t) cols * sizeof(float)) == 0,
+                                  "kernel %d differs from the scalar one (k %d cols %d)", kern, (int) k, (int) cols);
+                }
+            }
+            if (known) {   // LAPACKE_spotrs through the core, from the same G
+                memcpy(xb, b, (size_t) (k * ldb) * sizeof(float));
+                struct caldera_tensor gt = caldera_tensor_view_f32(g, k, k);
+                struct caldera_tensor bt = { .data = xb, .dtype = CALDERA_DTYPE_F32, .ndim = 2, .ne = { k, cols }, .ld = ldb };
+                ck_assert_int_eq(caldera_linalg_spd_solve(ctx, &gt, &bt), 0);
+                for (int64_t i = 0; i < k; i++) {
+                    ck_assert_msg(memcmp(x[0] + i * ldb, xb + i * ldb, (size_t) cols * sizeof(float)) == 0,
+                                  "k %d cols %d: not LAPACKE_spotrs's bits", (int) k, (int) cols);
+                }
+            }
+            for (int kern = 0; kern <= (int) best; kern++) free(x[kern]);
+            free(a); free(g); free(lf); free(b); free(xb); free(gd); free(y);
+        }
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 static Suite * caldera_suite(void) {
     Suite * s = suite_create("caldera");
     TCase * tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_exact_regression);
-    tcase_add_test(tc, test_closed_form_updates);
+    tcase_add_loop_test(tc, test_closed_form_updates, 0, 2);
+    tcase_add_test(tc, test_thin_gemm);
+    tcase_add_test(tc, test_thin_chol_solve);
     tcase_add_test(tc, test_outer_loop_never_worse);
     tcase_add_test(tc, test_roundtrip_variants);
     tcase_add_test(tc, test_errors);
