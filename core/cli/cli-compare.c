@@ -377,7 +377,7 @@ out:
 // --peer [LABEL=]FILE: the label (malloc'd) and the file; 0, or CLI_EXIT_USAGE with a message.
 static int peer_parse(const char * arg, struct cmp_peer * pe) {
     const char * eq = strchr(arg, '='), * slash = strchr(arg, '/');
-    if (eq && eq > arg && (!slash || slash > eq)) {   // LABEL=FILE (a label has no '/')
+    if (eq && (!slash || slash > eq)) {   // LABEL=FILE (a label has no '/')
         pe->label = strndup(arg, (size_t) (eq - arg));
         pe->path = eq + 1;
     } else {
@@ -409,10 +409,6 @@ static int peer_check(struct caldera_ctx * ctx, const struct cmp_peer * pe, cons
     const struct caldera_model_ops * mops = NULL;
     struct caldera_model_desc        d;
     int                              code = 0;
-    if (access(pe->path, R_OK) != 0) {
-        fprintf(stderr, "caldera-pipe compare: --peer %s: cannot read: %s\n", pe->path, strerror(errno));
-        return CLI_EXIT_USAGE;
-    }
     struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .weights = "f16" };   // half the memory: a check only
     if (caldera_model_open(ctx, pe->path, &mp, &model) < 0) {
         fprintf(stderr, "caldera-pipe compare: --peer %s: %s\n  the runtime cannot evaluate this peer; nothing was run\n", pe->path,
@@ -603,6 +599,13 @@ int cli_compare(int argc, char ** argv) {
     if (npeers > 0) {
         struct caldera_model_desc want = { 0 };
         const char *              want_from = NULL;
+        for (int i = 0; i < npeers; i++) {
+            if (access(peers[i].path, R_OK) != 0) {
+                fprintf(stderr, "caldera-pipe compare: --peer %s: cannot read: %s\n", peers[i].path, strerror(errno));
+                code = CLI_EXIT_USAGE;
+                goto out;
+            }
+        }
         if (ref < 0) {
             fprintf(stderr, "caldera-pipe compare: --peer: no pipeline evaluates perplexity; peers are scored with the "
                             "pipelines' [eval] protocol: give a pipeline [caldera] eval = SECTION (see docs/user-guide.md)\n");
