@@ -158,6 +158,31 @@ static int rm_entry(const char * path, const struct stat * st, int flag, struct 
     return remove(path);
 }
 
+// Run this executable with @p av (stdout to /dev/null: the table replaces the child's own text) and
+// wait for it: its wall time, peak memory and wait status. 0, or an exit code (message printed).
+static int child_spawn(char ** av, double * wall, long * maxrss_kib, int * status) {
+    fflush(NULL);
+    double t0 = cli_now();
+    pid_t  pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
+        return CLI_EXIT_RUNTIME;
+    }
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout)) _exit(127);
+        execv("/proc/self/exe", av);
+        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
+        _exit(127);
+    }
+    struct rusage ru;
+    while (wait4(pid, status, 0, &ru) < 0) {
+        if (errno != EINTR) return CLI_EXIT_RUNTIME;
+    }
+    *wall = cli_now() - t0;
+    *maxrss_kib = ru.ru_maxrss;
+    return 0;
+}
+
 // Run one pipeline as a child process; 0 or an exit code (message printed).
 static int run_child(struct cmp_pipe * cp, int idx, const char * tmp, const char ** sets, int nsets, const char * threads,
                      const char ** paths, int npaths) {
@@ -179,27 +204,8 @@ static int run_child(struct cmp_pipe * cp, int idx, const char * tmp, const char
         av[n++] = "--set", av[n++] = wset[w];
     }
     av[n++] = "--set", av[n++] = rset;
-    fflush(NULL);
-    double t0 = cli_now();
-    pid_t  pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
-        code = CLI_EXIT_RUNTIME;
-        goto out;
-    }
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout)) _exit(127);   // the child's own summary: the table replaces it
-        execv("/proc/self/exe", av);
-        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
-        _exit(127);
-    }
-    int           status;
-    struct rusage ru;
-    while (wait4(pid, &status, 0, &ru) < 0) {
-        if (errno != EINTR) { code = CLI_EXIT_RUNTIME; goto out; }
-    }
-    cp->wall = cli_now() - t0;
-    cp->maxrss_kib = ru.ru_maxrss;
+    int status;
+    if ((code = child_spawn(av, &cp->wall, &cp->maxrss_kib, &status)) != 0) goto out;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "caldera-pipe compare: %s failed (%s %d)\n", cp->ini, WIFEXITED(status) ? "exit" : "signal",
                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
@@ -465,27 +471,8 @@ static int run_peer(struct cmp_peer * pe, int idx, const char * tmp, json_t * ev
             goto out;
         }
     }
-    fflush(NULL);
-    double t0 = cli_now();
-    pid_t  pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
-        code = CLI_EXIT_RUNTIME;
-        goto out;
-    }
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout)) _exit(127);   // eval's own text: the table replaces it
-        execv("/proc/self/exe", av);
-        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
-        _exit(127);
-    }
-    int           status;
-    struct rusage ru;
-    while (wait4(pid, &status, 0, &ru) < 0) {
-        if (errno != EINTR) { code = CLI_EXIT_RUNTIME; goto out; }
-    }
-    pe->wall = cli_now() - t0;
-    pe->maxrss_kib = ru.ru_maxrss;
+    int status;
+    if ((code = child_spawn(av, &pe->wall, &pe->maxrss_kib, &status)) != 0) goto out;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "caldera-pipe compare: --peer %s: its evaluation failed (%s %d)\n", pe->path,
                 WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
