@@ -655,15 +655,17 @@ START_TEST(test_thin_chol_solve) {
             // against the double-precision solution of G X = B (Gaussian elimination, G SPD)
             double * gd = calloc((size_t) (k * k), sizeof(double)), * y = calloc((size_t) k, sizeof(double));
             double worst = 0;
+            for (int64_t i = 0; i < k * k; i++) gd[i] = g[i];
+            for (int64_t p = 0; p < k; p++)   // LU without pivoting, multipliers below the diagonal
+                for (int64_t i = p + 1; i < k; i++) {
+                    double f = gd[i * k + p] / gd[p * k + p];
+                    for (int64_t q = p + 1; q < k; q++) gd[i * k + q] -= f * gd[p * k + q];
+                    gd[i * k + p] = f;
+                }
             for (int64_t j = 0; j < cols; j++) {
-                for (int64_t i = 0; i < k * k; i++) gd[i] = g[i];
                 for (int64_t i = 0; i < k; i++) y[i] = b[i * ldb + j];
-                for (int64_t p = 0; p < k; p++)
-                    for (int64_t i = p + 1; i < k; i++) {
-                        double f = gd[i * k + p] / gd[p * k + p];
-                        for (int64_t q = p; q < k; q++) gd[i * k + q] -= f * gd[p * k + q];
-                        y[i] -= f * y[p];
-                    }
+                for (int64_t i = 1; i < k; i++)
+                    for (int64_t p = 0; p < i; p++) y[i] -= gd[i * k + p] * y[p];
                 for (int64_t i = k - 1; i >= 0; i--) {
                     for (int64_t q = i + 1; q < k; q++) y[i] -= gd[i * k + q] * y[q];
                     y[i] /= gd[i * k + i];
