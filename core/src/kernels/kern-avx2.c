@@ -384,7 +384,7 @@ const struct kw_variant caldera_kw_variant_avx2 = {
     .e8p_q8_lanes   = caldera_kw_e8p_q8_lanes_c,   // int8 activations: off by default here
     .q8_prepare     = caldera_kw_q8_prepare_c,
     .e8p_q8t_cols   = caldera_kw_e8p_q8t_cols_c,
-    .q8_rowsums     = caldera_kw_q8_rowsums_c,
+    .q8_rowdots     = caldera_kw_q8_rowdots_c,
     .rht_core       = caldera_kw_avx2_rht_core,
     .sign_scale     = caldera_kw_avx2_sign_scale,
 };

@@ -129,11 +129,15 @@ T_VBMI static void q8_lanes_vbmi(const struct kw_q8s * q, const uint16_t * codes
     int64_t         p    = 0;
     for (int64_t g = 0; g < ng; g++) {
         const struct q8_grp gr = q8_group(codes + 64 * g, ncw - 64 * g, even, odd);
-        const int8_t *      xp = q->xpl + p * 512;
-        __m512i             acc = _mm512_setzero_si512();
+        const int8_t *      xp = q->xpl + p * 512, * xp2 = q->xpl2 + p * 512;
+        __m512i             acc = _mm512_setzero_si512(), acc2 = _mm512_setzero_si512();
         for (int e = 0; e < 8; e++) {
-            acc = _mm512_dpbusd_epi32(acc, q8_plane(&gr, tab, e, _mm512_loadu_si512(sl[e])), _mm512_load_si512(xp + 64 * e));
+            const __m512i u = q8_plane(&gr, tab, e, _mm512_loadu_si512(sl[e]));
+            acc  = _mm512_dpbusd_epi32(acc, u, _mm512_load_si512(xp + 64 * e));
+            acc2 = _mm512_dpbusd_epi32(acc2, u, _mm512_load_si512(xp2 + 64 * e));
         }
+        // 254 acc + acc2 = (acc << 8) − 2 acc + acc2
+        acc = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(acc, 8), _mm512_add_epi32(acc, acc)), acc2);
         _mm512_storeu_si512(lanes + 16 * g, acc);
         if (++p == q->period) {
             p = 0;
@@ -141,12 +145,13 @@ T_VBMI static void q8_lanes_vbmi(const struct kw_q8s * q, const uint16_t * codes
     }
 }
 
-// kernels-impl.h, e8p_q8t_cols: per group of 64 codeword columns, four code rows at a time; their
-// planes are interleaved bytewise (row-major inside each int32 lane: rows r .. r+3 of one column)
-// so that one vpdpbusd with tq[r .. r+3] in every lane adds four rows' products per column; lane
+// kernels-impl.h, e8p_q8t_cols: per group of 64 codeword columns, the rows' byte planes (struct
+// q8_grp, kept for all rows), then per nibble e four code rows at a time: their planes interleaved
+// bytewise (rows r .. r+3 of one column inside each int32 lane), so that one vpdpbusd with
+// tq[r .. r+3] in every lane adds four rows' products per column (and one more with tq2); lane
 // 4k + l of the q-th interleaved vector is column 16k + 4q + l of the group.
 T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
-                                 int32_t * out) {
+                                 const int8_t * tq2, int32_t * out, int32_t * out2) {
     uint8_t ev[64], sl[8][64];
     for (int j = 0; j < 64; j++) {
         ev[j] = (uint8_t) (2 * j);
@@ -156,50 +161,56 @@ T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, in
     }
     const __m512i   even = _mm512_loadu_si512(ev), odd = _mm512_add_epi8(even, _mm512_set1_epi8(1));
     const __m512i * tab  = (const __m512i *) tabs;
-    __m512i         acc[8][4];
+    const int64_t   m4   = (m + 3) / 4;
+    int32_t         t4[KW_Q8T_ROWS / 4], t42[KW_Q8T_ROWS / 4];
+    struct q8_grp   g[KW_Q8T_ROWS];
+    for (int64_t qd = 0; qd < m4; qd++) {   // tq of rows 4qd .. 4qd+3 in the four bytes (0 past m)
+        t4[qd] = t42[qd] = 0;
+        for (int64_t j = 0; j < 4 && 4 * qd + j < m; j++) {
+            t4[qd] |= (int32_t) ((uint32_t) (uint8_t) tq[4 * qd + j] << (8 * j));
+            t42[qd] |= (int32_t) ((uint32_t) (uint8_t) tq2[4 * qd + j] << (8 * j));
+        }
+    }
     for (int64_t b0 = 0; b0 < nb; b0 += 64) {
         const int64_t left = nb - b0;
-        for (int e = 0; e < 8; e++) {
-            for (int q = 0; q < 4; q++) {
-                acc[e][q] = _mm512_setzero_si512();
-            }
-        }
-        for (int64_t r0 = 0; r0 < m; r0 += 4) {
-            struct q8_grp g[4];
-            int32_t       t4 = 0;
-            for (int j = 0; j < 4; j++) {
-                if (r0 + j < m) {
-                    g[j] = q8_group(codes + (r0 + j) * nb + b0, left, even, odd);
-                    t4 |= (int32_t) (uint8_t) tq[r0 + j] << (8 * j);
-                } else {   // past the last row: u = 0 (its tq byte is 0 too)
-                    g[j].s = g[j].a = g[j].base = _mm512_setzero_si512();
-                    g[j].hi = g[j].par = 0;
-                }
-            }
-            const __m512i tv = _mm512_set1_epi32(t4);
-            for (int e = 0; e < 8; e++) {
-                const __m512i sel = _mm512_loadu_si512(sl[e]);
-                const __m512i u0 = q8_plane(&g[0], tab, e, sel), u1 = q8_plane(&g[1], tab, e, sel);
-                const __m512i u2 = q8_plane(&g[2], tab, e, sel), u3 = q8_plane(&g[3], tab, e, sel);
-                const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
-                const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
-                acc[e][0] = _mm512_dpbusd_epi32(acc[e][0], _mm512_unpacklo_epi16(l01, l23), tv);
-                acc[e][1] = _mm512_dpbusd_epi32(acc[e][1], _mm512_unpackhi_epi16(l01, l23), tv);
-                acc[e][2] = _mm512_dpbusd_epi32(acc[e][2], _mm512_unpacklo_epi16(h01, h23), tv);
-                acc[e][3] = _mm512_dpbusd_epi32(acc[e][3], _mm512_unpackhi_epi16(h01, h23), tv);
-            }
-        }
-        int32_t lane[8][4][16];
-        for (int e = 0; e < 8; e++) {
-            for (int q = 0; q < 4; q++) {
-                _mm512_storeu_si512(lane[e][q], acc[e][q]);
+        for (int64_t r = 0; r < 4 * m4; r++) {
+            if (r < m) {
+                g[r] = q8_group(codes + r * nb + b0, left, even, odd);
+            } else {   // past the last row: any u (its tq byte is 0)
+                g[r].s = g[r].a = g[r].base = _mm512_setzero_si512();
+                g[r].hi = g[r].par = 0;
             }
         }
         const int64_t nc = left < 64 ? left : 64;
-        for (int64_t i = 0; i < nc; i++) {   // column i = 16k + 4q + l
-            const int k = (int) (i >> 4), q = (int) ((i >> 2) & 3), l = (int) (i & 3);
-            for (int e = 0; e < 8; e++) {
-                out[8 * (b0 + i) + e] = lane[e][q][4 * k + l];
+        for (int e = 0; e < 8; e++) {
+            const __m512i sel = _mm512_loadu_si512(sl[e]);
+            __m512i       acc[4], acc2[4];
+            for (int q = 0; q < 4; q++) {
+                acc[q] = acc2[q] = _mm512_setzero_si512();
+            }
+            for (int64_t qd = 0; qd < m4; qd++) {
+                const struct q8_grp * gq = g + 4 * qd;
+                const __m512i u0 = q8_plane(gq, tab, e, sel), u1 = q8_plane(gq + 1, tab, e, sel);
+                const __m512i u2 = q8_plane(gq + 2, tab, e, sel), u3 = q8_plane(gq + 3, tab, e, sel);
+                const __m512i l01 = _mm512_unpacklo_epi8(u0, u1), h01 = _mm512_unpackhi_epi8(u0, u1);
+                const __m512i l23 = _mm512_unpacklo_epi8(u2, u3), h23 = _mm512_unpackhi_epi8(u2, u3);
+                const __m512i v[4] = { _mm512_unpacklo_epi16(l01, l23), _mm512_unpackhi_epi16(l01, l23),
+                                       _mm512_unpacklo_epi16(h01, h23), _mm512_unpackhi_epi16(h01, h23) };
+                const __m512i tv = _mm512_set1_epi32(t4[qd]), tv2 = _mm512_set1_epi32(t42[qd]);
+                for (int q = 0; q < 4; q++) {
+                    acc[q]  = _mm512_dpbusd_epi32(acc[q], v[q], tv);
+                    acc2[q] = _mm512_dpbusd_epi32(acc2[q], v[q], tv2);
+                }
+            }
+            int32_t lane[2][4][16];
+            for (int q = 0; q < 4; q++) {
+                _mm512_storeu_si512(lane[0][q], acc[q]);
+                _mm512_storeu_si512(lane[1][q], acc2[q]);
+            }
+            for (int64_t i = 0; i < nc; i++) {   // column i = 16k + 4q + l
+                const int k = (int) (i >> 4), q = (int) ((i >> 2) & 3), l = (int) (i & 3);
+                out[8 * (b0 + i) + e]  = lane[0][q][4 * k + l];
+                out2[8 * (b0 + i) + e] = lane[1][q][4 * k + l];
             }
         }
     }
@@ -210,25 +221,33 @@ T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, in
 // bytes, and each plane of a group of 64 codewords from the 512 contiguous bytes of their x by four
 // two-register byte permutes (16 codewords each).
 T_VBMI static float q8_prepare_vbmi(const float * x, int64_t cols, int64_t period, int8_t * xq, int8_t * xpl,
-                                    int32_t * sx) {
-    const int64_t nb = cols / 8;   // cols % 32 == 0 on this path
-    __m512 am = _mm512_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 16) {
-        const __mmask16 k = cols - c >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << (cols - c)) - 1u);
-        am = _mm512_max_ps(am, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + c)));
-    }
-    const float   amax = _mm512_reduce_max_ps(am);
-    const __m512  id   = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+                                    float * dl) {
+    const int64_t nb = cols / 8, nk = cols / 32;   // cols % 32 == 0 on this path
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-    __m512i       sum = _mm512_setzero_si512();
-    for (int64_t c = 0; c < cols; c += 16) {
-        const __mmask16 k = cols - c >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << (cols - c)) - 1u);
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + c), id));
-        q   = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-        sum = _mm512_add_epi32(sum, q);
-        _mm_mask_storeu_epi8(xq + c, k, _mm512_cvtepi32_epi8(q));
+    int8_t *      xq2 = xq + cols + 512;
+    float         corr = 0.0f;
+    for (int64_t k = 0; k < nk; k++) {
+        const __m512 x0 = _mm512_loadu_ps(x + 32 * k), x1 = _mm512_loadu_ps(x + 32 * k + 16);
+        const float  amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float  d = amax / 127.0f, idf = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 id = _mm512_set1_ps(idf), id2 = _mm512_set1_ps(254.0f * idf), vd = _mm512_set1_ps(d);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+        q0 = _mm512_min_epi32(_mm512_max_epi32(q0, lo), hi);
+        q1 = _mm512_min_epi32(_mm512_max_epi32(q1, lo), hi);
+        // the residual x − d q (exact as in the C version: one rounding of the product, one of the difference)
+        __m512i r0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x0, _mm512_mul_ps(_mm512_cvtepi32_ps(q0), vd)), id2));
+        __m512i r1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x1, _mm512_mul_ps(_mm512_cvtepi32_ps(q1), vd)), id2));
+        r0 = _mm512_min_epi32(_mm512_max_epi32(r0, lo), hi);
+        r1 = _mm512_min_epi32(_mm512_max_epi32(r1, lo), hi);
+        _mm_storeu_si128((__m128i *) (xq + 32 * k), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *) (xq + 32 * k + 16), _mm512_cvtepi32_epi8(q1));
+        _mm_storeu_si128((__m128i *) (xq2 + 32 * k), _mm512_cvtepi32_epi8(r0));
+        _mm_storeu_si128((__m128i *) (xq2 + 32 * k + 16), _mm512_cvtepi32_epi8(r1));
+        dl[k]      = d;
+        dl[nk + k] = d / 254.0f;
+        corr += dl[k] * (float) (KW_Q8_OFFSET * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) +
+                dl[nk + k] * (float) (KW_Q8_OFFSET * _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1)));
     }
-    *sx = _mm512_reduce_add_epi32(sum);
     uint8_t pm[64], ix[8][64];
     for (int j = 0; j < 64; j++) {
         pm[j] = (uint8_t) ((j & ~7) + KW_E8P_PERM(j & 7));   // nibble order inside each codeword
@@ -237,40 +256,44 @@ T_VBMI static float q8_prepare_vbmi(const float * x, int64_t cols, int64_t perio
         }
     }
     const __m512i perm = _mm512_loadu_si512(pm);
-    for (int64_t c = 0; c < cols; c += 64) {
-        const __mmask64 k = cols - c >= 64 ? ~(__mmask64) 0 : ((__mmask64) 1 << (cols - c)) - 1;
-        _mm512_mask_storeu_epi8(xq + c, k, _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(k, xq + c)));
-    }
-    for (int64_t b = nb; b < nb + 64; b++) {
-        memcpy(xq + 8 * b, xq + 8 * (b % nb), 8);
-    }
-    for (int64_t p = 0; p < period; p++) {
-        const int8_t * src = xq + 8 * ((64 * p) % nb);
-        __m512i z[8];
-        for (int k = 0; k < 8; k++) {
-            z[k] = _mm512_loadu_si512(src + 64 * k);
+    for (int h = 0; h < 2; h++) {
+        int8_t * xh = h ? xq2 : xq;
+        for (int64_t c = 0; c < cols; c += 64) {
+            const __mmask64 k = cols - c >= 64 ? ~(__mmask64) 0 : ((__mmask64) 1 << (cols - c)) - 1;
+            _mm512_mask_storeu_epi8(xh + c, k, _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(k, xh + c)));
         }
-        for (int e = 0; e < 8; e++) {
-            const __m512i ie = _mm512_loadu_si512(ix[e]);
-            __m512i       v  = _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF, z[0], ie, z[1]);
-            v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 16, z[2], ie, z[3]));
-            v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 32, z[4], ie, z[5]));
-            v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 48, z[6], ie, z[7]));
-            _mm512_store_si512(xpl + (p * 8 + e) * 64, v);
+        for (int64_t b = nb; b < nb + 64; b++) {
+            memcpy(xh + 8 * b, xh + 8 * (b % nb), 8);
+        }
+        for (int64_t p = 0; p < period; p++) {
+            const int8_t * src = xh + 8 * ((64 * p) % nb);
+            int8_t *       dst = xpl + h * period * 512 + p * 512;
+            __m512i        z[8];
+            for (int k = 0; k < 8; k++) {
+                z[k] = _mm512_loadu_si512(src + 64 * k);
+            }
+            for (int e = 0; e < 8; e++) {
+                const __m512i ie = _mm512_loadu_si512(ix[e]);
+                __m512i       v  = _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF, z[0], ie, z[1]);
+                v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 16, z[2], ie, z[3]));
+                v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 32, z[4], ie, z[5]));
+                v = _mm512_or_si512(v, _mm512_maskz_permutex2var_epi8((__mmask64) 0xFFFF << 48, z[6], ie, z[7]));
+                _mm512_store_si512(dst + e * 64, v);
+            }
         }
     }
-    return amax / 127.0f;
+    return corr;
 }
 
-T_512 static void q8_rowsums_avx512(const int32_t * lanes, int64_t nrows, int64_t nl, int32_t * isum) {
+T_512 static void q8_rowdots_avx512(const int32_t * lanes, int64_t nrows, int64_t nl, const float * dl, float * out) {
     for (int64_t r = 0; r < nrows; r++) {
         const int32_t * l = lanes + r * nl;
-        __m512i         v = _mm512_setzero_si512();
+        __m512          v = _mm512_setzero_ps();
         for (int64_t k = 0; k < nl; k += 16) {
             const __mmask16 m = nl - k >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << (nl - k)) - 1u);
-            v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(m, l + k));
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, l + k)), _mm512_maskz_loadu_ps(m, dl + k), v);
         }
-        isum[r] = _mm512_reduce_add_epi32(v);
+        out[r] = _mm512_reduce_add_ps(v);
     }
 }
 
@@ -288,7 +311,7 @@ const struct kw_variant caldera_kw_variant_avx512_novnni = {
     .e8p_q8_lanes   = caldera_kw_e8p_q8_lanes_c,
     .q8_prepare     = caldera_kw_q8_prepare_c,
     .e8p_q8t_cols   = caldera_kw_e8p_q8t_cols_c,
-    .q8_rowsums     = q8_rowsums_avx512,
+    .q8_rowdots     = q8_rowdots_avx512,
     .rht_core       = caldera_kw_avx2_rht_core,
     .sign_scale     = caldera_kw_avx2_sign_scale,
 };
@@ -306,7 +329,7 @@ const struct kw_variant caldera_kw_variant_avx512 = {
     .e8p_q8_lanes   = q8_lanes_vbmi,
     .q8_prepare     = q8_prepare_vbmi,
     .e8p_q8t_cols   = q8t_cols_vbmi,
-    .q8_rowsums     = q8_rowsums_avx512,
+    .q8_rowdots     = q8_rowdots_avx512,
     .rht_core       = caldera_kw_avx2_rht_core,
     .sign_scale     = caldera_kw_avx2_sign_scale,
     .q8_default     = 1,

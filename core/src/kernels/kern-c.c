@@ -65,18 +65,21 @@ void caldera_kw_e8p_q8_lanes_c(const struct kw_q8s * q, const uint16_t * codes, 
         uint32_t       neg;
         const uint32_t s = kw_e8p_signs(code, &neg);
         const int32_t  base = KW_Q8_OFFSET + (neg ? -1 : 1);
-        int32_t        sum = 0;
+        int32_t        sum = 0, sum2 = 0;
         for (int e = 0; e < 8; e++) {
             const int32_t g = q->tabs[e * 256 + (code >> 8)];
-            sum += (base + ((s >> e) & 1u ? -g : g)) * (int32_t) q->xpl[(p * 8 + e) * 64 + i];
+            const int32_t u = base + ((s >> e) & 1u ? -g : g);
+            sum += u * (int32_t) q->xpl[(p * 8 + e) * 64 + i];
+            sum2 += u * (int32_t) q->xpl2[(p * 8 + e) * 64 + i];
         }
-        lanes[c / 4] += sum;
+        lanes[c / 4] += 254 * sum + sum2;
     }
 }
 
 void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
-                               int32_t * out) {
+                               const int8_t * tq2, int32_t * out, int32_t * out2) {
     memset(out, 0, (size_t) (8 * nb) * sizeof(int32_t));
+    memset(out2, 0, (size_t) (8 * nb) * sizeof(int32_t));
     for (int64_t r = 0; r < m; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const uint16_t code = codes[r * nb + b];
@@ -85,44 +88,62 @@ void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const uint16_t * codes, int6
             const int32_t  base = KW_Q8_OFFSET + (neg ? -1 : 1);
             for (int e = 0; e < 8; e++) {
                 const int32_t g = tabs[e * 256 + (code >> 8)];
-                out[8 * b + e] += (base + ((s >> e) & 1u ? -g : g)) * (int32_t) tq[r];
+                const int32_t u = base + ((s >> e) & 1u ? -g : g);
+                out[8 * b + e] += u * (int32_t) tq[r];
+                out2[8 * b + e] += u * (int32_t) tq2[r];
             }
         }
     }
 }
 
-// xq (cols + 512): x / d rounded, d = max|x|/127 (returned), in nibble order (xq[8b + e] = q of
-// column 8b + PERM(e)), its first 64 codewords repeated after the end (so that any 64 consecutive
-// codewords from a start < nb are contiguous); *sx = Σ xq; and the period's planes.
-float caldera_kw_q8_prepare_c(const float * x, int64_t cols, int64_t period, int8_t * xq, int8_t * xpl, int32_t * sx) {
-    const int64_t nb = cols / 8;
-    float amax = 0.0f;
-    for (int64_t c = 0; c < cols; c++) {
-        amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;
-    }
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int32_t     s  = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        for (int e = 0; e < 8; e++) {
-            int32_t q = (int32_t) lrintf(x[8 * b + KW_E8P_PERM(e)] * id);
-            q = q > 127 ? 127 : q < -127 ? -127 : q;
-            xq[8 * b + e] = (int8_t) q;
-            s += q;
+// xq (cols + 512): x / d_k rounded, d_k = max|x| of the 32-column block k / 127 (dl), in nibble
+// order (xq[8b + e] = q of column 8b + PERM(e)), its first 64 codewords repeated after the end (so
+// that any 64 consecutive codewords from a start < nb are contiguous); the residual's xq2 likewise
+// (step d_k/254); and the period's planes of both. Returns 17 Σ_k (d_k Σ xq_k + d2_k Σ xq2_k).
+float caldera_kw_q8_prepare_c(const float * x, int64_t cols, int64_t period, int8_t * xq, int8_t * xpl, float * dl) {
+    const int64_t nb = cols / 8, nk = cols / 32;
+    int8_t *      xq2 = xq + cols + 512;
+    float         corr = 0.0f;
+    for (int64_t k = 0; k < nk; k++) {
+        float amax = 0.0f;
+        for (int64_t c = 32 * k; c < 32 * k + 32; c++) {
+            amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;
         }
-    }
-    for (int64_t b = nb; b < nb + 64; b++) {
-        memcpy(xq + 8 * b, xq + 8 * (b % nb), 8);
-    }
-    for (int64_t p = 0; p < period; p++) {
-        const int8_t * src = xq + 8 * ((64 * p) % nb);
-        for (int64_t i = 0; i < 64; i++) {
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f, id2 = 254.0f * id;
+        int32_t     s = 0, s2 = 0;
+        for (int64_t b = 4 * k; b < 4 * k + 4; b++) {
             for (int e = 0; e < 8; e++) {
-                xpl[(p * 8 + e) * 64 + i] = src[8 * i + e];
+                const float xv = x[8 * b + KW_E8P_PERM(e)];
+                int32_t     q  = (int32_t) lrintf(xv * id);
+                q = q > 127 ? 127 : q < -127 ? -127 : q;
+                int32_t q2 = (int32_t) lrintf((xv - (float) q * d) * id2);
+                q2 = q2 > 127 ? 127 : q2 < -127 ? -127 : q2;
+                xq[8 * b + e]  = (int8_t) q;
+                xq2[8 * b + e] = (int8_t) q2;
+                s += q;
+                s2 += q2;
+            }
+        }
+        dl[k]      = d;
+        dl[nk + k] = d / 254.0f;
+        corr += dl[k] * (float) (KW_Q8_OFFSET * s) + dl[nk + k] * (float) (KW_Q8_OFFSET * s2);
+    }
+    for (int h = 0; h < 2; h++) {
+        int8_t * xh = h ? xq2 : xq;
+        for (int64_t b = nb; b < nb + 64; b++) {
+            memcpy(xh + 8 * b, xh + 8 * (b % nb), 8);
+        }
+        for (int64_t p = 0; p < period; p++) {
+            const int8_t * src = xh + 8 * ((64 * p) % nb);
+            int8_t *       dst = xpl + h * period * 512 + p * 512;
+            for (int64_t i = 0; i < 64; i++) {
+                for (int e = 0; e < 8; e++) {
+                    dst[e * 64 + i] = src[8 * i + e];
+                }
             }
         }
     }
-    *sx = s;
-    return amax / 127.0f;
+    return corr;
 }
 
 void caldera_kw_sign_scale_c(const uint8_t * sign, const float * x, int64_t n, float scale, float * o, int acc) {
@@ -132,13 +153,13 @@ void caldera_kw_sign_scale_c(const uint8_t * sign, const float * x, int64_t n, f
     }
 }
 
-void caldera_kw_q8_rowsums_c(const int32_t * lanes, int64_t nrows, int64_t nl, int32_t * isum) {
+void caldera_kw_q8_rowdots_c(const int32_t * lanes, int64_t nrows, int64_t nl, const float * dl, float * out) {
     for (int64_t r = 0; r < nrows; r++) {
-        int32_t s = 0;
+        float s = 0.0f;
         for (int64_t k = 0; k < nl; k++) {
-            s += lanes[r * nl + k];
+            s += dl[k] * (float) lanes[r * nl + k];
         }
-        isum[r] = s;
+        out[r] = s;
     }
 }
 
@@ -260,7 +281,7 @@ const struct kw_variant caldera_kw_variant_c = {
     .e8p_q8_lanes   = caldera_kw_e8p_q8_lanes_c,
     .q8_prepare     = caldera_kw_q8_prepare_c,
     .e8p_q8t_cols   = caldera_kw_e8p_q8t_cols_c,
-    .q8_rowsums     = caldera_kw_q8_rowsums_c,
+    .q8_rowdots     = caldera_kw_q8_rowdots_c,
     .rht_core       = caldera_kw_rht_core_c,
     .sign_scale     = caldera_kw_sign_scale_c,
 };

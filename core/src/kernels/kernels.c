@@ -272,8 +272,8 @@ struct kw_gemv_job {
     float *                   y;   // (rows)
     int                       acc;
     struct kw_q8s             q8;  // E8P with int8 activations (xpl set), else unused
-    float                     q8d; // int8: the step of x
-    int32_t                   q8sx;  // int8: Σ xq
+    const float *             q8dl;    // int8: the steps of x's 32-column blocks
+    float                     q8corr;  // int8: 17 Σ_k d_k Σ xq_k
 };
 
 static void kw_q8_rows(const struct kw_gemv_job * j, int64_t r0, int64_t r1);
@@ -403,25 +403,32 @@ static void kw_q8_rows(const struct kw_gemv_job * j, int64_t r0, int64_t r1) {
     const struct caldera_kw * w  = j->w;
     const int64_t             nb = w->cols / 8, ra = 64 / kw_gcd64(nb), nl = nb / 4;
     const float               irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
-    const int32_t             corr = KW_Q8_OFFSET * j->q8sx;
     int64_t                   kb = (KW_Q8_LANES * 4 / nb) / ra * ra;
     int32_t                   lanes[KW_Q8_LANES + 16] __attribute__((aligned(64)));
     kb = kb < ra ? ra : kb;
     for (int64_t rb = r0; rb < r1; rb += kb) {
         const int64_t re = rb + kb < r1 ? rb + kb : r1;
-        float         d1[KW_Q8_LANES];   // kb <= 4 KW_Q8_LANES / nb rows, nb >= 4
-        int32_t       isum[KW_Q8_LANES];
+        float         d1[KW_Q8_LANES], d2[KW_Q8_LANES];   // kb <= 4 KW_Q8_LANES / nb rows, nb >= 4
         for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
             const uint16_t * codes = pass ? (const uint16_t *) w->codes2 : w->codes;
             j->v->e8p_q8_lanes(&j->q8, codes + rb * nb, (re - rb) * nb, lanes);
-            j->v->q8_rowsums(lanes, re - rb, nl, isum);
+            j->v->q8_rowdots(lanes, re - rb, nl, j->q8dl + w->cols / 32, pass ? d2 : d1);   // steps d_k/254
+        }
+        float sc[KW_Q8_LANES];   // the rows' scales (f16 ones converted by the variant, 8 or 16 at a time)
+        if (!w->scale_per_row) {
             for (int64_t r = rb; r < re; r++) {
-                const float d = (float) (isum[r - rb] - corr);
-                d1[r - rb] = pass ? d1[r - rb] + irho * d : d;
+                sc[r - rb] = kw_e8p_scale(w, 0);
             }
+        } else if (w->scale_dtype == CALDERA_DTYPE_F16) {
+            const struct caldera_kw s16 = { .type = CALDERA_KW_F16, .rows = 1, .cols = re - rb, .ld = re - rb,
+                                            .data = (const uint16_t *) w->scale + rb };
+            j->v->f16_decode(&s16, 0, 1, sc, re - rb);
+        } else {
+            memcpy(sc, (const float *) w->scale + rb, (size_t) (re - rb) * sizeof(float));
         }
         for (int64_t r = rb; r < re; r++) {
-            const float v = 0.25f * j->q8d * kw_e8p_scale(w, r) * d1[r - rb];
+            const float d = (d1[r - rb] - j->q8corr) + (w->bits == 4 ? irho * (d2[r - rb] - j->q8corr) : 0.0f);
+            const float v = 0.25f * sc[r - rb] * d;
             j->y[r] = j->acc ? j->y[r] + v : v;
         }
     }
@@ -440,22 +447,27 @@ static void kw_q8_units(void * arg, int64_t u0, int64_t u1) {
 }
 
 static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
-    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 }, 0.0f, 0 };
+    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 }, NULL, 0.0f };
     float * xp = NULL;
     if (w->type == CALDERA_KW_E8P) {
         const int64_t nb = w->cols / 8, period = nb / kw_gcd64(nb);
         const int     q8 = w->bits != 3 && nb % 4 == 0 && period <= KW_Q8_MAXP && 64 / kw_gcd64(nb) * nb <= 4 * KW_Q8_LANES &&
                            caldera_kernel_q8() && (job.q8.tabs = kw_q8_table(w)) != NULL;
-        // f32: cols floats of permuted x and nb block sums; int8: cols + 512 bytes of xq, the planes (64-aligned)
-        const size_t bytes = q8 ? (size_t) w->cols + 512 + 64 + (size_t) period * 512 : (size_t) (w->cols + nb) * sizeof(float);
+        // f32: cols floats of permuted x and nb block sums; int8: the planes of xq and xq2 (64-aligned),
+        // 2 cols/32 block steps, 2 (cols + 512) bytes of xq and xq2
+        const size_t bytes = q8 ? (size_t) period * 1024 + (size_t) w->cols / 4 + 2 * ((size_t) w->cols + 512)
+                                : (size_t) (w->cols + nb) * sizeof(float);
         if (!(xp = caldera_malloc(bytes))) {
             return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", w->cols);
         }
         if (q8) {
-            int8_t * xq  = (int8_t *) xp;
-            int8_t * xpl = (int8_t *) (((uintptr_t) (xq + w->cols + 512) + 63) & ~(uintptr_t) 63);
-            job.q8d        = job.v->q8_prepare(x, w->cols, period, xq, xpl, &job.q8sx);
+            int8_t * xpl = (int8_t *) xp;   // caldera_malloc: 64-byte aligned
+            float *  dl  = (float *) (xpl + period * 1024);
+            int8_t * xq  = (int8_t *) (dl + w->cols / 16);
+            job.q8corr     = job.v->q8_prepare(x, w->cols, period, xq, xpl, dl);
+            job.q8dl       = dl;
             job.q8.xpl     = xpl;
+            job.q8.xpl2    = xpl + period * 512;
             job.q8.period  = period;
             const int64_t ra = 64 / kw_gcd64(nb), units = (w->rows + ra - 1) / ra;
             caldera_parallel_for(ctx, units, 1 + KW_GEMV_GRAIN / (ra * w->cols), kw_q8_units, &job);
@@ -496,10 +508,9 @@ static int64_t kw_tile_rows(const struct caldera_kw * w, int64_t batch) {
 }
 
 // Int8 transposed GEMV (E8P 2/4-bit; rows <= KW_Q8T_ROWS, cols <= 2 KW_SEG): x_r s_r quantized
-// with one step dt = max|x_r s_r|/127, then y[8b + PERM(e)] += dt/4 (Σ_r tq_r u(r, b, e) − 17 Σ_r tq_r)
-// (/ρ for the residual codes). -1: the grid has no int8 tables (the caller uses f32).
-#define KW_Q8T_ROWS 256
-
+// with one step dt = max|x_r s_r|/127 and its residual with dt/254 (tq, tq2), then y[8b + PERM(e)]
+// += dt/4 (Σ_r tq_r u(r, b, e) − 17 Σ_r tq_r) + the same for tq2 with dt/254 (/ρ for the residual
+// codes). -1: the grid has no int8 tables (the caller uses f32).
 static int kw_q8_gemv_t(const struct kw_variant * v, const struct caldera_kw * w, const float * x, float * y) {
     const int8_t * tabs = kw_q8_table(w);
     if (!tabs) {
@@ -507,27 +518,31 @@ static int kw_q8_gemv_t(const struct kw_variant * v, const struct caldera_kw * w
     }
     const int64_t m = w->rows, nb = w->cols / 8;
     float         xs[KW_Q8T_ROWS], amax = 0.0f;
-    int8_t        tq[KW_Q8T_ROWS];
-    int32_t       out[2 * KW_SEG];
+    int8_t        tq[KW_Q8T_ROWS], tq2[KW_Q8T_ROWS];
+    int32_t       out[2 * KW_SEG], out2[2 * KW_SEG];
     for (int64_t r = 0; r < m; r++) {
         xs[r] = x[r] * kw_e8p_scale(w, r);
         amax  = fabsf(xs[r]) > amax ? fabsf(xs[r]) : amax;
     }
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int32_t     st = 0;
+    const float dt = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f, id2 = 254.0f * id;
+    int32_t     st = 0, st2 = 0;
     for (int64_t r = 0; r < m; r++) {
         int32_t q = (int32_t) lrintf(xs[r] * id);
         q = q > 127 ? 127 : q < -127 ? -127 : q;
-        tq[r] = (int8_t) q;
+        int32_t q2 = (int32_t) lrintf((xs[r] - (float) q * dt) * id2);
+        q2 = q2 > 127 ? 127 : q2 < -127 ? -127 : q2;
+        tq[r]  = (int8_t) q;
+        tq2[r] = (int8_t) q2;
         st += q;
+        st2 += q2;
     }
-    const int32_t corr = KW_Q8_OFFSET * st;
+    const int32_t corr = KW_Q8_OFFSET * st, corr2 = KW_Q8_OFFSET * st2;
     for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
-        const float sc = 0.25f * (amax / 127.0f) * (pass ? 1.0f / w->e8_rho : 1.0f);
-        v->e8p_q8t_cols(tabs, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq, out);
+        const float sc = 0.25f * dt * (pass ? 1.0f / w->e8_rho : 1.0f), sc2 = sc / 254.0f;
+        v->e8p_q8t_cols(tabs, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq, tq2, out, out2);
         for (int64_t b = 0; b < nb; b++) {
             for (int e = 0; e < 8; e++) {
-                y[8 * b + KW_E8P_PERM(e)] += sc * (float) (out[8 * b + e] - corr);
+                y[8 * b + KW_E8P_PERM(e)] += sc * (float) (out[8 * b + e] - corr) + sc2 * (float) (out2[8 * b + e] - corr2);
             }
         }
     }
