@@ -4,10 +4,13 @@
 # agree with each other and with each pipeline's own report (run alone); on stories260K, one
 # calibration cache (the second pipeline reads the Hessians the first computed), the original
 # model's row and one evaluation protocol; errors (missing file, differing [eval] settings, unknown
-# option) exit 2 with a message and write nothing.
-#   usage: test-compare.sh CALDERA_PIPE SOURCE_DIR SHARED_DATA_DIR
+# option) exit 2 with a message and write nothing. Peers (--peer): stories260K as Q8_0 and Q4_0 GGUFs
+# made by caldera-convert, scored as `caldera-pipe eval` scores them alone, their bits against the
+# closed form of their block types; an unreadable peer (a tensor type the runtime refuses) refused
+# before anything runs; `eval --json` of a caldera-pipe output against the pipeline's own report.
+#   usage: test-compare.sh CALDERA_PIPE SOURCE_DIR SHARED_DATA_DIR [CALDERA_CONVERT]
 set -uo pipefail
-pipe=$1 src=$2 data=$3
+pipe=$1 src=$2 data=$3 convert=${4:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export CALDERA_CACHE=$tmp/cache CALDERA_SHARED_DATA=$data
@@ -132,6 +135,85 @@ sys.exit(0 if abs(row['file_bits_per_model_param'] - want) < TOL * want else 1)"
     contains err "evaluate differently (ctx: '128' against '64'); one protocol for all"
     check "nothing written" -- test ! -e "$tmp/bad.md"
     check "nothing run" -- test "$(grep -c 'compare: \[' "$tmp/err")" = 0
+
+    # eval --json of the pipeline's output (alone, and on top of the original): the compressed
+    # layers' stored bits are the report's bits_per_param, the model's parameters its model_params.
+    st=$data/stories260K/stories260K.bin
+    for how in alone on-original; do
+        args=(--model "$tmp/q.safetensors"); [ $how = on-original ] && args=(--model "$st" --compressed "$tmp/q.safetensors")
+        expect 0 "eval --json of the output ($how)" -- "$pipe" eval "${args[@]}" --ctx 128 --windows 4 -q --json "$tmp/qe-$how.json"
+        check "eval --json ($how) agrees with the pipeline's report" -- python3 -c "
+import json, os, sys
+e = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2]))['summary']; st = e['storage']
+TOL_REPORT = 1e-8   # relative: the report's JSON keeps 9 significant digits
+ok = (st['bits_over'] == 'compressed layers' and abs(st['bits_per_param'] - s['bits_per_param']) <= TOL_REPORT * s['bits_per_param'] and
+      st['linear_bits'] / st['linear_params'] == st['bits_per_param'] and
+      st['model_params'] == s['model_params'] == 260032 and st['linear_params'] == s['params'] and
+      st['file_bytes'] == os.path.getsize(sys.argv[3]) and st['file_bits_per_model_param'] == st['file_bytes'] * 8 / 260032 and
+      (e['ctx'], e['windows'], e['protocol'], e['layout']) == (128, 4, 'llamacpp', 'rows'))
+sys.exit(0 if ok else print(e, s) or 1)" "$tmp/qe-$how.json" "$tmp/alone-q.json" "$tmp/q.safetensors"
+    done
+    contains out "storage:    2.0918 bits/param over 0.227 M params of the compressed layers"
+
+    # Peers: stories260K in ggml block types by our own tools (caldera-convert --dtype).
+    if [ -n "$convert" ]; then
+        for t in q8_0 q4_0; do
+            expect 0 "caldera-convert --dtype $t" -- "$convert" -q "$st" "$tmp/stories-$t.gguf" --dtype $t
+        done
+        expect 0 "compare with peers" -- "$pipe" compare "$ex/stories260k_quip_sharp.ini" --peer "$tmp/stories-q4_0.gguf" \
+            --peer "q8=$tmp/stories-q8_0.gguf" --md "$tmp/p.md" --csv "$tmp/p.csv" --json "$tmp/p.json" "${plot[@]/s.png/p.png}"
+        cp "$tmp/out" "$tmp/p.out"
+        check "peer outputs" -- python3 "$tmp/check.py" "$tmp/p.md" "$tmp/p.csv" "$tmp/p.json" \
+            original,stories260k_quip_sharp,stories-q4_0,q8 "stories260k_quip_sharp=$tmp/alone-q.json"
+        contains p.out "types: stories-q4_0 f32:5 q4_0:30; q8 f32:5 q8_0:30)"
+        # Each peer alone with eval's options for the pipelines' [ev] (ctx 128, 4 windows, WikiText-2, rows).
+        for t in q4_0 q8_0; do
+            label=$([ $t = q8_0 ] && echo q8 || echo stories-q4_0)
+            expect 0 "eval of the $t peer alone" -- "$pipe" eval --model "$tmp/stories-$t.gguf" --ctx 128 --windows 4 -q \
+                --json "$tmp/e-$t.json"
+            ppl=$(sed -n 's/^perplexity: \([0-9.]*\) +\/- \([0-9.]*\)$/\1/p' "$tmp/out")
+            check "the $t peer's row prints eval's perplexity ($ppl)" -- grep -qF "| $label | " "$tmp/p.md"
+            check "the $t peer's row: $ppl" -- test "$(grep -F "| $label | " "$tmp/p.md" | cut -d'|' -f9 | tr -d ' ')" = "$ppl"
+            # Bits: stories260K's linear weights per layer (dim 64, FFN 172, 8 heads of 8, 4 KV heads): q, o 64x64, k, v
+            # 32x64, gate, up 172x64 in rows of 64 (whole 32-blocks: Q8_0 34 bytes = 8.5 bits, Q4_0 18 bytes = 4.5 bits
+            # per weight), down 64x172 (rows of 172: no whole blocks, left f32 by caldera-convert); all 5 layers alike.
+            check "the $t peer's row against eval alone and the closed form" -- python3 -c "
+import json, os, sys
+row = next(r for r in json.load(open(sys.argv[1]))['rows'] if r['method'] == sys.argv[3])
+e = json.load(open(sys.argv[2])); st = e['storage']
+blk = {'q4_0': 4.5, 'q8_0': 8.5}[sys.argv[4]]
+blocks, plain = 2 * 64 * 64 + 2 * 32 * 64 + 2 * 172 * 64, 64 * 172
+want = (blocks * blk + plain * 32) / (blocks + plain)
+TOL_JSON = 1e-9   # compare's JSON keeps 10 significant digits
+ok = (row['calibration'] == 'peer' and abs(row['ppl'] - e['ppl']) <= TOL_JSON * e['ppl'] and
+      abs(row['ppl_err'] - e['ppl_err']) <= TOL_JSON * e['ppl_err'] and
+      st['bits_per_param'] == want and abs(row['bits_per_param'] - want) <= TOL_JSON * want and
+      st['linear_params'] == 5 * (blocks + plain) and st['model_params'] == 260032 and
+      abs(row['file_bits_per_model_param'] - os.path.getsize(sys.argv[5]) * 8 / 260032) <= TOL_JSON * 32 and
+      row['mean_rel_err'] is None and row['compress_seconds'] is None and row['peak_rss_mib'] > 1)
+sys.exit(0 if ok else print(row, st, want) or 1)" "$tmp/p.json" "$tmp/e-$t.json" "$label" "$t" "$tmp/stories-$t.gguf"
+        done
+        # A peer the runtime cannot read (a tiny GGUF whose one tensor is IQ2_XXS) is refused before
+        # anything runs, naming the file, the tensor and its type; nothing is written.
+        python3 - "$tmp/iq.gguf" <<'PY'
+import struct, sys
+def s(b): return struct.pack('<Q', len(b)) + b
+h = b'GGUF' + struct.pack('<IQQ', 3, 1, 1) + s(b'general.architecture') + struct.pack('<I', 8) + s(b'llama')
+h += s(b'blk.0.attn_q.weight') + struct.pack('<IQQIQ', 2, 256, 1, 16, 0)   # 2 dims, ggml type 16 = IQ2_XXS, offset 0
+h += b'\0' * (-len(h) % 32)
+open(sys.argv[1], 'wb').write(h + b'\0' * 66)                              # one IQ2_XXS block: 66 bytes
+PY
+        expect 2 "unreadable peer" -- "$pipe" compare "$ex/stories260k_quip_sharp.ini" --peer "$tmp/stories-q8_0.gguf" \
+            --peer "$tmp/iq.gguf" --md "$tmp/bad.md" --json "$tmp/bad.json"
+        contains err "--peer $tmp/iq.gguf:"
+        contains err "tensor 'blk.0.attn_q.weight' has ggml type 16 (IQ2_XXS), which this plugin does not read"
+        check "nothing written" -- test ! -e "$tmp/bad.md" -a ! -e "$tmp/bad.json"
+        check "nothing run" -- test "$(grep -c 'compare: \[' "$tmp/err")" = 0
+        expect 2 "peer label taken" -- "$pipe" compare "$ex/stories260k_quip_sharp.ini" --peer "stories260k_quip_sharp=$tmp/stories-q8_0.gguf"
+        contains err "the label 'stories260k_quip_sharp' is taken"
+    else
+        echo "no caldera-convert given: the peers part skipped"
+    fi
 else
     echo "stories260K absent from $data: its part skipped"
 fi
@@ -146,8 +228,18 @@ expect 2 "unknown option" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --frobn
 contains err "unknown option '--frobnicate'"
 expect 2 "bad --set" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --set q.bits=99
 contains err "configuration error"
+expect 2 "--peer without a value" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --peer
+contains err "--peer needs a value"
+expect 2 "missing peer file" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --peer "$tmp/nope.gguf" --md "$tmp/bad.md"
+contains err "--peer $tmp/nope.gguf: cannot read"
+check "nothing written" -- test ! -e "$tmp/bad.md"
+expect 2 "peer without an evaluating pipeline" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --peer "$src/README.md"
+contains err "--peer: no pipeline evaluates perplexity"
+expect 2 "peer with an empty label" -- "$pipe" compare "$ex/single_matrix_rtn.ini" --peer "=$tmp/x.gguf"
+contains err "invalid label"
 expect 0 "help" -- "$pipe" compare --help
 contains out "--plot FILE.png"
+contains out "--peer [LABEL=]FILE"
 
 echo "compare: $passes passed, $fails failed"
 [ "$fails" = 0 ]

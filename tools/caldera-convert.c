@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,9 @@ static void usage(FILE * f) {
             "or, when the output name ends in .gguf, as one dense GGUF file (llama.cpp names and layout).\n"
             "\n"
             "  --dtype f32|f16      dtype of the written tensors (default f32)\n"
+            "  --dtype q8_0|q4_0|q4_1  (.gguf only) ggml's 32-element block types, round to nearest, for the 2-d\n"
+            "                       tensors whose rows are whole blocks; the others (norms, rows of other\n"
+            "                       lengths) f32: a small llama.cpp-readable quantized model, e.g. a test peer\n"
             "  --from NAME          format plugin that reads INPUT (default: chosen by probing INPUT)\n"
             "  --plugin-path DIR    load the plugin shared objects in DIR first\n"
             "  -q, --quiet          no progress lines\n"
@@ -181,6 +185,65 @@ static double now(void) {
     return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
+// ggml's 32-element block types, written from their layouts (formats/gguf/gguf-quants.c reads them
+// back). Each element rounds to the nearest level of the block's f16-stored scale (and minimum),
+// so |x - x̂| <= d/2 wherever no clamp is needed (Q8_0: always; Q4_0: all but +8 d; Q4_1: up to
+// the f16 rounding of d and m); tools/README.md gives the bounds the test checks.
+#define QBLK 32
+
+static float put_f16(uint8_t * p, float v) {
+    uint16_t h = caldera_f32_to_f16(v);
+    memcpy(p, &h, 2);
+    return caldera_f16_to_f32(h);
+}
+
+static int qround(float v, int lo, int hi) {
+    long q = lrintf(v);
+    return (int) (q < lo ? lo : q > hi ? hi : q);
+}
+
+// Q8_0, 34 bytes: d (f16) = max|x| / 127, qs[32] (i8): x̂ = d q.
+static void enc_q8_0(const float * x, uint8_t * b) {
+    float amax = 0.0f;
+    for (int j = 0; j < QBLK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = put_f16(b, amax / 127.0f), id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QBLK; j++) b[2 + j] = (uint8_t) (int8_t) qround(x[j] * id, -127, 127);
+}
+
+// Q4_0, 18 bytes: d (f16), qs[16] (element j low nibble of qs[j], j + 16 the high one): x̂ = d (q - 8).
+// d = m / -8 with m the element of largest magnitude, so m itself is exact (q = 0).
+static void enc_q4_0(const float * x, uint8_t * b) {
+    float m = 0.0f;
+    for (int j = 0; j < QBLK; j++) if (fabsf(x[j]) > fabsf(m)) m = x[j];
+    const float d = put_f16(b, m / -8.0f), id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QBLK / 2; j++) {
+        b[2 + j] = (uint8_t) (qround(x[j] * id + 8.0f, 0, 15) | qround(x[j + QBLK / 2] * id + 8.0f, 0, 15) << 4);
+    }
+}
+
+// Q4_1, 20 bytes: d (f16) = (max - min) / 15, m (f16) = min, qs[16] as Q4_0: x̂ = d q + m.
+static void enc_q4_1(const float * x, uint8_t * b) {
+    float lo = x[0], hi = x[0];
+    for (int j = 1; j < QBLK; j++) lo = fminf(lo, x[j]), hi = fmaxf(hi, x[j]);
+    const float d = put_f16(b, (hi - lo) / 15.0f), m = put_f16(b + 2, lo), id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QBLK / 2; j++) {
+        b[4 + j] = (uint8_t) (qround((x[j] - m) * id, 0, 15) | qround((x[j + QBLK / 2] - m) * id, 0, 15) << 4);
+    }
+}
+
+// @p src (rows × cols, f32, contiguous) in the block type @p dt into @p out (allocated here).
+static int encode_blocks(struct caldera_ctx * ctx, enum caldera_dtype dt, const struct caldera_tensor * src,
+                         struct caldera_tensor * out) {
+    void (*enc)(const float *, uint8_t *) = dt == CALDERA_DTYPE_Q8_0 ? enc_q8_0 : dt == CALDERA_DTYPE_Q4_0 ? enc_q4_0 : enc_q4_1;
+    const size_t bb = dt == CALDERA_DTYPE_Q8_0 ? 34 : dt == CALDERA_DTYPE_Q4_0 ? 18 : 20;   // bytes per block
+    int rc = caldera_tensor_alloc(ctx, dt, 2, src->ne, out);
+    if (rc < 0) return rc;
+    const int64_t nblk = src->ne[0] * (src->ne[1] / QBLK);
+    const float * x = src->data;
+    for (int64_t k = 0; k < nblk; k++) enc(x + k * QBLK, (uint8_t *) out->data + (size_t) k * bb);
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     const char * dtype_name = "f32", * from = NULL, * plugin_path = NULL;
     int quiet = 0, ret = EXIT_RUNTIME, rc, usage_err = 0, writing = 0;
@@ -209,18 +272,25 @@ int main(int argc, char ** argv) {
         usage(stderr);
         return EXIT_USAGE;
     }
-    enum caldera_dtype want;
+    enum caldera_dtype want, blocks = CALDERA_DTYPE_COUNT;   // blocks: the block type of --dtype q*, else COUNT
+    const char * input = argv[optind], * output = argv[optind + 1];
+    size_t       olen = strlen(output);
+    int          gguf_out = olen > 5 && strcmp(output + olen - 5, ".gguf") == 0;
     if (strcmp(dtype_name, "f32") == 0) {
         want = CALDERA_DTYPE_F32;
     } else if (strcmp(dtype_name, "f16") == 0) {
         want = CALDERA_DTYPE_F16;
+    } else if (!strcmp(dtype_name, "q8_0") || !strcmp(dtype_name, "q4_0") || !strcmp(dtype_name, "q4_1")) {
+        want = CALDERA_DTYPE_F32;
+        blocks = dtype_name[1] == '8' ? CALDERA_DTYPE_Q8_0 : dtype_name[3] == '0' ? CALDERA_DTYPE_Q4_0 : CALDERA_DTYPE_Q4_1;
+        if (!gguf_out) {
+            fprintf(stderr, "caldera-convert: --dtype %s needs an OUTPUT.gguf (safetensors has no ggml block types)\n", dtype_name);
+            return EXIT_USAGE;
+        }
     } else {
-        fprintf(stderr, "caldera-convert: --dtype %s; allowed: f32, f16\n", dtype_name);
+        fprintf(stderr, "caldera-convert: --dtype %s; allowed: f32, f16, q8_0, q4_0, q4_1 (the q types: .gguf only)\n", dtype_name);
         return EXIT_USAGE;
     }
-    const char * input = argv[optind], * output = argv[optind + 1];
-    size_t       olen = strlen(output);
-    int          gguf_out = olen > 5 && strcmp(output + olen - 5, ".gguf") == 0;
     const char * wname = gguf_out ? "gguf" : "safetensors";
 
     struct caldera_ctx * ctx = NULL;
@@ -306,8 +376,17 @@ make_writer:;
         if ((rc = rops->tensor_info(rd, i, &ti)) < 0) goto ctx_fail;
         const char * name = ti.hf_name && ti.hf_name[0] ? ti.hf_name : ti.name;
         if ((rc = rops->read_tensor(rd, i, want, &t, &owned)) < 0) goto ctx_fail;
-        rc = wops->write_tensor(wr, name, &t);
-        bytes += (uint64_t) caldera_tensor_nelements(&t) * (want == CALDERA_DTYPE_F16 ? 2 : 4);
+        if (blocks != CALDERA_DTYPE_COUNT && t.ndim == 2 && t.ne[1] % QBLK == 0 && t.ne[1] > 0 && (!t.ld || t.ld == t.ne[1])) {
+            struct caldera_tensor q = { 0 };
+            if ((rc = encode_blocks(ctx, blocks, &t, &q)) == 0) rc = wops->write_tensor(wr, name, &q);
+            size_t qb = 0;
+            caldera_dtype_nbytes(blocks, caldera_tensor_nelements(&t), &qb);
+            bytes += qb;
+            caldera_tensor_free(&q);
+        } else {
+            rc = wops->write_tensor(wr, name, &t);
+            bytes += (uint64_t) caldera_tensor_nelements(&t) * (want == CALDERA_DTYPE_F16 ? 2 : 4);
+        }
         if (owned) caldera_tensor_free(&t);
         if (rc < 0) goto ctx_fail;
         if (!quiet && (i + 1 == nt || (i + 1) % (tty ? 10 : 100) == 0)) {  // a line per step unless a terminal

@@ -4,6 +4,7 @@
 // the export; exit codes and messages of usage and runtime errors; no temporaries left over.
 #include <dirent.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,6 +254,82 @@ START_TEST(test_gguf_output) {
 }
 END_TEST
 
+// --dtype q8_0|q4_0|q4_1: stories260K's 2-d tensors with rows of whole 32-blocks in the block type
+// (read back by the gguf reader, which dequantizes), the others f32 bit for bit. Each element lies
+// within the round-to-nearest bound of its block, computed here from the source block: with d (and
+// m) the f16 values the block's definition gives, |x - x̂| <= d/2 where x/d (Q8_0: always; Q4_0:
+// x/d <= 7.5, the one level above 7 is clamped to 7; Q4_1: (x - m)/d in [-0.5, 15.5]) needs no
+// clamp, else the distance to the clamped level.
+#define TOL_BLOCK_REL 1e-6   // f32 arithmetic in the encoder and the decoder, relative to |x| + 16 d
+static void check_block_type(const char * dtype, enum caldera_dtype dt, int64_t want_blocked) {
+    struct caldera_ctx * ctx = tu_ctx();
+    char out[1024];
+    snprintf(out, sizeof(out), "%s/stories-%s.gguf", tu_tmpdir(), dtype);
+    ck_assert_msg(run(STORIES, out, "-q", "--dtype", dtype, NULL) == 0, "stderr: %s", errbuf);
+    struct caldera_inst * src = open_model(ctx, "llama2c", STORIES);
+    struct caldera_inst * dst = open_model(ctx, "gguf", out);
+    const struct caldera_format_ops * so = fops(ctx, "llama2c"), * oo = fops(ctx, "gguf");
+    int64_t blocked = 0;
+    for (int64_t i = 0; i < so->n_tensors(src); i++) {
+        struct caldera_tensor_info si, oi;
+        struct caldera_tensor a, b;
+        int oa, ob;
+        ck_assert_int_eq(so->tensor_info(src, i, &si), 0);
+        int64_t j = find_name(ctx, "gguf", dst, si.hf_name);
+        ck_assert_int_ge(j, 0);
+        ck_assert_int_eq(oo->tensor_info(dst, j, &oi), 0);
+        ck_assert_int_eq(so->read_tensor(src, i, CALDERA_DTYPE_F32, &a, &oa), 0);
+        ck_assert_int_eq(oo->read_tensor(dst, j, CALDERA_DTYPE_F32, &b, &ob), 0);
+        const int64_t ne = caldera_tensor_nelements(&a);
+        const float * x = a.data, * y = b.data;
+        if (si.ndim == 2 && si.ne[1] % 32 == 0) {
+            blocked++;
+            ck_assert_int_eq(oi.dtype, dt);
+            ck_assert_uint_eq(oi.nbytes, (size_t) (ne / 32) * (dt == CALDERA_DTYPE_Q8_0 ? 34 : dt == CALDERA_DTYPE_Q4_0 ? 18 : 20));
+            // q_proj, k_proj: rows permuted by llama.cpp's layout, which the reader undoes; their blocks are
+            // whole rows' pieces all the same (rows of 64), so the bound holds there too
+            for (int64_t k0 = 0; k0 < ne; k0 += 32) {
+                float amax = 0.0f, m = 0.0f, lo = x[k0], hi = x[k0];
+                for (int k = 0; k < 32; k++) {
+                    float v = x[k0 + k];
+                    amax = fmaxf(amax, fabsf(v));
+                    if (fabsf(v) > fabsf(m)) m = v;
+                    lo = fminf(lo, v), hi = fmaxf(hi, v);
+                }
+                double d, off = 0.0, top;
+                if (dt == CALDERA_DTYPE_Q8_0) d = caldera_f16_to_f32(caldera_f32_to_f16(amax / 127.0f)), top = 127.5;
+                else if (dt == CALDERA_DTYPE_Q4_0) d = caldera_f16_to_f32(caldera_f32_to_f16(m / -8.0f)), top = 7.5;
+                else d = caldera_f16_to_f32(caldera_f32_to_f16((hi - lo) / 15.0f)), off = caldera_f16_to_f32(caldera_f32_to_f16(lo)), top = 15.5;
+                const double bot = dt == CALDERA_DTYPE_Q4_1 ? -0.5 : -top - (dt == CALDERA_DTYPE_Q4_0 ? 1.0 : 0.0);
+                for (int k = 0; k < 32; k++) {
+                    double v = x[k0 + k], t = d != 0.0 ? (v - off) / d : 0.0;
+                    double bound = fabs(d) * fmax(0.5, fmax(t - top + 0.5, bot + 0.5 - t)) + TOL_BLOCK_REL * (fabs(v) + 16.0 * fabs(d));
+                    ck_assert_msg(fabs(v - y[k0 + k]) <= bound, "%s %s element %lld: %.9g against %.9g (d %.6g, bound %.6g)", dtype,
+                                  si.hf_name, (long long) (k0 + k), v, (double) y[k0 + k], d, bound);
+                }
+            }
+        } else {
+            ck_assert_int_eq(oi.dtype, CALDERA_DTYPE_F32);
+            ck_assert_msg(memcmp(a.data, b.data, (size_t) ne * 4) == 0, "%s differs", si.hf_name);
+        }
+        if (oa) caldera_tensor_free(&a);
+        if (ob) caldera_tensor_free(&b);
+    }
+    ck_assert_int_eq(blocked, want_blocked);
+    caldera_inst_free(dst);
+    caldera_inst_free(src);
+    caldera_ctx_free(ctx);
+}
+
+// stories260K's 2-d tensors with rows of 64: the embedding and 6 of the 7 linears of each of 5 layers
+// (down_proj's rows are 172 long).
+START_TEST(test_gguf_block_types) {
+    check_block_type("q8_0", CALDERA_DTYPE_Q8_0, 1 + 5 * 6);
+    check_block_type("q4_0", CALDERA_DTYPE_Q4_0, 1 + 5 * 6);
+    check_block_type("q4_1", CALDERA_DTYPE_Q4_1, 1 + 5 * 6);
+}
+END_TEST
+
 START_TEST(test_usage_errors) {
     char out[1024];
     snprintf(out, sizeof(out), "%s", tu_path(tu_tmpdir(), "never"));
@@ -261,7 +338,9 @@ START_TEST(test_usage_errors) {
     ck_assert_int_eq(run(STORIES, NULL), 2);
     ck_assert_int_eq(run(STORIES, out, "extra", NULL), 2);
     ck_assert_int_eq(run(STORIES, out, "--dtype", "bf8", NULL), 2);
-    ck_assert_ptr_nonnull(strstr(errbuf, "--dtype bf8; allowed: f32, f16"));
+    ck_assert_ptr_nonnull(strstr(errbuf, "--dtype bf8; allowed: f32, f16, q8_0, q4_0, q4_1"));
+    ck_assert_int_eq(run(STORIES, out, "--dtype", "q8_0", NULL), 2);
+    ck_assert_ptr_nonnull(strstr(errbuf, "--dtype q8_0 needs an OUTPUT.gguf"));
     ck_assert_int_eq(run(STORIES, out, "--bogus", NULL), 2);
     ck_assert_ptr_nonnull(strstr(errbuf, "unknown or incomplete option '--bogus'"));
     ck_assert_int_eq(run(STORIES, out, "--from", "nosuch", NULL), 2);
@@ -339,6 +418,7 @@ static Suite * convert_suite(int smollm2) {
         tcase_add_test(tc, test_stories_export_bit_exact);
         tcase_add_test(tc, test_f16_and_reexport);
         tcase_add_test(tc, test_gguf_output);
+        tcase_add_test(tc, test_gguf_block_types);
         tcase_add_test(tc, test_usage_errors);
         tcase_add_test(tc, test_runtime_errors);
     }

@@ -8,6 +8,11 @@
 // run) so that configuration errors and differing evaluation settings are refused before anything
 // runs; then each runs as a child process (this executable, re-executed) so that its peak memory
 // (getrusage of the child, wait4) and its wall time are its own. Writers go to a temporary folder.
+//
+// Peers (--peer FILE): model files made elsewhere (llama.cpp's own quantizations) in the same table.
+// Each is opened in-process before anything runs (a file the runtime cannot read, or of another
+// architecture, is refused then), and after the pipelines it is scored by `caldera-pipe eval --json`
+// in a child process with the pipelines' [eval] protocol.
 #include <errno.h>
 #include <ftw.h>
 #include <jansson.h>
@@ -35,6 +40,16 @@ struct cmp_pipe {
     double       wall;                    // seconds of the child
     long         maxrss_kib;              // peak resident memory of the child
     double       file_bytes;              // size of the writer's output (-1: none)
+    struct caldera_model_desc desc;       // the model it reads (have_desc: described)
+    int          have_desc;
+};
+
+struct cmp_peer {
+    char *       label;       // --peer LABEL=FILE, or FILE's basename without its extension
+    const char * path;
+    json_t *     res;         // its `caldera-pipe eval --json` result
+    double       wall;        // seconds of the child
+    long         maxrss_kib;  // peak resident memory of the child
 };
 
 static void compare_usage(FILE * out) {
@@ -52,7 +67,14 @@ static void compare_usage(FILE * out) {
             "  --json FILE              ... as JSON\n"
             "  --plot FILE.png          perplexity against bits per parameter (gnuplot; skipped with a message\n"
             "                           when gnuplot is not installed)\n"
-            "  --threads N              threads of each pipeline (0: all cores)\n"
+            "  --peer [LABEL=]FILE      a model made elsewhere (e.g. a GGUF from llama-quantize) as a row of its own\n"
+            "                           (repeatable; LABEL defaults to FILE's name without its extension): checked\n"
+            "                           before anything runs (the runtime must read every tensor; the same architecture\n"
+            "                           as the pipelines' model), then scored by `caldera-pipe eval` in its own process\n"
+            "                           with the pipelines' [eval] protocol (at least one pipeline must evaluate); its\n"
+            "                           bits: stored bits of the blocks' linear weights over their parameters, the\n"
+            "                           file's bits over all the model's parameters; calibration column 'peer'\n"
+            "  --threads N              threads of each pipeline and peer evaluation (0: all cores)\n"
             "  --plugin-path PATH       load plugins from a .so or a directory (repeatable)\n"
             "Exit: 0 success, 1 a pipeline failed, 2 usage or configuration error (nothing written).\n");
 }
@@ -101,6 +123,7 @@ static int resolve(struct caldera_ctx * ctx, struct cmp_pipe * cp, const char **
     if (!ms) { code = CLI_EXIT_RUNTIME; goto out; }
     caldera_pipeline_print_config(pl, ms);
     fclose(ms);
+    cp->have_desc = caldera_pipeline_model_desc(pl, &cp->desc) == 0;
     static const char * const wkeys[2] = { "writer", "dense_writer" };
     for (int w = 0; w < 2; w++) {
         char * sec = cfg_value(text, "caldera", wkeys[w]);
@@ -135,6 +158,31 @@ static int rm_entry(const char * path, const struct stat * st, int flag, struct 
     return remove(path);
 }
 
+// Run this executable with @p av (stdout to /dev/null: the table replaces the child's own text) and
+// wait for it: its wall time, peak memory and wait status. 0, or an exit code (message printed).
+static int child_spawn(char ** av, double * wall, long * maxrss_kib, int * status) {
+    fflush(NULL);
+    double t0 = cli_now();
+    pid_t  pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
+        return CLI_EXIT_RUNTIME;
+    }
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout)) _exit(127);
+        execv("/proc/self/exe", av);
+        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
+        _exit(127);
+    }
+    struct rusage ru;
+    while (wait4(pid, status, 0, &ru) < 0) {
+        if (errno != EINTR) return CLI_EXIT_RUNTIME;
+    }
+    *wall = cli_now() - t0;
+    *maxrss_kib = ru.ru_maxrss;
+    return 0;
+}
+
 // Run one pipeline as a child process; 0 or an exit code (message printed).
 static int run_child(struct cmp_pipe * cp, int idx, const char * tmp, const char ** sets, int nsets, const char * threads,
                      const char ** paths, int npaths) {
@@ -156,27 +204,8 @@ static int run_child(struct cmp_pipe * cp, int idx, const char * tmp, const char
         av[n++] = "--set", av[n++] = wset[w];
     }
     av[n++] = "--set", av[n++] = rset;
-    fflush(NULL);
-    double t0 = cli_now();
-    pid_t  pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "caldera-pipe compare: cannot start a process: %s\n", strerror(errno));
-        code = CLI_EXIT_RUNTIME;
-        goto out;
-    }
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout)) _exit(127);   // the child's own summary: the table replaces it
-        execv("/proc/self/exe", av);
-        fprintf(stderr, "caldera-pipe compare: cannot run /proc/self/exe: %s\n", strerror(errno));
-        _exit(127);
-    }
-    int           status;
-    struct rusage ru;
-    while (wait4(pid, &status, 0, &ru) < 0) {
-        if (errno != EINTR) { code = CLI_EXIT_RUNTIME; goto out; }
-    }
-    cp->wall = cli_now() - t0;
-    cp->maxrss_kib = ru.ru_maxrss;
+    int status;
+    if ((code = child_spawn(av, &cp->wall, &cp->maxrss_kib, &status)) != 0) goto out;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "caldera-pipe compare: %s failed (%s %d)\n", cp->ini, WIFEXITED(status) ? "exit" : "signal",
                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
@@ -208,6 +237,7 @@ out:
 struct cmp_row {
     const char * method, * calib;
     double       v[11];
+    int          is_peer;   // a --peer row (its own point style in the plot)
 };
 enum { C_BITS, C_FBITS, C_REL, C_RELW, C_RELH, C_RELHW, C_PPL, C_PPLE, C_COMP, C_WALL, C_MEM };
 static const char * const col_md[11] = { "bits/param (compressed weights)", "bits/param (whole file, all params)", "rel. err mean", "rel. err worst",
@@ -253,14 +283,19 @@ static void put_csv(FILE * f, const struct cmp_row * rows, int n) {
     }
 }
 
-static json_t * rows_json(const struct cmp_row * rows, int n, json_t * eval) {
-    json_t * arr = json_array();
+static json_t * rows_json(const struct cmp_row * rows, int n, json_t * eval, const struct cmp_peer * peers, int npeers) {
+    json_t * arr = json_array(), * pa = json_array();
     for (int r = 0; r < n; r++) {
         json_t * o = json_pack("{s:s, s:s}", "method", rows[r].method, "calibration", rows[r].calib);
         for (int c = 0; c < 11; c++) json_object_set_new(o, col_key[c], isnan(rows[r].v[c]) ? json_null() : json_real(rows[r].v[c]));
         json_array_append_new(arr, o);
     }
-    return json_pack("{s:o, s:O}", "rows", arr, "eval", eval ? eval : json_null());
+    for (int i = 0; i < npeers; i++) {   // each peer's own evaluation result (its storage: types, counts, file)
+        json_t * o = json_deep_copy(peers[i].res);
+        if (o) json_object_set_new(o, "label", json_string(peers[i].label));
+        json_array_append_new(pa, o ? o : json_null());
+    }
+    return json_pack("{s:o, s:O, s:o}", "rows", arr, "eval", eval ? eval : json_null(), "peers", pa);
 }
 
 static int write_file(const char * path, const char * what, const char * text) {
@@ -289,30 +324,42 @@ static int has_gnuplot(void) {
 
 // Perplexity against bits per parameter (over the compressed weights), the original as a line.
 static int plot(const char * png, const char * tmp, const struct cmp_row * rows, int n) {
-    char * dat = NULL, * gp = NULL;
-    int    code = 0, points = 0;
+    char * dat[2] = { NULL, NULL }, * gp = NULL;
+    int    code = 0, points[2] = { 0, 0 };
     double orig = NAN;
-    if (asprintf(&dat, "%s/plot.dat", tmp) < 0 || asprintf(&gp, "%s/plot.gp", tmp) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
-    FILE * f = fopen(dat, "w");
-    if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
+    if (asprintf(&dat[0], "%s/plot.dat", tmp) < 0 || asprintf(&dat[1], "%s/peers.dat", tmp) < 0 ||
+        asprintf(&gp, "%s/plot.gp", tmp) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    FILE * f = fopen(dat[0], "w"), * fp = fopen(dat[1], "w");
+    if (!f || !fp) {
+        if (f) fclose(f);
+        if (fp) fclose(fp);
+        code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
     for (int r = 0; r < n; r++) {
-        if (!strcmp(rows[r].method, "original")) orig = rows[r].v[C_PPL];
+        if (!strcmp(rows[r].method, "original") && !rows[r].is_peer) orig = rows[r].v[C_PPL];
         else if (!isnan(rows[r].v[C_PPL]) && !isnan(rows[r].v[C_BITS])) {
-            fprintf(f, "%.6f %.6f %.6f \"%s\"\n", rows[r].v[C_BITS], rows[r].v[C_PPL], rows[r].v[C_PPLE], rows[r].method);
-            points++;
+            fprintf(rows[r].is_peer ? fp : f, "%.6f %.6f %.6f \"%s\"\n", rows[r].v[C_BITS], rows[r].v[C_PPL], rows[r].v[C_PPLE],
+                    rows[r].method);
+            points[rows[r].is_peer]++;
         }
     }
     fclose(f);
-    if (points == 0) {
+    fclose(fp);
+    if (points[0] + points[1] == 0) {
         fprintf(stderr, "caldera-pipe compare: --plot: no pipeline evaluates perplexity; no plot written\n");
         goto out;
     }
     if (!(f = fopen(gp, "w"))) { code = CLI_EXIT_RUNTIME; goto out; }
     fprintf(f, "set terminal pngcairo noenhanced size 900,600\nset output '%s'\nset xlabel 'bits per parameter (compressed weights)'\n"
                "set ylabel 'perplexity'\nset logscale y\nset grid\nset key top right\nset offsets graph 0.1, graph 0.1, 0, 0\n", png);
-    if (!isnan(orig)) fprintf(f, "plot '%s' using 1:2:3 with yerrorbars title 'compressed', '' using 1:2:4 with labels offset 0,1 notitle, "
-                                 "%.6f title 'original' with lines dt 2\n", dat, orig);
-    else fprintf(f, "plot '%s' using 1:2:3 with yerrorbars title 'compressed', '' using 1:2:4 with labels offset 0,1 notitle\n", dat);
+    fprintf(f, "plot 1/0 notitle");   // a first clause that always exists; the others are added by what has points
+    if (points[0]) fprintf(f, ", '%s' using 1:2:3 with yerrorbars pt 7 title 'compressed', '' using 1:2:4 with labels offset 0,1 "
+                              "notitle", dat[0]);
+    if (points[1]) fprintf(f, ", '%s' using 1:2:3 with yerrorbars pt 6 title 'peers', '' using 1:2:4 with labels offset 0,-1 "
+                              "notitle", dat[1]);
+    if (!isnan(orig)) fprintf(f, ", %.6f title 'original' with lines dt 2", orig);
+    fprintf(f, "\n");
     fclose(f);
     fflush(NULL);
     pid_t pid = fork();
@@ -327,8 +374,119 @@ static int plot(const char * png, const char * tmp, const struct cmp_row * rows,
         code = CLI_EXIT_RUNTIME;
     }
 out:
-    free(dat);
+    free(dat[0]);
+    free(dat[1]);
     free(gp);
+    return code;
+}
+
+// --peer [LABEL=]FILE: the label (malloc'd) and the file; 0, or CLI_EXIT_USAGE with a message.
+static int peer_parse(const char * arg, struct cmp_peer * pe) {
+    const char * eq = strchr(arg, '='), * slash = strchr(arg, '/');
+    if (eq && (!slash || slash > eq)) {   // LABEL=FILE (a label has no '/')
+        pe->label = strndup(arg, (size_t) (eq - arg));
+        pe->path = eq + 1;
+    } else {
+        const char * base = strrchr(arg, '/'), * dot;
+        base = base ? base + 1 : arg;
+        dot = strrchr(base, '.');
+        pe->label = strndup(base, dot && dot > base ? (size_t) (dot - base) : strlen(base));
+        pe->path = arg;
+    }
+    if (!pe->label) return CLI_EXIT_RUNTIME;
+    if (!pe->path[0] || !pe->label[0] || strpbrk(pe->label, "|,\"\n")) {
+        fprintf(stderr, "caldera-pipe compare: --peer '%s': %s; allowed: FILE or LABEL=FILE, a label without '|', ',', '\"'\n",
+                arg, !pe->path[0] ? "no file" : "invalid label");
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static void desc_print(char * buf, size_t n, const struct caldera_model_desc * d) {
+    snprintf(buf, n, "%s, %lld layers, hidden %lld, FFN %lld, %lld heads, %lld KV heads, vocab %lld", d->arch, (long long) d->n_layers,
+             (long long) d->hidden, (long long) d->ffn, (long long) d->n_heads, (long long) d->n_kv_heads, (long long) d->vocab);
+}
+
+// Open a peer as `eval` will (every tensor read by the runtime) and check it is the pipelines'
+// model; 0, or an exit code with the message printed. Nothing has run yet.
+static int peer_check(struct caldera_ctx * ctx, const struct cmp_peer * pe, const struct caldera_model_desc * want,
+                      const char * want_from) {
+    struct caldera_inst *            model = NULL;
+    const struct caldera_model_ops * mops = NULL;
+    struct caldera_model_desc        d;
+    int                              code = 0;
+    struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .weights = "f16" };   // half the memory: a check only
+    if (caldera_model_open(ctx, pe->path, &mp, &model) < 0) {
+        fprintf(stderr, "caldera-pipe compare: --peer %s: %s\n  the runtime cannot evaluate this peer; nothing was run\n", pe->path,
+                caldera_ctx_errmsg(ctx));
+        return CLI_EXIT_USAGE;
+    }
+    if (caldera_model_ops_of(model, &mops) < 0 || mops->desc(model, &d) < 0) {
+        fprintf(stderr, "caldera-pipe compare: --peer %s: %s\n", pe->path, caldera_ctx_errmsg(ctx));
+        code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (strcmp(d.arch, want->arch) || d.n_layers != want->n_layers || d.hidden != want->hidden || d.ffn != want->ffn ||
+        d.n_heads != want->n_heads || d.n_kv_heads != want->n_kv_heads || d.vocab != want->vocab) {
+        char a[256], b[256];
+        desc_print(a, sizeof(a), &d);
+        desc_print(b, sizeof(b), want);
+        fprintf(stderr, "caldera-pipe compare: --peer %s is another model (%s) than the pipelines' (%s, read by %s); peers must "
+                        "be the same model stored otherwise; nothing was run\n", pe->path, a, b, want_from);
+        code = CLI_EXIT_USAGE;
+    }
+out:
+    caldera_inst_free(model);
+    return code;
+}
+
+// Score one peer with `caldera-pipe eval --json` in a child process, with the protocol of @p eval
+// (a pipeline report's "eval" object); 0 or an exit code (message printed).
+static int run_peer(struct cmp_peer * pe, int idx, const char * tmp, json_t * eval, const char * threads, const char ** paths,
+                    int npaths) {
+    char *  js = NULL, ctx_s[32], win_s[32], stride_s[32];
+    char ** av = calloc((size_t) (2 * npaths + 32), sizeof(char *));
+    int     n = 0, code = 0;
+    if (!av || asprintf(&js, "%s/peer-%d.json", tmp, idx) < 0) { js = NULL; code = CLI_EXIT_RUNTIME; goto out; }
+    snprintf(ctx_s, sizeof(ctx_s), "%lld", (long long) json_integer_value(json_object_get(eval, "ctx")));
+    snprintf(win_s, sizeof(win_s), "%lld", (long long) json_integer_value(json_object_get(eval, "windows")));
+    snprintf(stride_s, sizeof(stride_s), "%lld", (long long) json_integer_value(json_object_get(eval, "stride")));
+    av[n++] = "caldera-pipe";
+    av[n++] = "eval";
+    av[n++] = "-q";
+    av[n++] = "--model", av[n++] = (char *) pe->path;
+    av[n++] = "--text", av[n++] = (char *) json_string_value(json_object_get(eval, "text"));
+    av[n++] = "--layout", av[n++] = (char *) json_string_value(json_object_get(eval, "layout"));
+    av[n++] = "--protocol", av[n++] = (char *) json_string_value(json_object_get(eval, "protocol"));
+    av[n++] = "--ctx", av[n++] = ctx_s;
+    av[n++] = "--windows", av[n++] = win_s;
+    if (strcmp(stride_s, "0") != 0) av[n++] = "--stride", av[n++] = stride_s;   // 0: eval's default, ctx / 2
+    av[n++] = "--json", av[n++] = js;
+    for (int i = 0; i < npaths; i++) av[n++] = "--plugin-path", av[n++] = (char *) paths[i];
+    if (threads) av[n++] = "--threads", av[n++] = (char *) threads;
+    for (int i = 0; i < n; i++) {
+        if (!av[i]) {
+            fprintf(stderr, "caldera-pipe compare: the pipelines' evaluation settings are incomplete; cannot score the peers\n");
+            code = CLI_EXIT_RUNTIME;
+            goto out;
+        }
+    }
+    int status;
+    if ((code = child_spawn(av, &pe->wall, &pe->maxrss_kib, &status)) != 0) goto out;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "caldera-pipe compare: --peer %s: its evaluation failed (%s %d)\n", pe->path,
+                WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        code = CLI_EXIT_RUNTIME;
+        goto out;
+    }
+    json_error_t jerr;
+    if (!(pe->res = json_load_file(js, 0, &jerr)) || !json_is_number(json_object_get(pe->res, "ppl"))) {
+        fprintf(stderr, "caldera-pipe compare: --peer %s: its result %s: %s\n", pe->path, js, pe->res ? "no perplexity" : jerr.text);
+        code = CLI_EXIT_RUNTIME;
+    }
+out:
+    free(js);
+    free(av);
     return code;
 }
 
@@ -345,17 +503,19 @@ int cli_compare(int argc, char ** argv) {
     const char *  md = NULL, * csv = NULL, * js = NULL, * png = NULL, * threads = NULL;
     struct cmp_pipe * cps = calloc((size_t) argc, sizeof(struct cmp_pipe));
     struct cmp_row *  rows = calloc((size_t) argc + 1, sizeof(struct cmp_row));
+    struct cmp_peer * peers = calloc((size_t) argc, sizeof(struct cmp_peer));
+    int               npeers = 0;
     struct caldera_ctx * ctx = NULL;
     json_t *          eval = NULL, * out_json = NULL;
     char              tmp[] = "/tmp/caldera-compare-XXXXXX", * mdtext = NULL, * csvtext = NULL, * jstext = NULL;
     size_t            mdlen = 0, csvlen = 0;
     int               nsets = 0, npaths = 0, np = 0, nrows = 0, code = 0, have_tmp = 0, ref = -1;
-    if (!sets || !paths || !cps || !rows) { code = CLI_EXIT_RUNTIME; goto out; }
+    if (!sets || !paths || !cps || !rows || !peers) { code = CLI_EXIT_RUNTIME; goto out; }
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i], * next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { compare_usage(stdout); goto out; }
         int valued = !strcmp(a, "--set") || !strcmp(a, "--md") || !strcmp(a, "--csv") || !strcmp(a, "--json") || !strcmp(a, "--plot") ||
-                     !strcmp(a, "--threads") || !strcmp(a, "--plugin-path");
+                     !strcmp(a, "--threads") || !strcmp(a, "--plugin-path") || !strcmp(a, "--peer");
         if (a[0] == '-' && !valued) {
             fprintf(stderr, "caldera-pipe compare: unknown option '%s' (see compare --help)\n", a);
             code = CLI_EXIT_USAGE;
@@ -370,6 +530,9 @@ int cli_compare(int argc, char ** argv) {
         i++;
         if (!strcmp(a, "--set")) sets[nsets++] = next;
         else if (!strcmp(a, "--plugin-path")) paths[npaths++] = next;
+        else if (!strcmp(a, "--peer")) {
+            if ((code = peer_parse(next, &peers[npeers++])) != 0) goto out;
+        }
         else if (!strcmp(a, "--md")) md = next;
         else if (!strcmp(a, "--csv")) csv = next;
         else if (!strcmp(a, "--json")) js = next;
@@ -419,6 +582,44 @@ int cli_compare(int argc, char ** argv) {
             }
         }
     }
+    // Peers: every one readable and of the pipelines' model, before anything runs.
+    if (npeers > 0) {
+        struct caldera_model_desc want = { 0 };
+        const char *              want_from = NULL;
+        for (int i = 0; i < npeers; i++) {
+            if (access(peers[i].path, R_OK) != 0) {
+                fprintf(stderr, "caldera-pipe compare: --peer %s: cannot read: %s\n", peers[i].path, strerror(errno));
+                code = CLI_EXIT_USAGE;
+                goto out;
+            }
+        }
+        if (ref < 0) {
+            fprintf(stderr, "caldera-pipe compare: --peer: no pipeline evaluates perplexity; peers are scored with the "
+                            "pipelines' [eval] protocol: give a pipeline [caldera] eval = SECTION (see docs/user-guide.md)\n");
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        for (int p = 0; p < np && !want_from; p++) {   // the model the evaluating pipelines read
+            if (cps[p].eval[0] && cps[p].have_desc) want = cps[p].desc, want_from = cps[p].ini;
+        }
+        if (!want_from) {
+            fprintf(stderr, "caldera-pipe compare: --peer: %s reads no model description to check the peers against\n", cps[ref].ini);
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        for (int i = 0; i < npeers; i++) {
+            for (int j = 0; j < i + np; j++) {
+                const char * other = j < np ? cps[j].name : peers[j - np].label;
+                if (!strcmp(peers[i].label, other) || !strcmp(peers[i].label, "original")) {
+                    fprintf(stderr, "caldera-pipe compare: --peer %s: the label '%s' is taken; give another with --peer LABEL=FILE\n",
+                            peers[i].path, peers[i].label);
+                    code = CLI_EXIT_USAGE;
+                    goto out;
+                }
+            }
+            if ((code = peer_check(ctx, &peers[i], &want, want_from)) != 0) goto out;
+        }
+    }
     caldera_ctx_free(ctx);
     ctx = NULL;
     if (png && !has_gnuplot()) {
@@ -435,6 +636,20 @@ int cli_compare(int argc, char ** argv) {
     for (int p = 0; p < np; p++) {
         fprintf(stderr, "compare: [%d/%d] %s\n", p + 1, np, cps[p].ini);
         if ((code = run_child(&cps[p], p, tmp, sets, nsets, threads, paths, npaths)) != 0) goto out;
+    }
+    json_t * peer_eval = NULL;   // the protocol the pipelines evaluated with (their reports' "eval")
+    for (int p = 0; p < np && !peer_eval; p++) {
+        json_t * ev = json_object_get(cps[p].rep, "eval");
+        if (json_is_object(ev)) peer_eval = ev;
+    }
+    for (int i = 0; i < npeers; i++) {
+        fprintf(stderr, "compare: [peer %d/%d] %s (%s)\n", i + 1, npeers, peers[i].label, peers[i].path);
+        if (!peer_eval) {
+            fprintf(stderr, "caldera-pipe compare: no pipeline report holds its evaluation settings; cannot score the peers\n");
+            code = CLI_EXIT_RUNTIME;
+            goto out;
+        }
+        if ((code = run_peer(&peers[i], i, tmp, peer_eval, threads, paths, npaths)) != 0) goto out;
     }
     // Rows: the original model first (one protocol, one model: every report must agree on it).
     for (int p = 0; p < np; p++) {
@@ -482,6 +697,20 @@ int cli_compare(int argc, char ** argv) {
         r->v[C_WALL] = cps[p].wall;
         r->v[C_MEM] = (double) cps[p].maxrss_kib / 1024.0;
     }
+    for (int i = 0; i < npeers; i++) {
+        struct cmp_row * r = &rows[nrows++];
+        json_t * st = json_object_get(peers[i].res, "storage");
+        for (int c = 0; c < 11; c++) r->v[c] = NAN;
+        r->method = peers[i].label;
+        r->calib = "peer";
+        r->is_peer = 1;
+        r->v[C_BITS] = jnum(st, "bits_per_param");
+        r->v[C_FBITS] = jnum(st, "file_bits_per_model_param");
+        r->v[C_PPL] = jnum(peers[i].res, "ppl");
+        r->v[C_PPLE] = jnum(peers[i].res, "ppl_err");
+        r->v[C_WALL] = peers[i].wall;
+        r->v[C_MEM] = (double) peers[i].maxrss_kib / 1024.0;
+    }
     FILE * f = open_memstream(&mdtext, &mdlen);
     if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
     put_md(f, rows, nrows);
@@ -489,7 +718,7 @@ int cli_compare(int argc, char ** argv) {
     if (!(f = open_memstream(&csvtext, &csvlen))) { code = CLI_EXIT_RUNTIME; goto out; }
     put_csv(f, rows, nrows);
     fclose(f);
-    out_json = rows_json(rows, nrows, eval);
+    out_json = rows_json(rows, nrows, eval, peers, npeers);
     if (!out_json || !(jstext = json_dumps(out_json, JSON_INDENT(2) | JSON_REAL_PRECISION(10)))) { code = CLI_EXIT_RUNTIME; goto out; }
     fputs(mdtext, stdout);
     if (eval) {
@@ -501,6 +730,15 @@ int cli_compare(int argc, char ** argv) {
            "bits/param (whole file, all params): the writer's output file size in bits (copied tensors, headers and metadata "
            "included) over every parameter of the model (compressed and copied); peak MiB: the "
            "pipeline process's maximum resident set\n");
+    if (npeers > 0) {
+        printf("peers (calibration 'peer'): scored by `caldera-pipe eval` with the same protocol; bits/param (compressed weights): "
+               "the stored bits of the transformer blocks' linear weights over their parameters (types:");
+        for (int i = 0; i < npeers; i++) {
+            printf(" %s %s%s", peers[i].label, json_string_value(json_object_get(json_object_get(peers[i].res, "storage"), "linear_types")),
+                   i + 1 < npeers ? ";" : ")");
+        }
+        printf("; whole file: the file's bits over all its tensors' elements; peak MiB: the evaluation process's maximum resident set\n");
+    }
     if (md && (code = write_file(md, "--md", mdtext)) != 0) goto out;
     if (csv && (code = write_file(csv, "--csv", csvtext)) != 0) goto out;
     if (js) {
@@ -519,6 +757,11 @@ out:
         for (int k = 0; k < CMP_EVAL_KEYS; k++) free(cps[p].eval[k]);
         json_decref(cps[p].rep);
     }
+    for (int i = 0; peers && i < npeers; i++) {
+        free(peers[i].label);
+        json_decref(peers[i].res);
+    }
+    free(peers);
     json_decref(eval);
     json_decref(out_json);
     caldera_ctx_free(ctx);

@@ -132,7 +132,7 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
     struct caldera_compressed_report rep;
     struct caldera_model_open_params mp = { .struct_size = sizeof(mp), .format = m->format, .tokenizer = m->tokenizer,
                                             .weights = m->weights, .dense = m->dense && !m->compressed,
-                                            .compressed_report = &rep };
+                                            .compressed_report = &rep, .storage = &m->storage };
     double t0 = cli_now();
     if ((rc = caldera_model_open(m->ctx, m->model, &mp, &m->inst)) < 0) {
         fprintf(stderr, "caldera-pipe %s: %s: %s\n", cmd, m->model, caldera_ctx_errmsg(m->ctx));
@@ -161,6 +161,10 @@ int cli_model_open(struct cli_model * m, const char * cmd) {
             return CLI_EXIT_RUNTIME;
         }
         print_compressed(cmd, m->compressed, &rep, cli_now() - t0);
+        m->storage.linear_params = (int64_t) rep.params;   // the layers that run are the compressed file's
+        m->storage.linear_bits = rep.stored_bits;
+        m->storage.compressed = 1;
+        snprintf(m->storage.types, sizeof(m->storage.types), "compressed:%lld", (long long) (rep.n_fused + rep.n_dense));
     }
     return 0;
 }

@@ -26,6 +26,8 @@ struct cli_model {
     int                   dense;       // --dense: reconstruct those layers to dense f32 (no fused kernels)
     struct caldera_compressed * cmp;   // what the replaced layers use (freed after the model)
     const char *          head;        // --head f32|f16|q8: the model's output head storage (option "head")
+    struct caldera_model_storage storage;  // what --model stores; with --compressed, its linear figures are those
+                                           // of the compressed file's layers (storage.compressed = 1)
 };
 
 /**

@@ -58,6 +58,48 @@ static int pick_format(struct caldera_ctx * ctx, const char * name, const char *
 
 static void compressed_free_arg(void * h) { caldera_compressed_free(h); }
 
+// Is tensor @p name a part ("W.<section>.<suffix>") of a linear weight W stored compressed?
+static int storage_is_part(struct caldera_inst * model, const struct caldera_model_ops * mops, const char * name) {
+    for (int64_t i = 0; i < mops->n_linears(model); i++) {
+        struct caldera_model_linear li;
+        if (mops->linear_info(model, i, &li) < 0) continue;
+        size_t nl = strlen(li.name);
+        if (!strncmp(name, li.name, nl) && name[nl] == '.') return 1;
+    }
+    return 0;
+}
+
+// What the open @p reader stores (caldera_model_storage), counted as a pipeline report counts:
+// every tensor's elements; the linear weights of the blocks (layer >= 0) by their stored bytes.
+// A caldera-pipe output's compressed parts are left to the compressed layers' report.
+static int storage_count(struct caldera_inst * reader, struct caldera_inst * model, const struct caldera_model_ops * mops,
+                         int is_output, struct caldera_model_storage * st) {
+    const struct caldera_format_ops * fops = caldera_inst_plugin(reader)->ops;
+    int64_t ntype[CALDERA_DTYPE_COUNT] = { 0 };
+    int rc;
+    memset(st, 0, sizeof(*st));
+    for (int64_t t = 0; t < fops->n_tensors(reader); t++) {
+        struct caldera_tensor_info ti;
+        struct caldera_model_linear li;
+        if ((rc = fops->tensor_info(reader, t, &ti)) < 0) return rc;
+        int64_t ne = 1;
+        for (int d = 0; d < ti.ndim; d++) ne *= ti.ne[d];
+        int64_t lin = mops->linear_find(model, ti.hf_name ? ti.hf_name : ti.name);
+        if (lin < 0 && is_output && storage_is_part(model, mops, ti.name)) continue;
+        st->params += ne;
+        if (lin < 0 || is_output || mops->linear_info(model, lin, &li) < 0 || li.layer < 0) continue;
+        st->linear_params += ne;
+        st->linear_bits += (uint64_t) ti.nbytes * 8;
+        if ((unsigned) ti.dtype < CALDERA_DTYPE_COUNT) ntype[ti.dtype]++;
+    }
+    size_t used = 0;
+    for (int d = 0; d < CALDERA_DTYPE_COUNT && used < sizeof(st->types); d++) {
+        if (ntype[d]) used += (size_t) snprintf(st->types + used, sizeof(st->types) - used, "%s%s:%" PRId64, used ? " " : "",
+                                                caldera_dtype_name((enum caldera_dtype) d), ntype[d]);
+    }
+    return 0;
+}
+
 #define OPEN_HAS(p, field) ((p)->struct_size >= offsetof(struct caldera_model_open_params, field) + sizeof((p)->field))
 
 int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct caldera_model_open_params * params,
@@ -70,8 +112,11 @@ int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct
     int                               rc, opened = 0, is_output = 0;
     *out = NULL;
     if (!params) params = &defaults;
+    struct caldera_compressed_report   own_report;
     struct caldera_compressed_report * report = OPEN_HAS(params, compressed_report) ? params->compressed_report : NULL;
-    if (report) memset(report, 0, sizeof(*report));
+    struct caldera_model_storage *     storage = OPEN_HAS(params, storage) ? params->storage : NULL;
+    if (!report) report = &own_report;   // the storage of a caldera-pipe output needs it
+    memset(report, 0, sizeof(*report));
     if (!path || !path[0]) return caldera_ctx_error(ctx, CALDERA_ERR_INVAL, "model_open: no model path given");
     if ((rc = pick_format(ctx, params->format, path, &fp)) < 0) return rc;
     const struct caldera_format_ops * fops = fp->ops;
@@ -105,6 +150,7 @@ int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct
         }
         goto fail;
     }
+    if (storage && (rc = storage_count(reader, model, mops, is_output, storage)) < 0) goto fail;
     if (fops->close) fops->close(reader);
     opened = 0;
     if (is_output) {
@@ -113,6 +159,13 @@ int caldera_model_open(struct caldera_ctx * ctx, const char * path, const struct
         if ((rc = caldera_model_load_compressed(ctx, model, path, &cp, &cmp, report)) < 0) goto fail;
         caldera_inst_on_free(model, compressed_free_arg, cmp);   // after the model's layers that use it
         cmp = NULL;
+        if (storage) {
+            storage->params += (int64_t) report->params;
+            storage->linear_params = (int64_t) report->params;
+            storage->linear_bits = report->stored_bits;
+            storage->compressed = 1;
+            snprintf(storage->types, sizeof(storage->types), "compressed:%" PRId64, report->n_fused + report->n_dense);
+        }
     }
     caldera_inst_free(reader);
     *out = model;

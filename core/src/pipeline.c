@@ -929,3 +929,15 @@ done:
 }
 
 const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl) { return pl->report_json; }
+
+int caldera_pipeline_model_desc(const struct caldera_pipeline * pl, struct caldera_model_desc * out) {
+    const struct pipeline_opts * o = pl->self ? caldera_inst_priv(pl->self) : NULL;
+    memset(out, 0, sizeof(*out));
+    if (!o || !o->reader || !pl->reader_open) return CALDERA_ERR_NOT_FOUND;
+    const struct caldera_format_ops * ops = caldera_inst_plugin(o->reader)->ops;
+    if (!ops->model_desc || ops->model_desc(o->reader, out) < 0 || !out->arch[0] || out->n_layers <= 0) {
+        memset(out, 0, sizeof(*out));
+        return CALDERA_ERR_NOT_FOUND;
+    }
+    return 0;
+}

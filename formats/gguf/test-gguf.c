@@ -1476,13 +1476,28 @@ END_TEST
 // ---------------------------------------------------------------------------------------------
 // Issue 11: inputs found by fuzzing (tests/fuzz/regress/), each a test that failed before its fix.
 
-#define REGRESS(name) CALDERA_TEST_SRC_DIR "/../../tests/fuzz/regress/gguf/" name
+// A regression input of fuzz-gguf (tests/fuzz/regress/gguf): its first byte is the harness's option
+// byte, the rest the file. Written without that byte to a temporary file whose path is returned.
+static const char * regress_file(const char * name) {
+    size_t len = 0;
+    char * b   = tu_read_file(tu_path(CALDERA_TEST_SRC_DIR "/../../tests/fuzz/regress/gguf", name), &len);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_gt(len, 1);
+    const char * path = tu_path(tu_tmpdir(), name);
+    FILE *       f    = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(b + 1, 1, len - 1, f), len - 1);
+    ck_assert_int_eq(fclose(f), 0);
+    free(b);
+    return path;
+}
 
 // blk.0.attn_q.weight of shape (2^62, 0) in a llama file: 0 bytes, so it passes open; reading it
 // looped 2^62 times in the q/k un-permutation (a hang). An empty tensor is now read at once.
 START_TEST(test_regress_qk_perm_zero_dim) {
-    struct h h = h_new();
-    ck_assert_int_eq(h.ops->open(h.inst, REGRESS("issue11-qk-perm-zero-dim-hang.gguf")), 0);
+    const char * path = regress_file("issue11-qk-perm-zero-dim-hang.gguf");
+    struct h     h    = h_new();
+    ck_assert_int_eq(h.ops->open(h.inst, path), 0);
     struct caldera_tensor_info ti;
     ck_assert_int_eq(h.ops->tensor_info(h.inst, 0, &ti), 0);
     ck_assert_int_eq(ti.ne[0], (int64_t) 1 << 62);
@@ -1505,17 +1520,8 @@ END_TEST
 // has no elements, but its non-zero dimensions overflow int64 in product: it passed open, and code that
 // multiplies some of the dimensions would overflow. It is refused, naming the dimension.
 START_TEST(test_regress_zero_dim_product_overflow) {
-    size_t len = 0;
-    char * b   = tu_read_file(REGRESS("fuzz-zero-dim-product-overflow.gguf"), &len);
-    ck_assert_ptr_nonnull(b);
-    ck_assert_uint_gt(len, 1);
-    const char * path = tu_path(tu_tmpdir(), "zero-dim-product-overflow.gguf");
-    FILE *       f    = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(b + 1, 1, len - 1, f), len - 1);
-    ck_assert_int_eq(fclose(f), 0);
-    free(b);
-    struct h h = h_new();
+    const char * path = regress_file("fuzz-zero-dim-product-overflow.gguf");
+    struct h     h    = h_new();
     assert_err(&h, h.ops->open(h.inst, path), CALDERA_ERR_FORMAT,
                "tensor 'w': dimension 2 = 72057594037927936 makes the element count overflow 64 bits");
     h_free(&h);

@@ -193,6 +193,8 @@ struct caldera_compressed_report {
     int64_t  n_dense;   ///< layers decoded to dense f32 (requested, or no fused form)
     uint64_t bytes;     ///< resident bytes of the replaced layers' weights (compressed tensors, dense copies)
     uint64_t params;    ///< their parameter count (rows × cols summed)
+    uint64_t stored_bits; ///< their stored bits in the file (the packed tensors: codes, scales, factors; what a
+                          ///< pipeline report's bits_per_param counts), whether they run fused or dense
 };
 
 /**

@@ -161,11 +161,17 @@ const struct caldera_plugin * caldera_calibration_descriptor(void);
 const struct caldera_plugin * caldera_eval_descriptor(void);
 /** The report of the last run as JSON text (owned by the pipeline), or NULL. */
 const char * caldera_pipeline_report_json(const struct caldera_pipeline * pl);
+/**
+ * The architecture of the model an initialised pipeline reads (its reader's model_desc).
+ * @return 0, or CALDERA_ERR_NOT_FOUND when the reader describes no model (synthetic, a bare tensor file).
+ */
+int caldera_pipeline_model_desc(const struct caldera_pipeline * pl, struct caldera_model_desc * out);
 
 // ---------------------------------------------------------------------------------------------
 // Models: open any readable model file as a model instance, and measure perplexity.
 
 struct caldera_compressed_report;
+struct caldera_model_storage;
 
 /** How caldera_model_open reads a file (ABI-like: grows at the end; struct_size = sizeof). */
 struct caldera_model_open_params {
@@ -178,6 +184,24 @@ struct caldera_model_open_params {
     int          dense;        ///< a caldera-pipe output: 1 = its compressed layers rebuilt to dense f32 (reference path)
     struct caldera_compressed_report * compressed_report;  ///< out, optional: what a caldera-pipe output's layers became
                                                            ///< (zeros for other files); caldera-kernels.h
+    // since 0.1.0 (after compressed_report)
+    struct caldera_model_storage * storage;  ///< out, optional: what the file stores, in a pipeline report's terms
+};
+
+/**
+ * What a model file stores, counted as a pipeline report counts a compressed model (its
+ * summary's bits_per_param and model_params), so that a model made elsewhere (a llama.cpp
+ * quantization) sits in one table with the pipelines' outputs.
+ */
+struct caldera_model_storage {
+    int64_t  params;         ///< the model's parameters: the elements of every tensor of the file (a caldera-pipe output:
+                             ///< its uncompressed tensors plus rows × cols of each compressed weight); = model_params
+    int64_t  linear_params;  ///< parameters of the linear weights below
+    uint64_t linear_bits;    ///< their stored bits: of the transformer blocks' linear weights (the model's linears with
+                             ///< layer >= 0, which pipelines compress by default) tensor_info nbytes × 8; of a
+                             ///< caldera-pipe output, its compressed layers' stored bits (compressed = 1)
+    int      compressed;     ///< 1: the linear figures are a caldera-pipe output's compressed layers
+    char     types[192];     ///< the storage types of those weights with their counts, "q4_0:207 q4_1:3" (truncated)
 };
 
 /**

@@ -543,7 +543,8 @@ int caldera_model_load_compressed(struct caldera_ctx * ctx, struct caldera_inst 
         if ((rc = cf_layer_init(h, li.name, li.rows, li.cols, params->dense, &l)) < 0) {
             goto fail;
         }
-        uint64_t bytes = caldera_pack_bits(l->pack) / 8;
+        const uint64_t stored_bits = caldera_pack_bits(l->pack);
+        uint64_t bytes = stored_bits / 8;
         if (params->dense) {
             struct caldera_tensor w = { 0 };
             rc = cf_layer_dense(h, l, &w);
@@ -576,6 +577,7 @@ int caldera_model_load_compressed(struct caldera_ctx * ctx, struct caldera_inst 
         if (report) {
             report->bytes += bytes;
             report->params += (uint64_t) (li.rows * li.cols);
+            report->stored_bits += stored_bits;
         }
     }
     *out = h;
