@@ -4,8 +4,9 @@
 #  1. caldera-pipe eval (batched forward: decoded tiles + sgemm), WikiText-2, ctx 512, 8 windows,
 #     fused vs --dense (issue 9: within 0.1%), and fused with the q8 output head;
 #  2. bench-runtime -P: perplexity of the first 256 tokens through single-token decode steps (the
-#     batch-1 path: int8 activations in the E8P GEMV, the compact head), fused with and without
-#     int8 activations, dense, and the f32 / f16 / q8 heads.
+#     batch-1 path: int8 activations in the E8P GEMV and the transposed Lᵀ product where the CPU
+#     has AVX512-VBMI/VNNI/BITALG, the compact head), fused with int8 activations (the default
+#     there) and with f32 ones (CALDERA_KERNELS_Q8=0), dense, and the f32 / f16 / q8 heads.
 # Not a test (a CALDERA compression of SmolLM2 takes minutes): prints the rows to compare.
 #   usage: bench/bench-compressed-ppl.sh COMPRESSED.safetensors [BUILD_DIR] [MODEL.gguf]
 set -euo pipefail
@@ -24,4 +25,7 @@ echo "## decode steps (bench-runtime -P), 256 tokens"
 for flags in "-H f32" "-H q8" "-H f16" "-d -H f32" "-d -H q8"; do
     "$build/bench/bench-runtime" "$model" -t 2 -w f32 -c "$cmp" $flags -P "$text" -N 256 | tail -n 1
 done
-CALDERA_KERNELS_Q8=1 "$build/bench/bench-runtime" "$model" -t 2 -w f32 -c "$cmp" -H f32 -P "$text" -N 256 | tail -n 1
+for flags in "-H f32" "-H q8"; do
+    printf 'CALDERA_KERNELS_Q8=0 '
+    CALDERA_KERNELS_Q8=0 "$build/bench/bench-runtime" "$model" -t 2 -w f32 -c "$cmp" $flags -P "$text" -N 256 | tail -n 1
+done

@@ -134,8 +134,9 @@ static void check_quantizer(struct caldera_ctx * ctx, struct caldera_inst * q, i
         }
     }
     // int8 activations (E8P 2/4-bit GEMV; a no-op for other types): within the closed-form bound
-    // of the activation rounding, Σ_c |Ŵ_rc| d_k(c)/2 with d_k = max|x| of the 32-column block
-    // (+ KW_TOL · Σ|Ŵ x| for the f32 sums), and every variant equal to the C one within KW_TOL.
+    // of the activation rounding, Σ_c |Ŵ_rc| d_k(c)/254/2 with d_k = max|x|/127 of the 32-column
+    // block (x and its rounding residual, step d_k/254, are both int8) (+ KW_TOL · Σ|Ŵ x| for the f32
+    // steps), and every variant equal to the C one within KW_TOL (the integer sums are the same).
     float *  yc = malloc((size_t) m * sizeof(float));
     double * qb = malloc((size_t) m * sizeof(double));
     ck_assert(yc && qb);
@@ -149,7 +150,7 @@ static void check_quantizer(struct caldera_ctx * ctx, struct caldera_inst * q, i
                 amax = fabs(x[c]) > amax ? fabs(x[c]) : amax;
                 wabs += fabs(((const float *) w_deq.data)[r * n + c]);
             }
-            qb[r] += wabs * amax / 127.0 / 2.0;
+            qb[r] += wabs * amax / 127.0 / 254.0 / 2.0;
         }
     }
     caldera_kernel_set_q8(1);
@@ -173,6 +174,60 @@ static void check_quantizer(struct caldera_ctx * ctx, struct caldera_inst * q, i
                               caldera_kernel_isa_name(isa), (long long) r, (double) y[r], (double) yc[r]);
             }
         }
+    }
+    // int8 transposed (+ accumulate): x_r s_r and its residual rounded with dt = max_r |x_r s_r|/127
+    // and dt/254, so |Δy_c| <= Σ_r |Ŵ_rc / s_r| dt/254/2 (the row scales s_r from the pack; E8P only)
+    struct caldera_tensor sct = { 0 };
+    if (caldera_pack_find(pack, "codes", &sct) == 0 && sct.dtype == CALDERA_DTYPE_U16 &&
+        caldera_pack_find(pack, "scale", &sct) == 0) {
+        const int64_t ns = caldera_tensor_nelements(&sct);
+        float *       s  = malloc((size_t) ns * sizeof(float));
+        float *       yt = malloc((size_t) n * sizeof(float)), * ytc = malloc((size_t) n * sizeof(float));
+        double *      tb = malloc((size_t) n * sizeof(double));
+        ck_assert(s && yt && ytc && tb);
+        ck_assert_int_eq(caldera_convert_to_f32(sct.dtype, sct.data, ns, s), 0);
+        tu_fill_normal(x, m, 1.0f, seed + 71);
+        tu_fill_normal(y, n, 1.0f, seed + 73);
+        ref_product(w_deq.data, m, n, x, 1, 1, yref, sc);
+        double dt = 0.0;
+        for (int64_t r = 0; r < m; r++) {
+            dt = fmax(dt, fabs((double) x[r] * s[ns > 1 ? r : 0]) / 127.0);
+        }
+        for (int64_t c = 0; c < n; c++) {
+            yref[c] += y[c];
+            sc[c] += fabs(y[c]);
+            tb[c] = 0.0;
+            for (int64_t r = 0; r < m; r++) {
+                const double sr = s[ns > 1 ? r : 0];
+                tb[c] += sr != 0.0 ? fabs(((const float *) w_deq.data)[r * n + c] / sr) * dt / 254.0 / 2.0 : 0.0;
+            }
+        }
+        for (int isa = 0; isa < CALDERA_ISA_COUNT; isa++) {
+            if (!caldera_kernel_isa_supported(isa)) {
+                continue;
+            }
+            ck_assert_int_eq(caldera_kernel_set_isa(isa), 0);
+            memcpy(yt, y, (size_t) n * sizeof(float));
+            struct caldera_tensor xt = caldera_tensor_view_f32(x, 1, m), yv = caldera_tensor_view_f32(yt, 1, n);
+            ck_assert_int_eq(ops->linear_apply(q, st, &xt, &yv, CALDERA_LINEAR_TRANSPOSE | CALDERA_LINEAR_ACCUMULATE), 0);
+            for (int64_t c = 0; c < n; c++) {
+                const double err = fabs((double) yt[c] - yref[c]);
+                ck_assert_msg(err <= tb[c] * (1.0 + 1e-6) + KW_TOL * sc[c] + KW_TOL_ABS, "%s %lldx%lld %s int8 transposed: "
+                              "column %lld: %.9g vs %.9g (|err| %.3g > bound %.3g)", what, (long long) m, (long long) n,
+                              caldera_kernel_isa_name(isa), (long long) c, (double) yt[c], yref[c], err, tb[c]);
+                if (isa == CALDERA_ISA_C) {
+                    ytc[c] = yt[c];
+                } else {   // the same integer sums as the C variant
+                    ck_assert_msg(fabs((double) yt[c] - ytc[c]) <= KW_TOL * sc[c] + KW_TOL_ABS, "%s %lldx%lld %s int8 "
+                                  "transposed: column %lld: %.9g vs the C variant's %.9g", what, (long long) m,
+                                  (long long) n, caldera_kernel_isa_name(isa), (long long) c, (double) yt[c], (double) ytc[c]);
+                }
+            }
+        }
+        free(s);
+        free(yt);
+        free(ytc);
+        free(tb);
     }
     caldera_kernel_set_q8(-1);
     free(yc);
@@ -217,7 +272,9 @@ START_TEST(test_isa_choice) {
 END_TEST
 
 // SmolLM2 shapes (576, 1536, 192) and odd ones, E8P 2-bit (the CALDERA backbone).
-static const int64_t shapes[][2] = { { 576, 576 }, { 1536, 576 }, { 576, 1536 }, { 192, 576 }, { 37, 200 }, { 1, 8 } };
+// 37 x 96 and 3 x 32: the int8 path's partial last group of 64 codewords, periods of 3 and 1 groups.
+static const int64_t shapes[][2] = { { 576, 576 }, { 1536, 576 }, { 576, 1536 }, { 192, 576 }, { 37, 200 }, { 1, 8 },
+                                     { 37, 96 }, { 3, 32 } };
 
 START_TEST(test_e8p_2bit_shapes) {
     struct caldera_ctx * ctx = tu_ctx();

@@ -95,10 +95,11 @@ static void cli_log(enum caldera_log_level level, const char * msg, void * user)
 }
 
 static void print_compressed(const char * cmd, const char * path, const struct caldera_compressed_report * rep, double secs) {
-    fprintf(stderr, "%s: %lld linear layers from %s (%lld fused, %lld dense f32; kernels: %s), %.1f s; "
+    fprintf(stderr, "%s: %lld linear layers from %s (%lld fused, %lld dense f32; kernels: %s%s), %.1f s; "
             "resident weights of those layers: %.2f MiB = %.3f bits/param over %.1f M params\n", cmd,
             (long long) (rep->n_fused + rep->n_dense), path, (long long) rep->n_fused, (long long) rep->n_dense,
-            caldera_kernel_isa_name(caldera_kernel_isa()), secs, (double) rep->bytes / 1048576.0,
+            caldera_kernel_isa_name(caldera_kernel_isa()), caldera_kernel_q8() ? ", int8 activations at batch 1" : "", secs,
+            (double) rep->bytes / 1048576.0,
             8.0 * (double) rep->bytes / (double) rep->params, (double) rep->params / 1e6);
 }
 

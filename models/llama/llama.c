@@ -1077,11 +1077,37 @@ static int observe(struct caldera_inst * inst, const struct obs * ob, const stru
     return 0;
 }
 
+// Replaced layers (caldera_linear_impl) sharing one decoded token's input, one task each: a layer's
+// whole chain (a compressed layer's transforms, its codes' GEMV, its low-rank products) runs on one
+// thread, the layers side by side (q | k, v; gate | up), instead of each product split over the
+// threads with the chain's short steps between them serial. Products inside a task run serially
+// (a parallel_for inside a pool job does).
+struct impl_task { struct caldera_inst * inst; struct llm_lin ** l; float ** y; const int64_t * ldy; const float * x;
+                   int64_t ldx; atomic_int rc; };
+
+static void impl_tasks(void * arg, int64_t j0, int64_t j1) {
+    struct impl_task * t = arg;
+    for (int64_t j = j0; j < j1; j++) {
+        int rc = lin_apply(t->inst, t->l[j], t->x, t->ldx, t->y[j], t->ldy[j], 1);
+        if (rc < 0) {
+            int none = 0;
+            atomic_compare_exchange_strong(&t->rc, &none, rc);
+        }
+    }
+}
+
 // lin_apply for k (≤ 3) linears that share the input x; few-token dense ones in one loop.
 static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, float ** y, const int64_t * ldy, int k,
                            const float * x, int64_t ldx, int64_t n) {
-    int rc, fused = n <= LLM_SMALL_N;
+    int rc, fused = n <= LLM_SMALL_N, impls = n == 1 && k > 1 && caldera_ctx_threads(caldera_inst_ctx(inst)) > 1;
     for (int j = 0; j < k; j++) fused = fused && !l[j]->has_impl && !l[j]->bias && (l[j]->w || l[j]->w16);
+    for (int j = 0; j < k; j++) impls = impls && l[j]->has_impl;
+    if (impls) {
+        struct impl_task t = { .inst = inst, .l = l, .y = y, .ldy = ldy, .x = x, .ldx = ldx };
+        atomic_init(&t.rc, 0);
+        caldera_parallel_for(caldera_inst_ctx(inst), k, 1, impl_tasks, &t);
+        return atomic_load(&t.rc);
+    }
     if (!fused) {
         for (int j = 0; j < k; j++) {
             if ((rc = lin_apply(inst, l[j], x, ldx, y[j], ldy[j], n)) < 0) return rc;

@@ -43,14 +43,16 @@ int caldera_kernel_isa(void);
  */
 int caldera_kernel_set_isa(int isa);
 /**
- * Int8 activations in the E8P GEMV (batch 1, 2- and 4-bit codes, cols a multiple of 32): x is
- * quantized per 32 columns (d = max|x|/127) and dotted with the codes in integers (AVX512-VNNI
- * vpdpbusd, AVX2 vpmaddubsw, the same sums in C); error per output <= s_r Σ_c |v_c| d/2.
- * Off by default (on SmolLM2 it measured no faster end to end than f32 activations, at +0.016%
- * perplexity): 1 when CALDERA_KERNELS_Q8=1 or after caldera_kernel_set_q8(1). Process-wide.
+ * Int8 activations in the E8P products of one position (batch 1, 2- and 4-bit codes): the GEMV
+ * (cols a multiple of 32) quantizes x with one step d = max|x|/127 and sums the codes' values
+ * times xq in integers (error per output <= s_r Σ_c |v_rc| d/2); the transposed product (up to 256
+ * rows, as CALDERA's Lᵀ) quantizes x_r s_r likewise. The same integer sums in every variant
+ * (AVX512-VBMI/VNNI/BITALG, portable C). On by default where the variant has the SIMD kernel
+ * (avx512 on a CPU with VBMI, VNNI and BITALG: 3x the f32 GEMV), off elsewhere;
+ * CALDERA_KERNELS_Q8=0|1 or caldera_kernel_set_q8 overrides. Process-wide.
  */
 int caldera_kernel_q8(void);
-/** Turn the int8 activation path on (1) or off (0); -1: back to the environment's choice. */
+/** Turn the int8 activation path on (1) or off (0); -1: back to the environment's (or the variant's) choice. */
 void caldera_kernel_set_q8(int on);
 
 /** Storage of a compressed matrix as the kernels read it. */

@@ -730,6 +730,9 @@ struct caldera_model_forward_args {
  * An opaque implementation of one linear layer (e.g. a fused kernel over compressed codes).
  * apply computes Y = X Wᵀ for a block of token rows: x (n × cols, f32, ld >= cols), y (n × rows,
  * f32, preallocated, ld >= rows, overwritten). It may use the context's thread pool and BLAS.
+ * The applies of different layers may run at the same time on the pool's threads (the llama
+ * model runs the layers that share one decoded token's input as parallel tasks; a parallel loop
+ * inside such a task runs serially), so state shared between layers must be read-only in apply.
  */
 struct caldera_linear_impl {
     uint32_t struct_size;     ///< sizeof(struct caldera_linear_impl) the caller was built with

@@ -85,6 +85,52 @@ T_AVX2 void caldera_kw_avx2_e8p_gemv(const struct caldera_kw * w, const float * 
     }
 }
 
+// y (cols) += Σ_r x_r Ŵ[r, :]: per column of codewords b, the rows' values times x_r s_r (and
+// x_r s_r / ρ for the residual codes) summed in one register, then back to natural order and
+// added to y[8b .. 8b+7]. For CALDERA's Lᵀ (rank × m): no f32 row is stored and read again.
+T_AVX2 void caldera_kw_avx2_e8p_gemv_t(const struct caldera_kw * w, const float * x, float * y, float * xs) {
+    const int64_t nb = w->cols / 8, m = w->rows;
+    const __m256i idx = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // out[i] = v[SH(i)]
+    const float   irho = w->bits > 2 ? 1.0f / w->e8_rho : 0.0f;
+    pthread_once(&kw_tab_once, kw_tab_build);
+    for (int64_t r = 0; r < m; r++) {
+        xs[r]     = x[r] * kw_e8p_scale(w, r);
+        xs[m + r] = xs[r] * irho;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        // four independent sums (an FMA's latency is 4 cycles: one chain would wait on each)
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        const uint16_t * c = w->codes + b;
+        int64_t r = 0;
+        for (; r + 2 <= m; r += 2) {
+            a0 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c[r * nb]), _mm256_broadcast_ss(xs + r), a0);
+            a1 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c[(r + 1) * nb]), _mm256_broadcast_ss(xs + r + 1), a1);
+        }
+        for (; r < m; r++) {
+            a0 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c[r * nb]), _mm256_broadcast_ss(xs + r), a0);
+        }
+        if (w->bits == 4) {
+            const uint16_t * c2 = (const uint16_t *) w->codes2 + b;
+            for (r = 0; r + 2 <= m; r += 2) {
+                a2 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c2[r * nb]), _mm256_broadcast_ss(xs + m + r), a2);
+                a3 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c2[(r + 1) * nb]), _mm256_broadcast_ss(xs + m + r + 1), a3);
+            }
+            for (; r < m; r++) {
+                a2 = _mm256_fmadd_ps(e8p_vals(w->e8_grid, c2[r * nb]), _mm256_broadcast_ss(xs + m + r), a2);
+            }
+        } else if (w->bits == 3) {
+            const uint8_t * c2 = (const uint8_t *) w->codes2 + b;
+            for (r = 0; r < m; r++) {
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w->e8_rvq1 + c2[r * nb] * 8), _mm256_broadcast_ss(xs + m + r), a2);
+            }
+        }
+        a0 = _mm256_add_ps(a0, a1);
+        a1 = _mm256_add_ps(a2, a3);
+        const __m256 v = _mm256_permutevar8x32_ps(_mm256_add_ps(a0, a1), idx);
+        _mm256_storeu_ps(y + 8 * b, _mm256_add_ps(_mm256_loadu_ps(y + 8 * b), v));
+    }
+}
+
 T_AVX2 void caldera_kw_avx2_e8p_decode(const struct caldera_kw * w, int64_t r0, int64_t r1, float * dst, int64_t ld) {
     const int64_t nb   = w->cols / 8;
     const __m256i idx  = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // out[i] = v[SH(i)]
@@ -232,34 +278,6 @@ T_AVX2 void caldera_kw_avx2_fwht(float * x, int64_t n) {
     }
 }
 
-// Σ_k d_k <tab[codes], xq_k> − corr over one row: 4 codewords (one block of 32 columns) per
-// step, u8 × s8 pairs by vpmaddubsw (|pair| <= 2·34·127, no saturation), then vpmaddwd to 8
-// int32 lanes of 4 columns each, converted and scaled by the block's d.
-T_AVX2 float caldera_kw_avx2_e8p_q8_row(const struct kw_q8x * q, const uint16_t * c, int64_t nb) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const uint64_t * tab = q->tab;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        __m256i w0 = _mm256_set_epi64x((long long) tab[c[b + 3]], (long long) tab[c[b + 2]], (long long) tab[c[b + 1]],
-                                       (long long) tab[c[b]]);
-        __m256i w1 = _mm256_set_epi64x((long long) tab[c[b + 7]], (long long) tab[c[b + 6]], (long long) tab[c[b + 5]],
-                                       (long long) tab[c[b + 4]]);
-        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b))), ones);
-        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b + 32))),
-                                       ones);
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_loadu_ps(q->dl + 2 * b + 8), a1);
-    }
-    for (; b < nb; b += 4) {   // nb % 4 == 0 (cols % 32 == 0)
-        __m256i w0 = _mm256_set_epi64x((long long) tab[c[b + 3]], (long long) tab[c[b + 2]], (long long) tab[c[b + 1]],
-                                       (long long) tab[c[b]]);
-        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *) (q->xq + 8 * b))), ones);
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_loadu_ps(q->dl + 2 * b), a0);
-    }
-    return hsum8(_mm256_add_ps(a0, a1)) - q->corr;
-}
-
 // The RHT core 8-wide with FMA: for each output row a, 32 columns at a time in four registers
 // accumulated over the k source rows (H entries are ±1 scaled, but a multiply keeps it general).
 T_AVX2 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, const float * src, float * dst, int trans,
@@ -268,7 +286,32 @@ T_AVX2 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, con
         caldera_kw_rht_core_c(h, k, p2, src, dst, trans, scale);
         return;
     }
-    for (int64_t a = 0; a < k; a++) {
+    int64_t ap = 0;
+    if (p2 % 16 == 0) {
+        // two output rows and 16 columns at a time: four independent FMA chains sharing the loads
+        // (p2 = 16 for SmolLM2's 576 = 36 · 16: one chain per 8 columns waited on the FMA latency)
+        for (; ap + 2 <= k; ap += 2) {
+            for (int64_t l = 0; l < p2; l += 16) {
+                __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+                       c11 = _mm256_setzero_ps();
+                for (int64_t b = 0; b < k; b++) {
+                    const __m256  h0 = _mm256_set1_ps((trans ? h[b * k + ap] : h[ap * k + b]) * scale);
+                    const __m256  h1 = _mm256_set1_ps((trans ? h[b * k + ap + 1] : h[(ap + 1) * k + b]) * scale);
+                    const float * sp = src + b * p2 + l;
+                    const __m256  s0 = _mm256_loadu_ps(sp), s1 = _mm256_loadu_ps(sp + 8);
+                    c00 = _mm256_fmadd_ps(h0, s0, c00);
+                    c01 = _mm256_fmadd_ps(h0, s1, c01);
+                    c10 = _mm256_fmadd_ps(h1, s0, c10);
+                    c11 = _mm256_fmadd_ps(h1, s1, c11);
+                }
+                _mm256_storeu_ps(dst + ap * p2 + l, c00);
+                _mm256_storeu_ps(dst + ap * p2 + l + 8, c01);
+                _mm256_storeu_ps(dst + (ap + 1) * p2 + l, c10);
+                _mm256_storeu_ps(dst + (ap + 1) * p2 + l + 8, c11);
+            }
+        }
+    }
+    for (int64_t a = ap; a < k; a++) {
         float * d = dst + a * p2;
         int64_t l = 0;
         for (; l + 32 <= p2; l += 32) {
@@ -297,6 +340,26 @@ T_AVX2 void caldera_kw_avx2_rht_core(const float * h, int64_t k, int64_t p2, con
     }
 }
 
+// 8 signs per byte: the byte broadcast, AND with the lane's bit, compared to make the lane mask,
+// then its sign bit XORed into scale · x.
+T_AVX2 void caldera_kw_avx2_sign_scale(const uint8_t * sign, const float * x, int64_t n, float scale, float * o, int acc) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256  vs  = _mm256_set1_ps(scale), sb = _mm256_set1_ps(-0.0f);
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        const __m256i b = _mm256_and_si256(_mm256_set1_epi32(sign[c >> 3]), bit);
+        const __m256  m = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, bit)), sb);
+        __m256 v = _mm256_xor_ps(_mm256_mul_ps(_mm256_loadu_ps(x + c), vs), m);
+        if (acc) {
+            v = _mm256_add_ps(v, _mm256_loadu_ps(o + c));
+        }
+        _mm256_storeu_ps(o + c, v);
+    }
+    if (c < n) {
+        caldera_kw_sign_scale_c(sign + (c >> 3), x + c, n - c, scale, o + c, acc);
+    }
+}
+
 T_AVX2 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n) {
     const __m256 va = _mm256_set1_ps(a);
     int64_t i = 0;
@@ -311,14 +374,19 @@ T_AVX2 void caldera_kw_avx2_axpy(float a, const float * x, float * y, int64_t n)
 const struct kw_variant caldera_kw_variant_avx2 = {
     .e8p_gemv       = caldera_kw_avx2_e8p_gemv,
     .e8p_decode     = caldera_kw_avx2_e8p_decode,
+    .e8p_gemv_t     = caldera_kw_avx2_e8p_gemv_t,
     .uni_decode_row = caldera_kw_avx2_uni_decode_row,
     .f16_gemv       = avx2_f16_gemv,
     .f16_decode     = avx2_f16_decode,
     .dot            = avx2_dot,
     .fwht           = caldera_kw_avx2_fwht,
     .axpy           = caldera_kw_avx2_axpy,
-    .e8p_q8_row     = caldera_kw_avx2_e8p_q8_row,
+    .e8p_q8_lanes   = caldera_kw_e8p_q8_lanes_c,   // int8 activations: off by default here
+    .q8_prepare     = caldera_kw_q8_prepare_c,
+    .e8p_q8t_cols   = caldera_kw_e8p_q8t_cols_c,
+    .q8_rowdots     = caldera_kw_q8_rowdots_c,
     .rht_core       = caldera_kw_avx2_rht_core,
+    .sign_scale     = caldera_kw_avx2_sign_scale,
 };
 
 #endif // CALDERA_KW_X86

@@ -102,12 +102,14 @@ int caldera_kernel_set_isa(int isa) {
 }
 
 #ifdef CALDERA_KW_X86
-static int kw_has_vnni(void) {
+// AVX512-VNNI, -VBMI and -BITALG: the int8 E8P kernel (kern-avx512.c).
+static int kw_has_vbmi(void) {
     static atomic_int cached = -1;
     int v = atomic_load(&cached);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+            __builtin_cpu_supports("avx512bitalg") ? 1 : 0;
         atomic_store(&cached, v);
     }
     return v;
@@ -118,7 +120,7 @@ const struct kw_variant * caldera_kw_variant(void) {
     switch (caldera_kernel_isa()) {
 #ifdef CALDERA_KW_X86
     case CALDERA_ISA_AVX2:   return &caldera_kw_variant_avx2;
-    case CALDERA_ISA_AVX512: return kw_has_vnni() ? &caldera_kw_variant_avx512 : &caldera_kw_variant_avx512_novnni;
+    case CALDERA_ISA_AVX512: return kw_has_vbmi() ? &caldera_kw_variant_avx512 : &caldera_kw_variant_avx512_novnni;
 #endif
     default:                 return &caldera_kw_variant_c;
     }
@@ -269,8 +271,12 @@ struct kw_gemv_job {
     const float *             xs;  // E8P: block sums (cols/8)
     float *                   y;   // (rows)
     int                       acc;
-    struct kw_q8x             q8;  // E8P with int8 activations (tab set), else unused
+    struct kw_q8s             q8;  // E8P with int8 activations (xpl set), else unused
+    const float *             q8dl;    // int8: the steps of x's 32-column blocks
+    float                     q8corr;  // int8: 17 Σ_k d_k Σ xq_k
 };
+
+static void kw_q8_rows(const struct kw_gemv_job * j, int64_t r0, int64_t r1);
 
 static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
     const struct kw_gemv_job * j = arg;
@@ -286,17 +292,8 @@ static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
         j->v->f16_gemv(w, j->x, r0, r1, j->y + r0, j->acc);
         break;
     case CALDERA_KW_E8P:
-        if (j->q8.tab) {
-            const int64_t nb   = w->cols / 8;
-            const float   irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
-            for (int64_t r = r0; r < r1; r++) {
-                float d = j->v->e8p_q8_row(&j->q8, w->codes + r * nb, nb);
-                if (w->bits == 4) {
-                    d += irho * j->v->e8p_q8_row(&j->q8, (const uint16_t *) w->codes2 + r * nb, nb);
-                }
-                const float v = 0.25f * kw_e8p_scale(w, r) * d;
-                j->y[r] = j->acc ? j->y[r] + v : v;
-            }
+        if (j->q8.xpl) {
+            kw_q8_rows(j, r0, r1);
         } else {
             j->v->e8p_gemv(w, j->xp, j->xs, r0, r1, j->y + r0, j->acc);
         }
@@ -318,7 +315,7 @@ static void kw_gemv_run(void * arg, int64_t r0, int64_t r1) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Int8 activations for the E8P GEMV (kernels-impl.h: struct kw_q8x)
+// Int8 activations for the E8P GEMV (kernels-impl.h: struct kw_q8s)
 
 static atomic_int kw_q8_forced = -1;
 
@@ -327,55 +324,56 @@ int caldera_kernel_q8(void) {
     if (f >= 0) {
         return f;
     }
-    const char * env = getenv("CALDERA_KERNELS_Q8");   // off by default: see README.md, "Int8 activations"
-    return env && !strcmp(env, "1");
+    const char * env = getenv("CALDERA_KERNELS_Q8");   // README.md, "Int8 activations"
+    if (env && (!strcmp(env, "0") || !strcmp(env, "1"))) {
+        return env[0] == '1';
+    }
+    return caldera_kw_variant()->q8_default;
 }
 
 void caldera_kernel_set_q8(int on) {
     atomic_store(&kw_q8_forced, on < 0 ? -1 : on != 0);
 }
 
-// The table 4·value + 17 of every code, built from the first grid seen; other grids are
-// compared with that one once (a grid the table does not represent exactly gets no int8 path).
+// The planes' tables g = 4·grid[a][e] of the first grid seen; other grids are compared with that
+// one once (a grid not on the 1/4 lattice with |4 grid| <= 16 gets no int8 path).
 #define KW_Q8_GRIDS 16
-static uint64_t            kw_q8_tab[65536];
-static float               kw_q8_grid[256 * 8];
-static int                 kw_q8_state;           // 0: not built, 1: built, -1: the grid is not on the 1/4 lattice
-static const float *       kw_q8_ok[KW_Q8_GRIDS];  // grid pointers known equal to kw_q8_grid
-static atomic_int          kw_q8_nok;
-static pthread_mutex_t     kw_q8_mu = PTHREAD_MUTEX_INITIALIZER;
+static int8_t          kw_q8_tabs[8 * 256] __attribute__((aligned(64)));
+static float           kw_q8_grid[256 * 8];
+static int             kw_q8_state;            // 0: not built, 1: built, -1: the grid does not fit
+static const float *   kw_q8_ok[KW_Q8_GRIDS];  // grid pointers known equal to kw_q8_grid
+static atomic_int      kw_q8_nok;
+static pthread_mutex_t kw_q8_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int kw_q8_build(const float * grid) {
-    for (uint32_t c = 0; c < 65536; c++) {
-        uint8_t b[8];
-        for (int j = 0; j < 8; j++) {
-            float v4 = 4.0f * kw_e8p_value(grid, (uint16_t) c, j);
-            if (!(v4 >= -KW_Q8_OFFSET && v4 <= KW_Q8_OFFSET) || v4 != nearbyintf(v4)) {
+    for (int a = 0; a < 256; a++) {
+        for (int e = 0; e < 8; e++) {
+            float g = 4.0f * grid[a * 8 + e];
+            if (!(g >= -(KW_Q8_OFFSET - 1) && g <= KW_Q8_OFFSET - 1) || g != nearbyintf(g)) {
                 return -1;
             }
-            b[j] = (uint8_t) (int) (v4 + KW_Q8_OFFSET);
+            kw_q8_tabs[e * 256 + a] = (int8_t) (int) g;
         }
-        memcpy(&kw_q8_tab[c], b, 8);
     }
     memcpy(kw_q8_grid, grid, sizeof(kw_q8_grid));
     return 1;
 }
 
-// The table for w's grid, or NULL.
-static const uint64_t * kw_q8_table(const struct caldera_kw * w) {
+// The tables for w's grid, or NULL.
+static const int8_t * kw_q8_table(const struct caldera_kw * w) {
     int n = atomic_load(&kw_q8_nok);
     for (int i = 0; i < n; i++) {
         if (kw_q8_ok[i] == w->e8_grid) {
-            return kw_q8_tab;
+            return kw_q8_tabs;
         }
     }
-    const uint64_t * t = NULL;
+    const int8_t * t = NULL;
     pthread_mutex_lock(&kw_q8_mu);
     if (kw_q8_state == 0) {
         kw_q8_state = kw_q8_build(w->e8_grid);
     }
     if (kw_q8_state > 0 && !memcmp(kw_q8_grid, w->e8_grid, sizeof(kw_q8_grid))) {
-        t = kw_q8_tab;
+        t = kw_q8_tabs;
         n = atomic_load(&kw_q8_nok);
         if (n < KW_Q8_GRIDS) {
             kw_q8_ok[n] = w->e8_grid;
@@ -386,42 +384,95 @@ static const uint64_t * kw_q8_table(const struct caldera_kw * w) {
     return t;
 }
 
-// xq, dl (cols/4) and corr of xp (cols, nibble order), blocks of KW_Q8_BLOCK.
-static void kw_q8_quantize(const float * xp, int64_t cols, int8_t * xq, float * dl, float * corr) {
-    float c = 0.0f;
-    for (int64_t k0 = 0; k0 < cols; k0 += KW_Q8_BLOCK) {
-        float amax = 0.0f;
-        for (int64_t i = k0; i < k0 + KW_Q8_BLOCK; i++) {
-            amax = fabsf(xp[i]) > amax ? fabsf(xp[i]) : amax;
-        }
-        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t     s = 0;
-        for (int64_t i = k0; i < k0 + KW_Q8_BLOCK; i++) {
-            int32_t q = (int32_t) lrintf(xp[i] * id);
-            q = q > 127 ? 127 : q < -127 ? -127 : q;
-            xq[i] = (int8_t) q;
-            s += q;
-        }
-        for (int64_t i = k0 / 4; i < (k0 + KW_Q8_BLOCK) / 4; i++) {
-            dl[i] = d;
-        }
-        c += d * (float) (KW_Q8_OFFSET * s);
+static int64_t kw_gcd64(int64_t nb) {
+    int64_t a = 64, b = nb;
+    while (b) {
+        int64_t r = a % b;
+        a = b;
+        b = r;
     }
-    *corr = c;
+    return a;
+}
+
+// Rows per block of lanes (a multiple of the row alignment ra; KW_Q8_LANES int32 on the stack).
+#define KW_Q8_LANES 4096
+
+// Rows [r0, r1) (r0 a multiple of ra = 64 / gcd(nb, 64), so row r0 starts a period) of the int8
+// GEMV: lanes of each block of rows, then the rows' integer sums, scaled.
+static void kw_q8_rows(const struct kw_gemv_job * j, int64_t r0, int64_t r1) {
+    const struct caldera_kw * w  = j->w;
+    const int64_t             nb = w->cols / 8, ra = 64 / kw_gcd64(nb), nl = nb / 4;
+    const float               irho = w->bits == 4 ? 1.0f / w->e8_rho : 0.0f;
+    int64_t                   kb = (KW_Q8_LANES * 4 / nb) / ra * ra;
+    int32_t                   lanes[KW_Q8_LANES + 16] __attribute__((aligned(64)));
+    kb = kb < ra ? ra : kb;
+    for (int64_t rb = r0; rb < r1; rb += kb) {
+        const int64_t re = rb + kb < r1 ? rb + kb : r1;
+        float         d1[KW_Q8_LANES], d2[KW_Q8_LANES];   // kb <= 4 KW_Q8_LANES / nb rows, nb >= 4
+        for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
+            const uint16_t * codes = pass ? (const uint16_t *) w->codes2 : w->codes;
+            j->v->e8p_q8_lanes(&j->q8, codes + rb * nb, (re - rb) * nb, lanes);
+            j->v->q8_rowdots(lanes, re - rb, nl, j->q8dl + w->cols / 32, pass ? d2 : d1);   // steps d_k/254
+        }
+        float sc[KW_Q8_LANES];   // the rows' scales (f16 ones converted by the variant, 8 or 16 at a time)
+        if (!w->scale_per_row) {
+            for (int64_t r = rb; r < re; r++) {
+                sc[r - rb] = kw_e8p_scale(w, 0);
+            }
+        } else if (w->scale_dtype == CALDERA_DTYPE_F16) {
+            const struct caldera_kw s16 = { .type = CALDERA_KW_F16, .rows = 1, .cols = re - rb, .ld = re - rb,
+                                            .data = (const uint16_t *) w->scale + rb };
+            j->v->f16_decode(&s16, 0, 1, sc, re - rb);
+        } else {
+            memcpy(sc, (const float *) w->scale + rb, (size_t) (re - rb) * sizeof(float));
+        }
+        for (int64_t r = rb; r < re; r++) {
+            const float d = (d1[r - rb] - j->q8corr) + (w->bits == 4 ? irho * (d2[r - rb] - j->q8corr) : 0.0f);
+            const float v = 0.25f * sc[r - rb] * d;
+            j->y[r] = j->acc ? j->y[r] + v : v;
+        }
+    }
 }
 
 // Rows per GEMV chunk: at least this many weights, so that small layers stay on one thread
 // (waking the pool costs more than a 64k-weight GEMV).
 #define KW_GEMV_GRAIN 131072
 
+// The int8 path in units of ra rows (the pool splits units, not rows).
+static void kw_q8_units(void * arg, int64_t u0, int64_t u1) {
+    const struct kw_gemv_job * j  = arg;
+    const int64_t              ra = 64 / kw_gcd64(j->w->cols / 8);
+    const int64_t              r1 = u1 * ra < j->w->rows ? u1 * ra : j->w->rows;
+    kw_q8_rows(j, u0 * ra, r1);
+}
+
 static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
-    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 } };
+    struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 }, NULL, 0.0f };
     float * xp = NULL;
     if (w->type == CALDERA_KW_E8P) {
-        const int64_t nb = w->cols / 8;
-        // nb floats of block sums, cols/4 of block scales, cols bytes of int8 x
-        if (!(xp = caldera_malloc((size_t) (w->cols + nb + w->cols / 4 + w->cols / 4) * sizeof(float)))) {
+        const int64_t nb = w->cols / 8, period = nb / kw_gcd64(nb);
+        const int     q8 = w->bits != 3 && nb % 4 == 0 && period <= KW_Q8_MAXP && 64 / kw_gcd64(nb) * nb <= 4 * KW_Q8_LANES &&
+                           caldera_kernel_q8() && (job.q8.tabs = kw_q8_table(w)) != NULL;
+        // f32: cols floats of permuted x and nb block sums; int8: the planes of xq and xq2 (64-aligned),
+        // 2 cols/32 block steps, 2 (cols + 512) bytes of xq and xq2
+        const size_t bytes = q8 ? (size_t) period * 1024 + (size_t) w->cols / 4 + 2 * ((size_t) w->cols + 512)
+                                : (size_t) (w->cols + nb) * sizeof(float);
+        if (!(xp = caldera_malloc(bytes))) {
             return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", w->cols);
+        }
+        if (q8) {
+            int8_t * xpl = (int8_t *) xp;   // caldera_malloc: 64-byte aligned
+            float *  dl  = (float *) (xpl + period * 1024);
+            int8_t * xq  = (int8_t *) (dl + w->cols / 16);
+            job.q8corr     = job.v->q8_prepare(x, w->cols, period, xq, xpl, dl);
+            job.q8dl       = dl;
+            job.q8.xpl     = xpl;
+            job.q8.xpl2    = xpl + period * 512;
+            job.q8.period  = period;
+            const int64_t ra = 64 / kw_gcd64(nb), units = (w->rows + ra - 1) / ra;
+            caldera_parallel_for(ctx, units, 1 + KW_GEMV_GRAIN / (ra * w->cols), kw_q8_units, &job);
+            caldera_free(xp);
+            return 0;
         }
         float * xs = xp + w->cols;
         for (int64_t b = 0; b < nb; b++) {
@@ -434,13 +485,6 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
         }
         job.xp = xp;
         job.xs = xs;
-        if (w->bits != 3 && w->cols % KW_Q8_BLOCK == 0 && caldera_kernel_q8() && (job.q8.tab = kw_q8_table(w))) {
-            float *  dl = xs + nb;
-            int8_t * xq = (int8_t *) (dl + w->cols / 4);
-            kw_q8_quantize(xp, w->cols, xq, dl, &job.q8.corr);
-            job.q8.xq = xq;
-            job.q8.dl = dl;
-        }
     }
     caldera_parallel_for(ctx, w->rows, 1 + KW_GEMV_GRAIN / w->cols, kw_gemv_run, &job);
     caldera_free(xp);
@@ -463,18 +507,76 @@ static int64_t kw_tile_rows(const struct caldera_kw * w, int64_t batch) {
     return rt > w->rows ? w->rows : rt;
 }
 
+// Int8 transposed GEMV (E8P 2/4-bit; rows <= KW_Q8T_ROWS, cols <= 2 KW_SEG): x_r s_r quantized
+// with one step dt = max|x_r s_r|/127 and its residual with dt/254 (tq, tq2), then y[8b + PERM(e)]
+// += dt/4 (Σ_r tq_r u(r, b, e) − 17 Σ_r tq_r) + the same for tq2 with dt/254 (/ρ for the residual
+// codes). -1: the grid has no int8 tables (the caller uses f32).
+static int kw_q8_gemv_t(const struct kw_variant * v, const struct caldera_kw * w, const float * x, float * y) {
+    const int8_t * tabs = kw_q8_table(w);
+    if (!tabs) {
+        return -1;
+    }
+    const int64_t m = w->rows, nb = w->cols / 8;
+    float         xs[KW_Q8T_ROWS], amax = 0.0f;
+    int8_t        tq[KW_Q8T_ROWS], tq2[KW_Q8T_ROWS];
+    int32_t       out[2 * KW_SEG], out2[2 * KW_SEG];
+    for (int64_t r = 0; r < m; r++) {
+        xs[r] = x[r] * kw_e8p_scale(w, r);
+        amax  = fabsf(xs[r]) > amax ? fabsf(xs[r]) : amax;
+    }
+    const float dt = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f, id2 = 254.0f * id;
+    int32_t     st = 0, st2 = 0;
+    for (int64_t r = 0; r < m; r++) {
+        int32_t q = (int32_t) lrintf(xs[r] * id);
+        q = q > 127 ? 127 : q < -127 ? -127 : q;
+        int32_t q2 = (int32_t) lrintf((xs[r] - (float) q * dt) * id2);
+        q2 = q2 > 127 ? 127 : q2 < -127 ? -127 : q2;
+        tq[r]  = (int8_t) q;
+        tq2[r] = (int8_t) q2;
+        st += q;
+        st2 += q2;
+    }
+    const int32_t corr = KW_Q8_OFFSET * st, corr2 = KW_Q8_OFFSET * st2;
+    for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
+        const float sc = 0.25f * dt * (pass ? 1.0f / w->e8_rho : 1.0f), sc2 = sc / 254.0f;
+        v->e8p_q8t_cols(tabs, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq, tq2, out, out2);
+        for (int64_t b = 0; b < nb; b++) {
+            for (int e = 0; e < 8; e++) {
+                y[8 * b + KW_E8P_PERM(e)] += sc * (float) (out[8 * b + e] - corr) + sc2 * (float) (out2[8 * b + e] - corr2);
+            }
+        }
+    }
+    return 0;
+}
+
 // y (cols) (+)= Ŵᵀ x (rows), one thread: each row decoded to f32 (a stack segment) and added with
 // weight x[r]. For the low-rank factor Lᵀ (rank × m, a few thousand codewords): no BLAS call (its
 // threads would spin beside the pool's) and no tile allocation per token.
 static int kw_gemv_t(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
     const struct kw_variant * v = caldera_kw_variant();
+    const int     fused = w->type == CALDERA_KW_E8P && v->e8p_gemv_t;   // scratch: 2 rows floats
+    const int64_t need  = fused ? 2 * w->rows : w->cols;
     float   seg[2 * KW_SEG];
-    float * row = w->cols <= 2 * KW_SEG ? seg : caldera_malloc((size_t) w->cols * sizeof(float));
+    float * row = need <= 2 * KW_SEG ? seg : caldera_malloc((size_t) need * sizeof(float));
     if (!row) {
-        return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", w->cols);
+        return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "kernels: out of memory for a %" PRId64 "-vector", need);
     }
     if (!acc) {
         memset(y, 0, (size_t) w->cols * sizeof(float));
+    }
+    if (w->type == CALDERA_KW_E8P && v->e8p_q8t_cols && w->bits != 3 && w->rows <= KW_Q8T_ROWS && w->cols <= 2 * KW_SEG && caldera_kernel_q8() &&
+        kw_q8_gemv_t(v, w, x, y) == 0) {
+        if (row != seg) {
+            caldera_free(row);
+        }
+        return 0;
+    }
+    if (fused) {
+        v->e8p_gemv_t(w, x, y, row);
+        if (row != seg) {
+            caldera_free(row);
+        }
+        return 0;
     }
     for (int64_t r = 0; r < w->rows; r++) {
         const float * src = row;
@@ -625,10 +727,6 @@ struct kw_rht_job {
     atomic_int                   nomem;
 };
 
-static inline float kw_sign(const struct caldera_kw_rht * t, int64_t i) {
-    return (t->sign[i >> 3] >> (i & 7)) & 1u ? -1.0f : 1.0f;
-}
-
 static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
     struct kw_rht_job *           j = arg;
     const struct caldera_kw_rht * t = j->t;
@@ -646,9 +744,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
             // x̃ = Uᵀ S pad(x): signs, zero padding, S_p2 on the fast index, H_Kᵀ on the slow one
             const float * x = j->x + i * j->ldx;
             float *       o = j->o + i * j->ldo;
-            for (int64_t c = 0; c < n; c++) {
-                o[c] = x[c] * kw_sign(t, c);
-            }
+            j->v->sign_scale(t->sign, x, n, 1.0f, o, 0);
             for (int64_t c = n; c < np; c++) {
                 o[c] = 0.0f;
             }
@@ -682,10 +778,7 @@ static void kw_rht_run(void * arg, int64_t i0, int64_t i1) {
                 src = tmp;
                 sc  = 1.0f;
             }
-            for (int64_t c = 0; c < n; c++) {
-                float v = src[c] * sc * kw_sign(t, c);
-                o[c] = j->acc ? o[c] + v : v;
-            }
+            j->v->sign_scale(t->sign, src, n, sc, o, j->acc);
         }
     }
     if (tmp != stack_tmp) {
