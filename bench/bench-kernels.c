@@ -313,7 +313,7 @@ int main(int argc, char ** argv) {
                 return 1;
             }
             const int blas = ki == 0;
-            for (int bi = 0; bi < 2; bi++) {
+            for (int bi = 0; bi < (big_batch > 1 ? 2 : 1); bi++) {   // -b 1: the batch-1 rows once
                 const int64_t batch = bi ? big_batch : 1;
                 for (int isa = blas ? 0 : CALDERA_ISA_COUNT - 1; isa >= 0; isa--) {
                     if (!blas && (!caldera_kernel_isa_supported(isa) || caldera_kernel_set_isa(isa) < 0)) {
