@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Random numbers and the parallel loop (ctx.c): fixed xoshiro256** streams, the normal
-// distribution's moments, seed_mix, parallel_for covering [0, n) exactly once, and parallel_for_blas
-// running gemms inside its threads.
+// distribution's moments, seed_mix, parallel_for covering [0, n) exactly once, parallel_tasks with
+// loops nested inside its tasks, and parallel_for_blas running gemms inside its threads.
 #include "testutil.h"
 
 #include <math.h>
@@ -115,6 +115,111 @@ START_TEST(test_parallel_for) {
 }
 END_TEST
 
+// caldera_parallel_tasks: every task once, one call per task (one call in all when serial); loops inside a task (two levels deep)
+// cover their ranges exactly once and are split into their chunks (offered to the other threads),
+// while a loop inside a caldera_parallel_for chunk stays one serial call.
+#define PT_TASKS 7
+#define PT_INNER 200   // items of each task's inner loop (grain 1: min(200, 4 threads) chunks)
+struct ptask {
+    struct caldera_ctx * ctx;
+    atomic_int           task_hits[PT_TASKS], task_calls;
+    struct cover         inner[PT_TASKS];   // task i's loop, then a loop inside each of its chunks
+    atomic_int           deep_hits[6 * PT_INNER];
+    atomic_int           deep_calls;
+};
+
+struct ptask_deep_args { struct ptask * p; int64_t off; };
+static void ptask_deep(void * arg, int64_t i0, int64_t i1) {
+    const struct ptask_deep_args * a = arg;
+    for (int64_t i = i0; i < i1; i++) atomic_fetch_add(&a->p->deep_hits[a->off + i], 1);
+    atomic_fetch_add(&a->p->deep_calls, 1);
+}
+
+struct ptask_inner { struct ptask * p; int64_t task; };
+static void ptask_inner(void * arg, int64_t i0, int64_t i1) {
+    const struct ptask_inner * a = arg;
+    cover_fn(&a->p->inner[a->task], i0, i1);
+}
+
+static void ptask_fn(void * arg, int64_t i0, int64_t i1) {
+    struct ptask * p = arg;
+    atomic_fetch_add(&p->task_calls, 1);
+    for (int64_t t = i0; t < i1; t++) {
+        atomic_fetch_add(&p->task_hits[t], 1);
+        struct ptask_inner a = { p, t };
+        caldera_parallel_for(p->ctx, PT_INNER, 1, ptask_inner, &a);
+    }
+}
+
+// two levels of tasks (2 outer, 3 inner each), each inner task with a loop over its own PT_INNER
+// items of deep_hits; at most 1 + 2 + 3 jobs are open at once (fewer than the pool's 8 slots, so
+// every loop is published)
+struct ptask_mid { struct ptask * p; int64_t outer; };
+static void ptask_leaf(void * arg, int64_t i0, int64_t i1) {
+    const struct ptask_mid * m = arg;
+    for (int64_t t = i0; t < i1; t++) {
+        struct ptask_deep_args a = { m->p, (m->outer * 3 + t) * PT_INNER };
+        caldera_parallel_for(m->p->ctx, PT_INNER, 1, ptask_deep, &a);
+    }
+}
+static void ptask_outer(void * arg, int64_t i0, int64_t i1) {
+    struct ptask * p = arg;
+    for (int64_t t = i0; t < i1; t++) {
+        struct ptask_mid m = { p, t };
+        caldera_parallel_tasks(p->ctx, 3, ptask_leaf, &m);
+    }
+}
+
+static void plain_fn(void * arg, int64_t i0, int64_t i1) {
+    struct ptask * p = arg;
+    for (int64_t t = i0; t < i1; t++) {
+        struct ptask_inner a = { p, t };
+        caldera_parallel_for(p->ctx, PT_INNER, 1, ptask_inner, &a);
+    }
+}
+
+START_TEST(test_parallel_tasks) {
+    struct caldera_ctx * ctx = tu_ctx();
+    for (int t = 1; t <= 3; t++) {
+        caldera_ctx_set_threads(ctx, t);
+        for (int round = 0; round < 50; round++) {
+            struct ptask * p = calloc(1, sizeof(*p));
+            ck_assert_ptr_nonnull(p);
+            p->ctx = ctx;
+            for (int i = 0; i < PT_TASKS; i++) p->inner[i].hits = calloc(PT_INNER, sizeof(atomic_int));
+            caldera_parallel_tasks(ctx, PT_TASKS, ptask_fn, p);
+            ck_assert_int_eq(atomic_load(&p->task_calls), t == 1 ? 1 : PT_TASKS);   // serially: one call
+            for (int i = 0; i < PT_TASKS; i++) {
+                ck_assert_int_eq(atomic_load(&p->task_hits[i]), 1);
+                for (int j = 0; j < PT_INNER; j++) {
+                    ck_assert_msg(atomic_load(&p->inner[i].hits[j]) == 1, "threads %d, task %d: item %d hit %d times", t, i, j,
+                                  atomic_load(&p->inner[i].hits[j]));
+                }
+                // inside a task the loop is split into its chunks (one call when serial)
+                ck_assert_int_eq(atomic_load(&p->inner[i].calls), t == 1 ? 1 : 4 * t);
+            }
+            // two levels: tasks inside tasks, each with a loop
+            caldera_parallel_tasks(ctx, 2, ptask_outer, p);
+            for (int j = 0; j < 6 * PT_INNER; j++) ck_assert_int_eq(atomic_load(&p->deep_hits[j]), 1);
+            ck_assert_int_eq(atomic_load(&p->deep_calls), 6 * (t == 1 ? 1 : 4 * t));
+            // inside a caldera_parallel_for chunk a loop is one serial call, as before
+            for (int i = 0; i < PT_TASKS; i++) {
+                memset(p->inner[i].hits, 0, PT_INNER * sizeof(atomic_int));
+                atomic_store(&p->inner[i].calls, 0);
+            }
+            caldera_parallel_for(ctx, PT_TASKS, 1, plain_fn, p);
+            for (int i = 0; i < PT_TASKS; i++) {
+                for (int j = 0; j < PT_INNER; j++) ck_assert_int_eq(atomic_load(&p->inner[i].hits[j]), 1);
+                ck_assert_int_eq(atomic_load(&p->inner[i].calls), 1);
+                free(p->inner[i].hits);
+            }
+            free(p);
+        }
+    }
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // caldera_parallel_for_blas: every item's gemm, run inside the threads with single-threaded BLAS,
 // against an f64 reference; each index once.
 #define PFB_ITEMS 24
@@ -183,6 +288,7 @@ static Suite * rng_suite(void) {
     tcase_add_test(tc, test_seed_mix);
     tcase_add_test(tc, test_parallel_for);
     tcase_add_test(tc, test_parallel_for_blas);
+    tcase_add_test(tc, test_parallel_tasks);
     suite_add_tcase(s, tc);
     return s;
 }

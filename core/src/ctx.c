@@ -189,36 +189,55 @@ int caldera_ctx_error(struct caldera_ctx * ctx, int code, const char * fmt, ...)
 const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return !ctx ? "" : tl_errmsg ? tl_errmsg : ctx->errmsg; }
 
 // ---------------------------------------------------------------------------------------------
-// Parallel loop: a pool of threads-1 workers that help with whatever job is current. A job is
-// `chunks` contiguous ranges handed out through one atomic ticket (job number << 32 | next chunk):
-// a worker claims a chunk by a compare-and-swap that fails once the job has changed, so the caller
-// never waits for a worker that has not woken up (on a loaded machine it may not run for
-// milliseconds; the caller then does every chunk itself), only for chunks already being run.
-// Between jobs a worker spins briefly (POOL_SPIN polls with a pause, a few microseconds) and then
-// sleeps on a condition variable: a decoded token runs a few hundred short loops, and a futex
-// wake-up per loop cost more than the loops; unbounded spinning (OpenMP's) made 2 threads 4-13x
-// slower than 1 on a loaded 2-core VM, and OpenBLAS's pthread build runs its own pool beside ours.
-// A parallel_for called from inside a job runs serially.
+// Parallel loop: a pool of threads-1 workers that help with whatever loops are open. A loop is
+// published in one of POOL_SLOTS slots as `chunks` contiguous ranges handed out through one atomic
+// ticket (job id << 32 | next chunk): a thread claims a chunk by a compare-and-swap that fails once
+// the slot holds another job, so the issuer never waits for a thread that has not woken up (on a
+// loaded machine it may not run for milliseconds; the issuer then does every chunk itself), only
+// for chunks already being run. Between jobs a worker spins briefly (POOL_SPIN polls with a pause,
+// a few microseconds) and then sleeps on a condition variable: a decoded token runs a few hundred
+// short loops, and a futex wake-up per loop cost more than the loops; unbounded spinning
+// (OpenMP's) made 2 threads 4-13x slower than 1 on a loaded 2-core VM, and OpenBLAS's pthread
+// build runs its own pool beside ours.
+//
+// Nesting: a loop called from inside a chunk runs serially, except inside the tasks of
+// caldera_parallel_tasks (and the loops those open): there it is published in a free slot one
+// level deeper, and threads out of work help with it (an idle worker takes the shallowest open
+// chunk first: whole tasks before pieces of one; an issuer waiting for its chunks takes chunks of
+// loops at its own depth or deeper only, so that it never starts a long task while its own loop is
+// about to finish). Results do not depend on who runs a chunk: the split of [0, n) is the same.
 
-#define POOL_SPIN 4000
+#define POOL_SPIN  4000
+#define POOL_SLOTS 8
+
+typedef void (*pool_fn)(void *, int64_t, int64_t);
+
+struct pool_job {
+    atomic_int    busy;     // 0: free, 1: an issuer owns the slot
+    atomic_ullong ticket;   // id << 32 | next chunk to hand out
+    atomic_llong  done;     // chunks finished
+    // the job (written by the issuer before the ticket; read before a claim, checked by it)
+    _Atomic(pool_fn) fn;
+    _Atomic(void *)  arg;
+    atomic_llong     items, chunks;
+    atomic_int       depth, nest;
+} __attribute__((aligned(64)));
 
 struct caldera_pool {
     pthread_t *     th;
     int             n;          // workers (the caller is the other thread)
     pthread_mutex_t mu;
     pthread_cond_t  cv_work;
-    atomic_uint     gen;        // job number (mod 2^32)
-    atomic_ullong   ticket;     // gen << 32 | next chunk to hand out
-    atomic_llong    done;       // chunks of the current job finished
+    atomic_uint     pulse;      // publications so far (mod 2^32): a change wakes the workers
+    atomic_uint     ids;        // job ids (mod 2^32)
     atomic_int      stop;
     atomic_int      sleepers;   // workers waiting on cv_work
-    // the current job (written by the caller before the ticket; read by workers before a claim)
-    _Atomic(void (*)(void *, int64_t, int64_t)) fn;
-    _Atomic(void *) arg;
-    atomic_llong    items, chunks;
+    struct pool_job job[POOL_SLOTS];
 };
 
-static _Thread_local int in_pool_job;
+static _Thread_local int tl_in_job;   // running a chunk
+static _Thread_local int tl_depth;    // depth of that chunk's job
+static _Thread_local int tl_nest;     // loops inside it may be published (caldera_parallel_tasks)
 
 static inline void pool_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -226,43 +245,69 @@ static inline void pool_pause(void) {
 #endif
 }
 
-// Claim and run chunks of job g until none is left (or the job has changed).
-static void pool_run_chunks(struct caldera_pool * p, unsigned g) {
-    in_pool_job = 1;
+// Claim one chunk of slot j and run it; 0 when the slot has none left.
+static int pool_run_one(struct pool_job * j) {
+    unsigned long long t = atomic_load(&j->ticket);
     for (;;) {
-        unsigned long long t = atomic_load(&p->ticket);
-        if ((unsigned) (t >> 32) != g) break;
-        void (*fn)(void *, int64_t, int64_t) = atomic_load_explicit(&p->fn, memory_order_relaxed);
-        void *  arg    = atomic_load_explicit(&p->arg, memory_order_relaxed);
-        int64_t items  = atomic_load_explicit(&p->items, memory_order_relaxed);
-        int64_t chunks = atomic_load_explicit(&p->chunks, memory_order_relaxed);
+        pool_fn fn     = atomic_load_explicit(&j->fn, memory_order_relaxed);
+        void *  arg    = atomic_load_explicit(&j->arg, memory_order_relaxed);
+        int64_t items  = atomic_load_explicit(&j->items, memory_order_relaxed);
+        int64_t chunks = atomic_load_explicit(&j->chunks, memory_order_relaxed);
+        int     depth  = atomic_load_explicit(&j->depth, memory_order_relaxed);
+        int     nest   = atomic_load_explicit(&j->nest, memory_order_relaxed);
         int64_t c      = (int64_t) (t & 0xFFFFFFFFull);
-        if (c >= chunks) break;
-        if (!atomic_compare_exchange_weak(&p->ticket, &t, t + 1)) continue;   // lost the race, or a new job
+        if (c >= chunks) return 0;
+        if (!atomic_compare_exchange_weak(&j->ticket, &t, t + 1)) continue;   // t reloaded: lost the race, or a new job
         int64_t i0 = items * c / chunks, i1 = items * (c + 1) / chunks;
+        int     in = tl_in_job, d = tl_depth, ns = tl_nest;
+        tl_in_job = 1;
+        tl_depth  = depth;
+        tl_nest   = nest;
         if (i1 > i0) fn(arg, i0, i1);
-        atomic_fetch_add(&p->done, 1);
+        tl_in_job = in;
+        tl_depth  = d;
+        tl_nest   = ns;
+        atomic_fetch_add(&j->done, 1);
+        return 1;
     }
-    in_pool_job = 0;
 }
 
-// A lost wake-up is excluded by the seq_cst pairs (sleepers++, read gen) here and (gen++, read
-// sleepers) in the caller.
+// Run one open chunk of a job at depth >= min_depth, the shallowest first; 0 when there is none.
+static int pool_help(struct caldera_pool * p, int min_depth) {
+    for (;;) {
+        struct pool_job * best = NULL;
+        int               bd   = 0;
+        for (int s = 0; s < POOL_SLOTS; s++) {
+            struct pool_job *  j = &p->job[s];
+            unsigned long long t = atomic_load_explicit(&j->ticket, memory_order_relaxed);
+            int                d = atomic_load_explicit(&j->depth, memory_order_relaxed);
+            if ((int64_t) (t & 0xFFFFFFFFull) < atomic_load_explicit(&j->chunks, memory_order_relaxed) && d >= min_depth &&
+                (!best || d < bd)) {
+                best = j;
+                bd   = d;
+            }
+        }
+        if (!best) return 0;
+        if (pool_run_one(best)) return 1;   // else claimed by another thread meanwhile: look again
+    }
+}
+
+// A lost wake-up is excluded by the seq_cst pairs (sleepers++, read pulse) here and (pulse++, read
+// sleepers) in the issuer; a job published after `seen` was read changes the pulse.
 static void * pool_worker(void * arg) {
     struct caldera_pool * p = arg;
-    unsigned seen = 0;
     for (;;) {
-        for (int i = 0; i < POOL_SPIN && atomic_load(&p->gen) == seen && !atomic_load(&p->stop); i++) pool_pause();
-        if (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+        unsigned seen = atomic_load(&p->pulse);
+        while (pool_help(p, 0)) {}
+        for (int i = 0; i < POOL_SPIN && atomic_load(&p->pulse) == seen && !atomic_load(&p->stop); i++) pool_pause();
+        if (atomic_load(&p->pulse) == seen && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
+            while (atomic_load(&p->pulse) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
             atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) break;
-        seen = atomic_load(&p->gen);
-        pool_run_chunks(p, seen);
     }
     return NULL;
 }
@@ -297,59 +342,94 @@ static struct caldera_pool * pool_new(int workers) {
     return p;
 }
 
-void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
-                          void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg) {
-    if (n <= 0) return;
-    if (grain < 1) grain = 1;
-    int     threads = ctx ? ctx->threads : 1;
-    int64_t pieces  = n / grain;   // chunks of at least grain items, as promised
-    if (threads <= 1 || pieces <= 1 || in_pool_job) {
+// fn over [0, n) in `chunks` chunks on the pool, nest: loops inside the chunks may be published.
+// Serially (on the calling thread) when there is no pool or inside a chunk that allows no nesting.
+static void pool_loop(struct caldera_ctx * ctx, int64_t n, int64_t chunks, int nest, pool_fn fn, void * arg) {
+    int threads = ctx ? ctx->threads : 1;
+    if (threads <= 1 || chunks <= 1 || (tl_in_job && !tl_nest)) {
         fn(arg, 0, n);
         return;
     }
-    if (ctx->pool && ctx->pool->n != threads - 1) {
+    if (!tl_in_job && ctx->pool && ctx->pool->n != threads - 1) {
         caldera_pool_free(ctx->pool);
         ctx->pool = NULL;
     }
-    if (!ctx->pool && !(ctx->pool = pool_new(threads - 1))) {
+    if (!ctx->pool && (tl_in_job || !(ctx->pool = pool_new(threads - 1)))) {
         fn(arg, 0, n);   // no pool (out of memory or threads): still correct, serially
         return;
     }
     struct caldera_pool * p = ctx->pool;
-    // up to 4 chunks per thread so that uneven chunks balance; never smaller than grain
-    int64_t chunks = pieces < 4 * (int64_t) threads ? pieces : 4 * (int64_t) threads;
-    unsigned g = atomic_load(&p->gen) + 1u;
-    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&p->items, n, memory_order_relaxed);
-    atomic_store_explicit(&p->chunks, chunks, memory_order_relaxed);
-    atomic_store(&p->done, 0);
-    atomic_store(&p->ticket, (unsigned long long) g << 32);   // publishes the job (seq_cst)
-    atomic_store(&p->gen, g);
+    struct pool_job *     j = NULL;
+    for (int s = 0; s < POOL_SLOTS && !j; s++) {
+        int zero = 0;
+        if (atomic_compare_exchange_strong(&p->job[s].busy, &zero, 1)) j = &p->job[s];
+    }
+    if (!j) {   // every slot open (deep nesting): serially
+        fn(arg, 0, n);
+        return;
+    }
+    const int depth = tl_in_job ? tl_depth + 1 : 0;
+    unsigned  id    = atomic_fetch_add(&p->ids, 1u) + 1u;
+    atomic_store_explicit(&j->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&j->arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&j->items, n, memory_order_relaxed);
+    atomic_store_explicit(&j->chunks, chunks, memory_order_relaxed);
+    atomic_store_explicit(&j->depth, depth, memory_order_relaxed);
+    atomic_store_explicit(&j->nest, nest, memory_order_relaxed);
+    atomic_store(&j->done, 0);
+    atomic_store(&j->ticket, (unsigned long long) id << 32);   // publishes the job (seq_cst)
+    atomic_fetch_add(&p->pulse, 1u);
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
-    pool_run_chunks(p, g);
-    // every chunk is claimed; wait for the ones a worker is still running
-    for (long i = 0; atomic_load(&p->done) < chunks; i++) {
-        if (i < POOL_SPIN) {
+    while (pool_run_one(j)) {}
+    // every chunk is claimed; wait for the ones other threads still run, helping with loops at
+    // this depth or deeper meanwhile
+    for (long i = 0; atomic_load(&j->done) < chunks;) {
+        if (pool_help(p, depth)) continue;
+        if (i++ < POOL_SPIN) {
             pool_pause();
         } else {
             sched_yield();
         }
     }
+    atomic_store(&j->busy, 0);
 }
 
-void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
-                               void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg) {
+void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain, pool_fn fn, void * arg) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int     threads = ctx ? ctx->threads : 1;
+    int64_t pieces  = n / grain;   // chunks of at least grain items, as promised
+    // up to 4 chunks per thread so that uneven chunks balance; never smaller than grain
+    int64_t chunks = pieces < 4 * (int64_t) threads ? pieces : 4 * (int64_t) threads;
+    pool_loop(ctx, n, chunks, tl_in_job && tl_nest, fn, arg);
+}
+
+void caldera_parallel_tasks(struct caldera_ctx * ctx, int64_t n, pool_fn fn, void * arg) {
+    if (n <= 0) return;
+    if (n > 0xFFFFFFFFll) {   // more tasks than a ticket counts: as a loop
+        caldera_parallel_for(ctx, n, 1, fn, arg);
+        return;
+    }
+    pool_loop(ctx, n, n, 1, fn, arg);
+}
+
+int caldera_parallel_nested(void) { return tl_in_job && tl_nest; }
+
+void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain, pool_fn fn, void * arg) {
     int threads = ctx ? ctx->threads : 1;
     if (ctx && ctx->device != CALDERA_DEVICE_CPU) {   // linalg may route to the device: its handles are per context
         fn(arg, 0, n);
         return;
     }
-    if (threads <= 1 || in_pool_job || n / (grain < 1 ? 1 : grain) <= 1) {   // serial: BLAS keeps its threads
+    if (tl_in_job) {   // BLAS inside a chunk: serially, on this thread
+        fn(arg, 0, n);
+        return;
+    }
+    if (threads <= 1 || n / (grain < 1 ? 1 : grain) <= 1) {   // serial: BLAS keeps its threads
         caldera_parallel_for(ctx, n, grain, fn, arg);
         return;
     }

@@ -32,6 +32,9 @@ struct caldera_registry_entry {
 struct caldera_pool;
 struct ccu_dev;
 void caldera_pool_free(struct caldera_pool * pool);
+// 1 when a caldera_parallel_for called on this thread now is offered to idle threads while
+// running inside a chunk (inside caldera_parallel_tasks): loops may then use a finer grain.
+int caldera_parallel_nested(void);
 
 struct caldera_ctx {
     caldera_log_fn                  log_fn;

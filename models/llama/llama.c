@@ -1080,8 +1080,9 @@ static int observe(struct caldera_inst * inst, const struct obs * ob, const stru
 // Replaced layers (caldera_linear_impl) sharing one decoded token's input, one task each: a layer's
 // whole chain (a compressed layer's transforms, its codes' GEMV, its low-rank products) runs on one
 // thread, the layers side by side (q | k, v; gate | up), instead of each product split over the
-// threads with the chain's short steps between them serial. Products inside a task run serially
-// (a parallel_for inside a pool job does).
+// threads with the chain's short steps between them serial. The tasks are caldera_parallel_tasks:
+// a thread that runs out of layers helps with the loops still open inside the others (q's GEMV
+// rows while k and v are done: q is 60% of the three).
 struct impl_task { struct caldera_inst * inst; struct llm_lin ** l; float ** y; const int64_t * ldy; const float * x;
                    int64_t ldx; atomic_int rc; };
 
@@ -1105,7 +1106,7 @@ static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, floa
     if (impls) {
         struct impl_task t = { .inst = inst, .l = l, .y = y, .ldy = ldy, .x = x, .ldx = ldx };
         atomic_init(&t.rc, 0);
-        caldera_parallel_for(caldera_inst_ctx(inst), k, 1, impl_tasks, &t);
+        caldera_parallel_tasks(caldera_inst_ctx(inst), k, impl_tasks, &t);
         return atomic_load(&t.rc);
     }
     if (!fused) {

@@ -383,6 +383,16 @@ void caldera_parallel_for(struct caldera_ctx * ctx, int64_t n, int64_t grain,
 void caldera_parallel_for_blas(struct caldera_ctx * ctx, int64_t n, int64_t grain,
                                void (*fn)(void * arg, int64_t i0, int64_t i1), void * arg);
 
+/**
+ * Run the n tasks [0, n) on the context's threads, fn(arg, i, i + 1) for each (fn(arg, 0, n) when
+ * serial), for a few unequal pieces of work (the products of one decoded token). Unlike inside
+ * caldera_parallel_for, a caldera_parallel_for or caldera_parallel_tasks called from a task is
+ * split over the threads that run out of tasks (they help with its chunks) instead of running
+ * serially. fn must not call BLAS-3 linalg.
+ */
+void caldera_parallel_tasks(struct caldera_ctx * ctx, int64_t n, void (*fn)(void * arg, int64_t i0, int64_t i1),
+                            void * arg);
+
 /** xoshiro256** generator seeded with splitmix64; identical streams on every platform. */
 struct caldera_rng { uint64_t s[4]; };
 void     caldera_rng_seed(struct caldera_rng * rng, uint64_t seed);

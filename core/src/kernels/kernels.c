@@ -437,6 +437,9 @@ static void kw_q8_rows(const struct kw_gemv_job * j, int64_t r0, int64_t r1) {
 // Rows per GEMV chunk: at least this many weights, so that small layers stay on one thread
 // (waking the pool costs more than a 64k-weight GEMV).
 #define KW_GEMV_GRAIN 131072
+// Inside a task of caldera_parallel_tasks the other threads are awake (running tasks, then helping):
+// finer chunks let one that runs out of tasks take over part of the rows.
+#define KW_GEMV_GRAIN_NESTED 16384
 
 // The int8 path in units of ra rows (the pool splits units, not rows).
 static void kw_q8_units(void * arg, int64_t u0, int64_t u1) {
@@ -445,6 +448,8 @@ static void kw_q8_units(void * arg, int64_t u0, int64_t u1) {
     const int64_t              r1 = u1 * ra < j->w->rows ? u1 * ra : j->w->rows;
     kw_q8_rows(j, u0 * ra, r1);
 }
+
+static int64_t kw_gemv_grain(void) { return caldera_parallel_nested() ? KW_GEMV_GRAIN_NESTED : KW_GEMV_GRAIN; }
 
 static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const float * x, float * y, int acc) {
     struct kw_gemv_job job = { caldera_kw_variant(), w, x, NULL, NULL, y, acc, { 0 }, NULL, 0.0f };
@@ -470,7 +475,7 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
             job.q8.xpl2    = xpl + period * 512;
             job.q8.period  = period;
             const int64_t ra = 64 / kw_gcd64(nb), units = (w->rows + ra - 1) / ra;
-            caldera_parallel_for(ctx, units, 1 + KW_GEMV_GRAIN / (ra * w->cols), kw_q8_units, &job);
+            caldera_parallel_for(ctx, units, 1 + kw_gemv_grain() / (ra * w->cols), kw_q8_units, &job);
             caldera_free(xp);
             return 0;
         }
@@ -486,7 +491,7 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
         job.xp = xp;
         job.xs = xs;
     }
-    caldera_parallel_for(ctx, w->rows, 1 + KW_GEMV_GRAIN / w->cols, kw_gemv_run, &job);
+    caldera_parallel_for(ctx, w->rows, 1 + kw_gemv_grain() / w->cols, kw_gemv_run, &job);
     caldera_free(xp);
     return 0;
 }
