@@ -118,12 +118,58 @@ fail:
     return rc;
 }
 
+// g x and t of up to this many floats on the stack (a decoded token: no allocation per call)
+#define LR_STACK_X 4096
+#define LR_STACK_T 256
+
+// Task 0: y (+)= Q x (or y = 0 without Q); task 1: t = x Rᵀ (none at rank 0), then, with z set,
+// z = t Lᵀ (B × rows) for the caller to add to y.
+struct lr_qr_job {
+    struct caldera_inst *         inst;
+    const struct lr_linear *      f;
+    const struct caldera_tensor * x;
+    struct caldera_tensor *       y, * t, * z;
+    unsigned                      acc;
+    int                           rc[2];
+};
+
+// y (+)= t Lᵀ (flags CALDERA_LINEAR_ACCUMULATE or 0): through Lᵀ's codes (a transposed product) or
+// the L values (rows × k)
+static inline int lr_apply_l(struct caldera_inst * inst, const struct lr_linear * f, struct caldera_tensor * t,
+                             struct caldera_tensor * y, unsigned acc) {
+    return f->lq ? caldera_quantizer_linear_apply(f->lq, f->ls, t, y, CALDERA_LINEAR_TRANSPOSE | acc)
+                 : caldera_kw_matmul(caldera_inst_ctx(inst), &f->lv, t->data, t->ne[0], f->k, y->data,
+                                     y->ld ? y->ld : f->m, acc);
+}
+
+static inline void lr_qr_run(void * arg, int64_t i0, int64_t i1) {
+    struct lr_qr_job *       j = arg;
+    const struct lr_linear * f = j->f;
+    for (int64_t i = i0; i < i1; i++) {
+        if (i == 0 && f->q) {
+            j->rc[0] = caldera_quantizer_linear_apply(f->q, f->qs, j->x, j->y, j->acc);
+        } else if (i == 0 && !j->acc) {
+            const int64_t ldy = j->y->ld ? j->y->ld : f->m;
+            for (int64_t r = 0; r < j->x->ne[0]; r++) {
+                memset((float *) j->y->data + r * ldy, 0, (size_t) f->m * sizeof(float));
+            }
+        } else if (i == 1 && f->k > 0) {
+            j->rc[1] = f->rq ? caldera_quantizer_linear_apply(f->rq, f->rs, j->x, j->t, 0)
+                             : caldera_kw_matmul(caldera_inst_ctx(j->inst), &f->rv, j->x->data, j->x->ne[0],
+                                                 j->x->ld ? j->x->ld : f->n, j->t->data, f->k, 0);
+            if (j->rc[1] == 0 && j->z) {
+                j->rc[1] = lr_apply_l(j->inst, f, j->t, j->z, 0);
+            }
+        }
+    }
+}
+
 /** y (B × rows) (+)= x (B × cols) Ŵᵀ = Q (g x) + L (R (g x)); TRANSPOSE is not offered. */
 static inline int lr_linear_apply(struct caldera_inst * inst, void * state, const struct caldera_tensor * x,
                                   struct caldera_tensor * y, unsigned flags) {
     const struct lr_linear * f   = state;
     struct caldera_ctx *     ctx = caldera_inst_ctx(inst);
-    float *                  xg  = NULL, * t = NULL;
+    float *                  xg  = NULL, * t = NULL, t_stack[LR_STACK_T], x_stack[LR_STACK_X];
     int                      rc;
     if (!f) {
         return caldera_error(inst, CALDERA_ERR_INVAL, "linear_apply: no state; call linear_init first");
@@ -136,49 +182,49 @@ static inline int lr_linear_apply(struct caldera_inst * inst, void * state, cons
         (rc = caldera_check_matrix(inst, "linear_apply", "y", y, x->ne[0], f->m)) < 0) {
         return rc;
     }
-    const int64_t b = x->ne[0], ldx = x->ld ? x->ld : f->n, ldy = y->ld ? y->ld : f->m;
+    const int64_t b = x->ne[0], ldx = x->ld ? x->ld : f->n;
     const unsigned acc = flags & CALDERA_LINEAR_ACCUMULATE;
     struct caldera_tensor xv = *x;
     if (f->g != 1.0f) {   // g folded into the input: y (+)= Q (g x) + L R (g x)
-        if (!(xg = caldera_malloc((size_t) (b * f->n) * sizeof(float)))) {
+        if (b * f->n > LR_STACK_X && !(xg = caldera_malloc((size_t) (b * f->n) * sizeof(float)))) {
             rc = caldera_error(inst, CALDERA_ERR_NOMEM, "linear_apply: out of memory");
             goto fail;
         }
+        float * xd = xg ? xg : x_stack;
         for (int64_t i = 0; i < b; i++) {
             const float * xr = (const float *) x->data + i * ldx;
             for (int64_t j = 0; j < f->n; j++) {
-                xg[i * f->n + j] = f->g * xr[j];
+                xd[i * f->n + j] = f->g * xr[j];
             }
         }
-        xv = caldera_tensor_view_f32(xg, b, f->n);
+        xv = caldera_tensor_view_f32(xd, b, f->n);
     }
-    if (f->q) {
-        if ((rc = caldera_quantizer_linear_apply(f->q, f->qs, &xv, y, acc)) < 0) {
-            goto fail;
-        }
-    } else if (!acc) {
-        for (int64_t i = 0; i < b; i++) {
-            memset((float *) y->data + i * ldy, 0, (size_t) f->m * sizeof(float));
-        }
+    if (f->k > 0 && b * f->k > LR_STACK_T && !(t = caldera_malloc((size_t) (b * f->k) * sizeof(float)))) {
+        rc = caldera_error(inst, CALDERA_ERR_NOMEM, "linear_apply: out of memory");
+        goto fail;
     }
-    if (f->k > 0) {
-        if (!(t = caldera_malloc((size_t) (b * f->k) * sizeof(float)))) {
-            rc = caldera_error(inst, CALDERA_ERR_NOMEM, "linear_apply: out of memory");
-            goto fail;
+    struct caldera_tensor tv = caldera_tensor_view_f32(t ? t : t_stack, b, f->k);
+    struct caldera_tensor zv  = caldera_tensor_view_f32(x_stack + (xv.data == x_stack ? f->n : 0), 1, f->m);
+    struct lr_qr_job      job = { .inst = inst, .f = f, .x = &xv, .y = y, .t = &tv, .acc = acc };
+    if (b == 1 && f->q && f->k > 0 && f->n + f->m <= LR_STACK_X && caldera_ctx_threads(ctx) > 1) {
+        // a decoded token: Q x beside R x and z = L (R x) (the thread done with those helps with Q's
+        // rows), then y += z: the L part is added as one sum instead of term by term (rounding only)
+        job.z = &zv;
+        caldera_parallel_tasks(ctx, 2, lr_qr_run, &job);
+    } else {
+        lr_qr_run(&job, 0, 2);
+    }
+    if ((rc = job.rc[0]) < 0 || (rc = job.rc[1]) < 0) {
+        goto fail;
+    }
+    if (job.z) {
+        float *       yd = y->data;
+        const float * zd = zv.data;
+        for (int64_t r = 0; r < f->m; r++) {
+            yd[r] += zd[r];
         }
-        struct caldera_tensor tv = caldera_tensor_view_f32(t, b, f->k);
-        // t (B × k) = x Rᵀ
-        rc = f->rq ? caldera_quantizer_linear_apply(f->rq, f->rs, &xv, &tv, 0)
-                   : caldera_kw_matmul(ctx, &f->rv, xv.data, b, xv.ld ? xv.ld : f->n, t, f->k, 0);
-        if (rc < 0) {
-            goto fail;
-        }
-        // y += t Lᵀ: through Lᵀ's codes (a transposed product) or the L values (m × k)
-        rc = f->lq ? caldera_quantizer_linear_apply(f->lq, f->ls, &tv, y, CALDERA_LINEAR_TRANSPOSE | CALDERA_LINEAR_ACCUMULATE)
-                   : caldera_kw_matmul(ctx, &f->lv, t, b, f->k, y->data, ldy, CALDERA_LINEAR_ACCUMULATE);
-        if (rc < 0) {
-            goto fail;
-        }
+    } else if (f->k > 0 && (rc = lr_apply_l(inst, f, &tv, y, CALDERA_LINEAR_ACCUMULATE)) < 0) {   // y += t Lᵀ
+        goto fail;
     }
 fail:
     caldera_free(xg);
