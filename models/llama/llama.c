@@ -97,6 +97,8 @@ struct llm_priv {
     int64_t                   n_ctx;       // positions allowed (the model's context length)
     float                     rope_scale;  // positions are multiplied by this (linear scaling)
     double *                  inv_freq;    // hd/2: theta^(-2i/hd)
+    float *                   rope_cs;     // hd: cos, then sin of the angles of position rope_pos (a decoded token)
+    int64_t                   rope_pos;    // -1: none yet
     float *                   emb;         // vocab × hidden
     float *                   out_norm;    // hidden
     float *                   head;        // vocab × hidden (== emb when tied)
@@ -280,6 +282,7 @@ static void llm_release(struct caldera_inst * inst) {
     caldera_free(p->layers);
     caldera_free(p->lins);
     caldera_free(p->inv_freq);
+    caldera_free(p->rope_cs);
     caldera_free(p->kc);
     caldera_free(p->vc);
     caldera_free(p->f16_scratch);
@@ -365,9 +368,11 @@ static int llm_load(struct caldera_inst * inst, struct caldera_inst * reader) {
     p->kvd = d->n_kv_heads * d->head_dim;
     rc = CALDERA_ERR_NOMEM;
     p->inv_freq = caldera_malloc((size_t) (p->hd / 2) * sizeof(double));
+    p->rope_cs  = caldera_malloc((size_t) p->hd * sizeof(float));
+    p->rope_pos = -1;
     p->layers   = caldera_calloc((size_t) d->n_layers, sizeof(*p->layers));
     p->lins     = caldera_calloc((size_t) (d->n_layers * LLM_LIN_PER_LAYER), sizeof(*p->lins));
-    if (!p->inv_freq || !p->layers || !p->lins) {
+    if (!p->inv_freq || !p->rope_cs || !p->layers || !p->lins) {
         caldera_error(inst, rc, "load: cannot allocate the model tables");
         goto fail;
     }
@@ -841,15 +846,35 @@ static int lin_apply(struct caldera_inst * inst, struct llm_lin * l, const float
 }
 
 // RoPE (HF rotate_half) in place on rows of x (n × heads·hd, ld), row t at position pos0 + t.
-struct rope_args { const struct llm_priv * p; float * x; int64_t ld, heads, pos0; };
+// cs: the cos and sin of the angles when every row is at position pos0 (one decoded token: the
+// same for every layer, computed once by rope_angles), else NULL.
+struct rope_args { const struct llm_priv * p; float * x; int64_t ld, heads, pos0; const float * cs; };
+
+static void rope_angles(const struct llm_priv * p, int64_t pos0, float * cs) {
+    int64_t half = p->hd / 2;
+    double  pos  = (double) pos0 * p->rope_scale;
+    for (int64_t i = 0; i < half; i++) {
+        double ang = pos * p->inv_freq[i];
+        cs[i]        = (float) cos(ang);
+        cs[half + i] = (float) sin(ang);
+    }
+}
+
 static void rope_rows(void * arg, int64_t t0, int64_t t1) {
     const struct rope_args * a = arg;
     int64_t                  half = a->p->hd / 2;
     for (int64_t t = t0; t < t1; t++) {
         double pos = (double) (a->pos0 + t) * a->p->rope_scale;
         for (int64_t i = 0; i < half; i++) {
-            double ang = pos * a->p->inv_freq[i];
-            float  c = (float) cos(ang), s = (float) sin(ang);
+            float c, s;
+            if (a->cs) {
+                c = a->cs[i];
+                s = a->cs[half + i];
+            } else {
+                double ang = pos * a->p->inv_freq[i];
+                c = (float) cos(ang);
+                s = (float) sin(ang);
+            }
             for (int64_t h = 0; h < a->heads; h++) {
                 float * v  = a->x + t * a->ld + h * a->p->hd;
                 float   x1 = v[i], x2 = v[i + half];
@@ -873,10 +898,11 @@ static void smax_rows(void * arg, int64_t r0, int64_t r1) {
     }
 }
 
-struct swiglu_args { float * g; const float * u; int64_t n; };
-static void swiglu_rows(void * arg, int64_t i0, int64_t i1) {
+// g[i] = silu(g[i]) u[i] for the elements i of [i0, i1)
+struct swiglu_args { float * g; const float * u; };
+static void swiglu_elems(void * arg, int64_t i0, int64_t i1) {
     const struct swiglu_args * a = arg;
-    for (int64_t i = i0 * a->n; i < i1 * a->n; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i];
         a->g[i] = g / (1.0f + expf(-g)) * a->u[i];
     }
@@ -1145,9 +1171,17 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
         const int64_t    ld[3] = { p->qd, p->kvd, p->kvd };
         if ((rc = lin_apply_multi(inst, ls, ys, ld, 3, w->h, H, T)) < 0) return rc;
     }
+    const float * cs = NULL;
+    if (n_tok == 1) {   // one position for every sequence: its angles once per decoded token
+        if (p->rope_pos != p0) {
+            rope_angles(p, p0, p->rope_cs);
+            p->rope_pos = p0;
+        }
+        cs = p->rope_cs;
+    }
     for (int64_t sq = 0; sq < n_seq; sq++) {
-        struct rope_args rq = { p, w->q + sq * n_tok * p->qd, p->qd, p->d.n_heads, p0 };
-        struct rope_args rk = { p, kd + sq * n_tok * p->kvd, p->kvd, p->d.n_kv_heads, p0 };
+        struct rope_args rq = { p, w->q + sq * n_tok * p->qd, p->qd, p->d.n_heads, p0, cs };
+        struct rope_args rk = { p, kd + sq * n_tok * p->kvd, p->kvd, p->d.n_kv_heads, p0, cs };
         caldera_parallel_for(ctx, n_tok, 4, rope_rows, &rq);
         caldera_parallel_for(ctx, n_tok, 4, rope_rows, &rk);
     }
@@ -1166,8 +1200,8 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
         const int64_t    ld[2] = { F, F };
         if ((rc = lin_apply_multi(inst, ls, ys, ld, 2, w->h, H, T)) < 0) return rc;
     }
-    struct swiglu_args sa = { w->g, w->u, F };
-    caldera_parallel_for(ctx, T, 4, swiglu_rows, &sa);
+    struct swiglu_args sa = { w->g, w->u };
+    caldera_parallel_for(ctx, T * F, T == 1 ? 512 : 4 * F, swiglu_elems, &sa);   // a decoded token: 3 chunks of FFN 1536
     if ((rc = observe(inst, ob, &L->lin[LLM_DOWN], w->g, T)) < 0) return rc;
     if ((rc = lin_apply(inst, &L->lin[LLM_DOWN], w->g, F, w->h, H, T)) < 0) return rc;
     for (int64_t i = 0; i < T * H; i++) w->x[i] += w->h[i];
