@@ -214,7 +214,7 @@ typedef void (*pool_fn)(void *, int64_t, int64_t);
 
 struct pool_job {
     atomic_int    busy;     // 0: free, 1: an issuer owns the slot
-    atomic_ullong ticket;   // id << 32 | next chunk to hand out
+    atomic_ullong ticket;   // id << 32 | next chunk to hand out (ids count per slot, mod 2^32)
     atomic_llong  done;     // chunks finished
     // the job (written by the issuer before the ticket; read before a claim, checked by it)
     _Atomic(pool_fn) fn;
@@ -229,7 +229,6 @@ struct caldera_pool {
     pthread_mutex_t mu;
     pthread_cond_t  cv_work;
     atomic_uint     pulse;      // publications so far (mod 2^32): a change wakes the workers
-    atomic_uint     ids;        // job ids (mod 2^32)
     atomic_int      stop;
     atomic_int      sleepers;   // workers waiting on cv_work
     struct pool_job job[POOL_SLOTS];
@@ -369,7 +368,7 @@ static void pool_loop(struct caldera_ctx * ctx, int64_t n, int64_t chunks, int n
         return;
     }
     const int depth = tl_in_job ? tl_depth + 1 : 0;
-    unsigned  id    = atomic_fetch_add(&p->ids, 1u) + 1u;
+    unsigned  id    = (unsigned) (atomic_load_explicit(&j->ticket, memory_order_relaxed) >> 32) + 1u;   // the slot's next id
     atomic_store_explicit(&j->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&j->arg, arg, memory_order_relaxed);
     atomic_store_explicit(&j->items, n, memory_order_relaxed);

@@ -898,14 +898,23 @@ static void smax_rows(void * arg, int64_t r0, int64_t r1) {
     }
 }
 
-// g[i] = silu(g[i]) u[i] for the elements i of [i0, i1)
-struct swiglu_args { float * g; const float * u; };
+// g[i] = silu(g[i]) u[i] for the elements i of [i0, i1); with silu_done, g holds silu(g) already
+struct swiglu_args { float * g; const float * u; int silu_done; };
 static void swiglu_elems(void * arg, int64_t i0, int64_t i1) {
     const struct swiglu_args * a = arg;
+    if (a->silu_done) {
+        for (int64_t i = i0; i < i1; i++) a->g[i] *= a->u[i];
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i];
         a->g[i] = g / (1.0f + expf(-g)) * a->u[i];
     }
+}
+
+// g[i] = silu(g[i]) = g / (1 + e^-g), the first half of swiglu_elems (the same float operations)
+static void silu_inplace(float * g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i]));
 }
 
 // Attention of a few query rows (decoding): heads in parallel, dot products and axpys; scores of
@@ -1110,12 +1119,13 @@ static int observe(struct caldera_inst * inst, const struct obs * ob, const stru
 // a thread that runs out of layers helps with the loops still open inside the others (q's GEMV
 // rows while k and v are done: q is 60% of the three).
 struct impl_task { struct caldera_inst * inst; struct llm_lin ** l; float ** y; const int64_t * ldy; const float * x;
-                   int64_t ldx; atomic_int rc; };
+                   int64_t ldx; int silu0; atomic_int rc; };
 
 static void impl_tasks(void * arg, int64_t j0, int64_t j1) {
     struct impl_task * t = arg;
     for (int64_t j = j0; j < j1; j++) {
         int rc = lin_apply(t->inst, t->l[j], t->x, t->ldx, t->y[j], t->ldy[j], 1);
+        if (rc == 0 && j == 0 && t->silu0) silu_inplace(t->y[0], t->l[0]->rows);   // on the thread that has y[0] in cache
         if (rc < 0) {
             int none = 0;
             atomic_compare_exchange_strong(&t->rc, &none, rc);
@@ -1123,17 +1133,20 @@ static void impl_tasks(void * arg, int64_t j0, int64_t j1) {
     }
 }
 
-// lin_apply for k (≤ 3) linears that share the input x; few-token dense ones in one loop.
+// lin_apply for k (≤ 3) linears that share the input x; few-token dense ones in one loop. Returns 1
+// when it also applied silu to y[0] in place (asked by silu0: the replaced layers of a decoded
+// token as tasks, where the gate's thread does it beside the up product), else 0.
 static int lin_apply_multi(struct caldera_inst * inst, struct llm_lin ** l, float ** y, const int64_t * ldy, int k,
-                           const float * x, int64_t ldx, int64_t n) {
+                           const float * x, int64_t ldx, int64_t n, int silu0) {
     int rc, fused = n <= LLM_SMALL_N, impls = n == 1 && k > 1 && caldera_ctx_threads(caldera_inst_ctx(inst)) > 1;
     for (int j = 0; j < k; j++) fused = fused && !l[j]->has_impl && !l[j]->bias && (l[j]->w || l[j]->w16);
     for (int j = 0; j < k; j++) impls = impls && l[j]->has_impl;
     if (impls) {
-        struct impl_task t = { .inst = inst, .l = l, .y = y, .ldy = ldy, .x = x, .ldx = ldx };
+        struct impl_task t = { .inst = inst, .l = l, .y = y, .ldy = ldy, .x = x, .ldx = ldx, .silu0 = silu0 };
         atomic_init(&t.rc, 0);
         caldera_parallel_tasks(caldera_inst_ctx(inst), k, impl_tasks, &t);
-        return atomic_load(&t.rc);
+        rc = atomic_load(&t.rc);
+        return rc < 0 ? rc : silu0;
     }
     if (!fused) {
         for (int j = 0; j < k; j++) {
@@ -1169,7 +1182,7 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
         struct llm_lin * ls[3] = { &L->lin[LLM_Q], &L->lin[LLM_K], &L->lin[LLM_V] };
         float *          ys[3] = { w->q, kd, vd };
         const int64_t    ld[3] = { p->qd, p->kvd, p->kvd };
-        if ((rc = lin_apply_multi(inst, ls, ys, ld, 3, w->h, H, T)) < 0) return rc;
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 3, w->h, H, T, 0)) < 0) return rc;
     }
     const float * cs = NULL;
     if (n_tok == 1) {   // one position for every sequence: its angles once per decoded token
@@ -1198,10 +1211,11 @@ static int block(struct caldera_inst * inst, int64_t l, struct llm_work * w, int
         struct llm_lin * ls[2] = { &L->lin[LLM_GATE], &L->lin[LLM_UP] };
         float *          ys[2] = { w->g, w->u };
         const int64_t    ld[2] = { F, F };
-        if ((rc = lin_apply_multi(inst, ls, ys, ld, 2, w->h, H, T)) < 0) return rc;
+        if ((rc = lin_apply_multi(inst, ls, ys, ld, 2, w->h, H, T, 1)) < 0) return rc;
     }
-    struct swiglu_args sa = { w->g, w->u };
-    caldera_parallel_for(ctx, T * F, T == 1 ? 512 : 4 * F, swiglu_elems, &sa);   // a decoded token: 3 chunks of FFN 1536
+    struct swiglu_args sa = { w->g, w->u, rc };
+    // a decoded token: silu done in the gate task, the product serially; else 3 chunks of FFN 1536
+    caldera_parallel_for(ctx, T * F, sa.silu_done ? T * F : T == 1 ? 512 : 4 * F, swiglu_elems, &sa);
     if ((rc = observe(inst, ob, &L->lin[LLM_DOWN], w->g, T)) < 0) return rc;
     if ((rc = lin_apply(inst, &L->lin[LLM_DOWN], w->g, F, w->h, H, T)) < 0) return rc;
     for (int64_t i = 0; i < T * H; i++) w->x[i] += w->h[i];
