@@ -779,6 +779,24 @@ static void mvm_rows(void * arg, int64_t r0, int64_t r1) {
     }
 }
 
+// mv_rows over [0, rows) as LLM_MV_TASKS tasks of contiguous rows: for the output head (49152 rows,
+// memory-bound), where the 4 chunks per thread of caldera_parallel_for left one thread waiting for
+// up to a chunk (~150 us of a decoded token's ~1.2 ms head at 2 threads) at the end.
+#define LLM_MV_TASKS 32
+struct mv_tasks { struct mv_args * a; int64_t rows; };
+static void mv_task_rows(void * arg, int64_t t0, int64_t t1) {
+    const struct mv_tasks * m = arg;
+    mv_rows(m->a, m->rows * t0 / LLM_MV_TASKS, m->rows * t1 / LLM_MV_TASKS);
+}
+static void mv_rows_tasks(struct caldera_ctx * ctx, int64_t rows, struct mv_args * a) {
+    if (rows < 256 * LLM_MV_TASKS) {
+        caldera_parallel_for(ctx, rows, 256, mv_rows, a);
+        return;
+    }
+    struct mv_tasks m = { a, rows };
+    caldera_parallel_tasks(ctx, LLM_MV_TASKS, mv_task_rows, &m);
+}
+
 // Under device = cuda: *dev, a device copy of the f32 weight w (rows × cols), or of the f16 w16
 // converted through scratch, made on the first large product and kept until the weight is
 // replaced or the model released, so that the GEMMs of calibration and evaluation do not copy
@@ -1294,7 +1312,7 @@ static int head_rows(struct caldera_inst * inst, struct llm_work * w, const floa
         if (nc <= LLM_SMALL_N) {
             struct mv_args a = { p->k, hm == LLM_H_F32 ? p->head : NULL, p->head16, tx.data, w->lg, p->d.hidden, nc,
                                  p->d.hidden, p->d.vocab, p->head8, p->head8d };
-            caldera_parallel_for(ctx, p->d.vocab, 256, mv_rows, &a);
+            mv_rows_tasks(ctx, p->d.vocab, &a);
         } else if (caldera_ctx_device(ctx) == CALDERA_DEVICE_CUDA) {   // the head kept on the GPU
             if ((rc = dev_weight(inst, "the output head", th.data, NULL, p->d.vocab, p->d.hidden, NULL, &p->head_d)) < 0 ||
                 (rc = caldera_linalg_gemm(ctx, CALDERA_NO_TRANS, CALDERA_TRANS, 1.0f, &tx, &p->head_d, 0.0f, &tl)) < 0) {
