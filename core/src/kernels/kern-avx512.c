@@ -145,11 +145,48 @@ T_VBMI static void q8_lanes_vbmi(const struct kw_q8s * q, const uint16_t * codes
     }
 }
 
+// out[8i + e] = pl[e][i] for columns i < nc of a group (planes 8 × 64 to the codeword-major layout):
+// per 16 columns an 8 × 16 transpose in three stages of two-source permutes (planes paired by
+// dwords, then by qwords, then by 128-bit chunks: 24 vpermt2d/q), two columns per stored vector.
+T_VBMI static inline void q8t_transpose(const int32_t (*pl)[64], int64_t nc, int32_t * out) {
+    const __m512i i1l = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i i1h = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i i2l = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), i2h = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    const __m512i i3l = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), i3h = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    for (int64_t c = 0; c < nc; c += 16) {
+        __m512i s1[4][2], s2[2][2][2];
+        for (int p = 0; p < 4; p++) {   // planes 2p, 2p + 1; columns 8h .. 8h + 7
+            const __m512i r0 = _mm512_load_si512(pl[2 * p] + c), r1 = _mm512_load_si512(pl[2 * p + 1] + c);
+            s1[p][0] = _mm512_permutex2var_epi32(r0, i1l, r1);
+            s1[p][1] = _mm512_permutex2var_epi32(r0, i1h, r1);
+        }
+        for (int q = 0; q < 2; q++) {   // planes 4q .. 4q + 3; columns 8h + 4m .. 8h + 4m + 3
+            for (int h = 0; h < 2; h++) {
+                s2[q][h][0] = _mm512_permutex2var_epi64(s1[2 * q][h], i2l, s1[2 * q + 1][h]);
+                s2[q][h][1] = _mm512_permutex2var_epi64(s1[2 * q][h], i2h, s1[2 * q + 1][h]);
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            for (int m = 0; m < 2; m++) {
+                for (int n = 0; n < 2; n++) {   // columns c + 8h + 4m + 2n and the next, all 8 planes
+                    const int64_t   col  = c + 8 * h + 4 * m + 2 * n;
+                    const __mmask16 k    = col + 2 <= nc ? (__mmask16) 0xFFFF : col + 1 == nc ? (__mmask16) 0xFF : 0;
+                    const __m512i   v    = _mm512_permutex2var_epi64(s2[0][h][m], n ? i3h : i3l, s2[1][h][m]);
+                    _mm512_mask_storeu_epi32(out + 8 * col, k, v);
+                }
+            }
+        }
+    }
+}
+
 // kernels-impl.h, e8p_q8t_cols: per group of 64 codeword columns, the rows' byte planes (struct
 // q8_grp, kept for all rows), then per nibble e four code rows at a time: their planes interleaved
 // bytewise (rows r .. r+3 of one column inside each int32 lane), so that one vpdpbusd with
 // tq[r .. r+3] in every lane adds four rows' products per column (and one more with tq2); lane
-// 4k + l of the q-th interleaved vector is column 16k + 4q + l of the group.
+// 4k + l of the q-th interleaved vector is column 16k + 4q + l of the group, put in column order
+// by eight 128-bit shuffles into plane e of the group, the planes then transposed to out's layout
+// (q8t_transpose; a per-column scalar scatter before, 1024 stores per 64 columns: as many
+// instructions as the products).
 T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
                                  const int8_t * tq2, int32_t * out, int32_t * out2) {
     uint8_t ev[64], sl[8][64];
@@ -181,7 +218,7 @@ T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, in
                 g[r].hi = g[r].par = 0;
             }
         }
-        const int64_t nc = left < 64 ? left : 64;
+        int32_t pl[2][8][64] __attribute__((aligned(64)));   // the group's sums, plane e, column order
         for (int e = 0; e < 8; e++) {
             const __m512i sel = _mm512_loadu_si512(sl[e]);
             __m512i       acc[4], acc2[4];
@@ -202,16 +239,22 @@ T_VBMI static void q8t_cols_vbmi(const int8_t * tabs, const uint16_t * codes, in
                     acc2[q] = _mm512_dpbusd_epi32(acc2[q], v[q], tv2);
                 }
             }
-            int32_t lane[2][4][16];
-            for (int q = 0; q < 4; q++) {
-                _mm512_storeu_si512(lane[0][q], acc[q]);
-                _mm512_storeu_si512(lane[1][q], acc2[q]);
+            // 128-bit chunk k of acc[q] holds columns 16k + 4q .. 16k + 4q + 3: a 4 × 4 transpose of
+            // chunks gives columns 16k .. 16k + 15 in order (the padded plane takes all 64)
+            for (int h = 0; h < 2; h++) {
+                const __m512i * a  = h ? acc2 : acc;
+                int32_t *       o  = pl[h][e];
+                const __m512i   t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[0], a[1], 0xEE);
+                const __m512i   t2 = _mm512_shuffle_i32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xEE);
+                _mm512_storeu_si512(o, _mm512_shuffle_i32x4(t0, t2, 0x88));
+                _mm512_storeu_si512(o + 16, _mm512_shuffle_i32x4(t0, t2, 0xDD));
+                _mm512_storeu_si512(o + 32, _mm512_shuffle_i32x4(t1, t3, 0x88));
+                _mm512_storeu_si512(o + 48, _mm512_shuffle_i32x4(t1, t3, 0xDD));
             }
-            for (int64_t i = 0; i < nc; i++) {   // column i = 16k + 4q + l
-                const int k = (int) (i >> 4), q = (int) ((i >> 2) & 3), l = (int) (i & 3);
-                out[8 * (b0 + i) + e]  = lane[0][q][4 * k + l];
-                out2[8 * (b0 + i) + e] = lane[1][q][4 * k + l];
-            }
+        }
+        const int64_t nc = left < 64 ? left : 64;
+        for (int h = 0; h < 2; h++) {
+            q8t_transpose(pl[h], nc, (h ? out2 : out) + 8 * b0);
         }
     }
 }
