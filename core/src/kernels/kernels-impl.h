@@ -41,6 +41,10 @@ struct kw_q8s {
     const int8_t * xpl;      // (period, 8, 64) x planes, 64-byte aligned
     const int8_t * xpl2;     // (period, 8, 64) planes of the residual xq2, 64-byte aligned
     int64_t        period;   // groups of 64 codewords per period
+    // (2, 256) or NULL: the E8P grid's magnitudes as 2-bit fields, |g| = 2 + 4 m (the only
+    // values of the E8P grid: |v| = 1/2, 3/2, 5/2), m of nibble e at bits 2 (e % 4) of byte
+    // [e / 4][a]; nibble 7 is negative exactly where Σ_e m is odd (checked when built)
+    const int8_t * mags;
 };
 
 struct kw_variant {
