@@ -555,7 +555,8 @@ static int kw_q8_gemv_t(const struct kw_variant * v, const struct caldera_kw * w
     const int32_t corr = KW_Q8_OFFSET * st, corr2 = KW_Q8_OFFSET * st2;
     for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
         const float sc = 0.25f * dt * (pass ? 1.0f / w->e8_rho : 1.0f), sc2 = sc / 254.0f;
-        v->e8p_q8t_cols(tabs, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq, tq2, out, out2);
+        v->e8p_q8t_cols(tabs, kw_q8_mags_ok ? kw_q8_mags : NULL, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq,
+                        tq2, out, out2);
         for (int64_t b = 0; b < nb; b++) {
             for (int e = 0; e < 8; e++) {
                 y[8 * b + KW_E8P_PERM(e)] += sc * (float) (out[8 * b + e] - corr) + sc2 * (float) (out2[8 * b + e] - corr2);
