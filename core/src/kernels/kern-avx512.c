@@ -67,6 +67,9 @@ T_512 static float avx512_dot(const float * a, const float * b, int64_t n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
+// Bytes of codes prefetched ahead of the int8 E8P GEMV's group (16 groups): the codes stream from
+// memory, and a quarter of the kernel's samples sat on their loads without it.
+#define KW_Q8_PREFETCH 2048
 #define T_VBMI \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c,popcnt")))
 
@@ -167,6 +170,8 @@ T_VBMI static void q8_lanes_vbmi(const struct kw_q8s * q, const uint16_t * codes
     const int64_t ng = (ncw + 63) / 64;
     int64_t       p  = 0;
     for (int64_t g = 0; g < ng; g++) {
+        _mm_prefetch((const char *) (codes + 64 * g) + KW_Q8_PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *) (codes + 64 * g) + KW_Q8_PREFETCH + 64, _MM_HINT_T0);
         const struct q8_grp gr = q8_group(codes + 64 * g, ncw - 64 * g, &k);
         const int8_t *      xp = q->xpl + p * 512, * xp2 = q->xpl2 + p * 512;
         __m512i             acc = _mm512_setzero_si512(), acc2 = _mm512_setzero_si512();
