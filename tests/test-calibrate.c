@@ -778,6 +778,81 @@ START_TEST(test_stories260k) {
 }
 END_TEST
 
+// Copy a file byte for byte; flip = offset of one byte to change (−1: none).
+static void copy_file(const char * from, const char * to, long flip) {
+    FILE * in = fopen(from, "rb"), * out = fopen(to, "wb");
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(out);
+    char   buf[65536];
+    size_t n;
+    long   at = 0;
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0) {
+        if (flip >= at && flip < at + (long) n) buf[flip - at] ^= 1;
+        ck_assert_uint_eq(fwrite(buf, 1, n, out), n);
+        at += (long) n;
+    }
+    fclose(in);
+    ck_assert_int_eq(fclose(out), 0);
+}
+
+// One calibration of stories260K read from `model`, Hessians cached in dir/hc; 1 if the cache hit.
+static int stories_cache_hit(struct caldera_ctx * ctx, const char * model) {
+    char ini[1000];
+    snprintf(ini, sizeof(ini),
+             "[caldera]\nreader = m\nstages = q\ncalibration = calib\nthreads = 1\n"
+             "[m]\nplugin = llama2c\npath = %s\n"
+             "[calib]\ntext = story.txt\nsequences = 2\nlength = 32\ncache = hc\n"
+             "[q]\nplugin = hrec\n", model);
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "p.ini"), ini), 0);
+    struct caldera_config * cfg;
+    struct caldera_pipeline * pl = NULL;
+    ck_assert_int_eq(caldera_config_init(ctx, &cfg), 0);
+    ck_assert_int_eq(caldera_config_parse_file(cfg, tu_path(dir, "p.ini")), 0);
+    ck_assert_int_eq(caldera_pipeline_init(ctx, cfg, &pl), 0);
+    hr_calls = 0;
+    ck_assert_msg(caldera_pipeline_run(pl) == 0, "%s", caldera_ctx_errmsg(ctx));
+    json_error_t jerr;
+    json_t * rep = json_loads(caldera_pipeline_report_json(pl), 0, &jerr);
+    int hit = json_is_true(json_object_get(json_object_get(rep, "calibration"), "cache_hit"));
+    json_decref(rep);
+    caldera_pipeline_free(pl);
+    caldera_config_free(cfg);
+    return hit;
+}
+
+// The cache key hashes the model file's contents, not the folder it is read from: the same file
+// in another folder hits the cache (it missed while the reader's path string was hashed too);
+// one changed byte of the checkpoint misses, and so does one of the tokenizer beside it (llama2c
+// reads tok512.bin from the checkpoint's folder; its contents were not in the key).
+START_TEST(test_cache_key_model_contents) {
+    struct caldera_ctx * ctx = cctx();
+    dir = tu_tmpdir();
+    ck_assert_int_eq(tu_write_file(tu_path(dir, "story.txt"), "Once upon a time, there was a little girl named Lily. "
+                                   "She liked to play in the park with her friend Tom.\n"), 0);
+    const char * stories = CALDERA_SHARED_DATA "/stories260K/stories260K.bin";
+    const char * tok = CALDERA_SHARED_DATA "/stories260K/tok512.bin";
+    struct stat ts;
+    ck_assert_int_eq(stat(tok, &ts), 0);
+    char p[4][600];
+    const char * sub[4] = { "a", "b", "c", "d" };
+    for (int k = 0; k < 4; k++) {
+        mkdir(tu_path(dir, sub[k]), 0755);
+        snprintf(p[k], sizeof(p[k]), "%s/stories.bin", tu_path(dir, sub[k]));
+        copy_file(stories, p[k], k == 2 ? 1000 : -1);   // c: a weight of the embedding table changed
+        char tp[600];
+        snprintf(tp, sizeof(tp), "%s/tok512.bin", tu_path(dir, sub[k]));
+        copy_file(tok, tp, k == 3 ? (long) ts.st_size - 1 : -1);   // d: a byte of the last token's piece
+    }
+    ck_assert_int_eq(stories_cache_hit(ctx, p[0]), 0);
+    ck_assert_int_eq(stories_cache_hit(ctx, p[0]), 1);
+    ck_assert_int_eq(stories_cache_hit(ctx, p[1]), 1);
+    ck_assert_int_eq(stories_cache_hit(ctx, p[2]), 0);
+    ck_assert_int_eq(stories_cache_hit(ctx, p[3]), 0);
+    ck_assert_int_eq(count_files(tu_path(dir, "hc")), 3);
+    caldera_ctx_free(ctx);
+}
+END_TEST
+
 // SmolLM2-135M (label model): one Hessian per input group of every layer in the cache (120: 576 x 576
 // and, for down_proj's input, 1536 x 1536), symmetric with a positive diagonal; q/k/v and gate/up
 // share theirs; an unchanged model evaluates to the original's perplexity.
@@ -883,6 +958,7 @@ static Suite * calibrate_suite(void) {
     tcase_add_test(tc, test_sequential);
     tcase_add_test(tc, test_nonfinite_inputs);
     tcase_add_test(tc, test_stories260k);
+    tcase_add_test(tc, test_cache_key_model_contents);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -166,6 +166,22 @@ sys.exit(0 if ok else print(e, s) or 1)" "$tmp/qe-$how.json" "$tmp/alone-q.json"
         check "peer outputs" -- python3 "$tmp/check.py" "$tmp/p.md" "$tmp/p.csv" "$tmp/p.json" \
             original,stories260k_quip_sharp,stories-q4_0,q8 "stories260k_quip_sharp=$tmp/alone-q.json"
         contains p.out "types: stories-q4_0 f32:5 q4_0:30; q8 f32:5 q8_0:30)"
+        # --from: the saved JSON renders the same table, CSV, JSON and notes again; nothing runs.
+        expect 0 "compare --from" -- "$pipe" compare --from "$tmp/p.json" --md "$tmp/pf.md" --csv "$tmp/pf.csv" \
+            --json "$tmp/pf.json" "${plot[@]/s.png/pf.png}"
+        check "--from: the same Markdown, CSV and JSON" -- sh -c 'cmp "$1/p.md" "$1/pf.md" && cmp "$1/p.csv" "$1/pf.csv" &&
+            cmp "$1/p.json" "$1/pf.json"' sh "$tmp"
+        contains out "types: stories-q4_0 f32:5 q4_0:30; q8 f32:5 q8_0:30)"
+        check "--from: nothing run" -- test "$(grep -c 'compare: \[' "$tmp/err")" = 0
+        if [ ${#plot[@]} -gt 0 ]; then
+            check "--from: plot is a PNG" -- python3 -c "import sys; sys.exit(0 if open(sys.argv[1], 'rb').read(8) == b'\x89PNG\r\n\x1a\n' else 1)" "$tmp/pf.png"
+        fi
+        expect 2 "--from with a pipeline" -- "$pipe" compare --from "$tmp/p.json" "$ex/stories260k_gptq.ini"
+        contains err "renders a saved table again"
+        echo '{"rows": [{"method": "x", "calibration": "-", "ppl": "high"}]}' > "$tmp/bad-from.json"
+        expect 2 "--from a malformed row" -- "$pipe" compare --from "$tmp/bad-from.json" --md "$tmp/bad-from.md"
+        contains err "bad-from.json: rows[0].ppl is not a number or null"
+        check "--from: nothing written" -- test ! -e "$tmp/bad-from.md"
         # Each peer alone with eval's options for the pipelines' [ev] (ctx 128, 4 windows, WikiText-2, rows).
         for t in q4_0 q8_0; do
             label=$([ $t = q8_0 ] && echo q8 || echo stories-q4_0)

@@ -55,6 +55,7 @@ struct cmp_peer {
 static void compare_usage(FILE * out) {
     fprintf(out,
             "usage: caldera-pipe compare A.ini B.ini ... [options]\n"
+            "       caldera-pipe compare --from SAVED.json [--md FILE] [--csv FILE] [--json FILE] [--plot FILE.png]\n"
             "Run every pipeline (each in its own process, writers redirected to a temporary folder) and print\n"
             "one Markdown table: method, bits per parameter (the compressed weights' stored bits over their\n"
             "parameters; the whole output file's bits over all the model's parameters), mean and worst relative and data-aware error, perplexity ± (the pipelines' [eval] settings\n"
@@ -67,6 +68,8 @@ static void compare_usage(FILE * out) {
             "  --json FILE              ... as JSON\n"
             "  --plot FILE.png          perplexity against bits per parameter (gnuplot; skipped with a message\n"
             "                           when gnuplot is not installed)\n"
+            "  --from FILE.json         render the table, CSV, JSON and plot of a saved --json output again (no\n"
+            "                           pipeline runs; give no pipelines, --peer, --set, --threads or --plugin-path)\n"
             "  --peer [LABEL=]FILE      a model made elsewhere (e.g. a GGUF from llama-quantize) as a row of its own\n"
             "                           (repeatable; LABEL defaults to FILE's name without its extension): checked\n"
             "                           before anything runs (the runtime must read every tensor; the same architecture\n"
@@ -323,42 +326,63 @@ static int has_gnuplot(void) {
 }
 
 // Perplexity against bits per parameter (over the compressed weights), the original as a line.
+// Every row is its own series with its own mark and an entry in the key (filled marks for
+// pipelines, open ones for peers): labels beside the points overlapped where several methods
+// fall within half a bit (the 4-bit rows of the SmolLM2 comparison).
 static int plot(const char * png, const char * tmp, const struct cmp_row * rows, int n) {
-    char * dat[2] = { NULL, NULL }, * gp = NULL;
-    int    code = 0, points[2] = { 0, 0 };
+    static const int filled[] = { 7, 5, 9, 11, 13, 15 }, open[] = { 6, 4, 8, 10, 12, 14 };
+    static const char * const colors[8] = { "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#444444" };
+    char * dat = NULL, * gp = NULL;
+    int    code = 0, series = 0;
     double orig = NAN;
-    if (asprintf(&dat[0], "%s/plot.dat", tmp) < 0 || asprintf(&dat[1], "%s/peers.dat", tmp) < 0 ||
-        asprintf(&gp, "%s/plot.gp", tmp) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
-    FILE * f = fopen(dat[0], "w"), * fp = fopen(dat[1], "w");
-    if (!f || !fp) {
-        if (f) fclose(f);
-        if (fp) fclose(fp);
-        code = CLI_EXIT_RUNTIME;
-        goto out;
-    }
-    for (int r = 0; r < n; r++) {
+    if (asprintf(&dat, "%s/plot.dat", tmp) < 0 || asprintf(&gp, "%s/plot.gp", tmp) < 0) { code = CLI_EXIT_RUNTIME; goto out; }
+    FILE * f = fopen(dat, "w");
+    if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
+    for (int r = 0; r < n; r++) {   // one data block per point: gnuplot's `index`
         if (!strcmp(rows[r].method, "original") && !rows[r].is_peer) orig = rows[r].v[C_PPL];
         else if (!isnan(rows[r].v[C_PPL]) && !isnan(rows[r].v[C_BITS])) {
-            fprintf(rows[r].is_peer ? fp : f, "%.6f %.6f %.6f \"%s\"\n", rows[r].v[C_BITS], rows[r].v[C_PPL], rows[r].v[C_PPLE],
-                    rows[r].method);
-            points[rows[r].is_peer]++;
+            fprintf(f, "%s%.6f %.6f %.6f\n", series ? "\n\n" : "", rows[r].v[C_BITS], rows[r].v[C_PPL], rows[r].v[C_PPLE]);
+            series++;
         }
     }
     fclose(f);
-    fclose(fp);
-    if (points[0] + points[1] == 0) {
+    double lo = orig, hi = orig;   // the y range: the points with their error bars and the original, a margin on a log scale
+    for (int r = 0; r < n; r++) {
+        if ((!strcmp(rows[r].method, "original") && !rows[r].is_peer) || isnan(rows[r].v[C_PPL]) || isnan(rows[r].v[C_BITS])) continue;
+        double e = isnan(rows[r].v[C_PPLE]) ? 0 : rows[r].v[C_PPLE], a = rows[r].v[C_PPL] - e, b = rows[r].v[C_PPL] + e;
+        lo = isnan(lo) || a < lo ? a : lo;
+        hi = isnan(hi) || b > hi ? b : hi;
+    }
+    if (series == 0) {
         fprintf(stderr, "caldera-pipe compare: --plot: no pipeline evaluates perplexity; no plot written\n");
         goto out;
     }
     if (!(f = fopen(gp, "w"))) { code = CLI_EXIT_RUNTIME; goto out; }
-    fprintf(f, "set terminal pngcairo noenhanced size 900,600\nset output '%s'\nset xlabel 'bits per parameter (compressed weights)'\n"
-               "set ylabel 'perplexity'\nset logscale y\nset grid\nset key top right\nset offsets graph 0.1, graph 0.1, 0, 0\n", png);
-    fprintf(f, "plot 1/0 notitle");   // a first clause that always exists; the others are added by what has points
-    if (points[0]) fprintf(f, ", '%s' using 1:2:3 with yerrorbars pt 7 title 'compressed', '' using 1:2:4 with labels offset 0,1 "
-                              "notitle", dat[0]);
-    if (points[1]) fprintf(f, ", '%s' using 1:2:3 with yerrorbars pt 6 title 'peers', '' using 1:2:4 with labels offset 0,-1 "
-                              "notitle", dat[1]);
-    if (!isnan(orig)) fprintf(f, ", %.6f title 'original' with lines dt 2", orig);
+    fprintf(f, "set terminal pngcairo noenhanced size 1000,600\nset output '%s'\nset xlabel 'bits per parameter (compressed weights)'\n"
+               "set ylabel 'perplexity (log scale)'\nset logscale y\nset grid\nset key outside right top box\n"
+               "set offsets graph 0.05, graph 0.05, 0, 0\nset pointsize 1.5\n", png);
+    if (lo > 0 && hi >= lo) {   // the range, and tics at 1, 1.5, 2, 3, 5, 7 × 10^k inside it (a range within one decade has no 10^k)
+        static const double mant[] = { 1, 1.5, 2, 3, 5, 7 };
+        double a = lo / 1.1, b = hi * 1.1;
+        int    nt = 0;
+        fprintf(f, "set yrange [%.6g:%.6g]\nset ytics (", a, b);
+        for (int e = (int) floor(log10(a)); e <= (int) ceil(log10(b)); e++) {
+            for (int k = 0; k < 6; k++) {
+                double t = mant[k] * pow(10.0, e);
+                if (t >= a && t <= b) fprintf(f, "%s%.6g", nt++ ? ", " : "", t);
+            }
+        }
+        fprintf(f, ")\n");
+    }
+    fprintf(f, "plot 1/0 notitle");   // a first clause that always exists
+    for (int r = 0, k = 0, kc = 0, kp = 0; r < n; r++) {
+        if ((!strcmp(rows[r].method, "original") && !rows[r].is_peer) || isnan(rows[r].v[C_PPL]) || isnan(rows[r].v[C_BITS])) continue;
+        int pt = rows[r].is_peer ? open[kp++ % 6] : filled[kc++ % 6], idx = k++;
+        fprintf(f, ", '%s' index %d using 1:2:3 with yerrorbars pt %d lc rgb '%s' title '", dat, idx, pt, colors[idx % 8]);
+        for (const char * c = rows[r].method; *c; c++) fputs(*c == '\'' ? "''" : (char[2]) { *c, 0 }, f);
+        fprintf(f, "%s'", rows[r].is_peer ? " (peer)" : "");
+    }
+    if (!isnan(orig)) fprintf(f, ", %.6f title 'original (%.2f)' with lines dt 2 lc rgb 'gray40'", orig, orig);
     fprintf(f, "\n");
     fclose(f);
     fflush(NULL);
@@ -374,8 +398,7 @@ static int plot(const char * png, const char * tmp, const struct cmp_row * rows,
         code = CLI_EXIT_RUNTIME;
     }
 out:
-    free(dat[0]);
-    free(dat[1]);
+    free(dat);
     free(gp);
     return code;
 }
@@ -498,9 +521,78 @@ static const char * eval_desc(const struct cmp_pipe * cp, char * buf, size_t n) 
     return buf;
 }
 
+// --from FILE.json: the rows, protocol and peers of a saved `compare --json` output, to render the
+// table, CSV and plot again without running anything. Rows point into *saved (kept until the end).
+static int load_saved(const char * path, json_t ** saved, struct cmp_row ** rows, int * nrows, struct cmp_peer ** peers,
+                      int * npeers, json_t ** eval) {
+    json_error_t jerr;
+    json_t *     j = json_load_file(path, 0, &jerr), * ra, * pa;
+    *saved = j;
+    if (!j) {
+        if (jerr.line > 0) {
+            fprintf(stderr, "caldera-pipe compare: --from %s: line %d: %s; allowed: the --json output of caldera-pipe compare\n",
+                    path, jerr.line, jerr.text);
+        } else {
+            fprintf(stderr, "caldera-pipe compare: --from %s: %s\n", path, jerr.text);
+        }
+        return CLI_EXIT_USAGE;
+    }
+    if (!json_is_array(ra = json_object_get(j, "rows")) || json_array_size(ra) == 0) {
+        fprintf(stderr, "caldera-pipe compare: --from %s: no \"rows\" array (or an empty one); allowed: the --json output of "
+                        "caldera-pipe compare\n", path);
+        return CLI_EXIT_USAGE;
+    }
+    pa = json_object_get(j, "peers");
+    size_t nr = json_array_size(ra), npa = json_is_array(pa) ? json_array_size(pa) : 0;
+    struct cmp_row *  r = calloc(nr, sizeof(*r));
+    struct cmp_peer * pe = calloc(npa + 1, sizeof(*pe));
+    if (!r || !pe) {
+        free(r);
+        free(pe);
+        return CLI_EXIT_RUNTIME;
+    }
+    free(*rows);
+    free(*peers);
+    *rows = r, *peers = pe;
+    for (size_t i = 0; i < nr; i++) {
+        json_t * o = json_array_get(ra, i);
+        const char * m = json_string_value(json_object_get(o, "method")), * c = json_string_value(json_object_get(o, "calibration"));
+        if (!m || !c) {
+            fprintf(stderr, "caldera-pipe compare: --from %s: rows[%zu]: no \"method\" or \"calibration\" string\n", path, i);
+            return CLI_EXIT_USAGE;
+        }
+        r[i].method = m;
+        r[i].calib = c;
+        r[i].is_peer = !strcmp(c, "peer");
+        for (int k = 0; k < 11; k++) {
+            json_t * v = json_object_get(o, col_key[k]);
+            if (v && !json_is_null(v) && !json_is_number(v)) {
+                fprintf(stderr, "caldera-pipe compare: --from %s: rows[%zu].%s is not a number or null\n", path, i, col_key[k]);
+                return CLI_EXIT_USAGE;
+            }
+            r[i].v[k] = json_is_number(v) ? json_number_value(v) : NAN;
+        }
+        (*nrows)++;
+    }
+    for (size_t i = 0; i < npa; i++) {
+        json_t * o = json_array_get(pa, i);
+        const char * l = json_string_value(json_object_get(o, "label"));
+        if (!l) {
+            fprintf(stderr, "caldera-pipe compare: --from %s: peers[%zu]: no \"label\" string\n", path, i);
+            return CLI_EXIT_USAGE;
+        }
+        if (!(pe[i].label = strdup(l))) return CLI_EXIT_RUNTIME;
+        pe[i].res = json_incref(o);
+        (*npeers)++;
+    }
+    *eval = json_is_object(json_object_get(j, "eval")) ? json_incref(json_object_get(j, "eval")) : NULL;
+    return 0;
+}
+
 int cli_compare(int argc, char ** argv) {
     const char ** sets = calloc((size_t) argc, sizeof(char *)), ** paths = calloc((size_t) argc, sizeof(char *));
-    const char *  md = NULL, * csv = NULL, * js = NULL, * png = NULL, * threads = NULL;
+    const char *  md = NULL, * csv = NULL, * js = NULL, * png = NULL, * threads = NULL, * from = NULL;
+    json_t *      saved = NULL;
     struct cmp_pipe * cps = calloc((size_t) argc, sizeof(struct cmp_pipe));
     struct cmp_row *  rows = calloc((size_t) argc + 1, sizeof(struct cmp_row));
     struct cmp_peer * peers = calloc((size_t) argc, sizeof(struct cmp_peer));
@@ -515,7 +607,7 @@ int cli_compare(int argc, char ** argv) {
         const char * a = argv[i], * next = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { compare_usage(stdout); goto out; }
         int valued = !strcmp(a, "--set") || !strcmp(a, "--md") || !strcmp(a, "--csv") || !strcmp(a, "--json") || !strcmp(a, "--plot") ||
-                     !strcmp(a, "--threads") || !strcmp(a, "--plugin-path") || !strcmp(a, "--peer");
+                     !strcmp(a, "--threads") || !strcmp(a, "--plugin-path") || !strcmp(a, "--peer") || !strcmp(a, "--from");
         if (a[0] == '-' && !valued) {
             fprintf(stderr, "caldera-pipe compare: unknown option '%s' (see compare --help)\n", a);
             code = CLI_EXIT_USAGE;
@@ -537,11 +629,33 @@ int cli_compare(int argc, char ** argv) {
         else if (!strcmp(a, "--csv")) csv = next;
         else if (!strcmp(a, "--json")) js = next;
         else if (!strcmp(a, "--plot")) png = next;
+        else if (!strcmp(a, "--from")) from = next;
         else {
             long long t;
             if (cli_parse_int("compare", a, next, 0, 4096, &t) < 0) { code = CLI_EXIT_USAGE; goto out; }
             threads = next;
         }
+    }
+    if (from) {   // render a saved table again: nothing runs
+        if (np || npeers || nsets || threads || npaths) {
+            fprintf(stderr, "caldera-pipe compare: --from %s renders a saved table again; give no pipelines, --peer, --set, "
+                            "--threads or --plugin-path with it\n", from);
+            code = CLI_EXIT_USAGE;
+            goto out;
+        }
+        if ((code = load_saved(from, &saved, &rows, &nrows, &peers, &npeers, &eval)) != 0) goto out;
+        if (png && !has_gnuplot()) {
+            fprintf(stderr, "caldera-pipe compare: --plot %s: gnuplot is not installed (Debian: apt-get install gnuplot-nox); "
+                            "the plot will be skipped\n", png);
+            png = NULL;
+        }
+        if (png && !mkdtemp(tmp)) {
+            fprintf(stderr, "caldera-pipe compare: cannot create a temporary folder: %s\n", strerror(errno));
+            code = CLI_EXIT_RUNTIME;
+            goto out;
+        }
+        have_tmp = png != NULL;
+        goto render;
     }
     if (np == 0) {
         compare_usage(stderr);
@@ -711,6 +825,7 @@ int cli_compare(int argc, char ** argv) {
         r->v[C_WALL] = peers[i].wall;
         r->v[C_MEM] = (double) peers[i].maxrss_kib / 1024.0;
     }
+render:;
     FILE * f = open_memstream(&mdtext, &mdlen);
     if (!f) { code = CLI_EXIT_RUNTIME; goto out; }
     put_md(f, rows, nrows);
@@ -762,6 +877,7 @@ out:
         json_decref(peers[i].res);
     }
     free(peers);
+    json_decref(saved);
     json_decref(eval);
     json_decref(out_json);
     caldera_ctx_free(ctx);

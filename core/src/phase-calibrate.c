@@ -240,40 +240,62 @@ static int hash_path_tree(struct caldera_ctx * ctx, struct calib_hash * h, const
     return rc;
 }
 
-int pl_model_hash(struct caldera_pipeline * pl, struct calib_hash * hp) {
+int pl_model_hash(struct caldera_pipeline * pl, struct pl_run * run, struct calib_hash * hp) {
     struct caldera_ctx * ctx = pl->ctx;
     struct pipeline_opts * o = popts(pl);
     struct calib_hash h = *hp;
     calib_hash_str(&h, CALDERA_VERSION_STRING);
     const struct caldera_plugin * rp = caldera_inst_plugin(o->reader);
     calib_hash_str(&h, rp->name);
-    for (const struct caldera_option * op = rp->options; op && op->name; op++) {
-        char * v = caldera_option_format(op, caldera_inst_priv(o->reader));
-        if (!v) return CALDERA_ERR_NOMEM;
-        calib_hash_str(&h, op->name);
-        calib_hash_str(&h, v);
-        caldera_free(v);
-    }
     char * owned = NULL;
     const char * mpath = pl_format_path(o->reader, &owned);
+    // The reader's options, except the path whose contents are hashed below: the same model
+    // reached through another folder (a copy, a link, another CALDERA_CACHE) is the same model.
+    for (const struct caldera_option * op = rp->options; op && op->name; op++) {
+        char * v = caldera_option_format(op, caldera_inst_priv(o->reader));
+        if (!v) {
+            caldera_free(owned);
+            return CALDERA_ERR_NOMEM;
+        }
+        calib_hash_str(&h, op->name);
+        calib_hash_str(&h, op->type == CALDERA_OPT_PATH && mpath && !strcmp(v, mpath) ? "(contents)" : v);
+        caldera_free(v);
+    }
     int rc = hash_path_tree(ctx, &h, mpath);
     caldera_free(owned);
     if (rc < 0) return rc;
     const struct caldera_plugin * mp = caldera_registry_find(ctx, o->model);
     calib_hash_str(&h, o->model);
     calib_hash_i64(&h, mp ? mp->version : 0);
+    // The loaded model's tokenizer (which the file's contents may not include: llama2c reads
+    // tok512.bin beside its checkpoint): every piece and the special ids.
+    struct caldera_model_vocab voc;
+    if (run && run->model && run->mops && run->mops->vocab && run->mops->token_piece &&
+        run->mops->vocab(run->model, &voc) == 0) {
+        calib_hash_i64(&h, voc.n_vocab);
+        calib_hash_i64(&h, ((int64_t) voc.bos << 32) ^ (uint32_t) voc.eos);
+        calib_hash_i64(&h, ((int64_t) voc.eot << 1) ^ voc.add_bos);
+        for (int64_t t = 0; t < voc.n_vocab; t++) {
+            const char * piece = NULL;
+            size_t       len = 0;
+            int          control = 0;
+            if (run->mops->token_piece(run->model, (int32_t) t, &piece, &len, &control) < 0) piece = NULL, len = 0;
+            calib_hash_i64(&h, (int64_t) len * 2 + (control != 0));
+            if (piece) calib_hash_bytes(&h, piece, len);
+        }
+    }
     *hp = h;
     return 0;
 }
 
 // Key = model (pl_model_hash) + data (every source file's contents, the shares) + settings.
-static int cache_key(struct caldera_pipeline * pl, const struct calib_opts * co, const struct calib_source * s, int64_t n,
-                     uint64_t * key) {
+static int cache_key(struct caldera_pipeline * pl, struct pl_run * run, const struct calib_opts * co,
+                     const struct calib_source * s, int64_t n, uint64_t * key) {
     struct calib_hash h;
     calib_hash_init(&h);
     calib_hash_str(&h, "caldera calibration");
     calib_hash_i64(&h, CALIB_CODE_VERSION);
-    int rc = pl_model_hash(pl, &h);
+    int rc = pl_model_hash(pl, run, &h);
     if (rc < 0) return rc;
     for (int64_t i = 0; i < n; i++) {
         calib_hash_i64(&h, s[i].share);
@@ -590,7 +612,7 @@ int pl_phase_calibrate(struct caldera_pipeline * pl, struct pl_run * run) {
     int rc, hit = 0;
     if ((rc = pl_model_load(pl, run)) < 0) goto done;
     if ((rc = sources_open(pl, co, &src, &n_src)) < 0) goto done;
-    if ((rc = cache_key(pl, co, src, n_src, &key)) < 0) goto done;
+    if ((rc = cache_key(pl, run, co, src, n_src, &key)) < 0) goto done;
     if (co->sequential) {   // windows now, Hessians layer by layer during the compress phase (not cached)
         struct caldera_model_vocab voc = { 0 };
         if ((rc = run->mops->vocab(run->model, &voc)) < 0) goto done;

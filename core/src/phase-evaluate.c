@@ -118,7 +118,7 @@ int pl_phase_evaluate_original(struct caldera_pipeline * pl, struct pl_run * run
     calib_hash_init(&h);
     calib_hash_str(&h, "caldera evaluation");
     calib_hash_i64(&h, EVAL_CODE_VERSION);
-    if ((rc = pl_model_hash(pl, &h)) < 0) goto done;
+    if ((rc = pl_model_hash(pl, run, &h)) < 0) goto done;
     calib_hash_bytes(&h, text, len);
     calib_hash_i64(&h, (int64_t) len);
     calib_hash_i64(&h, eo->layout);

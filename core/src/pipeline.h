@@ -118,7 +118,7 @@ int  pl_phase_calibrate(struct caldera_pipeline * pl, struct pl_run * run);
 /** Mix the identity of the model into a cache key: reader plugin and options, the contents of its
  *  file or folder, the version of caldera and of the model plugin. */
 struct calib_hash;
-int  pl_model_hash(struct caldera_pipeline * pl, struct calib_hash * h);
+int  pl_model_hash(struct caldera_pipeline * pl, struct pl_run * run, struct calib_hash * h);
 /** mkdir -p (CALDERA_ERR_IO naming the folder). */
 int  pl_mkdir_p(struct caldera_ctx * ctx, const char * dir);
 /** Sequential calibration: the Hessian of weight name (cols × cols) as a view into run-owned

@@ -127,9 +127,13 @@ int caldera_tensor_copy(struct caldera_ctx * ctx, struct caldera_tensor * dst, c
         }
         return 0;
     }
-    // Convert row by row through f32.
-    float * tmp = caldera_malloc((size_t) (cols ? cols : 1) * sizeof(float));
-    if (!tmp) return CALDERA_ERR_NOMEM;
+    // Convert row by row through f32; a row buffer only when neither side is f32.
+    float * tmp = NULL;
+    if (src->dtype != CALDERA_DTYPE_F32 && dst->dtype != CALDERA_DTYPE_F32 &&
+        !(tmp = caldera_malloc((size_t) cols * sizeof(float)))) {
+        return caldera_ctx_error(ctx, CALDERA_ERR_NOMEM, "tensor copy: out of memory for a row of %" PRId64 " floats "
+                                 "(%s to %s)", cols, caldera_dtype_name(src->dtype), caldera_dtype_name(dst->dtype));
+    }
     int rc = 0;
     for (int64_t r = 0; r < rows && rc == 0; r++) {
         const void * s = (const char *) src->data + (size_t) (r * sld) * ses;

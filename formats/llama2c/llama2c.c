@@ -510,7 +510,9 @@ static int l2c_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_d
     }
     if ((rc = caldera_tensor_copy(ctx, out, src)) < 0) {
         caldera_tensor_free(out);
-        rc = caldera_error(inst, rc, "tensor '%s': no conversion from f32 to %s", t->hf_name, caldera_dtype_name(want));
+        rc = caldera_error(inst, rc, rc == CALDERA_ERR_NOMEM ? "tensor '%s': out of memory converting f32 to %s"
+                                                             : "tensor '%s': no conversion from f32 to %s",
+                           t->hf_name, caldera_dtype_name(want));
         goto fail;
     }
     *owned = 1;

@@ -1013,8 +1013,9 @@ static int st_read_tensor(struct caldera_inst * inst, int64_t i, enum caldera_dt
     }
     if ((rc = caldera_tensor_copy(caldera_inst_ctx(inst), out, &view)) < 0) {
         caldera_tensor_free(out);
-        rc = caldera_error(inst, rc, "tensor '%s': no conversion from %s to %s", t->name,
-                           caldera_dtype_name(t->dtype), caldera_dtype_name(want));
+        rc = caldera_error(inst, rc, rc == CALDERA_ERR_NOMEM ? "tensor '%s': out of memory converting %s to %s"
+                                                             : "tensor '%s': no conversion from %s to %s",
+                           t->name, caldera_dtype_name(t->dtype), caldera_dtype_name(want));
         goto fail;
     }
     *owned = 1;

@@ -210,6 +210,14 @@ START_TEST(test_roundtrip_every_dtype) {
     ck_assert_int_eq(owned, 1);
     for (int e = 0; e < 15; e++) ck_assert_uint_eq(((uint16_t *) h.data)[e], caldera_f32_to_f16((float) e * 0.25f - 1.0f));
     caldera_tensor_free(&h);
+    // f16 -> bf16 goes through a row of f32: when that buffer (the allocation after the copy's own)
+    // cannot be had, the error says out of memory, not "no conversion"
+    caldera_alloc_fail_at(2);
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "f16"), CALDERA_DTYPE_BF16, &h, &owned), CALDERA_ERR_NOMEM);
+    caldera_alloc_fail_at(0);
+    ck_assert_ptr_nonnull(strstr(caldera_ctx_errmsg(ctx), "tensor 'f16': out of memory converting f16 to bf16"));
+    ck_assert_int_eq(ops->read_tensor(inst, find(ctx, inst, "f16"), CALDERA_DTYPE_BF16, &h, &owned), 0);
+    caldera_tensor_free(&h);
     // no model description without config.json or general.architecture
     struct caldera_model_desc d;
     ck_assert_int_eq(ops->model_desc(inst, &d), CALDERA_ERR_NOT_FOUND);

@@ -430,6 +430,9 @@ START_TEST(test_compact_heads) {
         check_vs_reference(NULL, LOGIT_TOL);
         g_tiny.head = NULL;
         check_decode(NULL);
+        setenv("CALDERA_KERNELS", "avx2", 1);   // the AVX2 rows where the CPU has AVX512-VNNI too
+        check_decode(NULL);
+        unsetenv("CALDERA_KERNELS");
         g_plain_c = 1;
         check_decode(NULL);
         g_plain_c = 0;

@@ -76,8 +76,9 @@ void caldera_kw_e8p_q8_lanes_c(const struct kw_q8s * q, const uint16_t * codes, 
     }
 }
 
-void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
-                               const int8_t * tq2, int32_t * out, int32_t * out2) {
+void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const int8_t * mags, const uint16_t * codes, int64_t m, int64_t nb,
+                               const int8_t * tq, const int8_t * tq2, int32_t * out, int32_t * out2) {
+    (void) mags;   // the same sums from the 256-entry tables
     memset(out, 0, (size_t) (8 * nb) * sizeof(int32_t));
     memset(out2, 0, (size_t) (8 * nb) * sizeof(int32_t));
     for (int64_t r = 0; r < m; r++) {

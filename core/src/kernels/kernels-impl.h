@@ -41,6 +41,10 @@ struct kw_q8s {
     const int8_t * xpl;      // (period, 8, 64) x planes, 64-byte aligned
     const int8_t * xpl2;     // (period, 8, 64) planes of the residual xq2, 64-byte aligned
     int64_t        period;   // groups of 64 codewords per period
+    // (2, 256) or NULL: the E8P grid's magnitudes as 2-bit fields, |g| = 2 + 4 m (the only
+    // values of the E8P grid: |v| = 1/2, 3/2, 5/2), m of nibble e at bits 2 (e % 4) of byte
+    // [e / 4][a]; nibble 7 is negative exactly where Σ_e m is odd (checked when built)
+    const int8_t * mags;
 };
 
 struct kw_variant {
@@ -80,10 +84,10 @@ struct kw_variant {
     /**
      * Int8 E8P transposed: out[8b + e] = Σ_{r < m} tq[r] u(r, b, e) and out2 likewise with tq2 (the
      * residual) for the nb codeword columns of the m × nb codes (m <= KW_Q8T_ROWS; u = ±g + sh + 17
-     * of nibble e of code (r, b), tabs as struct kw_q8s).
+     * of nibble e of code (r, b), tabs and mags (may be NULL) as struct kw_q8s).
      */
-    void (*e8p_q8t_cols)(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
-                         const int8_t * tq2, int32_t * out, int32_t * out2);
+    void (*e8p_q8t_cols)(const int8_t * tabs, const int8_t * mags, const uint16_t * codes, int64_t m, int64_t nb,
+                         const int8_t * tq, const int8_t * tq2, int32_t * out, int32_t * out2);
     /** out[r] = Σ_k dl[k] lanes[r·nl + k] for r < nrows, k < nl. */
     void (*q8_rowdots)(const int32_t * lanes, int64_t nrows, int64_t nl, const float * dl, float * out);
     /**
@@ -117,8 +121,8 @@ extern const struct kw_variant caldera_kw_variant_avx512_novnni;
 // Shared between variants: the generic uniform row decoder (C) and the AVX2 functions that the
 // AVX-512 table reuses.
 void caldera_kw_e8p_q8_lanes_c(const struct kw_q8s * q, const uint16_t * codes, int64_t ncw, int32_t * lanes);
-void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const uint16_t * codes, int64_t m, int64_t nb, const int8_t * tq,
-                               const int8_t * tq2, int32_t * out, int32_t * out2);
+void caldera_kw_e8p_q8t_cols_c(const int8_t * tabs, const int8_t * mags, const uint16_t * codes, int64_t m, int64_t nb,
+                               const int8_t * tq, const int8_t * tq2, int32_t * out, int32_t * out2);
 float caldera_kw_q8_prepare_c(const float * x, int64_t cols, int64_t period, int8_t * xq, int8_t * xpl, float * dl);
 void caldera_kw_sign_scale_c(const uint8_t * sign, const float * x, int64_t n, float scale, float * o, int acc);
 void caldera_kw_avx2_sign_scale(const uint8_t * sign, const float * x, int64_t n, float scale, float * o, int acc);

@@ -339,6 +339,8 @@ void caldera_kernel_set_q8(int on) {
 // one once (a grid not on the 1/4 lattice with |4 grid| <= 16 gets no int8 path).
 #define KW_Q8_GRIDS 16
 static int8_t          kw_q8_tabs[8 * 256] __attribute__((aligned(64)));
+static int8_t          kw_q8_mags[2 * 256] __attribute__((aligned(64)));   // struct kw_q8s, mags
+static int             kw_q8_mags_ok;
 static float           kw_q8_grid[256 * 8];
 static int             kw_q8_state;            // 0: not built, 1: built, -1: the grid does not fit
 static const float *   kw_q8_ok[KW_Q8_GRIDS];  // grid pointers known equal to kw_q8_grid
@@ -354,6 +356,19 @@ static int kw_q8_build(const float * grid) {
             }
             kw_q8_tabs[e * 256 + a] = (int8_t) (int) g;
         }
+    }
+    kw_q8_mags_ok = 1;
+    for (int a = 0; a < 256; a++) {
+        int f[2] = { 0, 0 }, sum = 0;
+        for (int e = 0; e < 8; e++) {
+            const int g = kw_q8_tabs[e * 256 + a], m = ((g < 0 ? -g : g) - 2) / 4;
+            sum += m;
+            f[e / 4] |= m << (2 * (e % 4));
+            kw_q8_mags_ok &= (g < 0 ? -g : g) == 2 + 4 * m && m >= 0 && m <= 2 && (g >= 0 || e == 7);
+        }
+        kw_q8_mags_ok &= (kw_q8_tabs[7 * 256 + a] < 0) == (sum & 1);
+        kw_q8_mags[a]       = (int8_t) f[0];
+        kw_q8_mags[256 + a] = (int8_t) f[1];
     }
     memcpy(kw_q8_grid, grid, sizeof(kw_q8_grid));
     return 1;
@@ -474,6 +489,7 @@ static int kw_gemv(struct caldera_ctx * ctx, const struct caldera_kw * w, const 
             job.q8.xpl     = xpl;
             job.q8.xpl2    = xpl + period * 512;
             job.q8.period  = period;
+            job.q8.mags    = kw_q8_mags_ok ? kw_q8_mags : NULL;
             const int64_t ra = 64 / kw_gcd64(nb), units = (w->rows + ra - 1) / ra;
             caldera_parallel_for(ctx, units, 1 + kw_gemv_grain() / (ra * w->cols), kw_q8_units, &job);
             caldera_free(xp);
@@ -544,7 +560,8 @@ static int kw_q8_gemv_t(const struct kw_variant * v, const struct caldera_kw * w
     const int32_t corr = KW_Q8_OFFSET * st, corr2 = KW_Q8_OFFSET * st2;
     for (int pass = 0; pass < (w->bits == 4 ? 2 : 1); pass++) {
         const float sc = 0.25f * dt * (pass ? 1.0f / w->e8_rho : 1.0f), sc2 = sc / 254.0f;
-        v->e8p_q8t_cols(tabs, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq, tq2, out, out2);
+        v->e8p_q8t_cols(tabs, kw_q8_mags_ok ? kw_q8_mags : NULL, pass ? (const uint16_t *) w->codes2 : w->codes, m, nb, tq,
+                        tq2, out, out2);
         for (int64_t b = 0; b < nb; b++) {
             for (int e = 0; e < 8; e++) {
                 y[8 * b + KW_E8P_PERM(e)] += sc * (float) (out[8 * b + e] - corr) + sc2 * (float) (out2[8 * b + e] - corr2);
