@@ -194,11 +194,11 @@ const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return !ctx ? 
 // ticket (job id << 32 | next chunk): a thread claims a chunk by a compare-and-swap that fails once
 // the slot holds another job, so the issuer never waits for a thread that has not woken up (on a
 // loaded machine it may not run for milliseconds; the issuer then does every chunk itself), only
-// for chunks already being run. Between jobs a worker spins briefly (POOL_SPIN polls with a pause,
-// ~100 µs on this Zen 4: a pause is 26 ns) and then sleeps on a condition variable: a decoded token runs a few hundred
-// short loops, and a futex wake-up per loop cost more than the loops; unbounded spinning
-// (OpenMP's) made 2 threads 4-13x slower than 1 on a loaded 2-core VM, and OpenBLAS's pthread
-// build runs its own pool beside ours.
+// for chunks already being run. Between jobs a worker spins (POOL_SPIN polls with a pause, ~100 µs
+// on this Zen 4: a pause is 26 ns) and then sleeps on a condition variable: a decoded token runs a
+// few hundred short loops, and a futex wake-up per loop cost more than the loops; unbounded
+// spinning (OpenMP's) made 2 threads 4-13x slower than 1 on a loaded 2-core VM, and OpenBLAS's
+// pthread build runs its own pool beside ours.
 //
 // Nesting: a loop called from inside a chunk runs serially, except inside the tasks of
 // caldera_parallel_tasks (and the loops those open): there it is published in a free slot one
