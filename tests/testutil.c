@@ -29,7 +29,13 @@ struct caldera_ctx * tu_ctx(void) {
     ck_assert_msg(rc == 0, "caldera_ctx_init: %s", caldera_status_str(rc));
     caldera_ctx_set_log(ctx, tu_log_cb, NULL);
     caldera_ctx_set_log_level(ctx, CALDERA_LOG_DEBUG);
-    caldera_ctx_set_threads(ctx, 2);
+    // CALDERA_TEST_THREADS=N: the contexts of the tests at N threads instead of 2 (the pool's
+    // interleavings at 3 and 4 threads, e.g. in a ThreadSanitizer build)
+    const char * e = getenv("CALDERA_TEST_THREADS");
+    char *       end;
+    long         t = e && *e ? strtol(e, &end, 10) : 2;
+    ck_assert_msg(!e || !*e || (!*end && t >= 1 && t <= 64), "CALDERA_TEST_THREADS='%s'; allowed: an integer in [1, 64]", e);
+    caldera_ctx_set_threads(ctx, (int) t);
     return ctx;
 }
 

@@ -9,7 +9,7 @@
 
 #include "caldera/caldera.h"
 
-/** A context whose log goes to an internal buffer (quiet tests); threads = 2. */
+/** A context whose log goes to an internal buffer (quiet tests); threads = 2 (CALDERA_TEST_THREADS=N: N). */
 struct caldera_ctx * tu_ctx(void);
 /** The captured log text of contexts made by tu_ctx (since the last tu_log_clear). */
 const char * tu_log(void);

@@ -212,11 +212,16 @@ const char * caldera_ctx_errmsg(const struct caldera_ctx * ctx) { return !ctx ? 
 
 typedef void (*pool_fn)(void *, int64_t, int64_t);
 
+// The ticket's chunk field while the issuer writes a job into its slot: no chunk is open (it is >=
+// any job's chunk count), and the id in it is already the new job's.
+#define POOL_CLOSED 0xFFFFFFFFull
+
 struct pool_job {
     atomic_int    busy;     // 0: free, 1: an issuer owns the slot
     atomic_ullong ticket;   // id << 32 | next chunk to hand out (ids count per slot, mod 2^32)
     atomic_llong  done;     // chunks finished
-    // the job (written by the issuer before the ticket; read before a claim, checked by it)
+    // the job: written (release) by the issuer after it closed the ticket under the new id and
+    // before it opens it; read (acquire) before a claim, which the ticket's compare-and-swap checks
     _Atomic(pool_fn) fn;
     _Atomic(void *)  arg;
     atomic_llong     items, chunks;
@@ -226,6 +231,7 @@ struct pool_job {
 struct caldera_pool {
     pthread_t *     th;
     int             n;          // workers (the caller is the other thread)
+    int             want;       // workers asked for (n is fewer when a thread could not be created)
     pthread_mutex_t mu;
     pthread_cond_t  cv_work;
     atomic_uint     pulse;      // publications so far (mod 2^32): a change wakes the workers
@@ -244,20 +250,36 @@ static inline void pool_pause(void) {
 #endif
 }
 
+// Item c * items / chunks, the start of chunk c (c <= chunks), without overflow: items = q chunks
+// + r, and c r < chunks² < 2^64 (chunks < 2^32).
+static inline int64_t pool_split(int64_t items, int64_t c, int64_t chunks) {
+    const uint64_t q = (uint64_t) items / (uint64_t) chunks, r = (uint64_t) items % (uint64_t) chunks;
+    return (int64_t) ((uint64_t) c * q + (uint64_t) c * r / (uint64_t) chunks);
+}
+
 // Claim one chunk of slot j and run it; 0 when the slot has none left.
+//
+// The fields are read before the claim, so they may belong to a job the issuer is still writing:
+// the claim's compare-and-swap must then fail. It does because the issuer first replaces the
+// ticket by (new id, POOL_CLOSED) and writes the fields after it with release stores: a field
+// read (acquire) from the new job orders that ticket before the compare-and-swap, which then finds
+// another id than t's. (With the fields written before the ticket changed, a thread holding the old
+// job's exhausted ticket id | n could read the new job's larger chunk count and claim chunk n of
+// the new job, which its issuer hands out again; the spare done then let the issuer return while
+// a chunk ran.) A t of the new job was read (acquire) after its fields were written.
 static int pool_run_one(struct pool_job * j) {
     unsigned long long t = atomic_load(&j->ticket);
     for (;;) {
-        pool_fn fn     = atomic_load_explicit(&j->fn, memory_order_relaxed);
-        void *  arg    = atomic_load_explicit(&j->arg, memory_order_relaxed);
-        int64_t items  = atomic_load_explicit(&j->items, memory_order_relaxed);
-        int64_t chunks = atomic_load_explicit(&j->chunks, memory_order_relaxed);
-        int     depth  = atomic_load_explicit(&j->depth, memory_order_relaxed);
-        int     nest   = atomic_load_explicit(&j->nest, memory_order_relaxed);
+        pool_fn fn     = atomic_load_explicit(&j->fn, memory_order_acquire);
+        void *  arg    = atomic_load_explicit(&j->arg, memory_order_acquire);
+        int64_t items  = atomic_load_explicit(&j->items, memory_order_acquire);
+        int64_t chunks = atomic_load_explicit(&j->chunks, memory_order_acquire);
+        int     depth  = atomic_load_explicit(&j->depth, memory_order_acquire);
+        int     nest   = atomic_load_explicit(&j->nest, memory_order_acquire);
         int64_t c      = (int64_t) (t & 0xFFFFFFFFull);
         if (c >= chunks) return 0;
         if (!atomic_compare_exchange_weak(&j->ticket, &t, t + 1)) continue;   // t reloaded: lost the race, or a new job
-        int64_t i0 = items * c / chunks, i1 = items * (c + 1) / chunks;
+        int64_t i0 = pool_split(items, c, chunks), i1 = pool_split(items, c + 1, chunks);
         int     in = tl_in_job, d = tl_depth, ns = tl_nest;
         tl_in_job = 1;
         tl_depth  = depth;
@@ -332,6 +354,7 @@ static struct caldera_pool * pool_new(int workers) {
         caldera_free(p);
         return NULL;
     }
+    p->want = workers;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     for (int i = 0; i < workers; i++) {
@@ -349,7 +372,7 @@ static void pool_loop(struct caldera_ctx * ctx, int64_t n, int64_t chunks, int n
         fn(arg, 0, n);
         return;
     }
-    if (!tl_in_job && ctx->pool && ctx->pool->n != threads - 1) {
+    if (!tl_in_job && ctx->pool && ctx->pool->want != threads - 1) {
         caldera_pool_free(ctx->pool);
         ctx->pool = NULL;
     }
@@ -369,12 +392,15 @@ static void pool_loop(struct caldera_ctx * ctx, int64_t n, int64_t chunks, int n
     }
     const int depth = tl_in_job ? tl_depth + 1 : 0;
     unsigned  id    = (unsigned) (atomic_load_explicit(&j->ticket, memory_order_relaxed) >> 32) + 1u;   // the slot's next id
-    atomic_store_explicit(&j->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&j->arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&j->items, n, memory_order_relaxed);
-    atomic_store_explicit(&j->chunks, chunks, memory_order_relaxed);
-    atomic_store_explicit(&j->depth, depth, memory_order_relaxed);
-    atomic_store_explicit(&j->nest, nest, memory_order_relaxed);
+    // the old job's ticket (id | its chunk count) can no longer be claimed; the new id first, closed
+    // (pool_run_one says why), then the fields, then the ticket opened
+    atomic_store_explicit(&j->ticket, (unsigned long long) id << 32 | POOL_CLOSED, memory_order_relaxed);
+    atomic_store_explicit(&j->fn, fn, memory_order_release);
+    atomic_store_explicit(&j->arg, arg, memory_order_release);
+    atomic_store_explicit(&j->items, n, memory_order_release);
+    atomic_store_explicit(&j->chunks, chunks, memory_order_release);
+    atomic_store_explicit(&j->depth, depth, memory_order_release);
+    atomic_store_explicit(&j->nest, nest, memory_order_release);
     atomic_store(&j->done, 0);
     atomic_store(&j->ticket, (unsigned long long) id << 32);   // publishes the job (seq_cst)
     atomic_fetch_add(&p->pulse, 1u);
